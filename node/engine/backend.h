@@ -1,0 +1,125 @@
+// The ops one forward step needs. The layer sequence is written once (engine/forward.cpp)
+// over this interface; CpuBackend and CudaBackend implement ops, never the sequence.
+//
+// Memory: pointers passed to ops are backend memory (host for CPU, device for CUDA), taken
+// from alloc(). Activations are F32, row-major [rows, features]. Ops are stream-ordered on
+// the backend's single stream; only copy_to_host() and sync() wait.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "node/model/hparams.h"
+#include "node/model/tensor_type.h"
+
+namespace tpnode {
+
+// A weight matrix resident on the backend: y[m, rows] = x[m, cols] · Wᵀ.
+struct Weight {
+  TensorType type = TensorType::kF32;
+  int64_t rows = 0;        // output features
+  int64_t cols = 0;        // input features; a multiple of the type's block size
+  size_t row_stride = 0;   // bytes between rows
+  const void* data = nullptr;  // backend memory
+  const void* aux = nullptr;   // backend-private (e.g. a BF16 copy for GEMM); may be null
+};
+
+// A host region of a model tensor, to be copied into backend memory by upload_weight().
+struct HostMatrix {
+  TensorType type = TensorType::kF32;
+  const uint8_t* data = nullptr;  // first byte of the first row of the slice
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_stride = 0;          // bytes between consecutive rows in the source
+};
+
+// This step's batch, as the host builds it. Tokens of a sequence are contiguous and ordered.
+struct BatchMeta {
+  std::vector<int32_t> tokens;        // [n_tokens]
+  std::vector<int32_t> positions;     // [n_tokens] absolute position in its sequence
+  std::vector<int32_t> token_seq;     // [n_tokens] index into the sequences below
+  std::vector<int32_t> seq_start;     // [n_seqs + 1] first token of each sequence
+  std::vector<int32_t> seq_kv_len;    // [n_seqs] KV length after this step (n_past + new)
+  std::vector<int32_t> block_tables;  // [n_seqs * max_blocks] KV block ids, -1 padded
+  int32_t max_blocks = 0;             // columns of block_tables
+  std::vector<int32_t> logit_rows;    // token indices whose hidden state feeds the LM head
+
+  int32_t n_tokens() const { return static_cast<int32_t>(tokens.size()); }
+  int32_t n_seqs() const { return static_cast<int32_t>(seq_kv_len.size()); }
+};
+
+// This rank's share of the paged KV cache.
+struct KvCacheShape {
+  int64_t n_layer = 0;
+  int64_t n_blocks = 0;
+  int64_t block_size = 16;  // tokens per block
+  int64_t n_head_kv = 0;    // KV heads held by this rank
+  int64_t head_dim = 0;
+};
+
+struct RopeParams {
+  int64_t n_head = 0;     // query heads in q (this rank's)
+  int64_t n_head_kv = 0;  // kv heads in k (this rank's)
+  int64_t head_dim = 0;
+  RopeStyle style = RopeStyle::kNeox;
+  float theta = 10000.0f;
+  RopeScaling scaling;
+};
+
+struct AttentionParams {
+  int64_t layer = 0;
+  int64_t n_head = 0;     // this rank's query heads
+  int64_t n_head_kv = 0;  // this rank's KV heads; n_head % n_head_kv == 0
+  int64_t head_dim = 0;
+  float scale = 1.0f;     // usually 1/sqrt(head_dim)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;
+
+  // Backend memory that lives as long as the backend. Throws ErrorKind::kOutOfMemory.
+  virtual void* alloc(size_t bytes) = 0;
+  virtual void copy_to_device(void* dst, const void* src, size_t bytes) = 0;
+  // Waits for queued work, then copies.
+  virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual void sync() = 0;
+
+  // Copies a weight slice into backend memory (packed: row_stride = row_bytes(cols)).
+  virtual Weight upload_weight(const HostMatrix& m) = 0;
+  // Copies an F32 vector (norm weights, biases); other types are converted to F32.
+  virtual float* upload_vector(TensorType type, const void* data, int64_t n) = 0;
+
+  virtual void init_kv_cache(const KvCacheShape& shape) = 0;
+  // Makes `batch` current for the ops below until the next begin_step.
+  virtual void begin_step(const BatchMeta& batch) = 0;
+
+  // x[n_tokens, table.cols] = rows of the table for the batch tokens (dequantized).
+  virtual void embed(const Weight& table, float* x) = 0;
+  // y[rows, n] = x / rms(x) * w
+  virtual void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
+                       float eps) = 0;
+  // y[m, w.rows] = x[m, w.cols] · Wᵀ
+  virtual void matmul(const Weight& w, const float* x, float* y, int64_t m) = 0;
+  // y[m, n] += b[n]
+  virtual void add_bias(float* y, const float* b, int64_t m, int64_t n) = 0;
+  // Rotates q[n_tokens, n_head, head_dim] and k[n_tokens, n_head_kv, head_dim] in place
+  // at the batch positions.
+  virtual void rope(float* q, float* k, const RopeParams& p) = 0;
+  // Writes k, v [n_tokens, n_head_kv, head_dim] into the layer's KV blocks at the batch
+  // positions, then out[n_tokens, n_head, head_dim] = causal softmax(q·Kᵀ·scale)·V over
+  // each token's sequence (its cached prefix and the new tokens up to itself).
+  virtual void attention(const float* q, const float* k, const float* v, float* out,
+                         const AttentionParams& p) = 0;
+  // out[i] = silu(gate[i]) * up[i]
+  virtual void swiglu(const float* gate, const float* up, float* out, int64_t n) = 0;
+  // x[i] += y[i]
+  virtual void add(float* x, const float* y, int64_t n) = 0;
+  // out[j, :] = x[batch.logit_rows[j], :]
+  virtual void gather_rows(const float* x, float* out, int64_t row_len) = 0;
+};
+
+}  // namespace tpnode

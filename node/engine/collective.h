@@ -1,0 +1,26 @@
+// The two collectives a tensor-parallel forward needs. parallel/ implements this with MPI,
+// NCCL, or a single rank; node/ never includes parallel/.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+namespace tpnode {
+
+class Collective {
+ public:
+  virtual ~Collective() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // In-place sum over ranks of n floats in backend memory. Every rank ends with
+  // bit-identical values (fixed summation order).
+  virtual void all_reduce_sum(float* data, size_t n) = 0;
+
+  // Gathers counts[r] floats of host memory from each rank r into recv on rank 0, in rank
+  // order. recv may be null on other ranks.
+  virtual void gather_host(const float* send, size_t n, float* recv,
+                           const std::vector<size_t>& counts) = 0;
+};
+
+}  // namespace tpnode

@@ -1,0 +1,60 @@
+// One rank's model: its weight shard on a Backend, the forward over that Backend, and the
+// two collectives per layer through a Collective.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "node/engine/backend.h"
+#include "node/engine/collective.h"
+#include "node/engine/shard_plan.h"
+#include "node/engine/step_plan.h"
+#include "node/model/model_file.h"
+
+namespace tpnode {
+
+struct EngineOptions {
+  int64_t kv_block_size = 16;
+  int64_t kv_tokens = 0;         // KV capacity in tokens (whole model); 0 = max_context * max_seqs
+  int64_t max_context = 0;       // per sequence; 0 = model's training context, capped at 8192
+  int64_t max_batch_tokens = 512;  // most tokens one step may carry
+  int64_t max_seqs = 16;           // most sequences one step may carry
+  // Called while loading with (bytes done, bytes total); may be empty.
+  std::function<void(uint64_t, uint64_t)> progress;
+};
+
+struct LayerWeights;  // engine/weights.h
+
+class Engine {
+ public:
+  Engine(const ModelFile& model, Backend& backend, Collective& collective,
+         const EngineOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Runs one step. On rank 0 returns logits [plan.n_logits(), n_vocab], row j for the
+  // j-th sequence with want_logits; on other ranks returns an empty vector.
+  const std::vector<float>& step(const StepPlan& plan);
+
+  const HParams& hparams() const { return hp_; }
+  const ShardPlan& shard() const { return shard_; }
+  const EngineOptions& options() const { return options_; }
+  int64_t kv_blocks() const { return kv_blocks_; }
+  int64_t max_context() const { return options_.max_context; }
+  uint64_t weight_bytes() const { return weight_bytes_; }  // this rank's shard
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  HParams hp_;
+  ShardPlan shard_;
+  EngineOptions options_;
+  int64_t kv_blocks_ = 0;
+  uint64_t weight_bytes_ = 0;
+};
+
+}  // namespace tpnode
