@@ -92,6 +92,11 @@ class Backend {
   virtual Weight upload_weight(const HostMatrix& m) = 0;
   // Copies an F32 vector (norm weights, biases); other types are converted to F32.
   virtual float* upload_vector(TensorType type, const void* data, int64_t n) = 0;
+  // Synthesises a random weight directly in backend memory (benchmarks of shapes that have
+  // no file): values of scale ~1/sqrt(cols), quantized blocks with sane scales.
+  virtual Weight synth_weight(TensorType type, int64_t rows, int64_t cols, uint64_t seed) = 0;
+  // A vector of n copies of `value` (norm weights of a synthetic model).
+  virtual float* synth_vector(int64_t n, float value) = 0;
 
   virtual void init_kv_cache(const KvCacheShape& shape) = 0;
   // Makes `batch` current for the ops below until the next begin_step.

@@ -12,6 +12,7 @@
 #include "node/engine/collective.h"
 #include "node/engine/shard_plan.h"
 #include "node/engine/step_plan.h"
+#include "node/engine/weight_source.h"
 #include "node/model/model_file.h"
 
 namespace tpnode {
@@ -26,11 +27,12 @@ struct EngineOptions {
   std::function<void(uint64_t, uint64_t)> progress;
 };
 
-struct LayerWeights;  // engine/weights.h
-
 class Engine {
  public:
-  Engine(const ModelFile& model, Backend& backend, Collective& collective,
+  // Loads this rank's shard (rank and size from `collective`) of the weights in `weights`.
+  // Throws tpnode::Error when the tp size cannot split the model (listing the valid ones)
+  // or when the KV cache does not fit.
+  Engine(const HParams& hp, WeightSource& weights, Backend& backend, Collective& collective,
          const EngineOptions& options);
   ~Engine();
   Engine(const Engine&) = delete;
