@@ -98,6 +98,8 @@ class Backend {
   // A vector of n copies of `value` (norm weights of a synthetic model).
   virtual float* synth_vector(int64_t n, float value) = 0;
 
+  // Bytes of one K or V element in the KV cache (F32 on the CPU by default, 2 for BF16/F16).
+  virtual size_t kv_element_bytes() const { return sizeof(float); }
   virtual void init_kv_cache(const KvCacheShape& shape) = 0;
   // Makes `batch` current for the ops below until the next begin_step.
   virtual void begin_step(const BatchMeta& batch) = 0;
@@ -119,7 +121,7 @@ class Backend {
   // each token's sequence (its cached prefix and the new tokens up to itself).
   virtual void attention(const float* q, const float* k, const float* v, float* out,
                          const AttentionParams& p) = 0;
-  // out[i] = silu(gate[i]) * up[i]
+  // out[i] = silu(gate[i]) * up[i]; out may be gate (the engine does that)
   virtual void swiglu(const float* gate, const float* up, float* out, int64_t n) = 0;
   // x[i] += y[i]
   virtual void add(float* x, const float* y, int64_t n) = 0;

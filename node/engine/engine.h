@@ -19,8 +19,9 @@ namespace tpnode {
 
 struct EngineOptions {
   int64_t kv_block_size = 16;
-  int64_t kv_tokens = 0;         // KV capacity in tokens (whole model); 0 = max_context * max_seqs
-  int64_t max_context = 0;       // per sequence; 0 = model's training context, capped at 8192
+  int64_t kv_tokens = 0;   // KV capacity in tokens; 0 = from kv_bytes, else 4 * max_context
+  int64_t kv_bytes = 0;    // KV capacity in bytes of this rank's cache (used when kv_tokens = 0)
+  int64_t max_context = 0; // per sequence; 0 = the model's training context, capped at 4096
   int64_t max_batch_tokens = 512;  // most tokens one step may carry
   int64_t max_seqs = 16;           // most sequences one step may carry
   // Called while loading with (bytes done, bytes total); may be empty.

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "node/engine/backend.h"
 #include "node/model/model_file.h"
@@ -42,10 +44,12 @@ class FileWeightSource final : public WeightSource {
   const ModelFile& file_;
 };
 
-// Every 2-D weight in `matrix_type` (norms F32 ones); the embedding table too.
+// Every 2-D weight in `matrix_type` (norm weights are ones), except tensors whose name ends
+// with a key of `overrides` (e.g. {"ffn_down.weight", Q6_K} for a Q4_K_M-like mix).
 class SyntheticWeightSource final : public WeightSource {
  public:
-  SyntheticWeightSource(const HParams& hp, TensorType matrix_type, uint64_t seed = 1);
+  SyntheticWeightSource(const HParams& hp, TensorType matrix_type, uint64_t seed = 1,
+                        std::vector<std::pair<std::string, TensorType>> overrides = {});
   bool has(const std::string& name) const override;
   std::pair<int64_t, int64_t> shape(const std::string& name) const override;
   TensorType type(const std::string& name) const override;
@@ -56,6 +60,7 @@ class SyntheticWeightSource final : public WeightSource {
   HParams hp_;
   TensorType type_;
   uint64_t seed_;
+  std::vector<std::pair<std::string, TensorType>> overrides_;
 };
 
 }  // namespace tpnode

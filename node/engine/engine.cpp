@@ -1,0 +1,340 @@
+// The llama-family forward, written once over Backend and Collective.
+//
+// Per layer: RMSNorm -> Q,K,V (this rank's heads) -> RoPE -> paged attention -> O (partial
+// sums) -> all-reduce -> residual -> RMSNorm -> gate, up (this rank's FFN columns) -> SwiGLU ->
+// down (partial sums) -> all-reduce -> residual. Then the LM head over this rank's vocabulary
+// rows, gathered on rank 0.
+#include "node/engine/engine.h"
+#include "node/engine/step_executor.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "node/common/error.h"
+
+namespace tpnode {
+
+namespace {
+
+struct LayerWeights {
+  float* attn_norm = nullptr;  // [n_embd]
+  Weight wq, wk, wv;           // [heads * head_dim, n_embd] this rank's heads
+  float* bq = nullptr;         // [n_head * head_dim] (attention bias), may be null
+  float* bk = nullptr;
+  float* bv = nullptr;
+  Weight wo;                   // [n_embd, n_head * head_dim] this rank's input columns
+  float* ffn_norm = nullptr;   // [n_embd]
+  Weight gate, up;             // [n_ff, n_embd] this rank's rows
+  Weight down;                 // [n_embd, n_ff] this rank's columns
+};
+
+// Activations for the largest step, allocated once.
+struct Scratch {
+  float* x = nullptr;       // [tokens, n_embd] residual stream
+  float* h = nullptr;       // [tokens, n_embd] normed input
+  float* q = nullptr;       // [tokens, n_head * head_dim]
+  float* k = nullptr;       // [tokens, n_head_kv * head_dim]
+  float* v = nullptr;       // [tokens, n_head_kv * head_dim]
+  float* attn = nullptr;    // [tokens, n_head * head_dim]
+  float* t = nullptr;       // [tokens, n_embd] partial sums before the all-reduce
+  float* gate = nullptr;    // [tokens, n_ff]
+  float* up = nullptr;      // [tokens, n_ff]
+  float* last = nullptr;    // [seqs, n_embd] hidden states that feed the LM head
+  float* normed = nullptr;  // [seqs, n_embd]
+  float* logits = nullptr;  // [seqs, n_vocab of this rank]
+};
+
+std::string layer_name(int64_t layer, const char* what) {
+  return fmt::format("blk.{}.{}", layer, what);
+}
+
+}  // namespace
+
+struct Engine::Impl {
+  Backend& b;
+  Collective& c;
+  std::vector<LayerWeights> layers;
+  Weight tok_embd;     // full table (replicated)
+  Weight output;       // this rank's vocabulary rows
+  float* output_norm = nullptr;
+  Scratch s;
+  RopeParams rope;
+  AttentionParams attn;
+  BatchMeta meta;
+  std::vector<float> local_logits;  // [seqs, n_vocab of this rank] on the host
+  std::vector<float> gathered;      // rank order, before re-interleaving
+  std::vector<float> logits;        // [seqs, n_vocab] on rank 0
+  std::vector<float> empty;
+
+  Impl(Backend& backend, Collective& collective) : b(backend), c(collective) {}
+};
+
+namespace {
+
+// The largest quantization block among the row-parallel weights: their column split must
+// fall on block boundaries.
+int64_t row_parallel_block(const HParams& hp, const WeightSource& w) {
+  int64_t block = 1;
+  for (int64_t l = 0; l < hp.n_layer; ++l) {
+    for (const char* name : {"attn_output.weight", "ffn_down.weight"}) {
+      block = std::max(block, type_traits(w.type(layer_name(l, name))).block_size);
+    }
+  }
+  return block;
+}
+
+float* alloc_f32(Backend& b, int64_t n) {
+  return static_cast<float*>(b.alloc(static_cast<size_t>(n) * sizeof(float)));
+}
+
+}  // namespace
+
+Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
+               Collective& collective, const EngineOptions& options)
+    : impl_(std::make_unique<Impl>(backend, collective)), hp_(hp), options_(options) {
+  hp_.validate();
+  Impl& m = *impl_;
+  shard_ = ShardPlan::make(hp_, collective.size(), collective.rank(),
+                           row_parallel_block(hp_, weights));
+  if (options_.max_context <= 0) options_.max_context = std::min<int64_t>(hp_.n_ctx_train, 4096);
+  if (options_.max_context <= 0) options_.max_context = 4096;
+  TPNODE_CHECK(options_.max_batch_tokens > 0 && options_.max_seqs > 0 &&
+                   options_.kv_block_size > 0,
+               "engine options: max_batch_tokens, max_seqs and kv_block_size must be positive");
+
+  const int64_t hd = hp_.head_dim, E = hp_.n_embd;
+  const int64_t q_rows = shard_.n_head * hd, kv_rows = shard_.n_head_kv * hd;
+
+  // Everything this rank will load, for the progress display.
+  struct Job {
+    std::string name;
+    MatrixSlice slice;
+  };
+  std::vector<Job> jobs;
+  auto full = [&](const std::string& name) {
+    auto [rows, cols] = weights.shape(name);
+    return MatrixSlice{0, rows, 0, cols};
+  };
+  uint64_t total = 0, done = 0;
+  auto count = [&](const std::string& name, MatrixSlice s) {
+    total += weights.bytes(name, s);
+    jobs.push_back({name, s});
+  };
+  count("token_embd.weight", full("token_embd.weight"));
+  const std::string head_name = weights.has("output.weight") ? "output.weight" : "token_embd.weight";
+  count(head_name, {shard_.vocab0, shard_.n_vocab, 0, E});
+  for (int64_t l = 0; l < hp_.n_layer; ++l) {
+    count(layer_name(l, "attn_q.weight"), {shard_.head0 * hd, q_rows, 0, E});
+    count(layer_name(l, "attn_k.weight"), {shard_.kv_head0 * hd, kv_rows, 0, E});
+    count(layer_name(l, "attn_v.weight"), {shard_.kv_head0 * hd, kv_rows, 0, E});
+    count(layer_name(l, "attn_output.weight"), {0, E, shard_.head0 * hd, q_rows});
+    count(layer_name(l, "ffn_gate.weight"), {shard_.ff0, shard_.n_ff, 0, E});
+    count(layer_name(l, "ffn_up.weight"), {shard_.ff0, shard_.n_ff, 0, E});
+    count(layer_name(l, "ffn_down.weight"), {0, E, shard_.ff0, shard_.n_ff});
+  }
+  weight_bytes_ = total;
+
+  auto load = [&](size_t i) {
+    const Job& j = jobs[i];
+    Weight w = weights.matrix(j.name, j.slice, backend);
+    done += weights.bytes(j.name, j.slice);
+    if (options_.progress) options_.progress(done, total);
+    return w;
+  };
+  auto vec = [&](const std::string& name, int64_t off, int64_t n) {
+    return weights.vector(name, off, n, backend);
+  };
+
+  m.tok_embd = load(0);
+  m.output = load(1);
+  m.output_norm = vec("output_norm.weight", 0, E);
+  m.layers.resize(static_cast<size_t>(hp_.n_layer));
+  for (int64_t l = 0; l < hp_.n_layer; ++l) {
+    LayerWeights& L = m.layers[static_cast<size_t>(l)];
+    const size_t base = 2 + static_cast<size_t>(l) * 7;
+    L.attn_norm = vec(layer_name(l, "attn_norm.weight"), 0, E);
+    L.wq = load(base + 0);
+    L.wk = load(base + 1);
+    L.wv = load(base + 2);
+    L.wo = load(base + 3);
+    if (hp_.attn_bias) {
+      L.bq = vec(layer_name(l, "attn_q.bias"), shard_.head0 * hd, q_rows);
+      L.bk = vec(layer_name(l, "attn_k.bias"), shard_.kv_head0 * hd, kv_rows);
+      L.bv = vec(layer_name(l, "attn_v.bias"), shard_.kv_head0 * hd, kv_rows);
+    }
+    L.ffn_norm = vec(layer_name(l, "ffn_norm.weight"), 0, E);
+    L.gate = load(base + 4);
+    L.up = load(base + 5);
+    L.down = load(base + 6);
+  }
+
+  // KV cache: this rank's KV heads for every layer, in blocks.
+  const int64_t bs = options_.kv_block_size;
+  const int64_t bytes_per_token =
+      2 * hp_.n_layer * kv_rows * static_cast<int64_t>(backend.kv_element_bytes());
+  int64_t kv_tokens = options_.kv_tokens;
+  if (kv_tokens <= 0 && options_.kv_bytes > 0) kv_tokens = options_.kv_bytes / bytes_per_token;
+  if (kv_tokens <= 0) kv_tokens = 4 * options_.max_context;
+  kv_blocks_ = kv_tokens / bs;
+  TPNODE_CHECK_KIND(kv_blocks_ >= (options_.max_context + bs - 1) / bs, ErrorKind::kOutOfMemory,
+                    "KV cache of {} tokens cannot hold one sequence of the maximum context {}",
+                    kv_blocks_ * bs, options_.max_context);
+  options_.kv_tokens = kv_blocks_ * bs;
+  backend.init_kv_cache({hp_.n_layer, kv_blocks_, bs, shard_.n_head_kv, hd});
+
+  const int64_t T = options_.max_batch_tokens, S = options_.max_seqs;
+  m.s.x = alloc_f32(backend, T * E);
+  m.s.h = alloc_f32(backend, T * E);
+  m.s.q = alloc_f32(backend, T * q_rows);
+  m.s.k = alloc_f32(backend, T * kv_rows);
+  m.s.v = alloc_f32(backend, T * kv_rows);
+  m.s.attn = alloc_f32(backend, T * q_rows);
+  m.s.t = alloc_f32(backend, T * E);
+  m.s.gate = alloc_f32(backend, T * shard_.n_ff);
+  m.s.up = alloc_f32(backend, T * shard_.n_ff);
+  m.s.last = alloc_f32(backend, S * E);
+  m.s.normed = alloc_f32(backend, S * E);
+  m.s.logits = alloc_f32(backend, S * shard_.n_vocab);
+
+  m.rope = {shard_.n_head, shard_.n_head_kv, hd, hp_.rope_style, hp_.rope_theta,
+            hp_.rope_scaling};
+  m.attn.n_head = shard_.n_head;
+  m.attn.n_head_kv = shard_.n_head_kv;
+  m.attn.head_dim = hd;
+  m.attn.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+}
+
+Engine::~Engine() = default;
+
+namespace {
+
+// Checks the plan against the engine's limits and builds the batch the backend sees.
+void build_batch(const StepPlan& plan, const EngineOptions& o, int64_t kv_blocks,
+                 BatchMeta& meta) {
+  TPNODE_CHECK(static_cast<int64_t>(plan.seqs.size()) <= o.max_seqs,
+               "step has {} sequences, more than max_seqs {}", plan.seqs.size(), o.max_seqs);
+  TPNODE_CHECK(plan.n_tokens() <= o.max_batch_tokens,
+               "step has {} tokens, more than max_batch_tokens {}", plan.n_tokens(),
+               o.max_batch_tokens);
+  meta = BatchMeta{};
+  int32_t max_blocks = 0;
+  for (const auto& s : plan.seqs) {
+    max_blocks = std::max(max_blocks, static_cast<int32_t>(s.blocks.size()));
+  }
+  meta.max_blocks = max_blocks;
+  meta.seq_start.push_back(0);
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const SeqStep& s = plan.seqs[i];
+    const int64_t kv_len = static_cast<int64_t>(s.n_past) + static_cast<int64_t>(s.tokens.size());
+    TPNODE_CHECK(!s.tokens.empty(), "sequence {}: no tokens in this step", s.seq_id);
+    TPNODE_CHECK(kv_len <= o.max_context, "sequence {}: {} tokens exceed the context of {}",
+                 s.seq_id, kv_len, o.max_context);
+    TPNODE_CHECK(static_cast<int64_t>(s.blocks.size()) * o.kv_block_size >= kv_len,
+                 "sequence {}: {} KV blocks cannot hold {} tokens", s.seq_id, s.blocks.size(),
+                 kv_len);
+    for (int32_t blk : s.blocks) {
+      TPNODE_CHECK(blk >= 0 && blk < kv_blocks, "sequence {}: KV block {} out of range [0, {})",
+                   s.seq_id, blk, kv_blocks);
+    }
+    for (size_t j = 0; j < s.tokens.size(); ++j) {
+      meta.tokens.push_back(s.tokens[j]);
+      meta.positions.push_back(s.n_past + static_cast<int32_t>(j));
+      meta.token_seq.push_back(static_cast<int32_t>(i));
+    }
+    meta.seq_start.push_back(static_cast<int32_t>(meta.tokens.size()));
+    meta.seq_kv_len.push_back(static_cast<int32_t>(kv_len));
+    for (int32_t b = 0; b < max_blocks; ++b) {
+      meta.block_tables.push_back(b < static_cast<int32_t>(s.blocks.size()) ? s.blocks[b] : -1);
+    }
+    if (s.want_logits) meta.logit_rows.push_back(meta.seq_start.back() - 1);
+  }
+}
+
+}  // namespace
+
+const std::vector<float>& Engine::step(const StepPlan& plan) {
+  Impl& m = *impl_;
+  Backend& b = m.b;
+  const HParams& hp = hp_;
+  build_batch(plan, options_, kv_blocks_, m.meta);
+  for (int32_t tok : m.meta.tokens) {
+    TPNODE_CHECK(tok >= 0 && tok < hp.n_vocab, "token id {} outside the vocabulary of {}", tok,
+                 hp.n_vocab);
+  }
+  const int64_t T = m.meta.n_tokens(), E = hp.n_embd, hd = hp.head_dim;
+  const int64_t q_cols = shard_.n_head * hd, kv_cols = shard_.n_head_kv * hd;
+  const bool reduce = m.c.size() > 1;
+  Scratch& s = m.s;
+
+  b.begin_step(m.meta);
+  b.embed(m.tok_embd, s.x);
+  for (int64_t l = 0; l < hp.n_layer; ++l) {
+    const LayerWeights& L = m.layers[static_cast<size_t>(l)];
+    b.rmsnorm(s.x, L.attn_norm, s.h, T, E, hp.rms_eps);
+    b.matmul(L.wq, s.h, s.q, T);
+    b.matmul(L.wk, s.h, s.k, T);
+    b.matmul(L.wv, s.h, s.v, T);
+    if (L.bq) {
+      b.add_bias(s.q, L.bq, T, q_cols);
+      b.add_bias(s.k, L.bk, T, kv_cols);
+      b.add_bias(s.v, L.bv, T, kv_cols);
+    }
+    b.rope(s.q, s.k, m.rope);
+    m.attn.layer = l;
+    b.attention(s.q, s.k, s.v, s.attn, m.attn);
+    b.matmul(L.wo, s.attn, s.t, T);
+    if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
+    b.add(s.x, s.t, T * E);
+
+    b.rmsnorm(s.x, L.ffn_norm, s.h, T, E, hp.rms_eps);
+    b.matmul(L.gate, s.h, s.gate, T);
+    b.matmul(L.up, s.h, s.up, T);
+    b.swiglu(s.gate, s.up, s.gate, T * shard_.n_ff);
+    b.matmul(L.down, s.gate, s.t, T);
+    if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
+    b.add(s.x, s.t, T * E);
+  }
+
+  const int64_t n_out = static_cast<int64_t>(m.meta.logit_rows.size());
+  if (n_out == 0) {
+    b.sync();
+    m.logits.clear();
+    return m.logits;
+  }
+  b.gather_rows(s.x, s.last, E);
+  b.rmsnorm(s.last, m.output_norm, s.normed, n_out, E, hp.rms_eps);
+  b.matmul(m.output, s.normed, s.logits, n_out);
+  const int64_t V = hp.n_vocab, Vl = shard_.n_vocab;
+  m.local_logits.resize(static_cast<size_t>(n_out * Vl));
+  b.copy_to_host(m.local_logits.data(), s.logits, m.local_logits.size() * sizeof(float));
+  if (m.c.size() == 1) {
+    m.logits.swap(m.local_logits);
+    return m.logits;
+  }
+
+  // Each rank holds [n_out, its vocabulary rows]; rank 0 receives them in rank order and
+  // interleaves them into [n_out, V].
+  std::vector<size_t> counts;
+  for (int64_t cnt : shard_.vocab_counts) counts.push_back(static_cast<size_t>(cnt * n_out));
+  const bool root = m.c.rank() == 0;
+  m.gathered.resize(root ? static_cast<size_t>(n_out * V) : 0);
+  m.c.gather_host(m.local_logits.data(), m.local_logits.size(), root ? m.gathered.data() : nullptr,
+                  counts);
+  if (!root) return m.empty;
+  m.logits.resize(static_cast<size_t>(n_out * V));
+  int64_t col0 = 0, off = 0;
+  for (int64_t cnt : shard_.vocab_counts) {
+    for (int64_t r = 0; r < n_out; ++r) {
+      std::copy_n(m.gathered.data() + off + r * cnt, cnt, m.logits.data() + r * V + col0);
+    }
+    off += cnt * n_out;
+    col0 += cnt;
+  }
+  return m.logits;
+}
+
+const std::vector<float>& LocalExecutor::run(const StepPlan& plan) { return engine_.step(plan); }
+
+}  // namespace tpnode
