@@ -1,0 +1,168 @@
+#include "node/cli/runtime.h"
+
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+
+#include <unistd.h>
+
+#include "node/backend/cpu/cpu_backend.h"
+#include "node/common/error.h"
+#include "parallel/distributed_executor.h"
+#include "parallel/world.h"
+#ifdef TPNODE_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "node/backend/cuda/cuda_backend.h"
+#endif
+
+namespace tpnode::cli {
+
+void add_runtime_options(CLI::App& app, RuntimeOptions& o) {
+  app.add_option("-m,--model", o.model, "GGUF file or safetensors model folder")->required();
+  app.add_option("--backend", o.backend, "auto, cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  app.add_option("-t,--threads", o.threads, "CPU backend threads (0 = all cores)");
+  app.add_option("--device", o.device, "CUDA device (-1 = the rank's local rank)");
+  app.add_option("--gpu-memory-fraction", o.gpu_memory_fraction,
+                 "fraction of free GPU memory to use")
+      ->check(CLI::Range(0.05, 1.0));
+  app.add_option("-c,--ctx", o.engine.max_context,
+                 "maximum tokens per sequence (0 = model's, capped at 4096)");
+  app.add_option("--kv-tokens", o.engine.kv_tokens, "KV cache capacity in tokens (0 = auto)");
+  app.add_option("--kv-bytes", o.engine.kv_bytes, "KV cache capacity per rank in bytes");
+  app.add_option("--kv-block-size", o.engine.kv_block_size, "tokens per KV block")
+      ->check(CLI::Range(1, 1024));
+  app.add_option("--max-batch-tokens", o.engine.max_batch_tokens, "most tokens per step")
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--max-seqs", o.engine.max_seqs, "most sequences per step")
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--collective-timeout", o.collective_timeout_s,
+                 "seconds before a silent rank is declared lost");
+  app.add_option("--log-dir", o.log_dir, "folder for the logs of ranks other than 0");
+  app.add_flag("!--no-progress", o.progress, "no loading progress display");
+}
+
+Runtime::~Runtime() {
+  // The engine and executor use the world's communicator: tear them down first.
+  executor.reset();
+  engine.reset();
+  backend.reset();
+}
+
+int Runtime::rank() const { return world->topology().rank; }
+int Runtime::size() const { return world->topology().size; }
+
+int Runtime::run_worker() { return run_worker_loop(*engine, world->comm()); }
+
+namespace {
+
+void log_to_rank_file(const RuntimeOptions& o, int rank) {
+  std::filesystem::create_directories(o.log_dir);
+  auto path = (std::filesystem::path(o.log_dir) / fmt::format("tpnode-rank{}.log", rank)).string();
+  auto logger = spdlog::basic_logger_mt(fmt::format("rank{}", rank), path, /*truncate=*/true);
+  logger->flush_on(spdlog::level::info);
+  spdlog::set_default_logger(logger);
+}
+
+bool cuda_usable() {
+#ifdef TPNODE_HAVE_CUDA
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+#else
+  return false;
+#endif
+}
+
+std::unique_ptr<Backend> make_backend(const RuntimeOptions& o, const Topology& topo) {
+  std::string kind = o.backend;
+  if (kind == "auto") kind = cuda_usable() ? "cuda" : "cpu";
+  if (kind == "cuda") {
+#ifdef TPNODE_HAVE_CUDA
+    TPNODE_CHECK(cuda_usable(), "--backend cuda: no CUDA device is visible");
+    CudaBackendOptions co;
+    co.device = o.device >= 0 ? o.device : topo.local_rank;
+    co.gpu_memory_fraction = o.gpu_memory_fraction;
+    co.max_batch_tokens = o.engine.max_batch_tokens;
+    return make_cuda_backend(co);
+#else
+    TPNODE_THROW(ErrorKind::kUnsupported, "--backend cuda: this tpnode was built without CUDA");
+#endif
+  }
+  CpuBackendOptions co;
+  co.n_threads = o.threads;
+  return make_cpu_backend(co);
+}
+
+// One line that rewrites itself on a terminal; occasional lines otherwise.
+class LoadProgress {
+ public:
+  explicit LoadProgress(bool tty) : tty_(tty) {}
+  void operator()(uint64_t done, uint64_t total) {
+    const int pct = total ? static_cast<int>(100 * done / total) : 100;
+    if (pct == last_ && done != total) return;
+    if (!tty_ && pct / 10 == last_ / 10 && done != total) return;
+    last_ = pct;
+    std::fprintf(stderr, "%sloading weights %3d%% (%.1f / %.1f MB)%s", tty_ ? "\r" : "", pct,
+                 static_cast<double>(done) / 1e6, static_cast<double>(total) / 1e6,
+                 tty_ && done != total ? "" : "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  bool tty_;
+  int last_ = -1;
+};
+
+}  // namespace
+
+std::unique_ptr<Runtime> make_runtime(const RuntimeOptions& o) {
+  auto rt = std::make_unique<Runtime>();
+  static int argc = 1;
+  static char arg0[] = "tpnode";
+  static char* argv_storage[] = {arg0, nullptr};
+  static char** argv = argv_storage;
+  WorldOptions wo;
+  wo.collective_timeout_s = o.collective_timeout_s;
+  rt->world = World::init(argc, argv, wo);
+  const Topology& topo = rt->world->topology();
+  if (topo.rank != 0) log_to_rank_file(o, topo.rank);
+  spdlog::info("rank {}/{} on {} (local rank {})", topo.rank, topo.size, topo.hostname,
+               topo.local_rank);
+
+  rt->model = ModelFile::open(o.model);
+  rt->tokenizer = Tokenizer::create(rt->model->tokenizer());
+  rt->backend = make_backend(o, topo);
+  spdlog::info("backend {}; model {} ({} layers, hidden {}, {} heads / {} KV heads)",
+               rt->backend->name(), rt->model->hparams().name, rt->model->hparams().n_layer,
+               rt->model->hparams().n_embd, rt->model->hparams().n_head,
+               rt->model->hparams().n_head_kv);
+  if (topo.size > 1 && rt->backend->name() != "cpu") {
+    TPNODE_THROW(ErrorKind::kUnsupported,
+                 "tensor parallelism over {} ranks needs the NCCL communicator for the {} "
+                 "backend, which this build lacks; use --backend cpu",
+                 topo.size, rt->backend->name());
+  }
+  rt->weights = std::make_unique<FileWeightSource>(*rt->model);
+  EngineOptions eo = o.engine;
+  LoadProgress progress(isatty(fileno(stderr)) != 0);
+  if (o.progress && topo.rank == 0) eo.progress = std::ref(progress);
+  rt->engine = std::make_unique<Engine>(rt->model->hparams(), *rt->weights, *rt->backend,
+                                        rt->world->comm(), eo);
+  // The shard now lives in backend memory; the mapped file's pages can go.
+  rt->model->release_pages();
+  spdlog::info("engine ready: {:.1f} MB of weights on this rank, KV cache {} blocks x {} tokens",
+               static_cast<double>(rt->engine->weight_bytes()) / 1e6, rt->engine->kv_blocks(),
+               rt->engine->options().kv_block_size);
+  if (topo.size > 1) {
+    rt->executor = std::make_unique<DistributedExecutor>(*rt->engine, rt->world->comm());
+  } else {
+    rt->executor = std::make_unique<LocalExecutor>(*rt->engine);
+  }
+  return rt;
+}
+
+}  // namespace tpnode::cli
