@@ -1,0 +1,72 @@
+// Row-wise and element-wise activation kernels: RMSNorm, RoPE, SwiGLU, residual add,
+// bias, row gather. RMSNorm and SwiGLU can also write their output quantized to 8 bits
+// (QuantActs) so the next GEMV needs no separate quantization pass.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/gemv.h"
+#include "node/model/hparams.h"
+
+namespace tpnode::cuda {
+
+struct RmsNormParams {
+  const float* x = nullptr;  // [rows, n]
+  const float* w = nullptr;  // [n]
+  float* y = nullptr;        // [rows, n]
+  int64_t rows = 0;
+  int64_t n = 0;
+  float eps = 1e-5f;
+  QuantActs quant;           // optional (q == null: off); needs n % 32 == 0
+};
+void rmsnorm(const RmsNormParams& p, cudaStream_t stream);
+
+struct RopeKernelParams {
+  float* q = nullptr;                // [n_tokens, n_head, head_dim]
+  float* k = nullptr;                // [n_tokens, n_head_kv, head_dim]
+  const int32_t* positions = nullptr;  // [n_tokens] device
+  int64_t n_tokens = 0;
+  int64_t n_head = 0;
+  int64_t n_head_kv = 0;
+  int64_t head_dim = 0;
+  RopeStyle style = RopeStyle::kNeox;
+  const float* inv_freq = nullptr;     // [head_dim / 2] device, scaling applied
+};
+void rope(const RopeKernelParams& p, cudaStream_t stream);
+
+struct SwigluParams {
+  const float* gate = nullptr;  // [n]
+  const float* up = nullptr;    // [n]
+  float* out = nullptr;         // [n]
+  int64_t n = 0;
+  QuantActs quant;              // optional; needs n % 32 == 0 (rows of a multiple of 32)
+};
+void swiglu(const SwigluParams& p, cudaStream_t stream);
+
+struct AddParams {
+  float* x = nullptr;        // [n] in place: x += y
+  const float* y = nullptr;  // [n]
+  int64_t n = 0;
+};
+void add(const AddParams& p, cudaStream_t stream);
+
+struct BiasParams {
+  float* y = nullptr;        // [m, n] in place: y += b
+  const float* b = nullptr;  // [n]
+  int64_t m = 0;
+  int64_t n = 0;
+};
+void add_bias(const BiasParams& p, cudaStream_t stream);
+
+struct GatherActRowsParams {
+  const float* x = nullptr;        // [*, row_len]
+  const int32_t* rows = nullptr;   // [n] device
+  int64_t n = 0;
+  int64_t row_len = 0;
+  float* out = nullptr;            // [n, row_len]
+};
+void gather_act_rows(const GatherActRowsParams& p, cudaStream_t stream);
+
+}  // namespace tpnode::cuda

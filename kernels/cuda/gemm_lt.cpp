@@ -1,0 +1,68 @@
+#include "kernels/cuda/gemm_lt.h"
+
+#include "kernels/cuda/cuda_check.h"
+
+namespace tpnode::cuda {
+
+GemmLt::GemmLt(void* workspace, size_t workspace_bytes)
+    : workspace_(workspace), workspace_bytes_(workspace_bytes) {
+  TPNODE_CUBLAS_CHECK(cublasLtCreate(&handle_));
+}
+
+GemmLt::~GemmLt() {
+  for (auto& [shape, p] : plans_) {
+    cublasLtMatrixLayoutDestroy(p.w);
+    cublasLtMatrixLayoutDestroy(p.x);
+    cublasLtMatrixLayoutDestroy(p.y);
+    cublasLtMatmulDescDestroy(p.op);
+  }
+  if (handle_) cublasLtDestroy(handle_);
+}
+
+// Column-major view: Y (n x m, ld n) = op(W) (n x k) · X (k x m), with W stored as the
+// column-major k x n matrix that the row-major [n, k] buffer is, hence op = transpose.
+const GemmLt::Plan& GemmLt::plan(int64_t m, int64_t n, int64_t k, int64_t ldy) {
+  const auto key = std::make_tuple(m, n, k, ldy);
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return it->second;
+  Plan p;
+  TPNODE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t trans_w = CUBLAS_OP_T, trans_x = CUBLAS_OP_N;
+  TPNODE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_w,
+                                                     sizeof(trans_w)));
+  TPNODE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_x,
+                                                     sizeof(trans_x)));
+  TPNODE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.w, CUDA_R_16BF, k, n, k));
+  TPNODE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.x, CUDA_R_16BF, k, m, k));
+  TPNODE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.y, CUDA_R_32F, n, m, ldy));
+  cublasLtMatmulPreference_t pref = nullptr;
+  TPNODE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  TPNODE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_, sizeof(workspace_bytes_)));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.w, p.x, p.y, p.y,
+                                                           pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+    cublasLtMatrixLayoutDestroy(p.w);
+    cublasLtMatrixLayoutDestroy(p.x);
+    cublasLtMatrixLayoutDestroy(p.y);
+    cublasLtMatmulDescDestroy(p.op);
+    TPNODE_CUBLAS_CHECK(st);
+    TPNODE_THROW(ErrorKind::kRuntime, "cuBLASLt has no BF16 algorithm for m={} n={} k={}", m, n,
+                 k);
+  }
+  p.algo = result.algo;
+  return plans_.emplace(key, p).first->second;
+}
+
+void GemmLt::run(const GemmArgs& a, cudaStream_t stream) {
+  if (a.m == 0 || a.n == 0) return;
+  const Plan& p = plan(a.m, a.n, a.k, a.ldy ? a.ldy : a.n);
+  const float alpha = 1.0f, beta = 0.0f;
+  TPNODE_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, a.w, p.w, a.x, p.x, &beta, a.y, p.y,
+                                     a.y, p.y, &p.algo, workspace_, workspace_bytes_, stream));
+}
+
+}  // namespace tpnode::cuda

@@ -1,0 +1,47 @@
+// BF16 GEMM through cuBLASLt: y[m, n] (F32) = x[m, k] (BF16) · W[n, k]ᵀ (BF16), F32
+// accumulation. Plans (descriptors + the heuristic's algorithm) are cached per shape.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <tuple>
+
+namespace tpnode::cuda {
+
+struct GemmArgs {
+  const __nv_bfloat16* w = nullptr;  // [n, k]
+  const __nv_bfloat16* x = nullptr;  // [m, k]
+  float* y = nullptr;                // [m, ldy]: columns [0, n) written
+  int64_t m = 0, n = 0, k = 0;
+  int64_t ldy = 0;                   // 0 = n
+};
+
+class GemmLt {
+ public:
+  // `workspace` is device memory of `workspace_bytes`, owned by the caller.
+  GemmLt(void* workspace, size_t workspace_bytes);
+  ~GemmLt();
+  GemmLt(const GemmLt&) = delete;
+  GemmLt& operator=(const GemmLt&) = delete;
+
+  void run(const GemmArgs& a, cudaStream_t stream);
+
+ private:
+  struct Plan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t w = nullptr, x = nullptr, y = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  const Plan& plan(int64_t m, int64_t n, int64_t k, int64_t ldy);
+
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_;
+  size_t workspace_bytes_;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, Plan> plans_;
+};
+
+}  // namespace tpnode::cuda

@@ -1,0 +1,679 @@
+#include "node/backend/cuda/cuda_backend.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dequant.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gemm_lt.h"
+#include "kernels/cuda/gemv.h"
+#include "kernels/cuda/quant_layout.h"
+#include "kernels/cuda/synth.h"
+#include "kernels/cpu/rope.h"
+#include "node/backend/cuda/device_memory.h"
+#include "node/backend/cuda/step_upload.h"
+
+namespace tpnode {
+namespace {
+
+namespace kc = ::tpnode::cuda;
+
+// Sequences with at least this many new tokens run on the tensor-core prefill kernel; the
+// others (decode tokens, short chunks) on the decode kernel.
+constexpr int64_t kPrefillMinTokens = 16;
+constexpr size_t kGemmWorkspaceBytes = size_t{32} << 20;
+// Quantized weights without a BF16 copy are dequantized for the GEMM in row chunks of this.
+constexpr size_t kDequantChunkBytes = size_t{256} << 20;
+
+float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400) == 0) {
+        mant <<= 1;
+        --exp;
+      }
+      bits = sign | (exp << 23) | ((mant & 0x3FF) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7F800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+float bf16_bits_to_float(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaBackendOptions& options);
+  ~CudaBackend() override;
+
+  std::string_view name() const override { return "cuda"; }
+  void* alloc(size_t bytes) override { return mem_->alloc(bytes, "backend buffer"); }
+  void copy_to_device(void* dst, const void* src, size_t bytes) override;
+  void copy_to_host(void* dst, const void* src, size_t bytes) override;
+  void sync() override { TPNODE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  Weight upload_weight(const HostMatrix& m) override;
+  float* upload_vector(TensorType type, const void* data, int64_t n) override;
+  Weight synth_weight(TensorType type, int64_t rows, int64_t cols, uint64_t seed) override;
+  float* synth_vector(int64_t n, float value) override;
+
+  size_t kv_element_bytes() const override { return 2; }  // BF16 or F16
+  void init_kv_cache(const KvCacheShape& shape) override;
+  void begin_step(const BatchMeta& batch) override;
+
+  void embed(const Weight& table, float* x) override;
+  void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
+               float eps) override;
+  void matmul(const Weight& w, const float* x, float* y, int64_t m) override;
+  void add_bias(float* y, const float* b, int64_t m, int64_t n) override;
+  void rope(float* q, float* k, const RopeParams& p) override;
+  void attention(const float* q, const float* k, const float* v, float* out,
+                 const AttentionParams& p) override;
+  void swiglu(const float* gate, const float* up, float* out, int64_t n) override;
+  void add(float* x, const float* y, int64_t n) override;
+  void gather_rows(const float* x, float* out, int64_t row_len) override;
+
+  CudaDeviceInfo info() const;
+  double measure_copy_bandwidth(uint64_t bytes);
+  double measure_gemm_flops(int64_t dim);
+
+ private:
+  // Which activation buffer the 8-bit copy in act_* holds (n elements from x).
+  struct ActCache {
+    const void* x = nullptr;
+    int64_t n = 0;
+  };
+  struct Scratches {
+    explicit Scratches(kc::DeviceMemory& m)
+        : act_q(m, "8-bit activations"), act_d(m, "activation scales"),
+          act_s(m, "activation sums"), gemm_x(m, "GEMM BF16 activations"),
+          gemm_w(m, "GEMM BF16 weight staging"), attn_out(m, "attention split outputs"),
+          attn_lse(m, "attention split LSE") {}
+    kc::Scratch act_q, act_d, act_s, gemm_x, gemm_w, attn_out, attn_lse;
+  };
+  struct Step {
+    int64_t n_tokens = 0, n_seqs = 0, n_logits = 0, n_decode = 0, n_tiles = 0;
+    int32_t max_blocks = 0;
+    int64_t max_decode_kv = 0;
+    const int32_t* tokens = nullptr;
+    const int32_t* positions = nullptr;
+    const int32_t* token_seq = nullptr;
+    const int32_t* block_tables = nullptr;
+    const int32_t* logit_rows = nullptr;
+    const int32_t* decode_tokens = nullptr;
+    const int32_t* tiles = nullptr;
+  };
+
+  void wrote(const void* p, size_t bytes);
+  kc::QuantActs act_buffers(int64_t n);
+  Weight finish_weight(TensorType type, int64_t rows, int64_t cols, void* data);
+  kc::DeviceMatrix view(const Weight& w) const;
+  kc::PagedKv layer_kv(int64_t layer) const;
+  kc::DeviceBatch device_batch() const;
+  void gemm(const Weight& w, const float* x, float* y, int64_t m);
+  const float* rope_freqs(const RopeParams& p);
+
+  CudaBackendOptions opt_;
+  cudaDeviceProp prop_{};
+  cudaStream_t stream_ = nullptr;
+  uint64_t total_bytes_ = 0;
+  std::unique_ptr<kc::DeviceMemory> mem_;  // first in, last out: frees every buffer
+  std::unique_ptr<Scratches> scratch_;
+  std::unique_ptr<kc::StepUploader> uploader_;
+  std::unique_ptr<kc::GemmLt> gemm_;
+  uint64_t bf16_copy_bytes_ = 0;
+  int64_t max_cols_ = 0;
+  ActCache act_;
+
+  KvCacheShape kv_shape_;
+  void* k_cache_ = nullptr;
+  void* v_cache_ = nullptr;
+  size_t kv_layer_bytes_ = 0;
+
+  Step step_;
+  // RoPE frequency tables on the device, one per distinct parameter set (usually one).
+  struct RopeFreqs {
+    RopeParams key;
+    float* dev;
+  };
+  std::vector<RopeFreqs> rope_freqs_;
+};
+
+CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
+  const int count = cuda_device_count();
+  TPNODE_CHECK_KIND(options.device >= 0 && options.device < count, ErrorKind::kRuntime,
+                    "CUDA device {} requested but {} device(s) are usable", options.device, count);
+  TPNODE_CHECK(options.gpu_memory_fraction > 0.0 && options.gpu_memory_fraction <= 1.0,
+               "gpu_memory_fraction {} outside (0, 1]", options.gpu_memory_fraction);
+  TPNODE_CUDA_CHECK(cudaSetDevice(options.device));
+  TPNODE_CUDA_CHECK(cudaGetDeviceProperties(&prop_, options.device));
+  TPNODE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  size_t free_bytes = 0, total_bytes = 0;
+  TPNODE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  total_bytes_ = total_bytes;
+  const uint64_t budget = std::min<uint64_t>(
+      free_bytes, static_cast<uint64_t>(options.gpu_memory_fraction * static_cast<double>(total_bytes)));
+  mem_ = std::make_unique<kc::DeviceMemory>(budget);
+  scratch_ = std::make_unique<Scratches>(*mem_);
+  uploader_ = std::make_unique<kc::StepUploader>(*mem_, stream_);
+  uploader_->reserve(static_cast<size_t>(options.max_batch_tokens) * 16 + 65536);
+  gemm_ = std::make_unique<kc::GemmLt>(mem_->alloc(kGemmWorkspaceBytes, "cuBLASLt workspace"),
+                                       kGemmWorkspaceBytes);
+  spdlog::info("cuda: {} ({} SMs, {:.1f} GiB), budget {:.1f} GiB", prop_.name,
+               prop_.multiProcessorCount, total_bytes / 1073741824.0, budget / 1073741824.0);
+}
+
+CudaBackend::~CudaBackend() {
+  if (stream_) cudaStreamSynchronize(stream_);
+  gemm_.reset();
+  uploader_.reset();
+  scratch_.reset();
+  mem_.reset();
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaBackend::wrote(const void* p, size_t bytes) {
+  if (act_.x == nullptr) return;
+  const auto* a = static_cast<const uint8_t*>(act_.x);
+  const auto* b = static_cast<const uint8_t*>(p);
+  const size_t a_len = static_cast<size_t>(act_.n) * sizeof(float);
+  if (b < a + a_len && a < b + bytes) act_ = {};
+}
+
+kc::QuantActs CudaBackend::act_buffers(int64_t n) {
+  // Sized for the largest decode batch at once, so the buffers rarely move.
+  const int64_t want = std::max<int64_t>(n, kc::kGemvMaxBatch * std::max<int64_t>(max_cols_, 32));
+  kc::QuantActs a;
+  void* old = scratch_->act_q.get(0);
+  a.q = scratch_->act_q.as<int8_t>(want);
+  a.d = scratch_->act_d.as<float>(want / 32 + 1);
+  a.s = scratch_->act_s.as<float>(want / 32 + 1);
+  if (old != a.q) act_ = {};
+  return a;
+}
+
+void CudaBackend::copy_to_device(void* dst, const void* src, size_t bytes) {
+  wrote(dst, bytes);
+  TPNODE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+}
+
+void CudaBackend::copy_to_host(void* dst, const void* src, size_t bytes) {
+  TPNODE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+  TPNODE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+kc::DeviceMatrix CudaBackend::view(const Weight& w) const {
+  return kc::device_matrix(w.type, w.rows, w.cols, w.data);
+}
+
+Weight CudaBackend::finish_weight(TensorType type, int64_t rows, int64_t cols, void* data) {
+  Weight w;
+  w.type = type;
+  w.rows = rows;
+  w.cols = cols;
+  w.data = data;
+  w.row_stride = view(w).q_row_bytes;
+  max_cols_ = std::max(max_cols_, cols);
+  const uint64_t copy_bytes = static_cast<uint64_t>(rows) * cols * 2;
+  const bool want_copy = type != TensorType::kBF16 && opt_.bf16_copy_fraction > 0.0 &&
+                         bf16_copy_bytes_ + copy_bytes <=
+                             opt_.bf16_copy_fraction * static_cast<double>(mem_->budget()) &&
+                         mem_->fits(copy_bytes);
+  if (want_copy) {
+    auto* copy = static_cast<__nv_bfloat16*>(mem_->alloc(copy_bytes, "BF16 weight copy"));
+    kc::dequant_to_bf16({.w = view(w), .row0 = 0, .rows = rows, .out = copy}, stream_);
+    bf16_copy_bytes_ += copy_bytes;
+    w.aux = copy;
+  }
+  return w;
+}
+
+Weight CudaBackend::upload_weight(const HostMatrix& m) {
+  TPNODE_CHECK(m.data != nullptr && m.rows > 0 && m.cols > 0, "upload_weight: empty matrix");
+  const size_t bytes = kc::split_matrix_bytes(m.type, m.rows, m.cols);
+  std::vector<uint8_t> host(bytes);
+  kc::repack_to_split(m.type, m.data, m.row_stride, m.rows, m.cols, host.data());
+  void* dev = mem_->alloc(bytes, "weights");
+  TPNODE_CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), bytes, cudaMemcpyHostToDevice, stream_));
+  TPNODE_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `host` dies here
+  return finish_weight(m.type, m.rows, m.cols, dev);
+}
+
+float* CudaBackend::upload_vector(TensorType type, const void* data, int64_t n) {
+  std::vector<float> v(static_cast<size_t>(n));
+  const auto* u16 = static_cast<const uint16_t*>(data);
+  switch (type) {
+    case TensorType::kF32: std::memcpy(v.data(), data, n * sizeof(float)); break;
+    case TensorType::kF16:
+      for (int64_t i = 0; i < n; ++i) v[i] = half_bits_to_float(u16[i]);
+      break;
+    case TensorType::kBF16:
+      for (int64_t i = 0; i < n; ++i) v[i] = bf16_bits_to_float(u16[i]);
+      break;
+    default:
+      TPNODE_THROW(ErrorKind::kUnsupported, "upload_vector: type {} not a float type",
+                   kc::weight_type_label(type));
+  }
+  auto* dev = static_cast<float*>(mem_->alloc(n * sizeof(float), "vector"));
+  TPNODE_CUDA_CHECK(cudaMemcpyAsync(dev, v.data(), n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  TPNODE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return dev;
+}
+
+Weight CudaBackend::synth_weight(TensorType type, int64_t rows, int64_t cols, uint64_t seed) {
+  const size_t bytes = kc::split_matrix_bytes(type, rows, cols);
+  auto* dev = static_cast<uint8_t*>(mem_->alloc(bytes, "synthetic weights"));
+  kc::synth_matrix({.type = type, .rows = rows, .cols = cols, .seed = seed, .out = dev}, stream_);
+  return finish_weight(type, rows, cols, dev);
+}
+
+float* CudaBackend::synth_vector(int64_t n, float value) {
+  auto* dev = static_cast<float*>(mem_->alloc(n * sizeof(float), "vector"));
+  kc::fill({.out = dev, .n = n, .value = value}, stream_);
+  return dev;
+}
+
+void CudaBackend::init_kv_cache(const KvCacheShape& shape) {
+  TPNODE_CHECK(k_cache_ == nullptr, "init_kv_cache called twice");
+  TPNODE_CHECK(shape.n_layer > 0 && shape.n_blocks > 0 && shape.block_size > 0 &&
+                   shape.n_head_kv > 0 && shape.head_dim > 0,
+               "init_kv_cache: empty shape");
+  TPNODE_CHECK(shape.head_dim % 8 == 0, "CUDA KV cache needs head_dim % 8 == 0 (got {})",
+               shape.head_dim);
+  kv_shape_ = shape;
+  kv_layer_bytes_ = static_cast<size_t>(shape.n_blocks) * shape.n_head_kv * shape.block_size *
+                    shape.head_dim * 2;
+  k_cache_ = mem_->alloc(kv_layer_bytes_ * shape.n_layer, "KV cache (K)");
+  v_cache_ = mem_->alloc(kv_layer_bytes_ * shape.n_layer, "KV cache (V)");
+}
+
+kc::PagedKv CudaBackend::layer_kv(int64_t layer) const {
+  kc::PagedKv kv;
+  kv.k = static_cast<uint8_t*>(k_cache_) + layer * kv_layer_bytes_;
+  kv.v = static_cast<uint8_t*>(v_cache_) + layer * kv_layer_bytes_;
+  kv.block_size = kv_shape_.block_size;
+  kv.n_head_kv = kv_shape_.n_head_kv;
+  kv.head_dim = kv_shape_.head_dim;
+  kv.dtype = opt_.kv_dtype == KvCacheDtype::kBF16 ? kc::KvDtype::kBF16 : kc::KvDtype::kF16;
+  return kv;
+}
+
+kc::DeviceBatch CudaBackend::device_batch() const {
+  return {.positions = step_.positions,
+          .token_seq = step_.token_seq,
+          .block_tables = step_.block_tables,
+          .max_blocks = step_.max_blocks,
+          .n_tokens = step_.n_tokens};
+}
+
+void CudaBackend::begin_step(const BatchMeta& b) {
+  const int64_t n = b.n_tokens(), ns = b.n_seqs();
+  TPNODE_CHECK(b.positions.size() == static_cast<size_t>(n) &&
+                   b.token_seq.size() == static_cast<size_t>(n),
+               "begin_step: positions/token_seq sizes {} / {} for {} tokens", b.positions.size(),
+               b.token_seq.size(), n);
+  TPNODE_CHECK(b.seq_start.size() == static_cast<size_t>(ns + 1) &&
+                   b.block_tables.size() == static_cast<size_t>(ns) * b.max_blocks,
+               "begin_step: seq_start/block_tables sizes do not match {} sequences", ns);
+  // Every slot a token writes or reads must be a real block: the kernels trust the tables.
+  for (int64_t t = 0; t < n; ++t) {
+    const int32_t s = b.token_seq[t], pos = b.positions[t];
+    TPNODE_CHECK(s >= 0 && s < ns && pos >= 0, "begin_step: token {} has seq {} pos {}", t, s, pos);
+    if (k_cache_ == nullptr) continue;
+    const int64_t last_block = pos / kv_shape_.block_size;
+    TPNODE_CHECK(last_block < b.max_blocks, "begin_step: token {} at pos {} past its block table",
+                 t, pos);
+    for (int64_t j = 0; j <= last_block; ++j) {
+      const int32_t blk = b.block_tables[static_cast<size_t>(s) * b.max_blocks + j];
+      TPNODE_CHECK(blk >= 0 && blk < kv_shape_.n_blocks,
+                   "begin_step: seq {} block {} is {} (cache has {})", s, j, blk,
+                   kv_shape_.n_blocks);
+    }
+  }
+  for (int32_t r : b.logit_rows) {
+    TPNODE_CHECK(r >= 0 && r < n, "begin_step: logit row {} of {} tokens", r, n);
+  }
+
+  std::vector<int32_t> decode;
+  std::vector<int32_t> tiles;
+  int64_t max_kv = 0;
+  const bool tc = k_cache_ != nullptr && kc::prefill_attention_supports(kv_shape_.head_dim);
+  for (int64_t s = 0; s < ns; ++s) {
+    const int32_t first = b.seq_start[s], count = b.seq_start[s + 1] - first;
+    if (tc && count >= kPrefillMinTokens) {
+      for (int32_t i = 0; i < count; i += kc::kPrefillTile) {
+        tiles.push_back(first + i);
+        tiles.push_back(std::min<int32_t>(kc::kPrefillTile, count - i));
+      }
+    } else {
+      for (int32_t i = 0; i < count; ++i) {
+        decode.push_back(first + i);
+        max_kv = std::max<int64_t>(max_kv, b.positions[first + i] + 1);
+      }
+    }
+  }
+
+  // One buffer: tokens, positions, token_seq, block tables, logit rows, decode list, tiles.
+  std::vector<int32_t> words;
+  words.reserve(3 * n + b.block_tables.size() + b.logit_rows.size() + decode.size() + tiles.size());
+  auto put = [&words](const std::vector<int32_t>& v) {
+    const size_t off = words.size();
+    words.insert(words.end(), v.begin(), v.end());
+    while (words.size() % 4) words.push_back(0);  // 16-byte aligned sections
+    return off;
+  };
+  const size_t o_tok = put(b.tokens), o_pos = put(b.positions), o_seq = put(b.token_seq);
+  const size_t o_bt = put(b.block_tables), o_log = put(b.logit_rows);
+  const size_t o_dec = put(decode), o_tiles = put(tiles);
+  const int32_t* dev = uploader_->upload(words);
+
+  step_ = Step{};
+  step_.n_tokens = n;
+  step_.n_seqs = ns;
+  step_.n_logits = static_cast<int64_t>(b.logit_rows.size());
+  step_.n_decode = static_cast<int64_t>(decode.size());
+  step_.n_tiles = static_cast<int64_t>(tiles.size() / 2);
+  step_.max_blocks = b.max_blocks;
+  step_.max_decode_kv = max_kv;
+  step_.tokens = dev + o_tok;
+  step_.positions = dev + o_pos;
+  step_.token_seq = dev + o_seq;
+  step_.block_tables = dev + o_bt;
+  step_.logit_rows = dev + o_log;
+  step_.decode_tokens = dev + o_dec;
+  step_.tiles = dev + o_tiles;
+  act_ = {};
+}
+
+void CudaBackend::embed(const Weight& table, float* x) {
+  kc::gather_weight_rows(
+      {.table = view(table), .ids = step_.tokens, .n = step_.n_tokens, .out = x}, stream_);
+  wrote(x, step_.n_tokens * table.cols * sizeof(float));
+}
+
+void CudaBackend::rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
+                          float eps) {
+  kc::RmsNormParams p{.x = x, .w = w, .y = y, .rows = rows, .n = n, .eps = eps, .quant = {}};
+  wrote(y, rows * n * sizeof(float));
+  // Small batches feed a GEMV next: write the 8-bit copy on the way.
+  const bool fuse = n % 32 == 0 && rows <= kc::kGemvMaxBatch;
+  if (fuse) p.quant = act_buffers(rows * n);
+  kc::rmsnorm(p, stream_);
+  if (fuse) act_ = {y, rows * n};
+}
+
+void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
+  const kc::DeviceMatrix dm = view(w);
+  if (m <= kc::kGemvMaxBatch && kc::gemv_supports(dm)) {
+    kc::GemvParams p{.w = dm, .x = x, .xq = {}, .y = y, .m = m};
+    if (kc::is_quantized(w.type)) {
+      p.xq = act_buffers(m * w.cols);  // may move the buffers, which drops the cache
+      if (act_.x != x || act_.n != m * w.cols) {
+        kc::quantize_acts({.x = x, .m = m, .k = w.cols, .out = p.xq}, stream_);
+        act_ = {x, m * w.cols};
+      }
+    }
+    wrote(y, m * w.rows * sizeof(float));
+    kc::gemv(p, stream_);
+  } else {
+    wrote(y, m * w.rows * sizeof(float));
+    gemm(w, x, y, m);
+  }
+}
+
+void CudaBackend::gemm(const Weight& w, const float* x, float* y, int64_t m) {
+  const int64_t n = w.rows, k = w.cols;
+  auto* xb = scratch_->gemm_x.as<__nv_bfloat16>(m * k);
+  kc::f32_to_bf16({.x = x, .y = xb, .n = m * k}, stream_);
+  const __nv_bfloat16* wb = nullptr;
+  if (w.type == TensorType::kBF16) wb = static_cast<const __nv_bfloat16*>(w.data);
+  if (w.aux != nullptr) wb = static_cast<const __nv_bfloat16*>(w.aux);
+  if (wb != nullptr) {
+    gemm_->run({.w = wb, .x = xb, .y = y, .m = m, .n = n, .k = k, .ldy = n}, stream_);
+    return;
+  }
+  // Row chunks (multiples of 128 rows keep y's column offsets aligned) through a staging buffer.
+  int64_t chunk = static_cast<int64_t>(kDequantChunkBytes / (static_cast<size_t>(k) * 2));
+  chunk = std::max<int64_t>(128, chunk / 128 * 128);
+  chunk = std::min(chunk, n);
+  auto* stage = scratch_->gemm_w.as<__nv_bfloat16>(chunk * k);
+  for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+    const int64_t rows = std::min(chunk, n - r0);
+    kc::dequant_to_bf16({.w = view(w), .row0 = r0, .rows = rows, .out = stage}, stream_);
+    gemm_->run({.w = stage, .x = xb, .y = y + r0, .m = m, .n = rows, .k = k, .ldy = n}, stream_);
+  }
+}
+
+void CudaBackend::add_bias(float* y, const float* b, int64_t m, int64_t n) {
+  wrote(y, m * n * sizeof(float));
+  kc::add_bias({.y = y, .b = b, .m = m, .n = n}, stream_);
+}
+
+void CudaBackend::rope(float* q, float* k, const RopeParams& p) {
+  wrote(q, step_.n_tokens * p.n_head * p.head_dim * sizeof(float));
+  wrote(k, step_.n_tokens * p.n_head_kv * p.head_dim * sizeof(float));
+  kc::rope({.q = q,
+            .k = k,
+            .positions = step_.positions,
+            .n_tokens = step_.n_tokens,
+            .n_head = p.n_head,
+            .n_head_kv = p.n_head_kv,
+            .head_dim = p.head_dim,
+            .style = p.style,
+            .inv_freq = rope_freqs(p)},
+           stream_);
+}
+
+// The same host table as the CPU backend (transformers' float32 recipe), uploaded once.
+const float* CudaBackend::rope_freqs(const RopeParams& p) {
+  auto same = [&p](const RopeParams& k) {
+    return k.head_dim == p.head_dim && k.theta == p.theta && k.scaling.kind == p.scaling.kind &&
+           k.scaling.factor == p.scaling.factor &&
+           k.scaling.low_freq_factor == p.scaling.low_freq_factor &&
+           k.scaling.high_freq_factor == p.scaling.high_freq_factor &&
+           k.scaling.original_context == p.scaling.original_context;
+  };
+  for (const RopeFreqs& f : rope_freqs_) {
+    if (same(f.key)) return f.dev;
+  }
+  const std::vector<float> host = cpu::rope_inv_freq(p.head_dim, p.theta, p.scaling);
+  auto* dev = static_cast<float*>(mem_->alloc(host.size() * sizeof(float), "RoPE table"));
+  TPNODE_CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), host.size() * sizeof(float),
+                                    cudaMemcpyHostToDevice, stream_));
+  TPNODE_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `host` dies here
+  rope_freqs_.push_back({p, dev});
+  return dev;
+}
+
+void CudaBackend::attention(const float* q, const float* k, const float* v, float* out,
+                            const AttentionParams& p) {
+  TPNODE_CHECK(k_cache_ != nullptr, "attention before init_kv_cache");
+  TPNODE_CHECK(p.layer >= 0 && p.layer < kv_shape_.n_layer && p.n_head_kv == kv_shape_.n_head_kv &&
+                   p.head_dim == kv_shape_.head_dim && p.n_head % p.n_head_kv == 0,
+               "attention: layer {} with {} heads / {} KV heads of dim {} does not match the "
+               "KV cache ({} layers, {} KV heads of dim {})",
+               p.layer, p.n_head, p.n_head_kv, p.head_dim, kv_shape_.n_layer, kv_shape_.n_head_kv,
+               kv_shape_.head_dim);
+  wrote(out, step_.n_tokens * p.n_head * p.head_dim * sizeof(float));
+  const kc::PagedKv kv = layer_kv(p.layer);
+  const kc::DeviceBatch batch = device_batch();
+  kc::kv_store({.kv = kv, .batch = batch, .k = k, .v = v}, stream_);
+  if (step_.n_decode > 0) {
+    kc::DecodeAttentionParams d{.kv = kv,
+                                .batch = batch,
+                                .q = q,
+                                .out = out,
+                                .tokens = step_.decode_tokens,
+                                .n = step_.n_decode,
+                                .n_head = p.n_head,
+                                .scale = p.scale};
+    // Split the key axis when (token, KV head) pairs alone would leave SMs idle.
+    const int64_t ctas = step_.n_decode * p.n_head_kv;
+    const int64_t target = 2 * static_cast<int64_t>(prop_.multiProcessorCount);
+    const int64_t max_kv = step_.max_decode_kv;
+    int64_t splits = 1;
+    if (ctas < target && max_kv > 2 * kc::kDecodeKeyTile) {
+      splits = std::min<int64_t>({(target + ctas - 1) / ctas, (max_kv + 255) / 256, 32});
+    }
+    if (splits > 1) {
+      const int64_t per = (max_kv + splits - 1) / splits;
+      const int64_t len = (per + kc::kDecodeKeyTile - 1) / kc::kDecodeKeyTile * kc::kDecodeKeyTile;
+      splits = (max_kv + len - 1) / len;
+      d.n_splits = static_cast<int>(splits);
+      d.split_len = static_cast<int>(len);
+      d.part_out = scratch_->attn_out.as<float>(step_.n_decode * p.n_head * splits * p.head_dim);
+      d.part_lse = scratch_->attn_lse.as<float>(step_.n_decode * p.n_head * splits);
+    } else {
+      d.split_len = static_cast<int>(std::max<int64_t>(max_kv, 1));
+    }
+    kc::decode_attention(d, stream_);
+  }
+  if (step_.n_tiles > 0) {
+    kc::prefill_attention({.kv = kv,
+                           .batch = batch,
+                           .q = q,
+                           .out = out,
+                           .tiles = step_.tiles,
+                           .n_tiles = step_.n_tiles,
+                           .n_head = p.n_head,
+                           .scale = p.scale},
+                          stream_);
+  }
+}
+
+void CudaBackend::swiglu(const float* gate, const float* up, float* out, int64_t n) {
+  wrote(out, n * sizeof(float));
+  kc::SwigluParams p{.gate = gate, .up = up, .out = out, .n = n, .quant = {}};
+  // Decode-sized inputs feed a GEMV next (n = m * n_ff, m <= 16).
+  const bool fuse = n % 32 == 0 && n <= kc::kGemvMaxBatch * std::max<int64_t>(max_cols_, 32);
+  if (fuse) p.quant = act_buffers(n);
+  kc::swiglu(p, stream_);
+  if (fuse) act_ = {out, n};
+}
+
+void CudaBackend::add(float* x, const float* y, int64_t n) {
+  wrote(x, n * sizeof(float));
+  kc::add({.x = x, .y = y, .n = n}, stream_);
+}
+
+void CudaBackend::gather_rows(const float* x, float* out, int64_t row_len) {
+  wrote(out, step_.n_logits * row_len * sizeof(float));
+  kc::gather_act_rows({.x = x, .rows = step_.logit_rows, .n = step_.n_logits, .row_len = row_len,
+                       .out = out},
+                      stream_);
+}
+
+CudaDeviceInfo CudaBackend::info() const {
+  return {.name = prop_.name,
+          .sm_count = prop_.multiProcessorCount,
+          .total_bytes = total_bytes_,
+          .budget_bytes = mem_->budget(),
+          .used_bytes = mem_->used()};
+}
+
+double CudaBackend::measure_copy_bandwidth(uint64_t bytes) {
+  void* a = mem_->alloc(bytes, "bandwidth probe");
+  void* b = mem_->alloc(bytes, "bandwidth probe");
+  TPNODE_CUDA_CHECK(cudaMemsetAsync(a, 1, bytes, stream_));
+  cudaEvent_t e0, e1;
+  TPNODE_CUDA_CHECK(cudaEventCreate(&e0));
+  TPNODE_CUDA_CHECK(cudaEventCreate(&e1));
+  constexpr int kIters = 20;
+  for (int i = 0; i < 3; ++i) {
+    TPNODE_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  TPNODE_CUDA_CHECK(cudaEventRecord(e0, stream_));
+  for (int i = 0; i < kIters; ++i) {
+    TPNODE_CUDA_CHECK(cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, bytes,
+                                      cudaMemcpyDeviceToDevice, stream_));
+  }
+  TPNODE_CUDA_CHECK(cudaEventRecord(e1, stream_));
+  TPNODE_CUDA_CHECK(cudaEventSynchronize(e1));
+  float ms = 0.0f;
+  TPNODE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  mem_->free(a);
+  mem_->free(b);
+  return 2.0 * static_cast<double>(bytes) * kIters / (ms * 1e-3);
+}
+
+double CudaBackend::measure_gemm_flops(int64_t dim) {
+  auto* a = static_cast<uint8_t*>(mem_->alloc(dim * dim * 2, "GEMM probe"));
+  auto* b = static_cast<uint8_t*>(mem_->alloc(dim * dim * 2, "GEMM probe"));
+  auto* c = static_cast<float*>(mem_->alloc(dim * dim * 4, "GEMM probe"));
+  kc::synth_matrix({.type = TensorType::kBF16, .rows = dim, .cols = dim, .seed = 11, .out = a}, stream_);
+  kc::synth_matrix({.type = TensorType::kBF16, .rows = dim, .cols = dim, .seed = 12, .out = b}, stream_);
+  const kc::GemmArgs args{.w = reinterpret_cast<const __nv_bfloat16*>(a),
+                          .x = reinterpret_cast<const __nv_bfloat16*>(b),
+                          .y = c, .m = dim, .n = dim, .k = dim, .ldy = dim};
+  for (int i = 0; i < 3; ++i) gemm_->run(args, stream_);
+  cudaEvent_t e0, e1;
+  TPNODE_CUDA_CHECK(cudaEventCreate(&e0));
+  TPNODE_CUDA_CHECK(cudaEventCreate(&e1));
+  constexpr int kIters = 10;
+  TPNODE_CUDA_CHECK(cudaEventRecord(e0, stream_));
+  for (int i = 0; i < kIters; ++i) gemm_->run(args, stream_);
+  TPNODE_CUDA_CHECK(cudaEventRecord(e1, stream_));
+  TPNODE_CUDA_CHECK(cudaEventSynchronize(e1));
+  float ms = 0.0f;
+  TPNODE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  mem_->free(a);
+  mem_->free(b);
+  mem_->free(c);
+  return 2.0 * static_cast<double>(dim) * dim * dim * kIters / (ms * 1e-3);
+}
+
+}  // namespace
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options) {
+  return std::make_unique<CudaBackend>(options);
+}
+
+CudaDeviceInfo cuda_device_info(const Backend& backend) {
+  return dynamic_cast<const CudaBackend&>(backend).info();
+}
+
+double cuda_measure_copy_bandwidth(Backend& backend, uint64_t bytes) {
+  return dynamic_cast<CudaBackend&>(backend).measure_copy_bandwidth(bytes);
+}
+
+double cuda_measure_bf16_gemm_flops(Backend& backend, int64_t dim) {
+  return dynamic_cast<CudaBackend&>(backend).measure_gemm_flops(dim);
+}
+
+}  // namespace tpnode

@@ -1,0 +1,49 @@
+// The CUDA implementation of tpnode::Backend on one GPU. This header needs no CUDA headers:
+// the command line and the engine include it whether or not CUDA is built.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "node/engine/backend.h"
+
+namespace tpnode {
+
+enum class KvCacheDtype { kBF16, kF16 };
+
+struct CudaBackendOptions {
+  int device = 0;
+  double gpu_memory_fraction = 0.90;  // of the device's memory; allocations past it throw
+  KvCacheDtype kv_dtype = KvCacheDtype::kBF16;
+  int64_t max_batch_tokens = 512;     // sizes the step scratch buffers up front
+  bool use_cuda_graphs = true;        // used by capture_begin/capture_end (see CudaBackend)
+  // Quantized weights also get a BF16 copy for prefill / large-batch GEMMs while the copies
+  // fit in this fraction of the budget; without a copy the GEMM dequantizes into scratch.
+  double bf16_copy_fraction = 0.5;
+};
+
+// Number of usable CUDA devices; 0 when there is no driver or no GPU (never throws).
+int cuda_device_count();
+
+// Throws tpnode::Error(kRuntime) when the device cannot be used.
+std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);
+
+// Figures a benchmark wants from the device.
+struct CudaDeviceInfo {
+  std::string name;
+  int sm_count = 0;
+  uint64_t total_bytes = 0;
+  uint64_t budget_bytes = 0;
+  uint64_t used_bytes = 0;
+};
+// `backend` must come from make_cuda_backend.
+CudaDeviceInfo cuda_device_info(const Backend& backend);
+
+// Device-to-device copy bandwidth in bytes/s (read + write counted), measured on
+// `bytes`-sized buffers: the HBM roofline of memory-bound kernels.
+double cuda_measure_copy_bandwidth(Backend& backend, uint64_t bytes);
+// Dense BF16 GEMM rate in FLOP/s (m = n = k = `dim`, through cuBLASLt, random data).
+double cuda_measure_bf16_gemm_flops(Backend& backend, int64_t dim);
+
+}  // namespace tpnode

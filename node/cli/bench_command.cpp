@@ -1,0 +1,323 @@
+// tpnode bench: decode and prefill throughput of one rank on a built-in model shape with
+// synthetic weights (made on the device) or on a model file, against the rooflines measured
+// at start: device copy bandwidth (weights read per decode step) and a BF16 GEMM (prefill).
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+
+#include <unistd.h>
+
+#include "node/backend/cpu/cpu_backend.h"
+#include "node/cli/command.h"
+#include "node/common/error.h"
+#include "node/engine/engine.h"
+#include "node/engine/weight_source.h"
+#include "node/model/model_file.h"
+#ifdef TPNODE_HAVE_CUDA
+#include "node/backend/cuda/cuda_backend.h"
+#endif
+
+namespace tpnode::cli {
+namespace {
+
+struct BenchOptions {
+  std::string shape = "llama3-8b";
+  std::string type = "q4_k_m";
+  std::string model;                  // -m: a file instead of a shape
+  std::string backend = "auto";       // auto | cpu | cuda
+  int device = 0;
+  double gpu_memory_fraction = 0.92;
+  std::vector<int> batches = {1, 8, 32, 64};
+  std::vector<int> prefills = {512, 2048};
+  int context = 128;                  // tokens in each sequence's KV before decode is timed
+  int decode_steps = 32;
+  int reps = 3;                       // timed prefill repetitions
+  bool bf16_copies = true;            // CUDA: keep BF16 copies of quantized weights for GEMMs
+};
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+HParams shape_hparams(const std::string& shape) {
+  HParams hp;
+  hp.arch = "llama";
+  hp.name = shape;
+  hp.rope_style = RopeStyle::kNeox;
+  if (shape == "smollm2-135m") {
+    hp.n_layer = 30; hp.n_embd = 576; hp.n_head = 9; hp.n_head_kv = 3; hp.head_dim = 64;
+    hp.n_ff = 1536; hp.n_vocab = 49152; hp.n_ctx_train = 8192; hp.rope_theta = 100000.0f;
+    hp.tied_embeddings = true;
+  } else if (shape == "llama3-8b" || shape == "llama3-70b") {
+    const bool big = shape == "llama3-70b";
+    hp.n_layer = big ? 80 : 32; hp.n_embd = big ? 8192 : 4096; hp.n_head = big ? 64 : 32;
+    hp.n_head_kv = 8; hp.head_dim = 128; hp.n_ff = big ? 28672 : 14336; hp.n_vocab = 128256;
+    hp.n_ctx_train = 131072; hp.rope_theta = 500000.0f;
+    hp.rope_scaling = {RopeScaling::Kind::kLlama3, 8.0f, 1.0f, 4.0f, 8192};
+  } else if (shape == "qwen2-7b") {
+    hp.arch = "qwen2";
+    hp.n_layer = 28; hp.n_embd = 3584; hp.n_head = 28; hp.n_head_kv = 4; hp.head_dim = 128;
+    hp.n_ff = 18944; hp.n_vocab = 152064; hp.n_ctx_train = 32768; hp.rope_theta = 1000000.0f;
+    hp.rms_eps = 1e-6f; hp.attn_bias = true;
+  } else {
+    TPNODE_THROW(ErrorKind::kInvalidInput,
+                 "--shape {}: expected smollm2-135m, llama3-8b, llama3-70b or qwen2-7b", shape);
+  }
+  return hp;
+}
+
+// --type -> the matrix type and per-tensor overrides (q4_k_m: Q6_K ffn_down and output, as
+// llama.cpp's Q4_K_M does for most of them).
+std::pair<TensorType, std::vector<std::pair<std::string, TensorType>>> bench_types(
+    const std::string& t) {
+  if (t == "q4_k") return {TensorType::kQ4_K, {}};
+  if (t == "q4_k_m") {
+    return {TensorType::kQ4_K,
+            {{"ffn_down.weight", TensorType::kQ6_K}, {"output.weight", TensorType::kQ6_K}}};
+  }
+  if (t == "q8_0") return {TensorType::kQ8_0, {}};
+  if (t == "bf16") return {TensorType::kBF16, {}};
+  TPNODE_THROW(ErrorKind::kInvalidInput, "--type {}: expected q4_k, q4_k_m, q8_0 or bf16", t);
+}
+
+class SingleRank final : public Collective {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void all_reduce_sum(float*, size_t) override {}
+  void gather_host(const float* send, size_t n, float* recv,
+                   const std::vector<size_t>&) override {
+    std::copy_n(send, n, recv);
+  }
+};
+
+// One status line, rewritten in place on a terminal.
+class Status {
+ public:
+  Status() : tty_(isatty(fileno(stderr)) != 0) {}
+  template <typename... A>
+  void show(fmt::format_string<A...> f, A&&... a) {
+    const std::string s = fmt::format(f, std::forward<A>(a)...);
+    std::fprintf(stderr, tty_ ? "\r\033[K[bench] %s" : "[bench] %s\n", s.c_str());
+    std::fflush(stderr);
+  }
+  void done() {
+    if (tty_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  bool tty_;
+};
+
+struct Rooflines {
+  double copy_bw = 0.0;     // bytes/s, read + write
+  double gemm_flops = 0.0;  // BF16 FLOP/s
+  std::string gemm_source;
+};
+
+struct Row {
+  std::string what;
+  double tok_s = 0, ms = 0, frac = 0;
+  std::string frac_of;
+};
+
+int run_bench(const BenchOptions& o) {
+  Status status;
+  std::string kind = o.backend;
+#ifdef TPNODE_HAVE_CUDA
+  if (kind == "auto") kind = cuda_device_count() > 0 ? "cuda" : "cpu";
+#else
+  if (kind == "auto") kind = "cpu";
+  TPNODE_CHECK(kind == "cpu", "--backend cuda: this tpnode was built without CUDA");
+#endif
+  std::unique_ptr<Backend> backend;
+  Rooflines roof;
+#ifdef TPNODE_HAVE_CUDA
+  if (kind == "cuda") {
+    CudaBackendOptions co;
+    co.device = o.device;
+    co.gpu_memory_fraction = o.gpu_memory_fraction;
+    co.max_batch_tokens = std::max(*std::max_element(o.prefills.begin(), o.prefills.end()), 64);
+    co.bf16_copy_fraction = o.bf16_copies ? 0.5 : 0.0;
+    backend = make_cuda_backend(co);
+    status.show("measuring device copy bandwidth and BF16 GEMM rate");
+    roof.copy_bw = cuda_measure_copy_bandwidth(*backend, uint64_t{2} << 30);
+    roof.gemm_flops = cuda_measure_bf16_gemm_flops(*backend, 8192);
+    roof.gemm_source = "cuBLASLt 8192^3 BF16 GEMM measured at start";
+    status.done();
+    const CudaDeviceInfo info = cuda_device_info(*backend);
+    std::printf("device: %s, %d SMs, %.1f GiB (budget %.1f GiB)\n", info.name.c_str(),
+                info.sm_count, info.total_bytes / 1073741824.0, info.budget_bytes / 1073741824.0);
+    std::printf("rooflines: copy %.0f GB/s (read+write), BF16 GEMM %.0f TFLOP/s (%s)\n",
+                roof.copy_bw / 1e9, roof.gemm_flops / 1e12, roof.gemm_source.c_str());
+  }
+#endif
+  if (!backend) backend = make_cpu_backend({});
+
+  std::unique_ptr<ModelFile> file;
+  std::unique_ptr<WeightSource> source;
+  HParams hp;
+  std::string label;
+  if (!o.model.empty()) {
+    file = ModelFile::open(o.model);
+    hp = file->hparams();
+    source = std::make_unique<FileWeightSource>(*file);
+    label = o.model;
+  } else {
+    hp = shape_hparams(o.shape);
+    auto [type, overrides] = bench_types(o.type);
+    source = std::make_unique<SyntheticWeightSource>(hp, type, 1, overrides);
+    label = fmt::format("{} {} (synthetic weights)", o.shape, o.type);
+  }
+
+  const int max_batch = *std::max_element(o.batches.begin(), o.batches.end());
+  const int max_prefill = *std::max_element(o.prefills.begin(), o.prefills.end());
+  EngineOptions eo;
+  eo.max_context = std::max(max_prefill, o.context + o.decode_steps + 8);
+  eo.max_batch_tokens = std::max(max_prefill, max_batch);
+  eo.max_seqs = std::max(max_batch, 1);
+  const int64_t per_seq_blocks = (eo.max_context + eo.kv_block_size - 1) / eo.kv_block_size;
+  eo.kv_tokens = std::max<int64_t>(max_batch, 1) * per_seq_blocks * eo.kv_block_size;
+  int last_pct = -1;
+  eo.progress = [&status, &last_pct](uint64_t done, uint64_t total) {
+    const int pct = total ? static_cast<int>(100 * done / total) : 100;
+    if (pct == last_pct) return;
+    last_pct = pct;
+    status.show("loading weights {:3d}% ({:.1f} / {:.1f} GB)", pct, done / 1e9, total / 1e9);
+  };
+  SingleRank one;
+  const auto t_load = Clock::now();
+  Engine engine(hp, *source, *backend, one, eo);
+  backend->sync();
+  status.done();
+  const uint64_t embd_bytes =
+      source->bytes("token_embd.weight", {0, hp.n_vocab, 0, hp.n_embd});
+  const uint64_t step_weight_bytes = engine.weight_bytes() - embd_bytes;
+  std::printf("model: %s; %.2f GB of weights read per step; loaded in %.1f s on %s\n",
+              label.c_str(), step_weight_bytes / 1e9, seconds_since(t_load),
+              std::string(backend->name()).c_str());
+
+  // Block tables: sequence s owns blocks [s * per_seq_blocks, (s + 1) * per_seq_blocks).
+  auto blocks_of = [&](int s) {
+    std::vector<int32_t> b(static_cast<size_t>(per_seq_blocks));
+    for (int64_t i = 0; i < per_seq_blocks; ++i) b[i] = static_cast<int32_t>(s * per_seq_blocks + i);
+    return b;
+  };
+  auto prompt = [&](int n, int salt) {
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) t[i] = static_cast<int32_t>((i * 7919 + salt * 104729) % hp.n_vocab);
+    return t;
+  };
+  // FLOPs of one token through the matrices (LM head once per sequence, counted apart).
+  const double layer_params = static_cast<double>(hp.n_layer) *
+      (hp.n_embd * (hp.n_head + 2 * hp.n_head_kv) * hp.head_dim + hp.n_head * hp.head_dim * hp.n_embd +
+       3.0 * hp.n_embd * hp.n_ff);
+
+  std::vector<Row> rows;
+  for (int p : o.prefills) {
+    StepPlan plan;
+    plan.seqs = {SeqStep{.seq_id = 1, .n_past = 0, .tokens = prompt(p, 1), .blocks = blocks_of(0),
+                         .want_logits = true}};
+    status.show("prefill {} tokens: warm-up", p);
+    engine.step(plan);
+    double best = 1e30, total = 0;
+    for (int r = 0; r < o.reps; ++r) {
+      status.show("prefill {} tokens: run {}/{}", p, r + 1, o.reps);
+      const auto t0 = Clock::now();
+      engine.step(plan);
+      const double s = seconds_since(t0);
+      best = std::min(best, s);
+      total += s;
+    }
+    status.done();
+    const double attn_flops = 4.0 * hp.n_layer * hp.n_head * hp.head_dim * (p * (p + 1) / 2.0);
+    const double flops = 2.0 * layer_params * p + attn_flops + 2.0 * hp.n_vocab * hp.n_embd;
+    Row row{fmt::format("prefill {}", p), p / best, best * 1e3, 0, ""};
+    if (roof.gemm_flops > 0) {
+      row.frac = flops / best / roof.gemm_flops;
+      row.frac_of = "BF16 GEMM peak";
+    }
+    rows.push_back(row);
+  }
+
+  for (int b : o.batches) {
+    // Fill each sequence's KV with `context` tokens, several sequences per step.
+    StepPlan plan;
+    const int per_step = std::max(1, static_cast<int>(eo.max_batch_tokens / std::max(o.context, 1)));
+    for (int s0 = 0; s0 < b; s0 += per_step) {
+      plan.seqs.clear();
+      for (int s = s0; s < std::min(b, s0 + per_step); ++s) {
+        plan.seqs.push_back({.seq_id = static_cast<uint64_t>(s + 1), .n_past = 0,
+                             .tokens = prompt(o.context, s + 2), .blocks = blocks_of(s),
+                             .want_logits = false});
+      }
+      status.show("decode batch {}: filling KV ({}/{} sequences)", b, s0, b);
+      engine.step(plan);
+    }
+    plan.seqs.clear();
+    for (int s = 0; s < b; ++s) {
+      plan.seqs.push_back({.seq_id = static_cast<uint64_t>(s + 1), .n_past = o.context,
+                           .tokens = {static_cast<int32_t>(s % hp.n_vocab)}, .blocks = blocks_of(s),
+                           .want_logits = true});
+    }
+    for (int w = 0; w < 2; ++w) {
+      engine.step(plan);
+      for (auto& sq : plan.seqs) ++sq.n_past;
+    }
+    const auto t0 = Clock::now();
+    for (int i = 0; i < o.decode_steps; ++i) {
+      if (i % 4 == 0) status.show("decode batch {}: step {}/{}", b, i, o.decode_steps);
+      engine.step(plan);
+      for (auto& sq : plan.seqs) ++sq.n_past;
+    }
+    const double per_step_s = seconds_since(t0) / o.decode_steps;
+    status.done();
+    Row row{fmt::format("decode batch {}", b), b / per_step_s, per_step_s * 1e3, 0, ""};
+    if (roof.copy_bw > 0) {
+      // The copy rate counts bytes read plus written: the HBM's total rate, which a
+      // read-only GEMV step can reach with reads alone.
+      row.frac = static_cast<double>(step_weight_bytes) / per_step_s / roof.copy_bw;
+      row.frac_of = "HBM roofline (weights / copy read rate)";
+    }
+    rows.push_back(row);
+  }
+
+  std::printf("\n%-18s %12s %10s %8s  %s\n", "phase", "tok/s", "ms/step", "frac", "of");
+  for (const Row& r : rows) {
+    std::printf("%-18s %12.1f %10.3f %7.1f%%  %s\n", r.what.c_str(), r.tok_s, r.ms, 100 * r.frac,
+                r.frac_of.c_str());
+  }
+  return 0;
+}
+
+const RegisterCommand kRegister{Command{
+    "bench", "decode/prefill throughput against the measured rooflines",
+    [](CLI::App& sub) -> std::function<int()> {
+      auto o = std::make_shared<BenchOptions>();
+      sub.add_option("--shape", o->shape, "smollm2-135m, llama3-8b, llama3-70b or qwen2-7b");
+      sub.add_option("--type", o->type, "q4_k, q4_k_m, q8_0 or bf16 (synthetic weights)");
+      sub.add_option("-m,--model", o->model, "a model file instead of a shape");
+      sub.add_option("--backend", o->backend, "auto, cpu or cuda")
+          ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+      sub.add_option("--device", o->device, "CUDA device");
+      sub.add_option("--gpu-memory-fraction", o->gpu_memory_fraction, "of the device's memory")
+          ->check(CLI::Range(0.05, 1.0));
+      sub.add_option("--batches", o->batches, "decode batch sizes")->delimiter(',');
+      sub.add_option("--prefill", o->prefills, "prefill lengths")->delimiter(',');
+      sub.add_option("--context", o->context, "KV tokens per sequence before timed decode");
+      sub.add_option("--decode-steps", o->decode_steps, "timed decode steps per batch size");
+      sub.add_option("--reps", o->reps, "timed prefill repetitions (best is reported)");
+      sub.add_flag("!--no-bf16-copies", o->bf16_copies,
+                   "CUDA: dequantize quantized weights for each GEMM instead of keeping BF16 copies");
+      return [o] { return run_bench(*o); };
+    }}};
+
+}  // namespace
+}  // namespace tpnode::cli

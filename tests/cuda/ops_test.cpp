@@ -1,0 +1,140 @@
+// Element-wise and row ops of the CUDA backend against the CPU backend, odd sizes.
+#include <fmt/format.h>
+
+#include <numeric>
+
+#include "node/common/error.h"
+#include "tests/cuda/cuda_test_support.h"
+
+namespace tpnode::test {
+namespace {
+
+using CudaOps = CudaVsCpu;
+
+// A batch of n tokens of one sequence at positions p0.. (no KV cache needed).
+BatchMeta simple_batch(int32_t n, int32_t p0, uint32_t seed, int32_t vocab) {
+  std::mt19937 rng(seed);
+  BatchMeta b;
+  b.seq_start = {0, n};
+  b.seq_kv_len = {p0 + n};
+  b.max_blocks = (p0 + n + 15) / 16;
+  for (int32_t i = 0; i < n; ++i) {
+    b.tokens.push_back(static_cast<int32_t>(rng() % vocab));
+    b.positions.push_back(p0 + i);
+    b.token_seq.push_back(0);
+  }
+  for (int32_t i = 0; i < b.max_blocks; ++i) b.block_tables.push_back(i);
+  b.logit_rows = {n - 1, 0, n / 2};
+  return b;
+}
+
+TEST_F(CudaOps, RmsNorm) {
+  // 769: no 32-multiple (plain path); 576 x 3 rows: the fused 8-bit path; 40 rows: plain.
+  for (auto [rows, n] : {std::pair<int64_t, int64_t>{3, 769}, {3, 576}, {40, 576}}) {
+    const auto x = put(cuda_random_floats(rows * n, 1, 3.0f));
+    const auto w = put(cuda_random_floats(n, 2));
+    const auto y = zeros(rows * n);
+    cuda_->rmsnorm(x.gpu, w.gpu, y.gpu, rows, n, 1e-5f);
+    cpu_->rmsnorm(x.cpu, w.cpu, y.cpu, rows, n, 1e-5f);
+    EXPECT_LT(nmse(gpu(y, rows * n), cpu(y, rows * n)), 1e-10) << rows << "x" << n;
+  }
+}
+
+TEST_F(CudaOps, RmsNormThenQuantizedMatmulUsesFreshActivations) {
+  // rmsnorm writes the 8-bit copy of its output; a later write to that buffer must drop it.
+  const int64_t rows = 2, n = 256, out = 67;
+  const auto wrows = random_gguf_rows(TensorType::kQ4_K, out, n, 5);
+  const HostMatrix hm{TensorType::kQ4_K, wrows.data(), out, n, wrows.size() / out};
+  const Weight wg = cuda_->upload_weight(hm), wc = cpu_->upload_weight(hm);
+  const auto x = put(cuda_random_floats(rows * n, 3));
+  const auto g = put(cuda_random_floats(n, 4));
+  const auto h = zeros(rows * n);
+  const auto y = zeros(rows * out);
+  const auto other = put(cuda_random_floats(rows * n, 6));
+  cuda_->rmsnorm(x.gpu, g.gpu, h.gpu, rows, n, 1e-5f);
+  cpu_->rmsnorm(x.cpu, g.cpu, h.cpu, rows, n, 1e-5f);
+  cuda_->add(h.gpu, other.gpu, rows * n);  // h changes after its 8-bit copy was made
+  cpu_->add(h.cpu, other.cpu, rows * n);
+  cuda_->matmul(wg, h.gpu, y.gpu, rows);
+  cpu_->matmul(wc, h.cpu, y.cpu, rows);
+  EXPECT_LT(nmse(gpu(y, rows * out), cpu(y, rows * out)), 1e-3);
+}
+
+TEST_F(CudaOps, SwigluInPlaceAddBias) {
+  const int64_t n = 3 * 1000 + 7;
+  const auto g = put(cuda_random_floats(n, 7, 4.0f));
+  const auto u = put(cuda_random_floats(n, 8));
+  cuda_->swiglu(g.gpu, u.gpu, g.gpu, n);
+  cpu_->swiglu(g.cpu, u.cpu, g.cpu, n);
+  EXPECT_LT(nmse(gpu(g, n), cpu(g, n)), 1e-10);
+  const auto b = put(cuda_random_floats(1001, 9));
+  cuda_->add_bias(g.gpu, b.gpu, 3, 1001);
+  cpu_->add_bias(g.cpu, b.cpu, 3, 1001);
+  cuda_->add(g.gpu, u.gpu, n);
+  cpu_->add(g.cpu, u.cpu, n);
+  EXPECT_LT(nmse(gpu(g, n), cpu(g, n)), 1e-10);
+}
+
+TEST_F(CudaOps, RopeStylesAndScaling) {
+  const int32_t n_tok = 5;
+  for (RopeStyle style : {RopeStyle::kNeox, RopeStyle::kInterleaved}) {
+    for (auto kind : {RopeScaling::Kind::kNone, RopeScaling::Kind::kLinear,
+                      RopeScaling::Kind::kLlama3}) {
+      RopeParams p;
+      p.n_head = 6;
+      p.n_head_kv = 2;
+      p.head_dim = 64;
+      p.style = style;
+      p.theta = 500000.0f;
+      p.scaling.kind = kind;
+      p.scaling.factor = kind == RopeScaling::Kind::kNone ? 1.0f : 8.0f;
+      const BatchMeta b = simple_batch(n_tok, 3001, 10, 100);
+      cuda_->begin_step(b);
+      cpu_->begin_step(b);
+      const auto q = put(cuda_random_floats(n_tok * 6 * 64, 11));
+      const auto k = put(cuda_random_floats(n_tok * 2 * 64, 12));
+      cuda_->rope(q.gpu, k.gpu, p);
+      cpu_->rope(q.cpu, k.cpu, p);
+      EXPECT_LT(nmse(gpu(q, n_tok * 6 * 64), cpu(q, n_tok * 6 * 64)), 1e-9)
+          << static_cast<int>(style) << " " << static_cast<int>(kind);
+      EXPECT_LT(nmse(gpu(k, n_tok * 2 * 64), cpu(k, n_tok * 2 * 64)), 1e-9);
+    }
+  }
+}
+
+TEST_F(CudaOps, EmbedAndGatherRows) {
+  const int32_t n_tok = 9, vocab = 77;
+  const BatchMeta b = simple_batch(n_tok, 0, 13, vocab);
+  cuda_->begin_step(b);
+  cpu_->begin_step(b);
+  for (TensorType t : {TensorType::kQ8_0, TensorType::kQ4_K, TensorType::kQ6_K,
+                       TensorType::kBF16, TensorType::kF16, TensorType::kF32}) {
+    const int64_t cols = 512;
+    const auto rows = random_gguf_rows(t, vocab, cols, 14);
+    const HostMatrix hm{t, rows.data(), vocab, cols, rows.size() / vocab};
+    const Weight wg = cuda_->upload_weight(hm), wc = cpu_->upload_weight(hm);
+    const auto x = zeros(n_tok * cols);
+    cuda_->embed(wg, x.gpu);
+    cpu_->embed(wc, x.cpu);
+    EXPECT_LT(nmse(gpu(x, n_tok * cols), cpu(x, n_tok * cols)), 1e-12) << static_cast<int>(t);
+    const auto out = zeros(3 * cols);
+    cuda_->gather_rows(x.gpu, out.gpu, cols);
+    cpu_->gather_rows(x.cpu, out.cpu, cols);
+    EXPECT_EQ(gpu(out, 3 * cols), cpu(out, 3 * cols));
+  }
+}
+
+TEST_F(CudaOps, OutOfMemoryIsATypedError) {
+  CudaBackendOptions o;
+  o.gpu_memory_fraction = 0.05;
+  auto small = make_cuda_backend(o);
+  try {
+    small->alloc(size_t{1} << 40);
+    FAIL() << "a 1 TiB allocation succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kOutOfMemory) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace tpnode::test
