@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Builds llama.cpp (the copy vendored in the llama-cpp-python sdist on PyPI) outside the repo, as an
+# independent reference and benchmark peer for tpnode. Only the targets we use are built:
+# libllama, llama-bench, llama-tokenize, plus our own tools/llamacpp_greedy.cpp.
+#
+# usage: tools/build_llamacpp.sh [--cuda] [--dir DIR] [--jobs N] [--version X.Y.Z]
+#   --dir DIR      where to download, unpack and build (default /work/llama)
+#   --cuda         GPU build: -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 (H100/H200), build dir build-cuda
+#   --jobs N       parallel build jobs (default 2)
+#   --version V    llama-cpp-python sdist version (default: the one pinned below)
+# Prints the path of the binaries directory on its last line.
+set -euo pipefail
+
+DIR=/work/llama
+CUDA=0
+JOBS=2
+# Pinned so that fixtures and benchmarks are reproducible; bump deliberately.
+VERSION=0.3.36
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dir) DIR="$2"; shift 2 ;;
+    --cuda) CUDA=1; shift ;;
+    --jobs) JOBS="$2"; shift 2 ;;
+    --version) VERSION="$2"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+mkdir -p "$DIR"
+DIR="$(cd "$DIR" && pwd)"
+SDIST_DIR="$DIR/sdist"
+SRC="$DIR/src"
+
+# 1. Fetch the sdist (it carries the full llama.cpp source tree under vendor/llama.cpp).
+TARBALL="$SDIST_DIR/llama_cpp_python-$VERSION.tar.gz"
+if [[ ! -f "$TARBALL" ]]; then
+  mkdir -p "$SDIST_DIR"
+  pip download --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$SDIST_DIR"
+fi
+
+# 2. Unpack only the vendored llama.cpp into $SRC.
+if [[ ! -f "$SRC/CMakeLists.txt" || ! -f "$SRC/.sdist-$VERSION" ]]; then
+  rm -rf "$SRC" "$DIR/unpack"
+  mkdir -p "$DIR/unpack"
+  tar xzf "$TARBALL" -C "$DIR/unpack" "llama_cpp_python-$VERSION/vendor/llama.cpp"
+  mv "$DIR/unpack/llama_cpp_python-$VERSION/vendor/llama.cpp" "$SRC"
+  rm -rf "$DIR/unpack"
+  touch "$SRC/.sdist-$VERSION"
+fi
+
+# 3. Configure and build the few targets we need.
+GEN=()
+command -v ninja >/dev/null && GEN=(-G Ninja)
+LAUNCHER=()
+command -v ccache >/dev/null && LAUNCHER=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+
+if [[ $CUDA == 1 ]]; then
+  BUILD="$DIR/build-cuda"
+  BACKEND=(-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90)
+else
+  BUILD="$DIR/build-cpu"
+  BACKEND=(-DGGML_CUDA=OFF)
+fi
+
+cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" "${LAUNCHER[@]}" \
+  -DCMAKE_BUILD_TYPE=Release \
+  -DGGML_NATIVE=ON \
+  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
+  -DBUILD_SHARED_LIBS=ON \
+  "${BACKEND[@]}"
+
+cmake --build "$BUILD" -j "$JOBS" --target llama llama-bench llama-tokenize
+
+# 4. Our greedy/logits dumper, linked against the libllama just built (rpath to bin/).
+BIN="$BUILD/bin"
+LIBS=(-lllama -lggml -lggml-base)
+g++ -std=c++17 -O2 -Wall -Wextra \
+  -I "$SRC/include" -I "$SRC/ggml/include" \
+  "$HERE/llamacpp_greedy.cpp" -o "$BIN/llamacpp-greedy" \
+  -L "$BIN" "${LIBS[@]}" -Wl,-rpath,"$BIN"
+
+echo "llama.cpp from llama-cpp-python $VERSION built in:"
+echo "$BIN"
