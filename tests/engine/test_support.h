@@ -1,0 +1,100 @@
+// Helpers shared by the engine tests: a single-rank Collective, fixture readers, and a
+// driver that runs sequences through an Engine step by step.
+#pragma once
+
+#include <boost/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "node/engine/collective.h"
+#include "node/engine/engine.h"
+#include "node/engine/kv_blocks.h"
+
+namespace tpnode::tsupport {
+
+class SingleRank final : public Collective {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void all_reduce_sum(float*, size_t) override {}
+  void gather_host(const float* send, size_t n, float* recv, const std::vector<size_t>&) override {
+    std::copy_n(send, n, recv);
+  }
+};
+
+inline std::filesystem::path source_dir() { return TPNODE_SOURCE_DIR; }
+
+inline boost::json::value read_json(const std::filesystem::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return boost::json::parse(ss.str());
+}
+
+inline std::vector<float> read_f32(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary | std::ios::ate);
+  const auto n = static_cast<size_t>(f.tellg()) / sizeof(float);
+  std::vector<float> v(n);
+  f.seekg(0);
+  f.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(n * sizeof(float)));
+  return v;
+}
+
+inline std::vector<int32_t> to_ids(const boost::json::value& v) {
+  std::vector<int32_t> ids;
+  for (const auto& x : v.as_array()) ids.push_back(static_cast<int32_t>(x.to_number<int64_t>()));
+  return ids;
+}
+
+// Runs several sequences together and records the logits of every position. Each sequence
+// starts with a prefill chunk of `prefill[i]` tokens, then feeds one token per step, so
+// steps mix prefill chunks and decode tokens of different lengths.
+struct StepwiseRun {
+  std::vector<std::vector<int32_t>> seqs;
+  std::vector<int64_t> prefill;
+  // logits[i] is [len(seqs[i]) - prefill[i] + 1, n_vocab]: the prefill chunk's last
+  // position, then every decoded position.
+  std::vector<std::vector<float>> logits;
+};
+
+inline void run_stepwise(Engine& engine, StepwiseRun& run) {
+  const int64_t V = engine.hparams().n_vocab;
+  KvBlockManager kv(engine.kv_blocks(), engine.options().kv_block_size);
+  const size_t n = run.seqs.size();
+  std::vector<int64_t> pos(n, 0);
+  run.logits.assign(n, {});
+  StepPlan plan;
+  while (true) {
+    plan.seqs.clear();
+    std::vector<size_t> who;
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t len = static_cast<int64_t>(run.seqs[i].size());
+      if (pos[i] >= len) continue;
+      const int64_t take = pos[i] == 0 ? run.prefill[i] : 1;
+      SeqStep s;
+      s.seq_id = i + 1;
+      s.n_past = static_cast<int32_t>(pos[i]);
+      s.tokens.assign(run.seqs[i].begin() + pos[i], run.seqs[i].begin() + pos[i] + take);
+      if (!kv.reserve(s.seq_id, pos[i] + take)) throw std::runtime_error("KV full in test");
+      s.blocks = kv.table(s.seq_id);
+      plan.seqs.push_back(std::move(s));
+      who.push_back(i);
+      pos[i] += take;
+    }
+    if (plan.seqs.empty()) break;
+    ++plan.step;
+    const std::vector<float>& out = engine.step(plan);
+    for (size_t j = 0; j < who.size(); ++j) {
+      run.logits[who[j]].insert(run.logits[who[j]].end(), out.begin() + j * V,
+                                out.begin() + (j + 1) * V);
+    }
+  }
+}
+
+}  // namespace tpnode::tsupport
