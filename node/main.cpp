@@ -1,4 +1,5 @@
 // The tpnode command: serve, generate, inspect, bench, ... (see node/cli/).
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -17,6 +18,8 @@ std::vector<Command>& command_registry() {
 
 int main(int argc, char** argv) {
   using namespace tpnode::cli;
+  // Logs go to stderr: stdout carries generated text and command output.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("tpnode"));
   CLI::App app{"tpnode: a tensor-parallel LLM serving node"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "tpnode 0.1.0");
