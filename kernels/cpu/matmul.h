@@ -28,4 +28,7 @@ void matmul(const MatmulArgs& args, ThreadPool& pool);
 // Whether the AVX2/FMA paths are in use (reported by `tpnode generate` / bench).
 bool cpu_has_avx2();
 
+// The instruction set matmul uses on this CPU: "avx512vnni", "avx2" or "scalar".
+const char* cpu_matmul_isa();
+
 }  // namespace tpnode::cpu
