@@ -110,6 +110,7 @@ int run_generate(const GenerateOptions& o) {
   const std::string tail = decoder.flush();
   std::fwrite(tail.data(), 1, tail.size(), stdout);
   std::fputs("\n", stdout);
+  std::fflush(stdout);
   const double gen_s = seconds_since(t0) - prompt_s;
   rt->executor->shutdown();
   kv.release(kSeq);

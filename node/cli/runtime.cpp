@@ -1,6 +1,5 @@
 #include "node/cli/runtime.h"
 
-#include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -12,11 +11,16 @@
 #include "node/backend/cpu/cpu_backend.h"
 #include "node/common/error.h"
 #include "parallel/distributed_executor.h"
+#include "parallel/rank_log.h"
 #include "parallel/world.h"
 #ifdef TPNODE_HAVE_CUDA
 #include <cuda_runtime_api.h>
 
 #include "node/backend/cuda/cuda_backend.h"
+#endif
+#if defined(TPNODE_HAVE_NCCL) && defined(TPNODE_HAVE_MPI)
+#include "parallel/mpi/mpi_communicator.h"
+#include "parallel/nccl/nccl_communicator.h"
 #endif
 
 namespace tpnode::cli {
@@ -44,12 +48,14 @@ void add_runtime_options(CLI::App& app, RuntimeOptions& o) {
                  "seconds before a silent rank is declared lost");
   app.add_option("--log-dir", o.log_dir, "folder for the logs of ranks other than 0");
   app.add_flag("!--no-progress", o.progress, "no loading progress display");
+  app.add_flag("--kv-f32", o.kv_f32, "CPU backend: keep the KV cache in F32 (default F16)");
 }
 
 Runtime::~Runtime() {
   // The engine and executor use the world's communicator: tear them down first.
   executor.reset();
   engine.reset();
+  device_comm.reset();  // uses the backend's stream
   backend.reset();
 }
 
@@ -59,14 +65,6 @@ int Runtime::size() const { return world->topology().size; }
 int Runtime::run_worker() { return run_worker_loop(*engine, world->comm()); }
 
 namespace {
-
-void log_to_rank_file(const RuntimeOptions& o, int rank) {
-  std::filesystem::create_directories(o.log_dir);
-  auto path = (std::filesystem::path(o.log_dir) / fmt::format("tpnode-rank{}.log", rank)).string();
-  auto logger = spdlog::basic_logger_mt(fmt::format("rank{}", rank), path, /*truncate=*/true);
-  logger->flush_on(spdlog::level::info);
-  spdlog::set_default_logger(logger);
-}
 
 bool cuda_usable() {
 #ifdef TPNODE_HAVE_CUDA
@@ -94,8 +92,33 @@ std::unique_ptr<Backend> make_backend(const RuntimeOptions& o, const Topology& t
   }
   CpuBackendOptions co;
   co.n_threads = o.threads;
+  co.kv_type = o.kv_f32 ? TensorType::kF32 : TensorType::kF16;
   return make_cpu_backend(co);
 }
+
+// --- GPU tensor parallelism (NCCL) ---------------------------------------------------------
+// The engine's collective on the CUDA backend over several ranks: NCCL (and the one-shot
+// all-reduce) on the backend's stream, host collectives through the world's MPI communicator.
+std::unique_ptr<Collective> make_device_collective(const RuntimeOptions& o, World& world,
+                                                   Backend& backend) {
+#if defined(TPNODE_HAVE_NCCL) && defined(TPNODE_HAVE_MPI)
+  auto* host = dynamic_cast<mpi::MpiCommunicator*>(&world.comm());
+  TPNODE_CHECK_KIND(host != nullptr, ErrorKind::kUnsupported,
+                    "tensor parallelism on the {} backend needs ranks started by mpirun",
+                    backend.name());
+  NcclCommunicatorOptions no;
+  no.device = o.device >= 0 ? o.device : world.topology().local_rank;
+  no.stream = cuda_backend_stream(backend);
+  no.timeout_s = o.collective_timeout_s;
+  return std::make_unique<NcclCommunicator>(*host, no);
+#else
+  TPNODE_THROW(ErrorKind::kUnsupported,
+               "tensor parallelism over {} ranks needs the NCCL communicator for the {} "
+               "backend, which this build lacks; use --backend cpu",
+               world.topology().size, backend.name());
+#endif
+}
+// --- end of GPU tensor parallelism -----------------------------------------------------------
 
 // One line that rewrites itself on a terminal; occasional lines otherwise.
 class LoadProgress {
@@ -129,7 +152,9 @@ std::unique_ptr<Runtime> make_runtime(const RuntimeOptions& o) {
   wo.collective_timeout_s = o.collective_timeout_s;
   rt->world = World::init(argc, argv, wo);
   const Topology& topo = rt->world->topology();
-  if (topo.rank != 0) log_to_rank_file(o, topo.rank);
+  RankLogOptions lo;
+  lo.dir = o.log_dir;
+  setup_rank_logging(topo, lo);
   spdlog::info("rank {}/{} on {} (local rank {})", topo.rank, topo.size, topo.hostname,
                topo.local_rank);
 
@@ -141,17 +166,15 @@ std::unique_ptr<Runtime> make_runtime(const RuntimeOptions& o) {
                rt->model->hparams().n_embd, rt->model->hparams().n_head,
                rt->model->hparams().n_head_kv);
   if (topo.size > 1 && rt->backend->name() != "cpu") {
-    TPNODE_THROW(ErrorKind::kUnsupported,
-                 "tensor parallelism over {} ranks needs the NCCL communicator for the {} "
-                 "backend, which this build lacks; use --backend cpu",
-                 topo.size, rt->backend->name());
+    rt->device_comm = make_device_collective(o, *rt->world, *rt->backend);  // GPU TP
   }
+  Collective& collective = rt->device_comm ? *rt->device_comm : rt->world->comm();
   rt->weights = std::make_unique<FileWeightSource>(*rt->model);
   EngineOptions eo = o.engine;
   LoadProgress progress(isatty(fileno(stderr)) != 0);
   if (o.progress && topo.rank == 0) eo.progress = std::ref(progress);
   rt->engine = std::make_unique<Engine>(rt->model->hparams(), *rt->weights, *rt->backend,
-                                        rt->world->comm(), eo);
+                                        collective, eo);
   // The shard now lives in backend memory; the mapped file's pages can go.
   rt->model->release_pages();
   spdlog::info("engine ready: {:.1f} MB of weights on this rank, KV cache {} blocks x {} tokens",

@@ -27,9 +27,10 @@ struct RuntimeOptions {
   int threads = 0;                   // CPU backend threads; 0 = all cores
   int device = -1;                   // CUDA device; -1 = the rank's local rank
   double gpu_memory_fraction = 0.9;  // of the device's free memory at start-up
-  double collective_timeout_s = 10.0;
+  double collective_timeout_s = 5.0;  // a stopped rank then ends the job within ~7 s
   std::string log_dir = "logs";      // per-rank logs of ranks other than 0
   bool progress = true;              // loading progress on rank 0's stderr
+  bool kv_f32 = false;               // CPU backend: F32 KV cache instead of F16
   EngineOptions engine;
 };
 
@@ -41,6 +42,8 @@ struct Runtime {
   std::unique_ptr<ModelFile> model;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<Backend> backend;
+  // The engine's collective when it is not the world's (NCCL for tensor parallelism on GPUs).
+  std::unique_ptr<Collective> device_comm;
   std::unique_ptr<WeightSource> weights;
   std::unique_ptr<Engine> engine;
   std::unique_ptr<StepExecutor> executor;
