@@ -1,0 +1,298 @@
+#include "coordinator/scheduler.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "coordinator/metrics.h"
+#include "coordinator/sequence.h"
+#include "node/common/error.h"
+#include "node/model/tokenizer.h"
+
+namespace tpnode::coord {
+namespace {
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+}  // namespace
+
+Scheduler::Scheduler(const SchedulerOptions& options, KvBlockManager& kv,
+                     const Tokenizer& tokenizer, Metrics* metrics)
+    : options_(options), kv_(kv), tokenizer_(tokenizer), metrics_(metrics) {
+  TPNODE_CHECK(options_.max_batch_tokens > 0 && options_.max_seqs > 0 && options_.max_context > 1,
+               "scheduler: max_batch_tokens {}, max_seqs {} and max_context {} must be positive",
+               options_.max_batch_tokens, options_.max_seqs, options_.max_context);
+  // Every running sequence needs at least one token of each step's budget.
+  options_.max_seqs = std::min(options_.max_seqs, options_.max_batch_tokens);
+  // A lone sequence must always fit the cache, or it could neither grow nor be re-admitted.
+  context_limit_ = std::min(options_.max_context, kv_.total_blocks() * kv_.block_size());
+}
+
+Scheduler::~Scheduler() = default;
+
+void Scheduler::add(std::shared_ptr<RequestHandle> handle) {
+  auto seq = std::make_unique<Sequence>(std::move(handle), next_seq_id_++, next_order_++);
+  std::string bad_sampling;
+  try {
+    seq->request().sampling.validate();
+  } catch (const Error& e) {
+    bad_sampling = e.what();
+  }
+  if (!bad_sampling.empty()) {
+    finish_error(*seq, ErrorCode::kBadRequest, bad_sampling);
+  } else if (seq->n_prompt == 0) {
+    finish_error(*seq, ErrorCode::kBadRequest, "the prompt is empty");
+  } else if (seq->n_prompt + 1 > context_limit_) {
+    finish_error(*seq, ErrorCode::kTooLong,
+                 fmt::format("prompt of {} tokens leaves no room in the context of {} tokens",
+                             seq->n_prompt, context_limit_));
+  } else {
+    insert_waiting(std::move(seq));
+  }
+}
+
+void Scheduler::insert_waiting(std::unique_ptr<Sequence> seq) {
+  seq->state = Sequence::State::kWaiting;
+  auto pos = std::upper_bound(waiting_.begin(), waiting_.end(), seq->order,
+                              [](uint64_t order, const auto& s) { return order < s->order; });
+  waiting_.insert(pos, std::move(seq));
+}
+
+void Scheduler::insert_running(std::unique_ptr<Sequence> seq) {
+  seq->state = Sequence::State::kRunning;
+  auto pos = std::upper_bound(running_.begin(), running_.end(), seq->order,
+                              [](uint64_t order, const auto& s) { return order < s->order; });
+  running_.insert(pos, std::move(seq));
+}
+
+void Scheduler::expire(Clock::time_point now) {
+  const auto check = [&](Sequence& seq) {
+    if (seq.handle->cancelled()) {
+      finish(seq, FinishReason::kCancelled);
+    } else if (now >= seq.request().deadline) {
+      finish(seq, FinishReason::kTimeout);
+    }
+  };
+  for (auto& seq : running_) check(*seq);
+  for (auto& seq : waiting_) check(*seq);
+  erase_finished();
+}
+
+StepPlan Scheduler::plan(Clock::time_point now) {
+  planned_.clear();
+  expire(now);
+  int64_t budget = options_.max_batch_tokens;
+  bool preempted = false;
+  // Decodes first, so a long prompt's prefill never delays the tokens of running requests.
+  schedule_running(/*decodes=*/true, budget, preempted);
+  schedule_running(/*decodes=*/false, budget, preempted);
+  // Admitting right after a preemption would only hand the freed blocks to a newcomer.
+  if (!preempted) admit_waiting(budget);
+
+  StepPlan plan;
+  if (planned_.empty()) return plan;
+  plan.step = ++step_;
+  plan.seqs.reserve(planned_.size());
+  for (const Planned& p : planned_) {
+    const Sequence& s = *p.seq;
+    SeqStep step;
+    step.seq_id = s.seq_id;
+    step.n_past = static_cast<int32_t>(s.n_computed);
+    step.tokens.assign(s.tokens.begin() + s.n_computed, s.tokens.begin() + s.n_computed + p.n_new);
+    step.blocks = kv_.table(s.seq_id);
+    step.want_logits = s.n_computed + p.n_new == s.n_tokens();
+    plan.seqs.push_back(std::move(step));
+  }
+  if (spdlog::should_log(spdlog::level::debug)) {
+    spdlog::debug("step {}: {} seqs, {} tokens; running {}, waiting {}, kv free {}/{}", plan.step,
+                  plan.seqs.size(), options_.max_batch_tokens - budget, running_.size(),
+                  waiting_.size(), kv_.free_blocks(), kv_.total_blocks());
+  }
+  return plan;
+}
+
+void Scheduler::schedule_running(bool decodes, int64_t& budget, bool& preempted) {
+  std::vector<Sequence*> candidates;
+  candidates.reserve(running_.size());
+  for (auto& s : running_) candidates.push_back(s.get());
+  for (Sequence* seq : candidates) {
+    if (budget <= 0) break;
+    if (seq->state != Sequence::State::kRunning) continue;  // preempted earlier in this step
+    const bool is_decode = seq->n_uncomputed() == 1;
+    if (is_decode != decodes) continue;
+    const int64_t n_new = std::min(seq->n_uncomputed(), budget);
+    bool fits = true;
+    while (!kv_.reserve(seq->seq_id, seq->n_computed + n_new)) {
+      // Out of blocks: the youngest running sequence gives its blocks back, which may be
+      // this one (then it waits and is recomputed later).
+      Sequence* victim = running_.back().get();
+      preempt(victim, budget);
+      preempted = true;
+      if (victim == seq) {
+        fits = false;
+        break;
+      }
+    }
+    if (!fits) continue;
+    planned_.push_back({seq, n_new});
+    budget -= n_new;
+  }
+}
+
+void Scheduler::preempt(Sequence* victim, int64_t& budget) {
+  auto planned = std::find_if(planned_.begin(), planned_.end(),
+                              [&](const Planned& p) { return p.seq == victim; });
+  if (planned != planned_.end()) {
+    budget += planned->n_new;
+    planned_.erase(planned);
+  }
+  kv_.release(victim->seq_id);
+  victim->n_computed = 0;
+  ++victim->preemptions;
+  ++preemptions_;
+  spdlog::debug("request {} preempted after {} tokens (KV cache full)", victim->request().id,
+                victim->n_tokens());
+  auto it = std::find_if(running_.begin(), running_.end(),
+                         [&](const auto& s) { return s.get() == victim; });
+  std::unique_ptr<Sequence> owned = std::move(*it);
+  running_.erase(it);
+  insert_waiting(std::move(owned));
+}
+
+void Scheduler::admit_waiting(int64_t& budget) {
+  while (!waiting_.empty() && budget > 0 &&
+         static_cast<int64_t>(running_.size()) < options_.max_seqs) {
+    Sequence& seq = *waiting_.front();
+    // Admit only when its whole prompt and first token fit, so it does not evict at once;
+    // strict FIFO: when the oldest does not fit, younger ones wait too.
+    const int64_t need = kv_.blocks_for(std::min(seq.n_tokens() + 1, context_limit_));
+    if (need > kv_.free_blocks()) break;
+    const int64_t n_new = std::min(seq.n_uncomputed(), budget);
+    TPNODE_CHECK_KIND(kv_.reserve(seq.seq_id, n_new), ErrorKind::kRuntime,
+                      "scheduler: KV reservation of {} tokens failed after the admission check",
+                      n_new);
+    if (!seq.admitted_once) {
+      seq.admitted_once = true;
+      if (metrics_) metrics_->add_prompt_tokens(seq.n_prompt);
+    }
+    planned_.push_back({&seq, n_new});
+    budget -= n_new;
+    std::unique_ptr<Sequence> owned = std::move(waiting_.front());
+    waiting_.pop_front();
+    insert_running(std::move(owned));
+  }
+}
+
+void Scheduler::complete(const StepPlan& plan, const std::vector<float>& logits) {
+  TPNODE_CHECK_KIND(plan.seqs.size() == planned_.size() && plan.step == step_, ErrorKind::kRuntime,
+                    "scheduler: complete() for step {} does not match the last plan", plan.step);
+  const int64_t n_logits = plan.n_logits();
+  int64_t n_vocab = 0;
+  if (n_logits > 0) {
+    TPNODE_CHECK_KIND(!logits.empty() && logits.size() % static_cast<size_t>(n_logits) == 0,
+                      ErrorKind::kRuntime, "scheduler: {} logits for {} sequences", logits.size(),
+                      n_logits);
+    n_vocab = static_cast<int64_t>(logits.size()) / n_logits;
+  }
+  int64_t row = 0;
+  for (size_t i = 0; i < planned_.size(); ++i) {
+    Sequence& seq = *planned_[i].seq;
+    seq.n_computed += planned_[i].n_new;
+    if (!plan.seqs[i].want_logits) continue;
+    advance(seq, logits.data() + row * n_vocab, n_vocab);
+    ++row;
+  }
+  planned_.clear();
+  erase_finished();
+}
+
+void Scheduler::advance(Sequence& seq, const float* logits, int64_t n_vocab) {
+  const int32_t token =
+      seq.sampler.sample(std::span<const float>(logits, static_cast<size_t>(n_vocab)), seq.tokens);
+  seq.tokens.push_back(token);
+  const auto now = Clock::now();
+  if (metrics_) {
+    metrics_->add_generated_tokens(1);
+    if (seq.n_generated() == 1) {
+      metrics_->observe_ttft(seconds_between(seq.request().arrival, now));
+    } else {
+      metrics_->observe_inter_token(seconds_between(seq.last_token, now));
+    }
+  }
+  if (seq.n_generated() == 1) seq.first_token = now;
+  seq.last_token = now;
+
+  const GenerationRequest& req = seq.request();
+  if (!req.ignore_eos && tokenizer_.is_eog(token)) {
+    finish(seq, FinishReason::kStop);
+    return;
+  }
+  StopMatcher::Output out = seq.stop.push(tokenizer_.token_to_piece(token));
+  if (!out.text.empty()) seq.handle->observer().on_text(out.text);
+  if (out.stopped) {
+    finish(seq, FinishReason::kStop);
+  } else if (seq.n_generated() >= req.max_tokens || seq.n_tokens() >= context_limit_) {
+    finish(seq, FinishReason::kLength);
+  }
+}
+
+void Scheduler::finish(Sequence& seq, FinishReason reason) {
+  if (reason == FinishReason::kStop || reason == FinishReason::kLength) {
+    const std::string rest = seq.stop.flush();
+    if (!rest.empty()) seq.handle->observer().on_text(rest);
+  }
+  RequestEnd end;
+  end.reason = reason;
+  report_end(seq, std::move(end));
+}
+
+void Scheduler::finish_error(Sequence& seq, ErrorCode code, const std::string& message) {
+  RequestEnd end;
+  end.reason = FinishReason::kError;
+  end.error_code = code;
+  end.error_message = message;
+  report_end(seq, std::move(end));
+}
+
+void Scheduler::report_end(Sequence& seq, RequestEnd end) {
+  if (seq.state == Sequence::State::kFinished) return;
+  seq.state = Sequence::State::kFinished;
+  kv_.release(seq.seq_id);
+  const auto now = Clock::now();
+  const GenerationRequest& req = seq.request();
+  end.usage.prompt_tokens = seq.n_prompt;
+  end.usage.completion_tokens = seq.n_generated();
+  end.ttft_seconds = seq.n_generated() > 0 ? seconds_between(req.arrival, seq.first_token) : 0.0;
+  end.total_seconds = seconds_between(req.arrival, now);
+  const std::string_view outcome =
+      end.reason == FinishReason::kError ? to_string(end.error_code) : to_string(end.reason);
+  if (metrics_) metrics_->count_request(outcome);
+  spdlog::info("request {} {}: prompt {} tokens, generated {}, ttft {:.1f} ms, total {:.1f} ms{}",
+               req.id, outcome, end.usage.prompt_tokens, end.usage.completion_tokens,
+               end.ttft_seconds * 1e3, end.total_seconds * 1e3,
+               seq.preemptions ? fmt::format(", preempted {}x", seq.preemptions) : "");
+  seq.handle->observer().on_end(end);
+}
+
+void Scheduler::erase_finished() {
+  const auto done = [](const auto& s) { return s->state == Sequence::State::kFinished; };
+  std::erase_if(running_, done);
+  std::erase_if(waiting_, done);
+}
+
+void Scheduler::end_all(FinishReason reason) {
+  for (auto& seq : running_) finish(*seq, reason);
+  for (auto& seq : waiting_) finish(*seq, reason);
+  planned_.clear();
+  erase_finished();
+}
+
+void Scheduler::fail_planned(const std::string& message) {
+  for (const Planned& p : planned_) finish_error(*p.seq, ErrorCode::kInternal, message);
+  planned_.clear();
+  erase_finished();
+}
+
+}  // namespace tpnode::coord

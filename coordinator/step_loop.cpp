@@ -1,0 +1,155 @@
+#include "coordinator/step_loop.h"
+
+#include <spdlog/spdlog.h>
+
+#include <exception>
+
+#include "coordinator/metrics.h"
+#include "node/common/error.h"
+#include "node/engine/step_executor.h"
+
+namespace tpnode::coord {
+
+StepLoop::StepLoop(const StepLoopOptions& options, StepExecutor& executor,
+                   const Tokenizer& tokenizer, Metrics* metrics)
+    : options_(options),
+      executor_(executor),
+      metrics_(metrics),
+      kv_(options.kv_blocks, options.kv_block_size),
+      scheduler_(options.scheduler, kv_, tokenizer, metrics),
+      context_limit_(scheduler_.context_limit()) {
+  TPNODE_CHECK(options_.max_queue > 0, "max_queue must be positive (got {})", options_.max_queue);
+  stats_.kv_free_blocks = kv_.free_blocks();
+  stats_.kv_total_blocks = kv_.total_blocks();
+}
+
+StepLoop::~StepLoop() { stop(); }
+
+std::optional<ErrorCode> StepLoop::submit(std::shared_ptr<RequestHandle> handle) {
+  if (static_cast<int64_t>(handle->request().prompt.size()) + 1 > context_limit_) {
+    return ErrorCode::kTooLong;
+  }
+  {
+    std::lock_guard lock(mu_);
+    if (draining_) return ErrorCode::kShuttingDown;
+    // stats_.waiting counts the inbox too.
+    if (stats_.waiting >= options_.max_queue) {
+      return ErrorCode::kOverloaded;
+    }
+    inbox_.push_back(std::move(handle));
+    // Counted at once, so a burst cannot slip past the bound between two steps.
+    ++stats_.waiting;
+  }
+  cv_.notify_one();
+  return std::nullopt;
+}
+
+void StepLoop::wake() {
+  {
+    std::lock_guard lock(mu_);
+    wake_ = true;
+  }
+  cv_.notify_one();
+}
+
+bool StepLoop::drained_locked() const {
+  return draining_ && inbox_.empty() && !scheduler_.has_work();
+}
+
+void StepLoop::publish_stats_locked() {
+  stats_.waiting = scheduler_.waiting() + static_cast<int64_t>(inbox_.size());
+  stats_.running = scheduler_.running();
+  stats_.kv_free_blocks = kv_.free_blocks();
+  stats_.preemptions = scheduler_.preemptions();
+  if (metrics_) {
+    metrics_->set_load(LoadGauges{stats_.waiting, stats_.running,
+                                  kv_.total_blocks() - kv_.free_blocks(), kv_.total_blocks()});
+  }
+}
+
+void StepLoop::run() {
+  std::vector<std::shared_ptr<RequestHandle>> incoming;
+  while (true) {
+    {
+      std::unique_lock lock(mu_);
+      const auto ready = [&] {
+        return wake_ || !inbox_.empty() || scheduler_.has_work() || draining_;
+      };
+      cv_.wait(lock, ready);
+      wake_ = false;
+      incoming.swap(inbox_);
+      if (draining_ && Clock::now() >= drain_deadline_) {
+        // Out of time: whatever is still running or queued ends as cancelled.
+        for (auto& h : incoming) h->cancel();
+        for (auto& h : incoming) scheduler_.add(std::move(h));
+        incoming.clear();
+        scheduler_.end_all(FinishReason::kCancelled);
+        publish_stats_locked();
+        return;
+      }
+      if (incoming.empty() && drained_locked()) {
+        publish_stats_locked();
+        return;
+      }
+    }
+    for (auto& h : incoming) scheduler_.add(std::move(h));
+    incoming.clear();
+
+    const StepPlan plan = scheduler_.plan(Clock::now());
+    if (!plan.seqs.empty()) {
+      const auto t0 = Clock::now();
+      try {
+        const std::vector<float>& logits = executor_.run(plan);
+        scheduler_.complete(plan, logits);
+      } catch (const std::exception& e) {
+        // The step's requests cannot continue (their KV state is unknown); others can.
+        spdlog::error("step {} failed: {}", plan.step, e.what());
+        scheduler_.fail_planned(e.what());
+      }
+      if (metrics_) {
+        metrics_->observe_step(std::chrono::duration<double>(Clock::now() - t0).count(),
+                               plan.n_tokens());
+      }
+    }
+    std::unique_lock lock(mu_);
+    ++stats_.steps;
+    publish_stats_locked();
+    if (plan.seqs.empty() && scheduler_.has_work()) {
+      // Nothing could run although requests wait (cannot happen with a consistent KV
+      // budget); sleep briefly rather than spin.
+      cv_.wait_for(lock, std::chrono::milliseconds(5));
+    }
+  }
+}
+
+void StepLoop::start() {
+  TPNODE_CHECK(!thread_.joinable(), "step loop already started");
+  thread_ = std::thread([this] {
+    try {
+      run();
+    } catch (const std::exception& e) {
+      spdlog::critical("step loop stopped: {}", e.what());
+    }
+  });
+}
+
+void StepLoop::drain(Clock::time_point deadline) {
+  {
+    std::lock_guard lock(mu_);
+    draining_ = true;
+    drain_deadline_ = std::min(drain_deadline_, deadline);
+  }
+  cv_.notify_one();
+}
+
+void StepLoop::stop() {
+  drain(Clock::now());
+  if (thread_.joinable()) thread_.join();
+}
+
+StepLoopStats StepLoop::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+}  // namespace tpnode::coord

@@ -1,0 +1,357 @@
+#include "coordinator/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "coordinator/metrics.h"
+#include "tests/coordinator/fake_model.h"
+
+namespace tpnode::coord {
+namespace {
+
+using testing::FakeExecutor;
+using testing::FakeExecutorOptions;
+using testing::FakeTokenizer;
+using testing::RecordingObserver;
+using testing::make_request;
+
+using testing::reference_text;
+
+struct Harness {
+  explicit Harness(SchedulerOptions so, FakeExecutorOptions fo = {},
+                   testing::NextToken next = testing::hashed_model())
+      : exec(fo, next), kv(fo.kv_blocks, fo.block_size), sched(so, kv, tok, &metrics),
+        model(next) {}
+
+  std::shared_ptr<RecordingObserver> add(GenerationRequest r) {
+    auto obs = std::make_shared<RecordingObserver>();
+    auto handle = std::make_shared<RequestHandle>(std::move(r), obs);
+    handles.push_back(handle);
+    sched.add(handle);
+    return obs;
+  }
+
+  // One iteration as the step loop does it; returns the plan that ran.
+  StepPlan step() {
+    StepPlan plan = sched.plan(Clock::now());
+    if (!plan.seqs.empty()) sched.complete(plan, exec.run(plan));
+    return plan;
+  }
+
+  int run_until_idle(int max_steps = 10000) {
+    int n = 0;
+    while (sched.has_work()) {
+      step();
+      if (++n > max_steps) {
+        ADD_FAILURE() << "scheduler did not finish in " << max_steps << " steps";
+        break;
+      }
+    }
+    return n;
+  }
+
+  FakeTokenizer tok;
+  Metrics metrics;
+  FakeExecutor exec;
+  KvBlockManager kv;
+  Scheduler sched;
+  testing::NextToken model;
+  std::vector<std::shared_ptr<RequestHandle>> handles;
+};
+
+std::vector<int32_t> prompt_of(const FakeTokenizer& tok, std::string_view text) {
+  return tok.encode(text, false, false);
+}
+
+TEST(Scheduler, BatchedGreedyTextEqualsEachRequestAlone) {
+  SchedulerOptions so{.max_batch_tokens = 16, .max_seqs = 4, .max_context = 64};
+  Harness h(so, {}, testing::hashed_model(/*eos_every=*/23));
+  const std::vector<std::string> prompts = {"hello world", "a", "the quick brown fox jumps",
+                                            "zz", "lorem ipsum dolor", "x y z"};
+  std::vector<std::shared_ptr<RecordingObserver>> obs;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    obs.push_back(h.add(make_request("r" + std::to_string(i), prompt_of(h.tok, prompts[i]),
+                                     /*max_tokens=*/10 + 5 * static_cast<int64_t>(i))));
+  }
+  h.run_until_idle();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(obs[i]->ended());
+    const std::string want = reference_text(h.model, h.tok, prompt_of(h.tok, prompts[i]),
+                                            10 + 5 * static_cast<int64_t>(i), 64);
+    EXPECT_EQ(obs[i]->text(), want) << "request " << i;
+    EXPECT_NE(obs[i]->end().reason, FinishReason::kError);
+  }
+  EXPECT_EQ(h.kv.free_blocks(), h.kv.total_blocks());
+  EXPECT_LE(h.exec.max_step_tokens(), 16);
+}
+
+TEST(Scheduler, ChunkedPrefillKeepsDecodesRunning) {
+  SchedulerOptions so{.max_batch_tokens = 8, .max_seqs = 4, .max_context = 128};
+  Harness h(so);
+  auto a = h.add(make_request("a", {1, 2, 3}, 40));
+  h.step();  // a's prompt
+  h.step();  // a's first decode
+  auto b = h.add(make_request("b", std::vector<int32_t>(30, 5), 5));
+  std::vector<size_t> b_chunks;
+  for (int i = 0; i < 5; ++i) {
+    const StepPlan plan = h.step();
+    ASSERT_EQ(plan.seqs.size(), 2u) << "step " << i;
+    EXPECT_LE(plan.n_tokens(), 8);
+    // The running decode comes first and gets its token every step.
+    EXPECT_EQ(plan.seqs[0].seq_id, 1u);
+    EXPECT_EQ(plan.seqs[0].tokens.size(), 1u);
+    EXPECT_TRUE(plan.seqs[0].want_logits);
+    b_chunks.push_back(plan.seqs[1].tokens.size());
+    EXPECT_EQ(plan.seqs[1].want_logits, i == 4) << "only the last chunk needs logits";
+  }
+  EXPECT_EQ(b_chunks, (std::vector<size_t>{7, 7, 7, 7, 2}));
+  h.run_until_idle();
+  EXPECT_EQ(a->text(), reference_text(h.model, h.tok, {1, 2, 3}, 40, 128));
+  EXPECT_EQ(b->text(), reference_text(h.model, h.tok, std::vector<int32_t>(30, 5), 5, 128));
+}
+
+TEST(Scheduler, AdmitsInArrivalOrderUnderTheSequenceCap) {
+  SchedulerOptions so{.max_batch_tokens = 64, .max_seqs = 2, .max_context = 64};
+  Harness h(so);
+  const std::vector<int64_t> lengths = {3, 9, 2, 6, 4};
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    h.add(make_request("r" + std::to_string(i), {static_cast<int32_t>(1 + i), 7}, lengths[i]));
+  }
+  std::vector<uint64_t> first_seen;
+  std::set<uint64_t> seen;
+  while (h.sched.has_work()) {
+    const StepPlan plan = h.step();
+    EXPECT_LE(plan.seqs.size(), 2u);
+    for (const auto& s : plan.seqs) {
+      if (seen.insert(s.seq_id).second) first_seen.push_back(s.seq_id);
+    }
+  }
+  EXPECT_EQ(first_seen, (std::vector<uint64_t>{1, 2, 3, 4, 5}));
+}
+
+TEST(Scheduler, OldestWaitingRequestIsNotOvertakenWhenBlocksAreShort) {
+  // 8 blocks of 4 tokens. A holds 6; B needs 4 and must wait; C would fit in the 2 left
+  // but may not start before B.
+  SchedulerOptions so{.max_batch_tokens = 64, .max_seqs = 8, .max_context = 32};
+  Harness h(so, FakeExecutorOptions{.kv_blocks = 8, .block_size = 4});
+  auto a = h.add(make_request("a", std::vector<int32_t>(20, 3), 3));
+  h.step();
+  auto b = h.add(make_request("b", std::vector<int32_t>(12, 4), 2));
+  auto c = h.add(make_request("c", {5}, 2));
+  bool b_started = false;
+  while (h.sched.has_work()) {
+    const StepPlan plan = h.step();
+    for (const auto& s : plan.seqs) {
+      if (s.seq_id == 2) b_started = true;
+      if (s.seq_id == 3) {
+        EXPECT_TRUE(b_started) << "c overtook b";
+      }
+    }
+  }
+  EXPECT_TRUE(a->ended() && b->ended() && c->ended());
+  EXPECT_EQ(c->end().reason, FinishReason::kLength);
+}
+
+TEST(Scheduler, PreemptsTheYoungestWhenTheCacheRunsOutAndStillMatchesAlone) {
+  // 6 blocks of 4 tokens = 24 tokens of KV; three requests that each grow to 16 tokens.
+  SchedulerOptions so{.max_batch_tokens = 32, .max_seqs = 4, .max_context = 64};
+  Harness h(so, FakeExecutorOptions{.kv_blocks = 6, .block_size = 4});
+  EXPECT_EQ(h.sched.context_limit(), 24);
+  std::vector<std::vector<int32_t>> prompts = {{1, 2, 3, 4}, {5, 6, 7, 8}, {9, 10, 11, 12}};
+  std::vector<std::shared_ptr<RecordingObserver>> obs;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    obs.push_back(h.add(make_request("r" + std::to_string(i), prompts[i], 12)));
+  }
+  h.run_until_idle();
+  EXPECT_GT(h.sched.preemptions(), 0);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(obs[i]->ended());
+    EXPECT_EQ(obs[i]->end().reason, FinishReason::kLength);
+    EXPECT_EQ(obs[i]->end().usage.completion_tokens, 12);
+    EXPECT_EQ(obs[i]->text(), reference_text(h.model, h.tok, prompts[i], 12, 24)) << i;
+  }
+  EXPECT_EQ(h.kv.free_blocks(), 6);
+}
+
+TEST(Scheduler, SampledTextDoesNotDependOnTheBatch) {
+  // One Sampler per request: its random stream is its own, whoever else runs.
+  SchedulerOptions so{.max_batch_tokens = 16, .max_seqs = 4, .max_context = 64};
+  auto sampled = [&](bool crowded) {
+    Harness h(so);
+    if (crowded) {
+      for (int i = 0; i < 3; ++i) {
+        GenerationRequest r = make_request("other", {static_cast<int32_t>(2 + i)}, 20);
+        r.sampling.temperature = 1.5f;
+        r.sampling.seed = 100 + i;
+        h.add(r);
+      }
+    }
+    GenerationRequest r = make_request("me", {1, 2}, 20);
+    r.sampling.temperature = 1.5f;
+    r.sampling.seed = 7;
+    r.ignore_eos = true;
+    auto obs = h.add(r);
+    h.run_until_idle();
+    return obs->text();
+  };
+  const std::string alone = sampled(false);
+  EXPECT_GE(alone.size(), 10u);
+  // Greedy would give the reference text; temperature 1.5 over these logits should not.
+  EXPECT_NE(alone, reference_text(testing::hashed_model(), FakeTokenizer(), {1, 2}, 20, 64));
+  EXPECT_EQ(sampled(true), alone);
+}
+
+// The model reads a script: token i of the generation is script[i].
+testing::NextToken scripted(std::vector<int32_t> script, size_t prompt_len) {
+  return [script, prompt_len](std::span<const int32_t> ctx) {
+    const size_t i = ctx.size() - prompt_len;
+    return i < script.size() ? script[i] : int32_t{0};
+  };
+}
+
+TEST(Scheduler, StopStringAcrossTokensIsNeverStreamedEarly) {
+  FakeTokenizer tok;
+  std::vector<int32_t> script;
+  for (const char* p : {"a", "S", "T", "O", "x", "S", "T", "O", "P", "b"}) {
+    script.push_back(tok.id_of(p));
+  }
+  Harness h({.max_batch_tokens = 8, .max_seqs = 2, .max_context = 64}, {}, scripted(script, 1));
+  GenerationRequest r = make_request("s", {1}, 50);
+  r.stop = {"STOP", "never"};
+  auto obs = h.add(r);
+  h.run_until_idle();
+  EXPECT_EQ(obs->chunks(), (std::vector<std::string>{"a", "STOx"}));
+  EXPECT_EQ(obs->end().reason, FinishReason::kStop);
+  EXPECT_EQ(obs->end().usage.completion_tokens, 9);
+}
+
+TEST(Scheduler, StopStringInsideOneToken) {
+  FakeTokenizer tok;
+  Harness h({.max_batch_tokens = 8, .max_seqs = 2, .max_context = 64}, {},
+            scripted({tok.id_of("ab"), tok.id_of("STOP"), tok.id_of("c")}, 1));
+  GenerationRequest r = make_request("s", {1}, 50);
+  r.stop = {"bST"};
+  auto obs = h.add(r);
+  h.run_until_idle();
+  EXPECT_EQ(obs->text(), "a");
+  EXPECT_EQ(obs->end().reason, FinishReason::kStop);
+}
+
+TEST(Scheduler, MultiByteCharacterSplitOverTokensIsSentWhole) {
+  FakeTokenizer tok;
+  Harness h({.max_batch_tokens = 8, .max_seqs = 2, .max_context = 64}, {},
+            scripted({tok.id_of("\xC3"), tok.id_of("\xA9"), tok.id_of("z")}, 1));
+  auto obs = h.add(make_request("u", {1}, 3));
+  h.run_until_idle();
+  EXPECT_EQ(obs->chunks(), (std::vector<std::string>{"\xC3\xA9", "z"}));
+}
+
+TEST(Scheduler, EndOfGenerationStopsUnlessIgnored) {
+  FakeTokenizer tok;
+  const auto model = scripted({tok.id_of("h"), tok.id_of("i"), 0, tok.id_of("x")}, 1);
+  Harness h({.max_batch_tokens = 8, .max_seqs = 2, .max_context = 64}, {}, model);
+  auto stopped = h.add(make_request("e", {1}, 10));
+  GenerationRequest r = make_request("i", {1}, 4);
+  r.ignore_eos = true;
+  auto ignored = h.add(r);
+  h.run_until_idle();
+  EXPECT_EQ(stopped->text(), "hi");
+  EXPECT_EQ(stopped->end().reason, FinishReason::kStop);
+  EXPECT_EQ(stopped->end().usage.completion_tokens, 3);
+  EXPECT_EQ(stopped->end().usage.prompt_tokens, 1);
+  EXPECT_EQ(ignored->text(), "hix");
+  EXPECT_EQ(ignored->end().reason, FinishReason::kLength);
+}
+
+TEST(Scheduler, ContextLimitEndsWithLength) {
+  Harness h({.max_batch_tokens = 8, .max_seqs = 2, .max_context = 10});
+  auto obs = h.add(make_request("c", {1, 2, 3, 4}, 100));
+  h.run_until_idle();
+  EXPECT_EQ(obs->end().reason, FinishReason::kLength);
+  EXPECT_EQ(obs->end().usage.completion_tokens, 6);
+}
+
+TEST(Scheduler, PromptThatCannotFitIsTooLong) {
+  Harness h({.max_batch_tokens = 8, .max_seqs = 2, .max_context = 10});
+  auto obs = h.add(make_request("long", std::vector<int32_t>(10, 1), 5));
+  ASSERT_TRUE(obs->ended());
+  EXPECT_EQ(obs->end().reason, FinishReason::kError);
+  EXPECT_EQ(obs->end().error_code, ErrorCode::kTooLong);
+  auto empty = h.add(make_request("empty", {}, 5));
+  EXPECT_EQ(empty->end().error_code, ErrorCode::kBadRequest);
+  GenerationRequest bad = make_request("bad", {1}, 5);
+  bad.sampling.top_p = 0.0f;
+  EXPECT_EQ(h.add(bad)->end().error_code, ErrorCode::kBadRequest);
+  EXPECT_FALSE(h.sched.has_work());
+  EXPECT_EQ(h.kv.free_blocks(), h.kv.total_blocks());
+}
+
+TEST(Scheduler, CancelEndsTheRequestAndFreesItsBlocksAtTheNextStep) {
+  Harness h({.max_batch_tokens = 16, .max_seqs = 4, .max_context = 64});
+  auto keep = h.add(make_request("keep", {1, 2, 3}, 30));
+  auto gone = h.add(make_request("gone", std::vector<int32_t>(9, 2), 30));
+  for (int i = 0; i < 4; ++i) h.step();
+  const int64_t keep_blocks = static_cast<int64_t>(h.kv.table(1).size());
+  h.handles[1]->cancel();
+  const StepPlan plan = h.step();
+  ASSERT_EQ(plan.seqs.size(), 1u);
+  EXPECT_EQ(plan.seqs[0].seq_id, 1u);
+  ASSERT_TRUE(gone->ended());
+  EXPECT_EQ(gone->end().reason, FinishReason::kCancelled);
+  EXPECT_EQ(gone->end().usage.completion_tokens, 4);
+  EXPECT_LE(h.kv.total_blocks() - h.kv.free_blocks(), keep_blocks + 1);
+  h.handles[0]->cancel();
+  h.step();
+  EXPECT_EQ(keep->end().reason, FinishReason::kCancelled);
+  EXPECT_EQ(h.kv.free_blocks(), h.kv.total_blocks());
+  EXPECT_EQ(h.metrics.requests("cancelled"), 2u);
+}
+
+TEST(Scheduler, DeadlineEndsWithTimeout) {
+  Harness h({.max_batch_tokens = 16, .max_seqs = 4, .max_context = 64});
+  GenerationRequest r = make_request("t", {1, 2}, 30);
+  r.deadline = r.arrival + std::chrono::seconds(5);
+  auto obs = h.add(r);
+  h.step();
+  EXPECT_FALSE(obs->ended());
+  const StepPlan plan = h.sched.plan(r.arrival + std::chrono::seconds(6));
+  EXPECT_TRUE(plan.seqs.empty());
+  EXPECT_EQ(obs->end().reason, FinishReason::kTimeout);
+  EXPECT_EQ(h.kv.free_blocks(), h.kv.total_blocks());
+}
+
+TEST(Scheduler, FailedStepEndsItsRequestsWithAnInternalError) {
+  Harness h({.max_batch_tokens = 16, .max_seqs = 4, .max_context = 64},
+            FakeExecutorOptions{.fail_at_step = 3});
+  auto a = h.add(make_request("a", {1, 2}, 30));
+  auto b = h.add(make_request("b", {3, 4}, 30));
+  for (int i = 0; i < 5 && h.sched.has_work(); ++i) {
+    StepPlan plan = h.sched.plan(Clock::now());
+    try {
+      h.sched.complete(plan, h.exec.run(plan));
+    } catch (const Error&) {
+      h.sched.fail_planned("injected");
+    }
+  }
+  EXPECT_EQ(a->end().error_code, ErrorCode::kInternal);
+  EXPECT_EQ(b->end().reason, FinishReason::kError);
+  EXPECT_FALSE(h.sched.has_work());
+  EXPECT_EQ(h.kv.free_blocks(), h.kv.total_blocks());
+}
+
+TEST(Scheduler, MetricsCountTokensAndOutcomes) {
+  Harness h({.max_batch_tokens = 16, .max_seqs = 4, .max_context = 64});
+  h.add(make_request("a", {1, 2, 3}, 5));
+  h.add(make_request("b", {4, 5}, 7));
+  h.run_until_idle();
+  const std::string text = h.metrics.render();
+  EXPECT_NE(text.find("tpnode_prompt_tokens_total 5\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("tpnode_generated_tokens_total 12\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("tpnode_requests_total{outcome=\"length\"} 2\n"), std::string::npos);
+  EXPECT_NE(text.find("tpnode_time_to_first_token_seconds_count 2\n"), std::string::npos);
+  EXPECT_NE(text.find("tpnode_inter_token_latency_seconds_count 10\n"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tpnode::coord
