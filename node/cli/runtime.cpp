@@ -120,6 +120,16 @@ std::unique_ptr<Collective> make_device_collective(const RuntimeOptions& o, Worl
 }
 // --- end of GPU tensor parallelism -----------------------------------------------------------
 
+// Resident memory of this process in MB (Linux), for the per-rank memory report.
+double resident_mb() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return 0;
+  long pages = 0, resident = 0;
+  const int got = std::fscanf(f, "%ld %ld", &pages, &resident);
+  std::fclose(f);
+  return got == 2 ? static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / 1e6 : 0;
+}
+
 // One line that rewrites itself on a terminal; occasional lines otherwise.
 class LoadProgress {
  public:
@@ -177,9 +187,10 @@ std::unique_ptr<Runtime> make_runtime(const RuntimeOptions& o) {
                                         collective, eo);
   // The shard now lives in backend memory; the mapped file's pages can go.
   rt->model->release_pages();
-  spdlog::info("engine ready: {:.1f} MB of weights on this rank, KV cache {} blocks x {} tokens",
+  spdlog::info("engine ready: {:.1f} MB of weights on this rank, KV cache {} blocks x {} "
+               "tokens, resident memory {:.1f} MB",
                static_cast<double>(rt->engine->weight_bytes()) / 1e6, rt->engine->kv_blocks(),
-               rt->engine->options().kv_block_size);
+               rt->engine->options().kv_block_size, resident_mb());
   if (topo.size > 1) {
     rt->executor = std::make_unique<DistributedExecutor>(*rt->engine, rt->world->comm());
   } else {

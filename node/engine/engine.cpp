@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "node/common/error.h"
 
@@ -64,11 +65,16 @@ struct Engine::Impl {
   AttentionParams attn;
   BatchMeta meta;
   std::vector<float> local_logits;  // [seqs, n_vocab of this rank] on the host
+  std::vector<float> staged_logits; // graph steps: LM head rows before picking the wanted
   std::vector<float> gathered;      // rank order, before re-interleaving
   std::vector<float> logits;        // [seqs, n_vocab] on rank 0
   std::vector<float> empty;
+  // A KV block outside the scheduler's range: padding sequences of graph steps write and
+  // read there. -1 when the backend runs no graphs.
+  int32_t pad_block = -1;
 
   Impl(Backend& backend, Collective& collective) : b(backend), c(collective) {}
+  void forward(const HParams& hp, const ShardPlan& shard);
 };
 
 namespace {
@@ -179,10 +185,13 @@ Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
   if (kv_tokens <= 0) kv_tokens = 4 * options_.max_context;
   kv_blocks_ = kv_tokens / bs;
   TPNODE_CHECK_KIND(kv_blocks_ >= (options_.max_context + bs - 1) / bs, ErrorKind::kOutOfMemory,
-                    "KV cache of {} tokens cannot hold one sequence of the maximum context {}",
+                    "KV cache of {} tokens cannot hold one sequence of the maximum context {} "
+                    "(raise --kv-tokens/--kv-bytes or lower --ctx)",
                     kv_blocks_ * bs, options_.max_context);
   options_.kv_tokens = kv_blocks_ * bs;
-  backend.init_kv_cache({hp_.n_layer, kv_blocks_, bs, shard_.n_head_kv, hd});
+  const bool graphs = backend.decode_graphs();
+  if (graphs) m.pad_block = static_cast<int32_t>(kv_blocks_);
+  backend.init_kv_cache({hp_.n_layer, kv_blocks_ + (graphs ? 1 : 0), bs, shard_.n_head_kv, hd});
 
   const int64_t T = options_.max_batch_tokens, S = options_.max_seqs;
   m.s.x = alloc_f32(backend, T * E);
@@ -252,6 +261,53 @@ void build_batch(const StepPlan& plan, const EngineOptions& o, int64_t kv_blocks
   }
 }
 
+int32_t next_pow2(int32_t n) {
+  int32_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+// The graph shape of a decode-only step (every sequence one new token), or nothing. Buckets
+// are powers of two, capped by what the scratch buffers and the context hold.
+std::optional<GraphKey> decode_graph_key(const StepPlan& plan, const BatchMeta& meta,
+                                         const EngineOptions& o) {
+  if (plan.seqs.empty()) return std::nullopt;
+  for (const auto& s : plan.seqs) {
+    if (s.tokens.size() != 1) return std::nullopt;
+  }
+  const int32_t n = meta.n_seqs();
+  const auto seq_cap = static_cast<int32_t>(std::min(o.max_seqs, o.max_batch_tokens));
+  const auto ctx_blocks = static_cast<int32_t>((o.max_context + o.kv_block_size - 1) / o.kv_block_size);
+  GraphKey key;
+  key.n_seqs = std::max(n, std::min(next_pow2(n), seq_cap));
+  key.max_blocks = std::max(meta.max_blocks, std::min(next_pow2(std::max(meta.max_blocks, 4)),
+                                                      std::max(ctx_blocks, meta.max_blocks)));
+  return key;
+}
+
+// Pads a decode-only batch to `key`: each padding sequence decodes token 0 at position 0 in
+// the spare block, and every token feeds the LM head (real sequences first, in order).
+void pad_to_graph_shape(const GraphKey& key, int32_t pad_block, BatchMeta& meta) {
+  const int32_t n = meta.n_seqs(), mb = meta.max_blocks;
+  std::vector<int32_t> tables(static_cast<size_t>(key.n_seqs) * key.max_blocks, -1);
+  for (int32_t s = 0; s < n; ++s) {
+    std::copy_n(meta.block_tables.begin() + static_cast<size_t>(s) * mb, mb,
+                tables.begin() + static_cast<size_t>(s) * key.max_blocks);
+  }
+  for (int32_t s = n; s < key.n_seqs; ++s) {
+    tables[static_cast<size_t>(s) * key.max_blocks] = pad_block;
+    meta.tokens.push_back(0);
+    meta.positions.push_back(0);
+    meta.token_seq.push_back(s);
+    meta.seq_start.push_back(s + 1);
+    meta.seq_kv_len.push_back(1);
+  }
+  meta.block_tables = std::move(tables);
+  meta.max_blocks = key.max_blocks;
+  meta.logit_rows.resize(static_cast<size_t>(key.n_seqs));
+  for (int32_t s = 0; s < key.n_seqs; ++s) meta.logit_rows[static_cast<size_t>(s)] = s;
+}
+
 }  // namespace
 
 const std::vector<float>& Engine::step(const StepPlan& plan) {
@@ -263,52 +319,44 @@ const std::vector<float>& Engine::step(const StepPlan& plan) {
     TPNODE_CHECK(tok >= 0 && tok < hp.n_vocab, "token id {} outside the vocabulary of {}", tok,
                  hp.n_vocab);
   }
-  const int64_t T = m.meta.n_tokens(), E = hp.n_embd, hd = hp.head_dim;
-  const int64_t q_cols = shard_.n_head * hd, kv_cols = shard_.n_head_kv * hd;
-  const bool reduce = m.c.size() > 1;
-  Scratch& s = m.s;
+  // Rows of the LM head output to return, in sequence order. A graph step computes logits
+  // for every (padded) sequence, so the rows are picked out on the way to the host.
+  std::vector<int64_t> wanted;
+  std::optional<GraphKey> key;
+  if (m.pad_block >= 0) key = decode_graph_key(plan, m.meta, options_);
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    if (!plan.seqs[i].want_logits) continue;
+    wanted.push_back(key ? static_cast<int64_t>(i) : static_cast<int64_t>(wanted.size()));
+  }
+  if (key) pad_to_graph_shape(*key, m.pad_block, m.meta);
 
   b.begin_step(m.meta);
-  b.embed(m.tok_embd, s.x);
-  for (int64_t l = 0; l < hp.n_layer; ++l) {
-    const LayerWeights& L = m.layers[static_cast<size_t>(l)];
-    b.rmsnorm(s.x, L.attn_norm, s.h, T, E, hp.rms_eps);
-    b.matmul(L.wq, s.h, s.q, T);
-    b.matmul(L.wk, s.h, s.k, T);
-    b.matmul(L.wv, s.h, s.v, T);
-    if (L.bq) {
-      b.add_bias(s.q, L.bq, T, q_cols);
-      b.add_bias(s.k, L.bk, T, kv_cols);
-      b.add_bias(s.v, L.bv, T, kv_cols);
-    }
-    b.rope(s.q, s.k, m.rope);
-    m.attn.layer = l;
-    b.attention(s.q, s.k, s.v, s.attn, m.attn);
-    b.matmul(L.wo, s.attn, s.t, T);
-    if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
-    b.add(s.x, s.t, T * E);
-
-    b.rmsnorm(s.x, L.ffn_norm, s.h, T, E, hp.rms_eps);
-    b.matmul(L.gate, s.h, s.gate, T);
-    b.matmul(L.up, s.h, s.up, T);
-    b.swiglu(s.gate, s.up, s.gate, T * shard_.n_ff);
-    b.matmul(L.down, s.gate, s.t, T);
-    if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
-    b.add(s.x, s.t, T * E);
+  if (!key || !b.graph_replay(*key)) {
+    if (key) b.graph_capture_begin(*key);
+    m.forward(hp, shard_);
+    if (key) b.graph_capture_end();
   }
 
-  const int64_t n_out = static_cast<int64_t>(m.meta.logit_rows.size());
+  const int64_t n_out = static_cast<int64_t>(wanted.size());
   if (n_out == 0) {
     b.sync();
     m.logits.clear();
     return m.logits;
   }
-  b.gather_rows(s.x, s.last, E);
-  b.rmsnorm(s.last, m.output_norm, s.normed, n_out, E, hp.rms_eps);
-  b.matmul(m.output, s.normed, s.logits, n_out);
   const int64_t V = hp.n_vocab, Vl = shard_.n_vocab;
   m.local_logits.resize(static_cast<size_t>(n_out * Vl));
-  b.copy_to_host(m.local_logits.data(), s.logits, m.local_logits.size() * sizeof(float));
+  if (!key) {
+    b.copy_to_host(m.local_logits.data(), m.s.logits, m.local_logits.size() * sizeof(float));
+  } else {
+    // Real sequences are the first rows; copy up to the last wanted one, then compact.
+    const int64_t rows = wanted.back() + 1;
+    m.staged_logits.resize(static_cast<size_t>(rows * Vl));
+    b.copy_to_host(m.staged_logits.data(), m.s.logits, m.staged_logits.size() * sizeof(float));
+    for (int64_t j = 0; j < n_out; ++j) {
+      std::copy_n(m.staged_logits.data() + wanted[static_cast<size_t>(j)] * Vl, Vl,
+                  m.local_logits.data() + j * Vl);
+    }
+  }
   if (m.c.size() == 1) {
     m.logits.swap(m.local_logits);
     return m.logits;
@@ -333,6 +381,51 @@ const std::vector<float>& Engine::step(const StepPlan& plan) {
     col0 += cnt;
   }
   return m.logits;
+}
+
+// The layer sequence on the current batch (begin_step done): embedding, every layer, and the
+// LM head over the batch's logit rows into s.logits. Only backend ops and collectives on
+// backend memory, so a backend can capture it as one graph.
+void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
+  Impl& m = *this;  // the same names as in step()
+  const int64_t T = m.meta.n_tokens(), E = hp.n_embd, hd = hp.head_dim;
+  const int64_t q_cols = shard.n_head * hd, kv_cols = shard.n_head_kv * hd;
+  const bool reduce = m.c.size() > 1;
+  Scratch& s = m.s;
+
+  b.embed(m.tok_embd, s.x);
+  for (int64_t l = 0; l < hp.n_layer; ++l) {
+    const LayerWeights& L = m.layers[static_cast<size_t>(l)];
+    b.rmsnorm(s.x, L.attn_norm, s.h, T, E, hp.rms_eps);
+    b.matmul(L.wq, s.h, s.q, T);
+    b.matmul(L.wk, s.h, s.k, T);
+    b.matmul(L.wv, s.h, s.v, T);
+    if (L.bq) {
+      b.add_bias(s.q, L.bq, T, q_cols);
+      b.add_bias(s.k, L.bk, T, kv_cols);
+      b.add_bias(s.v, L.bv, T, kv_cols);
+    }
+    b.rope(s.q, s.k, m.rope);
+    m.attn.layer = l;
+    b.attention(s.q, s.k, s.v, s.attn, m.attn);
+    b.matmul(L.wo, s.attn, s.t, T);
+    if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
+    b.add(s.x, s.t, T * E);
+
+    b.rmsnorm(s.x, L.ffn_norm, s.h, T, E, hp.rms_eps);
+    b.matmul(L.gate, s.h, s.gate, T);
+    b.matmul(L.up, s.h, s.up, T);
+    b.swiglu(s.gate, s.up, s.gate, T * shard.n_ff);
+    b.matmul(L.down, s.gate, s.t, T);
+    if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
+    b.add(s.x, s.t, T * E);
+  }
+
+  const int64_t n_rows = static_cast<int64_t>(m.meta.logit_rows.size());
+  if (n_rows == 0) return;
+  b.gather_rows(s.x, s.last, E);
+  b.rmsnorm(s.last, m.output_norm, s.normed, n_rows, E, hp.rms_eps);
+  b.matmul(m.output, s.normed, s.logits, n_rows);
 }
 
 const std::vector<float>& LocalExecutor::run(const StepPlan& plan) { return engine_.step(plan); }
