@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include "kernels/cpu/dequantize.h"
 #include "kernels/cpu/matmul_path.h"
 #include "kernels/cpu/quants.h"
 #include "kernels/cpu/vec_dot.h"
@@ -123,11 +124,36 @@ const char* cpu_matmul_isa() {
 
 void matmul(const MatmulArgs& args, ThreadPool& pool) { matmul(args, pool, MatmulPath::kAuto); }
 
+namespace {
+
+void matmul_exact(const MatmulArgs& a, ThreadPool& pool) {
+  const size_t k = static_cast<size_t>(a.k);
+  pool.parallel_for(
+      a.n,
+      [&](int64_t r0, int64_t r1) {
+        std::vector<float> w(k);
+        for (int64_t r = r0; r < r1; ++r) {
+          cpu::dequantize_row(a.w_type, static_cast<const uint8_t*>(a.w) + r * a.w_row_stride,
+                         w.data(), a.k);
+          for (int64_t i = 0; i < a.m; ++i) {
+            const float* x = a.x + i * a.k;
+            float acc = 0.0f;
+            for (size_t j = 0; j < k; ++j) acc += w[j] * x[j];
+            a.y[i * a.n + r] = acc;
+          }
+        }
+      },
+      kRowGrain);
+}
+
+}  // namespace
+
 void matmul(const MatmulArgs& a, ThreadPool& pool, MatmulPath path) {
   validate(a);
   if (a.m == 0 || a.n == 0) return;
-  const GemmRowsFn kernel = pick_kernel(a.w_type, path);
   const ActFormat format = act_format(a.w_type);
+  if (a.exact && format != ActFormat::kF32) return matmul_exact(a, pool);
+  const GemmRowsFn kernel = pick_kernel(a.w_type, path);
 
   GemmTask task;
   task.w = static_cast<const uint8_t*>(a.w);

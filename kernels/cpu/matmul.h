@@ -21,6 +21,10 @@ struct MatmulArgs {
   const float* x = nullptr; // [m, k] row-major
   int64_t m = 0;
   float* y = nullptr;       // [m, n] row-major
+  // Quantized W only: dequantize W rows and dot them with the F32 x, without rounding x to
+  // 8 bits. Slower; for comparisons that must not see activation rounding (tensor-parallel
+  // vs single-rank logits).
+  bool exact = false;
 };
 
 void matmul(const MatmulArgs& args, ThreadPool& pool);

@@ -31,6 +31,7 @@ struct RuntimeOptions {
   std::string log_dir = "logs";      // per-rank logs of ranks other than 0
   bool progress = true;              // loading progress on rank 0's stderr
   bool kv_f32 = false;               // CPU backend: F32 KV cache instead of F16
+  bool exact_matmul = false;         // CPU backend: F32 activations for quantized weights
   EngineOptions engine;
 };
 

@@ -178,7 +178,8 @@ void CpuBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
                               .k = w.cols,
                               .x = x,
                               .m = m,
-                              .y = y},
+                              .y = y,
+                              .exact = options_.exact_matmul},
               pool_);
 }
 

@@ -17,6 +17,9 @@ namespace tpnode {
 struct CpuBackendOptions {
   int n_threads = 0;                      // 0 = all cores
   TensorType kv_type = TensorType::kF32;  // kF32 (ground truth) or kF16
+  // Quantized weights are dequantized and dotted with F32 activations instead of 8-bit
+  // ones: slower, free of activation rounding (for exact cross-checks).
+  bool exact_matmul = false;
 };
 
 class CpuBackend final : public Backend {
