@@ -76,6 +76,14 @@ struct AttentionParams {
   float scale = 1.0f;     // usually 1/sqrt(head_dim)
 };
 
+// The shape a decode-only step is padded to so that one captured graph can replay every
+// step of that shape: sequences and block-table columns, each rounded up to a bucket.
+struct GraphKey {
+  int32_t n_seqs = 0;
+  int32_t max_blocks = 0;
+  bool operator==(const GraphKey&) const = default;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -127,6 +135,21 @@ class Backend {
   virtual void add(float* x, const float* y, int64_t n) = 0;
   // out[j, :] = x[batch.logit_rows[j], :]
   virtual void gather_rows(const float* x, float* out, int64_t row_len) = 0;
+
+  // Decode steps as graphs (optional; by default every step runs op by op). When
+  // decode_graphs() is true the engine keeps one spare KV block, pads each decode-only step
+  // (every sequence one new token) to a GraphKey shape, calls begin_step, and then either
+  // graph_replay(key) runs the whole forward (embedding to logits), or it issues the ops
+  // between graph_capture_begin(key) and graph_capture_end(), which also runs them. Ops
+  // must then read everything that varies within a key (token ids, positions, lengths,
+  // block tables) from the batch in backend memory, never bake it into a launch.
+  virtual bool decode_graphs() const { return false; }
+  virtual bool graph_replay(const GraphKey& key) {
+    (void)key;
+    return false;
+  }
+  virtual void graph_capture_begin(const GraphKey& key) { (void)key; }
+  virtual void graph_capture_end() {}
 };
 
 }  // namespace tpnode

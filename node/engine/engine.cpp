@@ -345,7 +345,9 @@ const std::vector<float>& Engine::step(const StepPlan& plan) {
   }
   const int64_t V = hp.n_vocab, Vl = shard_.n_vocab;
   m.local_logits.resize(static_cast<size_t>(n_out * Vl));
-  if (!key) {
+  bool in_order = true;  // the wanted rows are 0..n_out-1: no staging
+  for (int64_t j = 0; j < n_out; ++j) in_order = in_order && wanted[static_cast<size_t>(j)] == j;
+  if (in_order) {
     b.copy_to_host(m.local_logits.data(), m.s.logits, m.local_logits.size() * sizeof(float));
   } else {
     // Real sequences are the first rows; copy up to the last wanted one, then compact.

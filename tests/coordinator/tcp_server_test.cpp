@@ -17,27 +17,6 @@ using testing::LineClient;
 using testing::ServerHarness;
 using namespace std::chrono_literals;
 
-struct Reply {
-  std::string text;
-  json::object last;  // the done or error line
-};
-
-// Reads until request `id` ends (done or error); other ids' lines go to `others`.
-Reply read_reply(LineClient& c, const std::string& id) {
-  Reply r;
-  while (auto line = c.read_json()) {
-    EXPECT_EQ(json::value_to<std::string>(line->at("id")), id) << json::serialize(*line);
-    if (line->contains("done") || line->contains("error")) {
-      if (line->contains("text")) r.text += json::value_to<std::string>(line->at("text"));
-      r.last = *line;
-      return r;
-    }
-    r.text += json::value_to<std::string>(line->at("text"));
-  }
-  ADD_FAILURE() << "no end for request " << id;
-  return r;
-}
-
 std::string error_code_of(const json::object& o) {
   if (!o.contains("error")) return "";
   return json::value_to<std::string>(o.at("error").at("code"));

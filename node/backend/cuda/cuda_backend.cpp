@@ -96,7 +96,13 @@ class CudaBackend final : public Backend {
   void add(float* x, const float* y, int64_t n) override;
   void gather_rows(const float* x, float* out, int64_t row_len) override;
 
+  bool decode_graphs() const override { return true; }
+  bool graph_replay(const GraphKey& key) override;
+  void graph_capture_begin(const GraphKey& key) override;
+  void graph_capture_end() override;
+
   CudaDeviceInfo info() const;
+  cudaStream_t stream() const { return stream_; }
   double measure_copy_bandwidth(uint64_t bytes);
   double measure_gemm_flops(int64_t dim);
 
@@ -117,7 +123,6 @@ class CudaBackend final : public Backend {
   struct Step {
     int64_t n_tokens = 0, n_seqs = 0, n_logits = 0, n_decode = 0, n_tiles = 0;
     int32_t max_blocks = 0;
-    int64_t max_decode_kv = 0;
     const int32_t* tokens = nullptr;
     const int32_t* positions = nullptr;
     const int32_t* token_seq = nullptr;
@@ -160,6 +165,20 @@ class CudaBackend final : public Backend {
     float* dev;
   };
   std::vector<RopeFreqs> rope_freqs_;
+
+  // Decode graphs. A shape runs op by op the first time it is seen (sizing every scratch
+  // buffer it needs), is captured the second time, and replays after that. A scratch buffer
+  // that moves invalidates every graph (they point at the old one).
+  struct DecodeGraph {
+    GraphKey key;
+    cudaGraphExec_t exec = nullptr;
+  };
+  void drop_graphs();
+  std::vector<DecodeGraph> graphs_;
+  std::vector<GraphKey> sized_keys_;
+  uint64_t graphs_moves_ = 0;  // mem_->scratch_moves() when graphs_ was last valid
+  bool capturing_ = false;
+  GraphKey capture_key_;
 };
 
 CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
@@ -187,7 +206,13 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
 }
 
 CudaBackend::~CudaBackend() {
+  if (capturing_) {
+    cudaGraph_t g = nullptr;
+    cudaStreamEndCapture(stream_, &g);
+    if (g) cudaGraphDestroy(g);
+  }
   if (stream_) cudaStreamSynchronize(stream_);
+  for (DecodeGraph& g : graphs_) cudaGraphExecDestroy(g.exec);
   gemm_.reset();
   uploader_.reset();
   scratch_.reset();
@@ -330,6 +355,14 @@ kc::DeviceBatch CudaBackend::device_batch() const {
 }
 
 void CudaBackend::begin_step(const BatchMeta& b) {
+  if (capturing_) {
+    // The last capture was left open by an exception: close and discard it.
+    capturing_ = false;
+    cudaGraph_t g = nullptr;
+    cudaStreamEndCapture(stream_, &g);
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError();
+  }
   const int64_t n = b.n_tokens(), ns = b.n_seqs();
   TPNODE_CHECK(b.positions.size() == static_cast<size_t>(n) &&
                    b.token_seq.size() == static_cast<size_t>(n),
@@ -359,7 +392,6 @@ void CudaBackend::begin_step(const BatchMeta& b) {
 
   std::vector<int32_t> decode;
   std::vector<int32_t> tiles;
-  int64_t max_kv = 0;
   const bool tc = k_cache_ != nullptr && kc::prefill_attention_supports(kv_shape_.head_dim);
   for (int64_t s = 0; s < ns; ++s) {
     const int32_t first = b.seq_start[s], count = b.seq_start[s + 1] - first;
@@ -371,7 +403,6 @@ void CudaBackend::begin_step(const BatchMeta& b) {
     } else {
       for (int32_t i = 0; i < count; ++i) {
         decode.push_back(first + i);
-        max_kv = std::max<int64_t>(max_kv, b.positions[first + i] + 1);
       }
     }
   }
@@ -397,7 +428,6 @@ void CudaBackend::begin_step(const BatchMeta& b) {
   step_.n_decode = static_cast<int64_t>(decode.size());
   step_.n_tiles = static_cast<int64_t>(tiles.size() / 2);
   step_.max_blocks = b.max_blocks;
-  step_.max_decode_kv = max_kv;
   step_.tokens = dev + o_tok;
   step_.positions = dev + o_pos;
   step_.token_seq = dev + o_seq;
@@ -533,10 +563,14 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
     // Split the key axis when (token, KV head) pairs alone would leave SMs idle.
     const int64_t ctas = step_.n_decode * p.n_head_kv;
     const int64_t target = 2 * static_cast<int64_t>(prop_.multiProcessorCount);
-    const int64_t max_kv = step_.max_decode_kv;
+    // Planned from the block tables' capacity rather than this step's longest sequence, so
+    // that every step of one graph shape splits alike (a split past a token's length is
+    // empty and drops out of the merge).
+    const int64_t max_kv = static_cast<int64_t>(step_.max_blocks) * kv_shape_.block_size;
     int64_t splits = 1;
-    if (ctas < target && max_kv > 2 * kc::kDecodeKeyTile) {
-      splits = std::min<int64_t>({(target + ctas - 1) / ctas, (max_kv + 255) / 256, 32});
+    if (ctas < target && max_kv > kc::kDecodeKeyTile) {
+      splits = std::min<int64_t>(
+          {(target + ctas - 1) / ctas, (max_kv + kc::kDecodeKeyTile - 1) / kc::kDecodeKeyTile, 32});
     }
     if (splits > 1) {
       const int64_t per = (max_kv + splits - 1) / splits;
@@ -584,6 +618,54 @@ void CudaBackend::gather_rows(const float* x, float* out, int64_t row_len) {
   kc::gather_act_rows({.x = x, .rows = step_.logit_rows, .n = step_.n_logits, .row_len = row_len,
                        .out = out},
                       stream_);
+}
+
+void CudaBackend::drop_graphs() {
+  for (DecodeGraph& g : graphs_) TPNODE_CUDA_CHECK(cudaGraphExecDestroy(g.exec));
+  graphs_.clear();
+}
+
+bool CudaBackend::graph_replay(const GraphKey& key) {
+  if (!opt_.use_cuda_graphs) return false;
+  if (mem_->scratch_moves() != graphs_moves_) {
+    drop_graphs();
+    graphs_moves_ = mem_->scratch_moves();
+  }
+  for (const DecodeGraph& g : graphs_) {
+    if (g.key == key) {
+      TPNODE_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
+      return true;
+    }
+  }
+  return false;
+}
+
+void CudaBackend::graph_capture_begin(const GraphKey& key) {
+  if (!opt_.use_cuda_graphs) return;
+  if (std::find(sized_keys_.begin(), sized_keys_.end(), key) == sized_keys_.end()) {
+    sized_keys_.push_back(key);  // this step runs op by op and sizes the scratch buffers
+    return;
+  }
+  graphs_moves_ = mem_->scratch_moves();
+  TPNODE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  capturing_ = true;
+  capture_key_ = key;
+}
+
+void CudaBackend::graph_capture_end() {
+  if (!capturing_) return;
+  capturing_ = false;
+  cudaGraph_t graph = nullptr;
+  TPNODE_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+  TPNODE_CHECK_KIND(mem_->scratch_moves() == graphs_moves_, ErrorKind::kRuntime,
+                    "a scratch buffer moved while capturing the decode graph for {} sequences",
+                    capture_key_.n_seqs);
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  TPNODE_CUDA_CHECK(err);
+  graphs_.push_back({capture_key_, exec});
+  TPNODE_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
 }
 
 CudaDeviceInfo CudaBackend::info() const {
@@ -666,6 +748,10 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options) {
 
 CudaDeviceInfo cuda_device_info(const Backend& backend) {
   return dynamic_cast<const CudaBackend&>(backend).info();
+}
+
+void* cuda_backend_stream(Backend& backend) {
+  return dynamic_cast<CudaBackend&>(backend).stream();
 }
 
 double cuda_measure_copy_bandwidth(Backend& backend, uint64_t bytes) {

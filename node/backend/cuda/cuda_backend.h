@@ -17,7 +17,9 @@ struct CudaBackendOptions {
   double gpu_memory_fraction = 0.90;  // of the device's memory; allocations past it throw
   KvCacheDtype kv_dtype = KvCacheDtype::kBF16;
   int64_t max_batch_tokens = 512;     // sizes the step scratch buffers up front
-  bool use_cuda_graphs = true;        // used by capture_begin/capture_end (see CudaBackend)
+  // Decode steps are padded to graph shapes (Backend::decode_graphs) either way; with graphs
+  // each shape is captured once (on its second step) and replayed, without they run op by op.
+  bool use_cuda_graphs = true;
   // Quantized weights also get a BF16 copy for prefill / large-batch GEMMs while the copies
   // fit in this fraction of the budget; without a copy the GEMM dequantizes into scratch.
   double bf16_copy_fraction = 0.5;
@@ -39,6 +41,10 @@ struct CudaDeviceInfo {
 };
 // `backend` must come from make_cuda_backend.
 CudaDeviceInfo cuda_device_info(const Backend& backend);
+
+// The backend's one stream (a cudaStream_t), for collectives that must be ordered with its
+// ops (NCCL). `backend` must come from make_cuda_backend.
+void* cuda_backend_stream(Backend& backend);
 
 // Device-to-device copy bandwidth in bytes/s (read + write counted), measured on
 // `bytes`-sized buffers: the HBM roofline of memory-bound kernels.

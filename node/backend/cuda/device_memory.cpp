@@ -45,7 +45,10 @@ void DeviceMemory::free(void* p) {
 
 void* Scratch::get(size_t bytes) {
   if (bytes <= bytes_) return p_;
-  if (p_) mem_.free(p_);
+  if (p_) {
+    mem_.free(p_);
+    mem_.note_scratch_move();
+  }
   p_ = nullptr;
   bytes_ = 0;
   const size_t n = bytes + bytes / 4;  // headroom: fewer regrowths while shapes settle

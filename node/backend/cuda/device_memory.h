@@ -22,10 +22,15 @@ class DeviceMemory {
   uint64_t used() const { return used_; }
   uint64_t budget() const { return budget_; }
   bool fits(uint64_t bytes) const { return used_ + bytes <= budget_; }
+  // How many times a Scratch moved to a larger buffer: work captured in a CUDA graph before
+  // a move points at freed memory.
+  uint64_t scratch_moves() const { return scratch_moves_; }
+  void note_scratch_move() { ++scratch_moves_; }
 
  private:
   uint64_t budget_;
   uint64_t used_ = 0;
+  uint64_t scratch_moves_ = 0;
   std::unordered_map<void*, size_t> sizes_;
 };
 
