@@ -99,10 +99,15 @@ mh_require_tpnode() {
 
 # mh_generate OUT N [MPIRUN...]: greedy -n N continuation of MH_PROMPT; stdout in OUT.raw,
 # stderr in OUT.err, the generated text alone in OUT; the exit code is generate's.
+# Exact CPU arithmetic (F32 activations and KV): tp 3 and tp 1 then differ only in the order
+# of float sums (~1e-6 relative), so their greedy texts are equal. With the default 8-bit
+# activations a near-tie may flip.
+MH_EXACT=(--backend cpu --exact-matmul --kv-f32)
+
 mh_generate() {
   local out="$1" n="$2"
   shift 2
-  "$@" "$TPNODE_BIN" generate -m "$MODEL" -p "$MH_PROMPT" -n "$n" --temp 0 --backend cpu --threads 1 \
+  "$@" "$TPNODE_BIN" generate -m "$MODEL" -p "$MH_PROMPT" -n "$n" --temp 0 "${MH_EXACT[@]}" --threads 1 \
       --no-progress --log-dir "$WORK/logs" >"$out.raw" 2>"$out.err"
   local rc=$?
   mh_strip_logs <"$out.raw" >"$out"
@@ -127,7 +132,7 @@ mh_serve_start() {
   local log="$1"
   shift
   MH_SERVE_ADDR="$(mh_addr 1)"
-  "${MH_MPIRUN[@]}" -np 3 "$TPNODE_BIN" serve -m "$MODEL" --backend cpu --threads 1 --no-progress \
+  "${MH_MPIRUN[@]}" -np 3 "$TPNODE_BIN" serve -m "$MODEL" "${MH_EXACT[@]}" --threads 1 --no-progress \
       --log-dir "$WORK/logs" --host "$MH_SERVE_ADDR" --port "$MH_SERVE_PORT" --no-http "$@" \
       >"$log" 2>&1 &
   MH_SERVE_PID=$!
