@@ -48,7 +48,11 @@ void add_runtime_options(CLI::App& app, RuntimeOptions& o) {
                  "seconds before a silent rank is declared lost");
   app.add_option("--log-dir", o.log_dir, "folder for the logs of ranks other than 0");
   app.add_flag("!--no-progress", o.progress, "no loading progress display");
-  app.add_flag("--kv-f32", o.kv_f32, "CPU backend: keep the KV cache in F32 (default F16)");
+  app.add_flag("--kv-f16", o.kv_f16,
+               "CPU backend: keep the KV cache in F16 (half the memory; default F32, faster)");
+  app.add_flag("--exact-matmul", o.exact_matmul,
+               "CPU backend: dequantize weights instead of rounding activations to 8 bits "
+               "(slower; for exact comparisons)");
 }
 
 Runtime::~Runtime() {
@@ -92,7 +96,8 @@ std::unique_ptr<Backend> make_backend(const RuntimeOptions& o, const Topology& t
   }
   CpuBackendOptions co;
   co.n_threads = o.threads;
-  co.kv_type = o.kv_f32 ? TensorType::kF32 : TensorType::kF16;
+  co.kv_type = o.kv_f16 ? TensorType::kF16 : TensorType::kF32;
+  co.exact_matmul = o.exact_matmul;
   return make_cpu_backend(co);
 }
 

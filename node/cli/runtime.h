@@ -30,7 +30,7 @@ struct RuntimeOptions {
   double collective_timeout_s = 5.0;  // a stopped rank then ends the job within ~7 s
   std::string log_dir = "logs";      // per-rank logs of ranks other than 0
   bool progress = true;              // loading progress on rank 0's stderr
-  bool kv_f32 = false;               // CPU backend: F32 KV cache instead of F16
+  bool kv_f16 = false;               // CPU backend: F16 KV cache (half the memory, slower)
   bool exact_matmul = false;         // CPU backend: F32 activations for quantized weights
   EngineOptions engine;
 };

@@ -102,7 +102,7 @@ mh_require_tpnode() {
 # Exact CPU arithmetic (F32 activations and KV): tp 3 and tp 1 then differ only in the order
 # of float sums (~1e-6 relative), so their greedy texts are equal. With the default 8-bit
 # activations a near-tie may flip.
-MH_EXACT=(--backend cpu --exact-matmul --kv-f32)
+MH_EXACT=(--backend cpu --exact-matmul)
 
 mh_generate() {
   local out="$1" n="$2"
