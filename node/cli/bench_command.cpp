@@ -19,8 +19,13 @@
 #include "node/engine/engine.h"
 #include "node/engine/weight_source.h"
 #include "node/model/model_file.h"
+#include "parallel/world.h"
 #ifdef TPNODE_HAVE_CUDA
 #include "node/backend/cuda/cuda_backend.h"
+#endif
+#if defined(TPNODE_HAVE_NCCL) && defined(TPNODE_HAVE_MPI)
+#include "parallel/mpi/mpi_communicator.h"
+#include "parallel/nccl/nccl_communicator.h"
 #endif
 
 namespace tpnode::cli {
@@ -60,7 +65,7 @@ HParams shape_hparams(const std::string& shape) {
     hp.n_layer = big ? 80 : 32; hp.n_embd = big ? 8192 : 4096; hp.n_head = big ? 64 : 32;
     hp.n_head_kv = 8; hp.head_dim = 128; hp.n_ff = big ? 28672 : 14336; hp.n_vocab = 128256;
     hp.n_ctx_train = 131072; hp.rope_theta = 500000.0f;
-    hp.rope_scaling = {RopeScaling::Kind::kLlama3, 8.0f, 1.0f, 4.0f, 8192};
+    hp.rope_scaling = {RopeScaling::Kind::kLlama3, 8.0f, 1.0f, 4.0f, 8192, {}};
   } else if (shape == "qwen2-7b") {
     hp.arch = "qwen2";
     hp.n_layer = 28; hp.n_embd = 3584; hp.n_head = 28; hp.n_head_kv = 4; hp.head_dim = 128;
@@ -101,19 +106,21 @@ class SingleRank final : public Collective {
 // One status line, rewritten in place on a terminal.
 class Status {
  public:
-  Status() : tty_(isatty(fileno(stderr)) != 0) {}
+  explicit Status(bool quiet = false) : tty_(isatty(fileno(stderr)) != 0), quiet_(quiet) {}
   template <typename... A>
   void show(fmt::format_string<A...> f, A&&... a) {
+    if (quiet_) return;
     const std::string s = fmt::format(f, std::forward<A>(a)...);
     std::fprintf(stderr, tty_ ? "\r\033[K[bench] %s" : "[bench] %s\n", s.c_str());
     std::fflush(stderr);
   }
   void done() {
-    if (tty_) std::fprintf(stderr, "\n");
+    if (tty_ && !quiet_) std::fprintf(stderr, "\n");
   }
 
  private:
   bool tty_;
+  bool quiet_;  // ranks other than 0 under mpirun
 };
 
 struct Rooflines {
@@ -128,8 +135,48 @@ struct Row {
   std::string frac_of;
 };
 
+// Under mpirun: every rank runs the same steps on its shard of the synthetic model, joined by
+// the NCCL communicator; rank 0 prints. Each rank takes the GPU of its local rank.
+struct TensorParallel {
+  std::unique_ptr<World> world;
+  std::unique_ptr<Communicator> comm;  // the engine's collective when there are several ranks
+  int rank = 0, size = 1, device = 0;
+};
+
+TensorParallel join_ranks(const BenchOptions& o) {
+  TensorParallel tp;
+  tp.device = o.device;
+  if (!started_by_mpi_launcher()) return tp;
+  static int argc = 1;
+  static char arg0[] = "tpnode";
+  static char* argv_storage[] = {arg0, nullptr};
+  static char** argv = argv_storage;
+  tp.world = World::init(argc, argv, WorldOptions{.collective_timeout_s = 60});
+  tp.rank = tp.world->topology().rank;
+  tp.size = tp.world->topology().size;
+  tp.device = tp.world->topology().local_rank;
+  if (tp.rank != 0) spdlog::set_level(spdlog::level::warn);
+  return tp;
+}
+
+void make_tp_comm(TensorParallel& tp, Backend& backend) {
+  if (tp.size == 1) return;
+#if defined(TPNODE_HAVE_NCCL) && defined(TPNODE_HAVE_MPI)
+  TPNODE_CHECK(backend.name() == "cuda", "bench over {} ranks needs --backend cuda", tp.size);
+  NcclCommunicatorOptions co;
+  co.device = tp.device;
+  co.stream = cuda_backend_stream(backend);
+  tp.comm = std::make_unique<NcclCommunicator>(
+      dynamic_cast<mpi::MpiCommunicator&>(tp.world->comm()), co);
+#else
+  TPNODE_THROW(ErrorKind::kUnsupported, "bench over {} ranks needs a build with NCCL", tp.size);
+#endif
+}
+
 int run_bench(const BenchOptions& o) {
-  Status status;
+  TensorParallel tp = join_ranks(o);
+  const bool root = tp.rank == 0;
+  Status status(!root);
   std::string kind = o.backend;
 #ifdef TPNODE_HAVE_CUDA
   if (kind == "auto") kind = cuda_device_count() > 0 ? "cuda" : "cpu";
@@ -142,7 +189,7 @@ int run_bench(const BenchOptions& o) {
 #ifdef TPNODE_HAVE_CUDA
   if (kind == "cuda") {
     CudaBackendOptions co;
-    co.device = o.device;
+    co.device = tp.device;
     co.gpu_memory_fraction = o.gpu_memory_fraction;
     co.max_batch_tokens = std::max(*std::max_element(o.prefills.begin(), o.prefills.end()), 64);
     co.bf16_copy_fraction = o.bf16_copies ? 0.5 : 0.0;
@@ -153,13 +200,14 @@ int run_bench(const BenchOptions& o) {
     roof.gemm_source = "cuBLASLt 8192^3 BF16 GEMM measured at start";
     status.done();
     const CudaDeviceInfo info = cuda_device_info(*backend);
-    std::printf("device: %s, %d SMs, %.1f GiB (budget %.1f GiB)\n", info.name.c_str(),
+    if (root) std::printf("device: %s, %d SMs, %.1f GiB (budget %.1f GiB)\n", info.name.c_str(),
                 info.sm_count, info.total_bytes / 1073741824.0, info.budget_bytes / 1073741824.0);
-    std::printf("rooflines: copy %.0f GB/s (read+write), BF16 GEMM %.0f TFLOP/s (%s)\n",
+    if (root) std::printf("rooflines: copy %.0f GB/s (read+write), BF16 GEMM %.0f TFLOP/s (%s)\n",
                 roof.copy_bw / 1e9, roof.gemm_flops / 1e12, roof.gemm_source.c_str());
   }
 #endif
   if (!backend) backend = make_cpu_backend({});
+  make_tp_comm(tp, *backend);
 
   std::unique_ptr<ModelFile> file;
   std::unique_ptr<WeightSource> source;
@@ -176,6 +224,7 @@ int run_bench(const BenchOptions& o) {
     source = std::make_unique<SyntheticWeightSource>(hp, type, 1, overrides);
     label = fmt::format("{} {} (synthetic weights)", o.shape, o.type);
   }
+  if (tp.size > 1) label += fmt::format(", tensor parallel over {} GPUs", tp.size);
 
   const int max_batch = *std::max_element(o.batches.begin(), o.batches.end());
   const int max_prefill = *std::max_element(o.prefills.begin(), o.prefills.end());
@@ -193,14 +242,15 @@ int run_bench(const BenchOptions& o) {
     status.show("loading weights {:3d}% ({:.1f} / {:.1f} GB)", pct, done / 1e9, total / 1e9);
   };
   SingleRank one;
+  Collective& collective = tp.comm ? static_cast<Collective&>(*tp.comm) : one;
   const auto t_load = Clock::now();
-  Engine engine(hp, *source, *backend, one, eo);
+  Engine engine(hp, *source, *backend, collective, eo);
   backend->sync();
   status.done();
   const uint64_t embd_bytes =
       source->bytes("token_embd.weight", {0, hp.n_vocab, 0, hp.n_embd});
   const uint64_t step_weight_bytes = engine.weight_bytes() - embd_bytes;
-  std::printf("model: %s; %.2f GB of weights read per step; loaded in %.1f s on %s\n",
+  if (root) std::printf("model: %s; %.2f GB of weights read per step (per GPU); loaded in %.1f s on %s\n",
               label.c_str(), step_weight_bytes / 1e9, seconds_since(t_load),
               std::string(backend->name()).c_str());
 
@@ -289,6 +339,8 @@ int run_bench(const BenchOptions& o) {
     rows.push_back(row);
   }
 
+  tp.comm.reset();  // before the backend whose stream it uses; every rank is here
+  if (!root) return 0;
   std::printf("\n%-18s %12s %10s %8s  %s\n", "phase", "tok/s", "ms/step", "frac", "of");
   for (const Row& r : rows) {
     std::printf("%-18s %12.1f %10.3f %7.1f%%  %s\n", r.what.c_str(), r.tok_s, r.ms, 100 * r.frac,

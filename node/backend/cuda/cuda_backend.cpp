@@ -524,7 +524,8 @@ const float* CudaBackend::rope_freqs(const RopeParams& p) {
            k.scaling.factor == p.scaling.factor &&
            k.scaling.low_freq_factor == p.scaling.low_freq_factor &&
            k.scaling.high_freq_factor == p.scaling.high_freq_factor &&
-           k.scaling.original_context == p.scaling.original_context;
+           k.scaling.original_context == p.scaling.original_context &&
+           k.scaling.freq_factors == p.scaling.freq_factors;
   };
   for (const RopeFreqs& f : rope_freqs_) {
     if (same(f.key)) return f.dev;

@@ -1,0 +1,145 @@
+// The whole forward split over the ranks' GPUs (Engine + NcclCommunicator) against the same
+// model on one GPU (tp 1), on the small safetensors fixtures whose heads divide by 2; and
+// the tp output bit-identical run after run.
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "node/engine/engine.h"
+#include "node/engine/weight_source.h"
+#include "node/model/model_file.h"
+#include "tests/nccl/nccl_fixture.h"
+
+namespace tpnode::test {
+namespace {
+
+class SingleRank final : public Collective {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void all_reduce_sum(float*, size_t) override {}
+  void gather_host(const float* send, size_t n, float* recv, const std::vector<size_t>&) override {
+    std::copy_n(send, n, recv);
+  }
+};
+
+struct TpCase {
+  const char* model;  // under TPNODE_SOURCE_DIR
+  bool one_shot;      // false: NCCL for every all-reduce
+};
+
+class TpEngine : public ::testing::TestWithParam<TpCase> {
+ protected:
+  void SetUp() override {
+    const std::string why = gpu_ranks_unavailable();
+    if (!why.empty()) GTEST_SKIP() << why;
+    path_ = std::string(TPNODE_SOURCE_DIR) + "/" + GetParam().model;
+    if (!std::filesystem::exists(path_)) GTEST_SKIP() << path_ << " is absent";
+  }
+  std::string path_;
+};
+
+EngineOptions small_engine() {
+  EngineOptions eo;
+  eo.max_context = 128;
+  eo.kv_tokens = 512;
+  eo.max_batch_tokens = 64;
+  return eo;
+}
+
+size_t argmax(const std::vector<float>& v, size_t off, size_t n) {
+  return static_cast<size_t>(std::max_element(v.begin() + off, v.begin() + off + n) - (v.begin() + off));
+}
+
+// A 24-token and a 3-token prompt (rows of fresh KV blocks from `block0`).
+StepPlan prompts(int64_t vocab, uint64_t id0, int32_t block0) {
+  SeqStep a{.seq_id = id0, .n_past = 0, .tokens = {}, .blocks = {block0, block0 + 1, block0 + 2},
+            .want_logits = true};
+  SeqStep b{.seq_id = id0 + 1, .n_past = 0, .tokens = {3, 7, static_cast<int32_t>(vocab - 1)},
+            .blocks = {block0 + 4, block0 + 3}, .want_logits = true};
+  for (int i = 0; i < 24; ++i) a.tokens.push_back(static_cast<int32_t>((i * 37 + 11) % vocab));
+  StepPlan plan;
+  plan.seqs = {a, b};
+  return plan;
+}
+
+TEST_P(TpEngine, LogitsMatchOneGpuAndRepeatBitForBit) {
+  const int rank = world().topology().rank;
+  auto file = ModelFile::open(path_);
+  const HParams& hp = file->hparams();
+  const size_t V = static_cast<size_t>(hp.n_vocab);
+
+  CudaBackendOptions bo;
+  bo.device = world().topology().local_rank;
+  bo.gpu_memory_fraction = 0.1;
+  auto tp_backend = make_cuda_backend(bo);
+  NcclCommunicatorOptions co = default_comm_options(*tp_backend);
+  if (!GetParam().one_shot) co.one_shot_max_bytes = 0;
+  NcclCommunicator comm(host_comm(), co);
+  if (GetParam().one_shot && !comm.one_shot_available()) {
+    GTEST_SKIP() << "no peer access between these GPUs: the one-shot all-reduce is off";
+  }
+  FileWeightSource tp_src(*file);
+  Engine tp(hp, tp_src, *tp_backend, comm, small_engine());
+
+  // tp 1 on rank 0's GPU, in a backend of its own (a backend holds one KV cache).
+  std::unique_ptr<Backend> one_backend;
+  std::unique_ptr<FileWeightSource> one_src;
+  std::unique_ptr<Engine> one;
+  SingleRank single;
+  if (rank == 0) {
+    one_backend = make_cuda_backend(bo);
+    one_src = std::make_unique<FileWeightSource>(*file);
+    one = std::make_unique<Engine>(hp, *one_src, *one_backend, single, small_engine());
+  }
+
+  StepPlan plan = prompts(hp.n_vocab, 1, 0);
+  std::vector<std::vector<float>> tp_steps;
+  for (int step = 0; step < 5; ++step) {
+    const std::vector<float> lt = tp.step(plan);
+    std::vector<int32_t> next(2, 0);
+    if (rank == 0) {
+      const std::vector<float> l1 = one->step(plan);
+      ASSERT_EQ(lt.size(), 2 * V);
+      ASSERT_EQ(l1.size(), 2 * V);
+      float scale = 0.0f, diff = 0.0f;
+      for (size_t i = 0; i < l1.size(); ++i) {
+        scale = std::max(scale, std::fabs(l1[i]));
+        diff = std::max(diff, std::fabs(lt[i] - l1[i]));
+      }
+      EXPECT_LE(diff, 1e-2f * scale) << "step " << step << ": max |tp - tp1| " << diff
+                                     << " against max |logit| " << scale;
+      for (int s = 0; s < 2; ++s) next[s] = static_cast<int32_t>(argmax(l1, s * V, V));
+    } else {
+      EXPECT_TRUE(lt.empty());
+    }
+    tp_steps.push_back(lt);
+    comm.broadcast(next.data(), next.size() * sizeof(int32_t), 0);
+    for (int s = 0; s < 2; ++s) {
+      SeqStep& q = plan.seqs[s];
+      q.n_past += static_cast<int32_t>(q.tokens.size());
+      q.tokens = {next[s]};
+    }
+  }
+
+  // The same prompts again, in other sequences and KV blocks: the same bits.
+  const std::vector<float> again = tp.step(prompts(hp.n_vocab, 10, 8));
+  if (rank == 0) {
+    EXPECT_TRUE(again == tp_steps[0]) << "tp logits changed between identical runs";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, TpEngine,
+    ::testing::Values(TpCase{"tests/fixtures/tiny_models/tiny-llama/hf", true},
+                      TpCase{"tests/fixtures/tiny_models/tiny-llama/hf", false},
+                      TpCase{"tests/fixtures/tiny_models/tiny-qwen2/hf", true},
+                      TpCase{"tests/fixtures/tiny_models/tiny-qwen2/hf", false}),
+    [](const ::testing::TestParamInfo<TpCase>& info) {
+      std::string m = std::filesystem::path(info.param.model).parent_path().filename().string();
+      std::replace(m.begin(), m.end(), '-', '_');
+      return m + (info.param.one_shot ? "_one_shot" : "_nccl");
+    });
+
+}  // namespace
+}  // namespace tpnode::test
