@@ -3,7 +3,7 @@
 # vendored in llama-cpp-python's sdist, writes a Llama-3-8B-shaped Q4_K_M GGUF with random
 # weights (gguf-py from the same tree, numpy), and runs llama-bench on it.
 #
-# Status: written for the GPU machine but NOT yet run there (see docs/benchmarks_gpu.md).
+# Status: written for the GPU machine but NOT yet run there (see docs/BENCHMARKS.md).
 #
 # Here (network):  bench/llamacpp_gpu.sh fetch     -> .llama/llama.cpp (trimmed, < 30 MB)
 # There (no net):  bench/llamacpp_gpu.sh run OUT   (carry .llama)
