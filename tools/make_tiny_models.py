@@ -409,10 +409,10 @@ def main() -> int:
     ap.add_argument("--llama-src", type=Path, default=Path("/work/llama/src"))
     ap.add_argument("--llama-bin", type=Path, default=Path("/work/llama/build-cpu/bin"))
     ap.add_argument("--no-gguf", action="store_true", help="skip the GGUF conversions and llama.cpp references")
-    # The fixture folder has a size budget (~6 MB): every model gets the small Q8_0 GGUF, and only
-    # tiny-llama (whose Q/K the converter permutes) an F16 one. F32 GGUFs are available on request.
-    ap.add_argument("--gguf-types", default="q8_0", help="converter --outtype list for every model")
-    ap.add_argument("--extra-gguf", default="tiny-llama:f16",
+    # Every model gets a Q8_0 and an F32 GGUF (the engine test holds F32 to 1e-4 against
+    # transformers); F16 for tiny-llama (whose Q/K the converter permutes) and tiny-qwen2.
+    ap.add_argument("--gguf-types", default="q8_0,f32", help="converter --outtype list for every model")
+    ap.add_argument("--extra-gguf", default="tiny-llama:f16,tiny-qwen2:f16",
                     help="comma list of MODEL:TYPE for further GGUFs, e.g. tiny-llama:f32,tiny-qwen2:f16")
     args = ap.parse_args()
 
