@@ -40,18 +40,11 @@ TEST(DefaultModel, GreedyMatchesTransformersAndLlamaCpp) {
   const auto lcpp =
       tsupport::read_json(fixtures / "llamacpp/smollm2_135m_q4_1_greedy.json").as_object();
   const auto hf = tsupport::read_json(fixtures / "default_model/transformers_dequant.json").as_object();
-  auto file = ModelFile::open(model.string());
-  auto tok = Tokenizer::create(file->tokenizer());
-  auto backend = make_cpu_backend({});
-  tsupport::SingleRank one;
-  FileWeightSource weights(*file);
-  EngineOptions eo;
-  eo.max_context = 256;
-  eo.kv_tokens = 1024;
-  eo.max_batch_tokens = 128;
-  eo.max_seqs = 1;
-  Engine engine(file->hparams(), weights, *backend, one, eo);
-  const int64_t V = file->hparams().n_vocab;
+  auto loaded = tsupport::load_engine(
+      model, {.max_context = 256, .kv_tokens = 1024, .max_batch_tokens = 128, .max_seqs = 1});
+  Engine& engine = *loaded->engine;
+  auto tok = Tokenizer::create(loaded->file->tokenizer());
+  const int64_t V = engine.hparams().n_vocab;
 
   const auto& lcases = lcpp.at("cases").as_array();
   const auto& hcases = hf.at("cases").as_array();
@@ -67,7 +60,7 @@ TEST(DefaultModel, GreedyMatchesTransformersAndLlamaCpp) {
     // Our tokenizer must produce llama.cpp's prompt ids.
     EXPECT_EQ(tok->encode(std::string(lc.at("prompt").as_string()), true, false), prompt) << name;
 
-    KvBlockManager kv(engine.kv_blocks(), eo.kv_block_size);
+    KvBlockManager kv(engine.kv_blocks(), engine.options().kv_block_size);
     Sampler greedy({});
     std::vector<int32_t> seq = prompt, got;
     int64_t n_past = 0;

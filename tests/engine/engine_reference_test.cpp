@@ -55,17 +55,9 @@ TEST_P(EngineReference, LogitsMatchTheReference) {
     if (!gg.contains(c.variant)) GTEST_SKIP() << "no " << c.variant << " GGUF in the fixture";
     model_path = dir() / std::string(gg.at(c.variant).as_string());
   }
-  auto file = ModelFile::open(model_path.string());
-  auto backend = make_cpu_backend({});
-  tsupport::SingleRank one;
-  FileWeightSource weights(*file);
-  EngineOptions eo;
-  eo.max_context = 64;
-  eo.kv_tokens = 256;
-  eo.max_batch_tokens = 64;
-  eo.max_seqs = 4;
-  Engine engine(file->hparams(), weights, *backend, one, eo);
-  const int64_t V = file->hparams().n_vocab;
+  auto loaded = tsupport::load_engine(model_path, {});
+  Engine& engine = *loaded->engine;
+  const int64_t V = engine.hparams().n_vocab;
 
   // Both reference sequences at once; "short" prefills 1 token, "long" 10, then one token a step.
   const auto& seqs = ref.at("hf").as_object().at("sequences").as_array();
@@ -111,16 +103,8 @@ TEST_P(EngineReference, LogitsMatchTheReference) {
 class EngineBatching : public EngineReference {};
 
 TEST_P(EngineBatching, DoesNotChangeLogits) {
-  auto file = ModelFile::open((dir() / "hf").string());
-  auto backend = make_cpu_backend({});
-  tsupport::SingleRank one;
-  FileWeightSource weights(*file);
-  EngineOptions eo;
-  eo.max_context = 64;
-  eo.kv_tokens = 512;
-  eo.max_batch_tokens = 64;
-  eo.max_seqs = 4;
-  Engine engine(file->hparams(), weights, *backend, one, eo);
+  auto loaded = tsupport::load_engine(dir() / "hf", {.kv_tokens = 512});
+  Engine& engine = *loaded->engine;
   const auto ref = tsupport::read_json(dir() / "ref/reference.json").as_object();
   const auto ids = tsupport::to_ids(ref.at("hf").as_object().at("sequences").as_array()[1].at("ids"));
 
@@ -131,7 +115,7 @@ TEST_P(EngineBatching, DoesNotChangeLogits) {
   StepwiseRun together{{other1, ids, other2}, {3, 5, 7}, {}};
   tsupport::run_stepwise(engine, together);
   ASSERT_EQ(alone.logits[0].size(), together.logits[1].size());
-  const double d = max_abs_diff(together.logits[1], alone.logits[0], file->hparams().n_vocab, 0);
+  const double d = max_abs_diff(together.logits[1], alone.logits[0], engine.hparams().n_vocab, 0);
   EXPECT_LE(d, 1e-5);
 }
 

@@ -14,7 +14,9 @@
 
 #include "node/engine/collective.h"
 #include "node/engine/engine.h"
+#include "node/backend/cpu/cpu_backend.h"
 #include "node/engine/kv_blocks.h"
+#include "node/model/model_file.h"
 
 namespace tpnode::tsupport {
 
@@ -50,6 +52,38 @@ inline std::vector<int32_t> to_ids(const boost::json::value& v) {
   std::vector<int32_t> ids;
   for (const auto& x : v.as_array()) ids.push_back(static_cast<int32_t>(x.to_number<int64_t>()));
   return ids;
+}
+
+// A model file loaded into a single-rank Engine on the CPU backend; members in the order
+// they must be destroyed last-first.
+struct LoadedEngine {
+  std::unique_ptr<ModelFile> file;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<FileWeightSource> weights;
+  SingleRank one;
+  std::unique_ptr<Engine> engine;
+};
+
+struct EngineShape {
+  int64_t max_context = 64;
+  int64_t kv_tokens = 256;
+  int64_t max_batch_tokens = 64;
+  int64_t max_seqs = 4;
+};
+
+inline std::unique_ptr<LoadedEngine> load_engine(const std::filesystem::path& path,
+                                                 const EngineShape& shape) {
+  auto m = std::make_unique<LoadedEngine>();
+  m->file = ModelFile::open(path.string());
+  m->backend = make_cpu_backend({});
+  m->weights = std::make_unique<FileWeightSource>(*m->file);
+  EngineOptions eo;
+  eo.max_context = shape.max_context;
+  eo.kv_tokens = shape.kv_tokens;
+  eo.max_batch_tokens = shape.max_batch_tokens;
+  eo.max_seqs = shape.max_seqs;
+  m->engine = std::make_unique<Engine>(m->file->hparams(), *m->weights, *m->backend, m->one, eo);
+  return m;
 }
 
 // Runs several sequences together and records the logits of every position. Each sequence
