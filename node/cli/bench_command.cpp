@@ -13,6 +13,7 @@
 
 #include <unistd.h>
 
+#include "node/engine/single_rank_collective.h"
 #include "node/backend/cpu/cpu_backend.h"
 #include "node/cli/command.h"
 #include "node/common/error.h"
@@ -91,17 +92,6 @@ std::pair<TensorType, std::vector<std::pair<std::string, TensorType>>> bench_typ
   if (t == "bf16") return {TensorType::kBF16, {}};
   TPNODE_THROW(ErrorKind::kInvalidInput, "--type {}: expected q4_k, q4_k_m, q8_0 or bf16", t);
 }
-
-class SingleRank final : public Collective {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  void all_reduce_sum(float*, size_t) override {}
-  void gather_host(const float* send, size_t n, float* recv,
-                   const std::vector<size_t>&) override {
-    std::copy_n(send, n, recv);
-  }
-};
 
 // One status line, rewritten in place on a terminal.
 class Status {
@@ -241,7 +231,7 @@ int run_bench(const BenchOptions& o) {
     last_pct = pct;
     status.show("loading weights {:3d}% ({:.1f} / {:.1f} GB)", pct, done / 1e9, total / 1e9);
   };
-  SingleRank one;
+  SingleRankCollective one;
   Collective& collective = tp.comm ? static_cast<Collective&>(*tp.comm) : one;
   const auto t_load = Clock::now();
   Engine engine(hp, *source, *backend, collective, eo);

@@ -14,8 +14,6 @@
 #include "parallel/rank_log.h"
 #include "parallel/world.h"
 #ifdef TPNODE_HAVE_CUDA
-#include <cuda_runtime_api.h>
-
 #include "node/backend/cuda/cuda_backend.h"
 #endif
 #if defined(TPNODE_HAVE_NCCL) && defined(TPNODE_HAVE_MPI)
@@ -72,8 +70,7 @@ namespace {
 
 bool cuda_usable() {
 #ifdef TPNODE_HAVE_CUDA
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  return cuda_device_count() > 0;
 #else
   return false;
 #endif

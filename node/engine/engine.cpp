@@ -79,18 +79,6 @@ struct Engine::Impl {
 
 namespace {
 
-// The largest quantization block among the row-parallel weights: their column split must
-// fall on block boundaries.
-int64_t row_parallel_block(const HParams& hp, const WeightSource& w) {
-  int64_t block = 1;
-  for (int64_t l = 0; l < hp.n_layer; ++l) {
-    for (const char* name : {"attn_output.weight", "ffn_down.weight"}) {
-      block = std::max(block, type_traits(w.type(layer_name(l, name))).block_size);
-    }
-  }
-  return block;
-}
-
 float* alloc_f32(Backend& b, int64_t n) {
   return static_cast<float*>(b.alloc(static_cast<size_t>(n) * sizeof(float)));
 }
@@ -103,7 +91,7 @@ Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
   hp_.validate();
   Impl& m = *impl_;
   shard_ = ShardPlan::make(hp_, collective.size(), collective.rank(),
-                           row_parallel_block(hp_, weights));
+                           weights.row_parallel_block(hp_));
   if (options_.max_context <= 0) options_.max_context = std::min<int64_t>(hp_.n_ctx_train, 4096);
   if (options_.max_context <= 0) options_.max_context = 4096;
   TPNODE_CHECK(options_.max_batch_tokens > 0 && options_.max_seqs > 0 &&
@@ -142,8 +130,10 @@ Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
   }
   weight_bytes_ = total;
 
-  auto load = [&](size_t i) {
-    const Job& j = jobs[i];
+  // Matrices load in the order they were counted above.
+  size_t next = 0;
+  auto load_next = [&] {
+    const Job& j = jobs[next++];
     Weight w = weights.matrix(j.name, j.slice, backend);
     done += weights.bytes(j.name, j.slice);
     if (options_.progress) options_.progress(done, total);
@@ -153,27 +143,26 @@ Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
     return weights.vector(name, off, n, backend);
   };
 
-  m.tok_embd = load(0);
-  m.output = load(1);
+  m.tok_embd = load_next();
+  m.output = load_next();
   m.output_norm = vec("output_norm.weight", 0, E);
   m.layers.resize(static_cast<size_t>(hp_.n_layer));
   for (int64_t l = 0; l < hp_.n_layer; ++l) {
     LayerWeights& L = m.layers[static_cast<size_t>(l)];
-    const size_t base = 2 + static_cast<size_t>(l) * 7;
     L.attn_norm = vec(layer_name(l, "attn_norm.weight"), 0, E);
-    L.wq = load(base + 0);
-    L.wk = load(base + 1);
-    L.wv = load(base + 2);
-    L.wo = load(base + 3);
+    L.wq = load_next();
+    L.wk = load_next();
+    L.wv = load_next();
+    L.wo = load_next();
     if (hp_.attn_bias) {
       L.bq = vec(layer_name(l, "attn_q.bias"), shard_.head0 * hd, q_rows);
       L.bk = vec(layer_name(l, "attn_k.bias"), shard_.kv_head0 * hd, kv_rows);
       L.bv = vec(layer_name(l, "attn_v.bias"), shard_.kv_head0 * hd, kv_rows);
     }
     L.ffn_norm = vec(layer_name(l, "ffn_norm.weight"), 0, E);
-    L.gate = load(base + 4);
-    L.up = load(base + 5);
-    L.down = load(base + 6);
+    L.gate = load_next();
+    L.up = load_next();
+    L.down = load_next();
   }
 
   // KV cache: this rank's KV heads for every layer, in blocks.

@@ -1,5 +1,6 @@
 #include "node/engine/weight_source.h"
 
+#include <algorithm>
 #include <functional>
 
 #include "node/common/error.h"
@@ -8,6 +9,16 @@ namespace tpnode {
 
 uint64_t WeightSource::bytes(const std::string& name, const MatrixSlice& slice) const {
   return row_bytes(type(name), slice.cols) * static_cast<uint64_t>(slice.rows);
+}
+
+int64_t WeightSource::row_parallel_block(const HParams& hp) const {
+  int64_t block = 1;
+  for (int64_t l = 0; l < hp.n_layer; ++l) {
+    for (const char* name : {"attn_output.weight", "ffn_down.weight"}) {
+      block = std::max(block, type_traits(type(fmt::format("blk.{}.{}", l, name))).block_size);
+    }
+  }
+  return block;
 }
 
 // --- file -----------------------------------------------------------------------------------

@@ -29,6 +29,9 @@ class WeightSource {
   // A slice [off, off + n) of a 1-D tensor, as F32.
   virtual float* vector(const std::string& name, int64_t off, int64_t n, Backend& b) = 0;
   virtual uint64_t bytes(const std::string& name, const MatrixSlice& slice) const;
+  // The largest quantization block among the row-parallel weights (attn_output, ffn_down):
+  // their column split must fall on block boundaries (ShardPlan's `block`).
+  int64_t row_parallel_block(const HParams& hp) const;
 };
 
 class FileWeightSource final : public WeightSource {

@@ -3,6 +3,7 @@
 // llama with llama3 RoPE) and, when present, SmolLM2-135M Q4_1.
 #include <filesystem>
 
+#include "node/engine/single_rank_collective.h"
 #include "node/engine/engine.h"
 #include "node/engine/weight_source.h"
 #include "node/model/model_file.h"
@@ -10,17 +11,6 @@
 
 namespace tpnode::test {
 namespace {
-
-class SingleRank final : public Collective {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  void all_reduce_sum(float*, size_t) override {}
-  void gather_host(const float* send, size_t n, float* recv,
-                   const std::vector<size_t>&) override {
-    std::copy_n(send, n, recv);
-  }
-};
 
 size_t argmax(const std::vector<float>& v, size_t off, size_t n) {
   return static_cast<size_t>(std::max_element(v.begin() + off, v.begin() + off + n) -
@@ -37,7 +27,7 @@ TEST_P(CudaEngine, LogitsMatchCpuOverPrefillAndDecode) {
   auto file = ModelFile::open(path());
   const HParams& hp = file->hparams();
   FileWeightSource src_gpu(*file), src_cpu(*file);
-  SingleRank c1, c2;
+  SingleRankCollective c1, c2;
   EngineOptions eo;
   eo.max_context = 256;
   eo.kv_tokens = 1024;
@@ -72,7 +62,7 @@ TEST_P(CudaEngine, Deterministic) {
   if (!std::filesystem::exists(path())) GTEST_SKIP() << path() << " is absent";
   auto file = ModelFile::open(path());
   FileWeightSource src(*file);
-  SingleRank c;
+  SingleRankCollective c;
   EngineOptions eo;
   eo.max_context = 128;
   eo.kv_tokens = 512;

@@ -6,6 +6,7 @@
 //     run op by op, over decode steps of changing batch sizes, lengths and wanted rows.
 #include <filesystem>
 
+#include "node/engine/single_rank_collective.h"
 #include "node/engine/engine.h"
 #include "node/engine/weight_source.h"
 #include "node/model/model_file.h"
@@ -13,17 +14,6 @@
 
 namespace tpnode::test {
 namespace {
-
-class OneRank final : public Collective {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  void all_reduce_sum(float*, size_t) override {}
-  void gather_host(const float* send, size_t n, float* recv,
-                   const std::vector<size_t>&) override {
-    std::copy_n(send, n, recv);
-  }
-};
 
 // Forwards every op to another backend and asks for graph shapes; counts the brackets.
 class GraphShapedBackend final : public Backend {
@@ -155,7 +145,7 @@ TEST(PaddedCpu, LogitsMatchUnpaddedSteps) {
   auto cpu_a = make_cpu_backend(co);
   auto cpu_b = make_cpu_backend(co);
   GraphShapedBackend shaped(*cpu_b);
-  OneRank c1, c2;
+  SingleRankCollective c1, c2;
   EngineOptions eo;
   eo.max_context = 128;
   eo.kv_tokens = 512;
@@ -203,7 +193,7 @@ TEST_P(CudaGraphs, BitwiseEqualToOpByOp) {
   off.use_cuda_graphs = false;
   auto cuda_off = make_cuda_backend(off);
   FileWeightSource src_on(*file), src_off(*file), src_cpu(*file);
-  OneRank c1, c2, c3;
+  SingleRankCollective c1, c2, c3;
   EngineOptions eo;
   eo.max_context = 128;
   eo.kv_tokens = 512;

@@ -12,23 +12,13 @@
 #include <string>
 #include <vector>
 
-#include "node/engine/collective.h"
+#include "node/engine/single_rank_collective.h"
 #include "node/engine/engine.h"
 #include "node/backend/cpu/cpu_backend.h"
 #include "node/engine/kv_blocks.h"
 #include "node/model/model_file.h"
 
 namespace tpnode::tsupport {
-
-class SingleRank final : public Collective {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  void all_reduce_sum(float*, size_t) override {}
-  void gather_host(const float* send, size_t n, float* recv, const std::vector<size_t>&) override {
-    std::copy_n(send, n, recv);
-  }
-};
 
 inline std::filesystem::path source_dir() { return TPNODE_SOURCE_DIR; }
 
@@ -60,7 +50,7 @@ struct LoadedEngine {
   std::unique_ptr<ModelFile> file;
   std::unique_ptr<Backend> backend;
   std::unique_ptr<FileWeightSource> weights;
-  SingleRank one;
+  SingleRankCollective one;
   std::unique_ptr<Engine> engine;
 };
 

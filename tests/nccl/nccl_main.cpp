@@ -17,24 +17,12 @@
 #include <unistd.h>
 
 #include "tests/nccl/nccl_fixture.h"
+#include "tests/parallel/rank_test_output.h"
 
 namespace tpnode::test {
 namespace {
 
 World* g_world = nullptr;
-
-class RankFailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const ::testing::TestPartResult& r) override {
-    if (!r.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_,
-                 r.file_name() ? r.file_name() : "?", r.line_number(), r.message());
-  }
-
- private:
-  int rank_;
-};
 
 struct DrillOptions {
   std::string kind;              // empty: run the tests
@@ -114,11 +102,7 @@ int main(int argc, char** argv) {
     if (rc != 0) world->abort(rc);
     return rc;
   }
-  if (rank != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new tpnode::test::RankFailurePrinter(rank));
-  }
+  tpnode::test::report_from_root_only(rank);
   const int rc = RUN_ALL_TESTS();
   tpnode::test::release_gpu_ranks();
   world.reset();

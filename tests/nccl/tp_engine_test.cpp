@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "node/engine/single_rank_collective.h"
 #include "node/engine/engine.h"
 #include "node/engine/weight_source.h"
 #include "node/model/model_file.h"
@@ -12,16 +13,6 @@
 
 namespace tpnode::test {
 namespace {
-
-class SingleRank final : public Collective {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  void all_reduce_sum(float*, size_t) override {}
-  void gather_host(const float* send, size_t n, float* recv, const std::vector<size_t>&) override {
-    std::copy_n(send, n, recv);
-  }
-};
 
 struct TpCase {
   const char* model;  // under TPNODE_SOURCE_DIR
@@ -86,7 +77,7 @@ TEST_P(TpEngine, LogitsMatchOneGpuAndRepeatBitForBit) {
   std::unique_ptr<Backend> one_backend;
   std::unique_ptr<FileWeightSource> one_src;
   std::unique_ptr<Engine> one;
-  SingleRank single;
+  SingleRankCollective single;
   if (rank == 0) {
     one_backend = make_cuda_backend(bo);
     one_src = std::make_unique<FileWeightSource>(*file);

@@ -4,28 +4,15 @@
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
 
-#include <cstdio>
 #include <string>
 
 #include "tests/parallel/mpi_fixture.h"
+#include "tests/parallel/rank_test_output.h"
 
 namespace tpnode::test {
 namespace {
 
 World* g_world = nullptr;
-
-class RankFailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const ::testing::TestPartResult& r) override {
-    if (!r.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_,
-                 r.file_name() ? r.file_name() : "?", r.line_number(), r.message());
-  }
-
- private:
-  int rank_;
-};
 
 }  // namespace
 
@@ -47,11 +34,7 @@ int main(int argc, char** argv) {
   tpnode::test::g_world = world.get();
   const int rank = world->topology().rank;
   spdlog::set_pattern(fmt::format("[rank {}] [%l] %v", rank));
-  if (rank != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new tpnode::test::RankFailurePrinter(rank));
-  }
+  tpnode::test::report_from_root_only(rank);
   const int rc = RUN_ALL_TESTS();
   world.reset();
   return rc;

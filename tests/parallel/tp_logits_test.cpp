@@ -51,17 +51,6 @@ CpuBackendOptions exact_backend() {
   return b;
 }
 
-int64_t row_parallel_block(const ModelFile& f) {
-  int64_t block = 1;
-  for (const auto& t : f.tensors()) {
-    if (t.name.find("attn_output") != std::string::npos ||
-        t.name.find("ffn_down") != std::string::npos) {
-      block = std::max(block, type_traits(t.type).block_size);
-    }
-  }
-  return block;
-}
-
 class TpLogits : public ::testing::TestWithParam<TpCase> {};
 
 TEST_P(TpLogits, MatchOneRankForThirtyTwoGreedySteps) {
@@ -71,10 +60,10 @@ TEST_P(TpLogits, MatchOneRankForThirtyTwoGreedySteps) {
   if (!fs::exists(c.path)) GTEST_SKIP() << c.path << " missing (launch/fetch_model.sh)";
   auto file = ModelFile::open(c.path.string());
   const HParams& hp = file->hparams();
-  if (!ShardPlan::is_valid(hp, comm.size(), row_parallel_block(*file))) {
+  FileWeightSource weights(*file);
+  if (!ShardPlan::is_valid(hp, comm.size(), weights.row_parallel_block(hp))) {
     GTEST_SKIP() << c.name << " cannot be split over " << comm.size() << " ranks";
   }
-  FileWeightSource weights(*file);
   CpuBackend backend(exact_backend());
   Engine engine(hp, weights, backend, comm, options());
   if (comm.rank() != 0) {
