@@ -27,7 +27,7 @@ if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 PKGS=(build-essential cmake ninja-build pkg-config git unzip ccache
       libboost-dev libboost-json-dev libcli11-dev libspdlog-dev libfmt-dev
       libopenmpi-dev openmpi-bin libgtest-dev libgmock-dev
-      clang libclang-rt-dev iproute2 curl python3 python3-pip)
+      clang libclang-rt-dev iproute2 bc curl python3 python3-pip)
 if grep -q 'bookworm' /etc/os-release 2>/dev/null; then
   # Debian 12's default Boost is 1.74; Asio/Beast/JSON as we use them need >= 1.81.
   PKGS=("${PKGS[@]/libboost-dev/libboost1.81-dev}")
