@@ -36,6 +36,8 @@ struct GemvParams {
   int64_t m = 0;             // 1..kGemvMaxBatch
 };
 void gemv(const GemvParams& p, cudaStream_t stream);
+// The quantized path for m >= 2 (gemv_mma.cu); gemv() dispatches to it.
+void gemv_mma(const GemvParams& p, cudaStream_t stream);
 
 // Whether gemv() handles this matrix (float W needs cols % 8 == 0).
 bool gemv_supports(const DeviceMatrix& w);
