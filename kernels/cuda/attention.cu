@@ -4,10 +4,12 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/pdl.cuh"
 
 namespace tpnode::cuda {
 namespace {
@@ -47,6 +49,8 @@ __device__ __forceinline__ int64_t kv_row(const PagedKv& kv, const DeviceBatch& 
 // ---- store ---------------------------------------------------------------------------
 template <typename KvT>
 __global__ void kv_store_kernel(KvStoreParams p) {
+  pdl_wait();  // k and v come from the launch before
+  pdl_launch_dependents();
   const int64_t per_token = p.kv.n_head_kv * p.kv.head_dim;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= p.batch.n_tokens * per_token) return;
@@ -58,155 +62,415 @@ __global__ void kv_store_kernel(KvStoreParams p) {
 }
 
 // ---- decode --------------------------------------------------------------------------
-constexpr int kDecodeThreads = 128;
-static_assert(kDecodeKeyTile == kDecodeThreads, "one key of a tile per thread");
+// A CTA of kDecodeWarps warps takes one (token, KV head, head chunk, key split). A key row of
+// hd/8 16-byte chunks is spread over `tx` lanes (a power of two) holding NC chunks each (lane
+// j of a group: chunks c*tx + j), so a warp reads 32/tx rows per load; each lane keeps the
+// query heads' values of its chunks in registers and runs its own online softmax over its
+// rows; groups, warps and splits merge at the end. K and V reach shared memory through a
+// per-thread cp.async ring: a thread only reads back what it copied itself, so the ring
+// needs no barriers.
+constexpr int kDecodeWarps = 4;
+constexpr int kDecodeThreads = kDecodeWarps * 32;
+constexpr int kDecodeStages = 3;
+constexpr int kDecodeChunksPerStage = 4;  // 16-byte K chunks (and as many of V) per lane
+// A split holds at least what the ring's prologue loads, so short splits cost one wait.
+constexpr int kDecodeMinSplitStages = kDecodeStages - 1;
 
-// Dynamic shared memory: q [G][hd] (pre-scaled), scores [G][tile], alpha/m/l [G],
-// row offsets [tile].
+// Query heads per CTA: the KV head's group rounded up to 1, 2, 4 or 8 (larger groups take
+// several CTAs, the head chunks).
+int decode_heads_per_cta(int64_t group) {
+  return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+}
+// 16-byte chunks of a row per lane: two halve the shuffles per key; eight heads need the
+// registers for one.
+constexpr int decode_chunks_per_lane(int heads) { return heads >= 8 ? 1 : 2; }
+
+__host__ __device__ constexpr int decode_lanes_per_key(int head_dim, int nc) {
+  const int per = (head_dim / 8 + nc - 1) / nc;
+  int tx = 1;
+  while (tx < per) tx *= 2;
+  return tx;
+}
+// Keys a CTA takes per ring stage.
+__host__ __device__ constexpr int decode_stage_keys(int head_dim, int nc) {
+  return kDecodeWarps * (kDecodeChunksPerStage / nc) * (32 / decode_lanes_per_key(head_dim, nc));
+}
+static_assert(decode_stage_keys(128, 2) == 32 && decode_stage_keys(64, 2) == 64 &&
+                  decode_stage_keys(80, 2) == 32 && decode_stage_keys(128, 1) == 32,
+              "stage geometry");
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// 8 cache elements (16 bytes) to floats, and 8 floats (32-byte aligned) to cache elements.
 template <typename KvT>
-__global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(DecodeAttentionParams p) {
-  extern __shared__ float smem[];
-  const int64_t hd = p.kv.head_dim;
-  const int G = static_cast<int>(p.n_head / p.kv.n_head_kv);
-  float* qs = smem;                          // [G][hd]
-  float* sc = qs + G * hd;                   // [G][tile]
-  float* m_run = sc + G * kDecodeKeyTile;    // [G]
-  float* l_run = m_run + G;                  // [G]
-  float* alpha = l_run + G;                  // [G]
-  int64_t* rows = reinterpret_cast<int64_t*>(alpha + G + (G % 2 == 1 ? 1 : 0));  // 8-aligned
-
-  const int tid = threadIdx.x;
-  const int64_t t = p.tokens[blockIdx.x];
-  const int64_t kvh = blockIdx.y;
-  const int split = blockIdx.z;
-  const int seq = p.batch.token_seq[t];
-  const int64_t kv_len = static_cast<int64_t>(p.batch.positions[t]) + 1;
-  const int64_t begin = static_cast<int64_t>(split) * p.split_len;
-  const int64_t end = min(kv_len, begin + p.split_len);
-  const int n_out = G * static_cast<int>(hd);
-
-  for (int i = tid; i < n_out; i += kDecodeThreads) {
-    qs[i] = p.q[(t * p.n_head + kvh * G) * hd + i] * p.scale;
-  }
-  for (int h = tid; h < G; h += kDecodeThreads) {
-    m_run[h] = -INFINITY;
-    l_run[h] = 0.0f;
-  }
-  float acc[kMaxDecodeOutputsPerThread];
+__device__ __forceinline__ void unpack8(const int4 raw, float* f) {
+  const uint32_t w[4] = {static_cast<uint32_t>(raw.x), static_cast<uint32_t>(raw.y),
+                         static_cast<uint32_t>(raw.z), static_cast<uint32_t>(raw.w)};
 #pragma unroll
-  for (int j = 0; j < kMaxDecodeOutputsPerThread; ++j) acc[j] = 0.0f;
-  __syncthreads();
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (std::is_same_v<KvT, __nv_bfloat16>) {
+      f[2 * i] = __uint_as_float(w[i] << 16);
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    } else {
+      const float2 x = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+      f[2 * i] = x.x;
+      f[2 * i + 1] = x.y;
+    }
+  }
+}
+template <typename KvT>
+__device__ __forceinline__ int4 pack8(const float* src) {
+  const float4 a = *reinterpret_cast<const float4*>(src);
+  const float4 b = *reinterpret_cast<const float4*>(src + 4);
+  return make_int4(
+      static_cast<int>(KvElem<KvT>::pack(a.x, a.y)), static_cast<int>(KvElem<KvT>::pack(a.z, a.w)),
+      static_cast<int>(KvElem<KvT>::pack(b.x, b.y)), static_cast<int>(KvElem<KvT>::pack(b.z, b.w)));
+}
 
+// exp2(m - ref) as a merge weight; a state that saw no key (m = -inf) weighs nothing.
+__device__ __forceinline__ float merge_weight(float m, float ref) {
+  return m == -INFINITY ? 0.0f : exp2f(m - ref);
+}
+
+// Shared memory: the ring, reused after the key loop for the warps' states.
+constexpr size_t kDecodeRingBytes =
+    sizeof(int4) * kDecodeStages * 2 * kDecodeChunksPerStage * kDecodeThreads;
+constexpr size_t kDecodeSmemLimit = 48 * 1024;
+static_assert(kDecodeRingBytes <= kDecodeSmemLimit, "the ring fits the default shared memory");
+size_t decode_smem_bytes(int heads, int64_t head_dim) {
+  const size_t ring = kDecodeRingBytes;
+  const size_t states = sizeof(float) * kDecodeWarps * heads * (head_dim + 2);
+  return std::max(ring, states);
+}
+
+// Eight heads need about 240 registers (two CTAs per SM); fewer fit three CTAs per SM.
+template <typename KvT, int GB, int NC>
+__global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
+    decode_attention_kernel(DecodeAttentionParams p) {
+  constexpr int U = kDecodeChunksPerStage / NC;  // key rows per lane per stage
+  constexpr int E = NC * 8;                      // head_dim values per lane
+  constexpr int kSlots = U * NC;                 // K chunks per lane per stage (V alike)
+  constexpr int kStageInt4 = 2 * kSlots * kDecodeThreads;
+  extern __shared__ int4 smem[];  // ring: [stage][K, V][slot][thread]
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int hd = static_cast<int>(p.kv.head_dim), nch = hd / 8;
+  const int tx = decode_lanes_per_key(hd, NC), kr = 32 / tx;
+  const int grp = lane / tx, jl = lane % tx;
+  const int warp_keys = U * kr, stage_keys = kDecodeWarps * warp_keys;
+  const int n_kv = static_cast<int>(p.kv.n_head_kv);
+  const int group = static_cast<int>(p.n_head) / n_kv;
+  const int n_hchunks = (group + GB - 1) / GB;
+  const int kvh = blockIdx.y / n_hchunks, hchunk = blockIdx.y % n_hchunks;
+  const int h0 = kvh * group + hchunk * GB, hc = min(GB, group - hchunk * GB);
+  const int split = blockIdx.z;
+
+  // The step's metadata is uploaded before any kernel of the step: readable before pdl_wait.
+  const int64_t t = p.tokens != nullptr ? p.tokens[blockIdx.x] : blockIdx.x;
+  const int pos = p.batch.positions[t];  // the token's own key; keys 0..pos are visible
+  const int begin = split * p.split_len;
+  if (begin > pos) return;  // past this token's length
+  const int end = min(pos + 1, begin + p.split_len);
+  const int n_active = pos / p.split_len + 1;
+  const int32_t* table =
+      p.batch.block_tables + static_cast<int64_t>(p.batch.token_seq[t]) * p.batch.max_blocks;
+  const int bs = static_cast<int>(p.kv.block_size);
+  const bool fused = p.k_new != nullptr;
+  const int n_stages = (end - begin + stage_keys - 1) / stage_keys;
   const KvT* kc = static_cast<const KvT*>(p.kv.k);
   const KvT* vc = static_cast<const KvT*>(p.kv.v);
-  for (int64_t ts = begin; ts < end; ts += kDecodeKeyTile) {
-    // Scores: thread tid takes key ts + tid against every query head of the group.
-    const int64_t key = ts + tid;
-    if (key < end) {
-      const int64_t row = kv_row(p.kv, p.batch, seq, key, kvh);
-      rows[tid] = row;
-      const KvT* kr = kc + row;
-      for (int h = 0; h < G; ++h) sc[h * kDecodeKeyTile + tid] = 0.0f;
-      for (int64_t d = 0; d < hd; d += 8) {
-        const int4 raw = *reinterpret_cast<const int4*>(kr + d);
-        const KvT* e = reinterpret_cast<const KvT*>(&raw);
-        float kf[8];
+
+  auto key_of = [&](int i, int u) {
+    return begin + i * stage_keys + warp * warp_keys + u * kr + grp;
+  };
+  auto row_of = [&](int key) {
+    const int64_t blk = __ldg(table + key / bs);
+    return ((blk * n_kv + kvh) * bs + key % bs) * hd;
+  };
+  auto k_slot = [&](int i, int u, int c) {
+    return smem + (i % kDecodeStages) * kStageInt4 + (u * NC + c) * kDecodeThreads + tid;
+  };
+  constexpr int kV = kSlots * kDecodeThreads;  // V slots follow the K slots
+  // The token's own key from this step's inputs, rounded as the cache rounds it; head chunk
+  // 0 also stores it (kv_store fused: no CTA of the launch reads that slot from the cache).
+  auto put_new = [&](int i, int u) {
+    const int64_t row = row_of(pos);
+    const int64_t src = (t * n_kv + kvh) * hd;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) kf[i] = KvElem<KvT>::to(e[i]);
-        for (int h = 0; h < G; ++h) {
-          const float* qh = qs + h * hd + d;
-          float dot = 0.0f;
+    for (int c = 0; c < NC; ++c) {
+      const int ch = c * tx + jl;
+      int4* dst = k_slot(i, u, c);
+      if (ch >= nch) {
+        dst[0] = dst[kV] = make_int4(0, 0, 0, 0);
+        continue;
+      }
+      const int4 kk = pack8<KvT>(p.k_new + src + ch * 8);
+      const int4 vv = pack8<KvT>(p.v_new + src + ch * 8);
+      dst[0] = kk;
+      dst[kV] = vv;
+      if (hchunk == 0) {
+        *reinterpret_cast<int4*>(static_cast<KvT*>(p.kv.k) + row + ch * 8) = kk;
+        *reinterpret_cast<int4*>(static_cast<KvT*>(p.kv.v) + row + ch * 8) = vv;
+      }
+    }
+  };
+  // Stage i into the ring; rows past the split and chunks past head_dim read as zeros. The
+  // token's own key waits for `inputs_ready` in fused mode.
+  auto load_stage = [&](int i, bool inputs_ready) {
+    if (i < n_stages) {
 #pragma unroll
-          for (int i = 0; i < 8; ++i) dot += qh[i] * kf[i];
-          sc[h * kDecodeKeyTile + tid] += dot;
+      for (int u = 0; u < U; ++u) {
+        const int key = key_of(i, u);
+        if (fused && key == pos) {
+          if (inputs_ready) put_new(i, u);
+          continue;
+        }
+        const bool valid = key < end;
+        const int64_t row = valid ? row_of(key) : 0;
+#pragma unroll
+        for (int c = 0; c < NC; ++c) {
+          const int ch = c * tx + jl;
+          int4* dst = k_slot(i, u, c);
+          if (valid && ch < nch) {
+            cp_async16(dst, kc + row + ch * 8);
+            cp_async16(dst + kV, vc + row + ch * 8);
+          } else {
+            dst[0] = make_int4(0, 0, 0, 0);
+            dst[kV] = make_int4(0, 0, 0, 0);
+          }
         }
       }
+    }
+    cp_async_commit();  // one group per stage, empty or not, so the waits count stages
+  };
+
+  // Fused, the launch before wrote only q and the new K/V: the cache's older keys can be in
+  // flight before waiting for it. Otherwise kv_store (the launch before) wrote cache slots.
+  if (!fused) pdl_wait();
+#pragma unroll
+  for (int i = 0; i < kDecodeStages - 1; ++i) load_stage(i, !fused);
+  if (fused) {
+    pdl_wait();
+    const int i_new = (pos - begin) / stage_keys;
+    if (pos < end && i_new < kDecodeStages - 1) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (key_of(i_new, u) == pos) put_new(i_new, u);
+      }
+    }
+  }
+  pdl_launch_dependents();
+
+  // Query values of this lane's chunks, scaled so that scores are in log2 units.
+  const float qscale = p.scale * 1.4426950408889634f;
+  float q[GB][E];
+#pragma unroll
+  for (int h = 0; h < GB; ++h) {
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      const int ch = c * tx + jl;
+      float4 a = make_float4(0.f, 0.f, 0.f, 0.f), b = a;
+      if (h < hc && ch < nch) {
+        const float* src = p.q + (t * p.n_head + h0 + h) * hd + ch * 8;
+        a = *reinterpret_cast<const float4*>(src);
+        b = *reinterpret_cast<const float4*>(src + 4);
+      }
+      const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int e = 0; e < 8; ++e) q[h][c * 8 + e] = v[e] * qscale;
+    }
+  }
+
+  float acc[GB][E], m[GB], l[GB];
+#pragma unroll
+  for (int h = 0; h < GB; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[h][e] = 0.0f;
+  }
+
+  for (int i = 0; i < n_stages; ++i) {
+    load_stage(i + kDecodeStages - 1, true);
+    cp_async_wait<kDecodeStages - 1>();  // stage i has landed (this thread's copies)
+    float s[U][GB];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int h = 0; h < GB; ++h) s[u][h] = 0.0f;
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        float kf[8];
+        unpack8<KvT>(*k_slot(i, u, c), kf);
+#pragma unroll
+        for (int h = 0; h < GB; ++h) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) s[u][h] = fmaf(q[h][c * 8 + e], kf[e], s[u][h]);
+        }
+      }
+    }
+    for (int o = 1; o < tx; o <<= 1) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+#pragma unroll
+        for (int h = 0; h < GB; ++h) s[u][h] += __shfl_xor_sync(0xffffffffu, s[u][h], o);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (key_of(i, u) >= end) {
+#pragma unroll
+        for (int h = 0; h < GB; ++h) s[u][h] = -INFINITY;
+      }
+    }
+    // Online softmax of this lane group's rows (m = -inf until it has seen a key).
+#pragma unroll
+    for (int h = 0; h < GB; ++h) {
+      float mx = s[0][h];
+#pragma unroll
+      for (int u = 1; u < U; ++u) mx = fmaxf(mx, s[u][h]);
+      const float m_new = fmaxf(m[h], mx);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+      const float alpha = exp2f(m[h] - m_use);
+      l[h] *= alpha;
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[h][e] *= alpha;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        s[u][h] = exp2f(s[u][h] - m_use);
+        l[h] += s[u][h];
+      }
+      m[h] = m_new;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        float vf[8];
+        unpack8<KvT>(k_slot(i, u, c)[kV], vf);
+#pragma unroll
+        for (int h = 0; h < GB; ++h) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[h][c * 8 + e] = fmaf(s[u][h], vf[e], acc[h][c * 8 + e]);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // Lane groups of the warp (lanes tx apart hold the same chunks) merge by shuffles.
+  for (int o = tx; o < 32; o <<= 1) {
+#pragma unroll
+    for (int h = 0; h < GB; ++h) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[h], o);
+      const float lo = __shfl_xor_sync(0xffffffffu, l[h], o);
+      const float mm = fmaxf(m[h], mo);
+      const float fa = merge_weight(m[h], mm), fb = merge_weight(mo, mm);
+      l[h] = l[h] * fa + lo * fb;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        acc[h][e] = acc[h][e] * fa + __shfl_xor_sync(0xffffffffu, acc[h][e], o) * fb;
+      }
+      m[h] = mm;
+    }
+  }
+
+  // Warps merge through shared memory (the ring is free: every thread waited for its copies).
+  __syncthreads();
+  float* red_acc = reinterpret_cast<float*>(smem);  // [warp][GB][hd]
+  float* red_m = red_acc + kDecodeWarps * GB * hd;  // [warp][GB]
+  float* red_l = red_m + kDecodeWarps * GB;         // [warp][GB]
+  if (grp == 0) {
+#pragma unroll
+    for (int h = 0; h < GB; ++h) {
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        const int ch = c * tx + jl;
+        if (ch >= nch) continue;
+        float4* dst = reinterpret_cast<float4*>(red_acc + (warp * GB + h) * hd + ch * 8);
+        dst[0] =
+            make_float4(acc[h][c * 8], acc[h][c * 8 + 1], acc[h][c * 8 + 2], acc[h][c * 8 + 3]);
+        dst[1] =
+            make_float4(acc[h][c * 8 + 4], acc[h][c * 8 + 5], acc[h][c * 8 + 6], acc[h][c * 8 + 7]);
+      }
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int h = 0; h < GB; ++h) {
+        red_m[warp * GB + h] = m[h];
+        red_l[warp * GB + h] = l[h];
+      }
+    }
+  }
+  __syncthreads();
+
+  const int n_out = hc * hd;
+  for (int o = tid; o < n_out; o += kDecodeThreads) {
+    const int h = o / hd, d = o - h * hd;
+    float mm = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) mm = fmaxf(mm, red_m[w * GB + h]);
+    float sum = 0.0f, a = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) {
+      const float f = merge_weight(red_m[w * GB + h], mm);
+      sum += red_l[w * GB + h] * f;
+      a += red_acc[(w * GB + h) * hd + d] * f;
+    }
+    const float val = sum > 0.0f ? a / sum : 0.0f;
+    const int64_t head = h0 + h;
+    if (n_active == 1) {
+      p.out[(t * p.n_head + head) * hd + d] = val;
     } else {
-      for (int h = 0; h < G; ++h) sc[h * kDecodeKeyTile + tid] = -INFINITY;
-    }
-    __syncthreads();
-    // Online softmax per head: warp w takes heads w, w + 4, ...
-    const int warp = tid / 32, lane = tid % 32;
-    for (int h = warp; h < G; h += kDecodeThreads / 32) {
-      float* s = sc + h * kDecodeKeyTile;
-      float mx = -INFINITY;
-      for (int i = lane; i < kDecodeKeyTile; i += 32) mx = fmaxf(mx, s[i]);
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      const float m_new = fmaxf(m_run[h], mx);
-      float sum = 0.0f;
-      for (int i = lane; i < kDecodeKeyTile; i += 32) {
-        const float e = __expf(s[i] - m_new);
-        s[i] = e;
-        sum += e;
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      __syncwarp();
-      if (lane == 0) {
-        const float a = __expf(m_run[h] - m_new);
-        alpha[h] = a;
-        l_run[h] = l_run[h] * a + sum;
-        m_run[h] = m_new;
-      }
-    }
-    __syncthreads();
-    const int n_keys = static_cast<int>((end - ts < kDecodeKeyTile ? end - ts : kDecodeKeyTile));
-#pragma unroll
-    for (int j = 0; j < kMaxDecodeOutputsPerThread; ++j) {
-      const int o = tid + j * kDecodeThreads;
-      if (o < n_out) {
-        const int h = o / static_cast<int>(hd), d = o % static_cast<int>(hd);
-        const float* s = sc + h * kDecodeKeyTile;
-        float a = acc[j] * alpha[h];
-        for (int i = 0; i < n_keys; ++i) a += s[i] * KvElem<KvT>::to(vc[rows[i] + d]);
-        acc[j] = a;
-      }
-    }
-    __syncthreads();
-  }
-
-#pragma unroll
-  for (int j = 0; j < kMaxDecodeOutputsPerThread; ++j) {
-    const int o = tid + j * kDecodeThreads;
-    if (o < n_out) {
-      const int h = o / static_cast<int>(hd), d = o % static_cast<int>(hd);
-      const int64_t head = kvh * G + h;
-      const float l = l_run[h];
-      const float v = l > 0.0f ? acc[j] / l : 0.0f;
-      if (p.n_splits == 1) {
-        p.out[(t * p.n_head + head) * hd + d] = v;
-      } else {
-        const int64_t slot = (blockIdx.x * p.n_head + head) * p.n_splits + split;
-        p.part_out[slot * hd + d] = v;
-        if (d == 0) p.part_lse[slot] = l > 0.0f ? m_run[h] + logf(l) : -INFINITY;
-      }
+      const int64_t slot =
+          (static_cast<int64_t>(blockIdx.x) * p.n_head + head) * p.n_splits + split;
+      p.part_out[slot * hd + d] = val;
+      if (d == 0) p.part_lse[slot] = sum > 0.0f ? mm + log2f(sum) : -INFINITY;
     }
   }
-}
+  if (n_active == 1) return;
 
-// One CTA per (token, head), one thread per output dimension.
-__global__ void decode_combine_kernel(DecodeAttentionParams p) {
-  const int64_t i = blockIdx.x, head = blockIdx.y;
-  const int64_t hd = p.kv.head_dim;
-  const float* lse = p.part_lse + (i * p.n_head + head) * p.n_splits;
-  float mx = -INFINITY;
-  for (int s = 0; s < p.n_splits; ++s) mx = fmaxf(mx, lse[s]);
-  for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
-    float num = 0.0f, den = 0.0f;
-    for (int s = 0; s < p.n_splits; ++s) {
-      if (lse[s] == -INFINITY) continue;
-      const float w = __expf(lse[s] - mx);
-      num += w * p.part_out[((i * p.n_head + head) * p.n_splits + s) * hd + d];
-      den += w;
-    }
-    p.out[(static_cast<int64_t>(p.tokens[i]) * p.n_head + head) * hd + d] = num / den;
+  // The last split of the group to finish merges them all, in split order (deterministic),
+  // and leaves the counter at zero for the next launch (atomicInc wraps at n_active - 1).
+  __threadfence();
+  __syncthreads();
+  bool last = false;
+  if (tid == 0) {
+    const int64_t ctr = static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y;
+    const uint32_t ticket = atomicInc(p.counters + ctr, static_cast<uint32_t>(n_active - 1));
+    last = ticket == static_cast<uint32_t>(n_active - 1);
   }
-}
+  if (!__syncthreads_or(last)) return;
+  __threadfence();
 
-size_t decode_smem_bytes(int G, int64_t hd) {
-  return sizeof(float) * (G * hd + G * kDecodeKeyTile + 3 * G + 1) +
-         sizeof(int64_t) * kDecodeKeyTile + 8;
+  // One pass per output with a running maximum: the LSE and value loads go out together.
+  const int64_t slot0 = static_cast<int64_t>(blockIdx.x) * p.n_head + h0;  // first head's row
+  for (int o = tid; o < n_out; o += kDecodeThreads) {
+    const int h = o / hd, d = o - h * hd;
+    const float* lse = p.part_lse + (slot0 + h) * p.n_splits;
+    const float* src = p.part_out + (slot0 + h) * p.n_splits * hd + d;
+    float mm = -INFINITY, den = 0.0f, a = 0.0f;
+#pragma unroll 4
+    for (int sp = 0; sp < n_active; ++sp) {
+      const float ls = __ldcg(lse + sp), val = __ldcg(src + static_cast<int64_t>(sp) * hd);
+      const float m_new = fmaxf(mm, ls);
+      const float f_old = merge_weight(mm, m_new), f_new = merge_weight(ls, m_new);
+      den = den * f_old + f_new;
+      a = a * f_old + val * f_new;
+      mm = m_new;
+    }
+    p.out[(t * p.n_head + h0 + h) * hd + d] = den > 0.0f ? a / den : 0.0f;
+  }
 }
 
 // ---- prefill on tensor cores -----------------------------------------------------------
@@ -398,41 +662,86 @@ void kv_store(const KvStoreParams& p, cudaStream_t stream) {
   if (n == 0) return;
   constexpr int kThreads = 256;
   const unsigned grid = static_cast<unsigned>((n + kThreads - 1) / kThreads);
-  TPNODE_DISPATCH_KV(p.kv.dtype, KvT, { kv_store_kernel<KvT><<<grid, kThreads, 0, stream>>>(p); })
-  TPNODE_CUDA_CHECK_LAUNCH();
+  TPNODE_DISPATCH_KV(p.kv.dtype, KvT, {
+    launch_pdl(kv_store_kernel<KvT>, dim3(grid), dim3(kThreads), 0, stream, p);
+  })
 }
 
 bool decode_attention_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim) {
-  if (n_head_kv <= 0 || n_head % n_head_kv != 0 || head_dim % 8 != 0) return false;
-  return (n_head / n_head_kv) * head_dim <= kMaxDecodeOutputsPerThread * kDecodeThreads;
+  if (n_head_kv <= 0 || n_head <= 0 || n_head % n_head_kv != 0) return false;
+  if (head_dim <= 0 || head_dim % 8 != 0) return false;
+  const int nc = decode_chunks_per_lane(decode_heads_per_cta(n_head / n_head_kv));
+  return head_dim / 8 <= 32 * nc;  // a key row within one warp's lanes
 }
+
+DecodeSplit plan_decode_split(const DecodeShape& s) {
+  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  DecodeSplit r;
+  const int64_t max_keys = std::max<int64_t>(s.max_keys, 1);
+  r.split_len = static_cast<int>(max_keys);
+  if (!decode_attention_supports(s.n_head, s.n_head_kv, s.head_dim)) return r;
+  const int64_t group = s.n_head / s.n_head_kv;
+  const int heads = decode_heads_per_cta(group);
+  const int64_t stage =
+      decode_stage_keys(static_cast<int>(s.head_dim), decode_chunks_per_lane(heads));
+  const int64_t ctas = s.n * s.n_head_kv * ceil_div(group, heads);
+  // Split the key axis while the unsplit grid would leave SMs idle: about two CTAs per SM.
+  const int64_t target = 2 * static_cast<int64_t>(std::max(s.n_sms, 1));
+  const int64_t min_len = kDecodeMinSplitStages * stage;
+  if (ctas >= target || ctas > kDecodeMaxCounters || max_keys <= min_len) return r;
+  int64_t splits = std::min<int64_t>({ceil_div(target, ctas), ceil_div(max_keys, min_len),
+                                      static_cast<int64_t>(kDecodeMaxSplits)});
+  const int64_t len = ceil_div(ceil_div(max_keys, splits), stage) * stage;
+  splits = ceil_div(max_keys, len);
+  if (splits <= 1) return r;
+  r.n_splits = static_cast<int>(splits);
+  r.split_len = static_cast<int>(len);
+  r.part_lse_floats = s.n * s.n_head * splits;
+  r.part_out_floats = r.part_lse_floats * s.head_dim;
+  return r;
+}
+
+// clang-format off
+#define TPNODE_DISPATCH_DECODE_HEADS(heads, GB, ...)            \
+  switch (heads) {                                              \
+    case 1: { constexpr int GB = 1; __VA_ARGS__ } break;        \
+    case 2: { constexpr int GB = 2; __VA_ARGS__ } break;        \
+    case 4: { constexpr int GB = 4; __VA_ARGS__ } break;        \
+    case 8: { constexpr int GB = 8; __VA_ARGS__ } break;        \
+    default: TPNODE_THROW(::tpnode::ErrorKind::kUnsupported, "decode_attention: {} heads per CTA", heads); \
+  }
+// clang-format on
 
 void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream) {
   if (p.n == 0) return;
   TPNODE_CHECK(decode_attention_supports(p.n_head, p.kv.n_head_kv, p.kv.head_dim),
                "decode_attention: {} heads over {} KV heads of dim {} unsupported", p.n_head,
                p.kv.n_head_kv, p.kv.head_dim);
-  TPNODE_CHECK(p.n_splits >= 1 && (p.n_splits == 1 || p.split_len % kDecodeKeyTile == 0),
+  const int64_t group = p.n_head / p.kv.n_head_kv;
+  const int heads = decode_heads_per_cta(group);
+  const int64_t n_hchunks = (group + heads - 1) / heads;
+  const int64_t ctas = p.n * p.kv.n_head_kv * n_hchunks;
+  TPNODE_CHECK(p.split_len >= 1 && p.n_splits >= 1 && p.n_splits <= kDecodeMaxSplits,
                "decode_attention: bad split {} x {}", p.n_splits, p.split_len);
-  const int G = static_cast<int>(p.n_head / p.kv.n_head_kv);
-  const size_t smem = decode_smem_bytes(G, p.kv.head_dim);
-  const dim3 grid(static_cast<unsigned>(p.n), static_cast<unsigned>(p.kv.n_head_kv),
+  TPNODE_CHECK(p.n_splits == 1 || (p.part_out != nullptr && p.part_lse != nullptr &&
+                                   p.counters != nullptr && ctas <= kDecodeMaxCounters),
+               "decode_attention: {} splits of {} CTAs need partial buffers and counters",
+               p.n_splits, ctas);
+  TPNODE_CHECK((p.k_new == nullptr) == (p.v_new == nullptr),
+               "decode_attention: k_new and v_new go together");
+  TPNODE_CHECK(p.n <= INT32_MAX && p.kv.n_head_kv * n_hchunks <= 65535,
+               "decode_attention: grid of {} tokens x {} KV heads x {} head chunks too large", p.n,
+               p.kv.n_head_kv, n_hchunks);
+  const dim3 grid(static_cast<unsigned>(p.n), static_cast<unsigned>(p.kv.n_head_kv * n_hchunks),
                   static_cast<unsigned>(p.n_splits));
-  TPNODE_DISPATCH_KV(p.kv.dtype, KvT, {
-    if (smem > 48 * 1024) {
-      TPNODE_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<KvT>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(smem)));
-    }
-    decode_attention_kernel<KvT><<<grid, kDecodeThreads, smem, stream>>>(p);
-  })
-  TPNODE_CUDA_CHECK_LAUNCH();
-  if (p.n_splits > 1) {
-    const dim3 cgrid(static_cast<unsigned>(p.n), static_cast<unsigned>(p.n_head));
-    const int threads = static_cast<int>(std::min<int64_t>(p.kv.head_dim, 256));
-    decode_combine_kernel<<<cgrid, threads, 0, stream>>>(p);
-    TPNODE_CUDA_CHECK_LAUNCH();
-  }
+  // Within the default 48 KB, so no attribute call (not allowed while a graph is captured).
+  const size_t smem = decode_smem_bytes(heads, p.kv.head_dim);
+  TPNODE_CHECK(smem <= kDecodeSmemLimit, "decode_attention: {} bytes of shared memory", smem);
+  TPNODE_DISPATCH_KV(p.kv.dtype, KvT, {TPNODE_DISPATCH_DECODE_HEADS(heads, GB, {
+                       constexpr int NC = decode_chunks_per_lane(GB);
+                       launch_pdl(decode_attention_kernel<KvT, GB, NC>, grid, dim3(kDecodeThreads),
+                                  smem, stream, p);
+                     })})
 }
 
 bool prefill_attention_supports(int64_t head_dim) { return head_dim == 64 || head_dim == 128; }

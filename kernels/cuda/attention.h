@@ -1,8 +1,11 @@
 // Paged KV cache and attention over it.
 //   kv_store:           K, V of this step's tokens into their cache slots.
-//   decode_attention:   one CTA per (token, KV head, split): all query heads of the KV head
-//                       share each K/V read (GQA); long contexts split over the key axis
-//                       (flash-decoding) and a second kernel merges the splits.
+//   decode_attention:   one CTA per (token, KV head, head chunk, key split). Lanes split a key
+//                       row's head_dim (coalesced 16-byte loads), warps split the keys, all
+//                       query heads of the chunk share each K/V read (GQA); K/V go through a
+//                       per-thread cp.async ring. Splits merge in the last CTA of their group
+//                       to finish (an atomic ticket), so there is no second launch. It can also
+//                       store this step's K/V (kv_store fused) when every token decodes alone.
 //   prefill_attention:  tiles of up to 64 consecutive tokens of one sequence, flash-attention
 //                       style on tensor cores (mma.sync m16n8k16, BF16/F16 in, F32 accum).
 // Cache layout per layer: K and V each [n_blocks][n_head_kv][block_size][head_dim].
@@ -42,25 +45,51 @@ struct KvStoreParams {
 };
 void kv_store(const KvStoreParams& p, cudaStream_t stream);
 
-inline constexpr int kDecodeKeyTile = 128;
-inline constexpr int kMaxDecodeOutputsPerThread = 16;  // n_head/n_head_kv * head_dim <= 2048
+// Key splits of one (token, KV head, head chunk) merge through a ticket counter; at most this
+// many counters and splits exist (plan_decode_split keeps within them).
+inline constexpr int64_t kDecodeMaxCounters = 4096;
+inline constexpr int kDecodeMaxSplits = 128;
 
 struct DecodeAttentionParams {
   PagedKv kv;
   DeviceBatch batch;
   const float* q = nullptr;         // [n_tokens, n_head, head_dim]
   float* out = nullptr;             // [n_tokens, n_head, head_dim]
-  const int32_t* tokens = nullptr;  // [n] batch token indices this launch handles
+  const int32_t* tokens = nullptr;  // [n] batch token indices; nullptr: entry i is token i
   int64_t n = 0;
   int64_t n_head = 0;
   float scale = 1.0f;
-  int n_splits = 1;                 // key-axis splits per (token, KV head)
-  int split_len = 0;                // keys per split, a multiple of kDecodeKeyTile
-  float* part_out = nullptr;        // [n, n_head, n_splits, head_dim] when n_splits > 1
-  float* part_lse = nullptr;        // [n, n_head, n_splits]
+  int n_splits = 1;              // key-axis splits per (token, KV head, head chunk)
+  int split_len = 0;             // keys per split (n_splits * split_len >= every length)
+  float* part_out = nullptr;     // [n, n_head, n_splits, head_dim] when n_splits > 1
+  float* part_lse = nullptr;     // [n, n_head, n_splits]
+  uint32_t* counters = nullptr;  // [kDecodeMaxCounters], zero on entry, left zero
+  // When set, this launch also stores the tokens' K and V in the cache (no kv_store before
+  // it). Only valid when each token is the only new token of its sequence in the step.
+  const float* k_new = nullptr;  // [n_tokens, n_head_kv, head_dim]
+  const float* v_new = nullptr;  // [n_tokens, n_head_kv, head_dim]
 };
 void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream);
 bool decode_attention_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim);
+
+// The key split of a decode launch, planned from the block tables' capacity (max_keys) rather
+// than this step's lengths, so that a captured graph replays right for every step of a shape
+// (a split past a token's length does nothing).
+struct DecodeShape {
+  int64_t n = 0;  // decode tokens
+  int64_t n_head = 0;
+  int64_t n_head_kv = 0;
+  int64_t head_dim = 0;
+  int64_t max_keys = 0;  // max_blocks * block_size
+  int n_sms = 1;
+};
+struct DecodeSplit {
+  int n_splits = 1;
+  int split_len = 0;
+  int64_t part_out_floats = 0;  // part_out size when n_splits > 1, else 0
+  int64_t part_lse_floats = 0;
+};
+DecodeSplit plan_decode_split(const DecodeShape& s);
 
 inline constexpr int kPrefillTile = 64;  // query rows and keys per tile
 

@@ -1,21 +1,44 @@
-// Paged attention of the CUDA backend against the CPU backend: prefill tiles on tensor
-// cores, decode tokens (GQA), split-K over long contexts, shuffled block tables, mixed steps.
+// Paged attention of the CUDA backend:
+//   - CudaAttention: against the CPU backend over prefill tiles on tensor cores, decode tokens
+//     (GQA groups of 1 to 16 heads), split-K over long contexts, block tables wider than the
+//     sequences (as graph steps pad them), shuffled blocks, mixed steps, batch 64, and decode
+//     steps where the decode kernel stores K/V itself; repeated runs are bitwise equal;
+//   - CudaDecodeLong: one decode token over 4096 and 32768 keys (many splits) against a
+//     double-precision reference computed here from the K/V the cache holds;
+//   - CudaAttentionPerf: times decode attention inside a CUDA graph (prints, for tuning).
+#include "kernels/cuda/attention.h"
+
+#include <cuda_runtime.h>
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <numeric>
+#include <tuple>
 
 #include "tests/cuda/cuda_test_support.h"
 
 namespace tpnode::test {
 namespace {
 
+namespace kc = ::tpnode::cuda;
+
 struct AttnCase {
   int64_t head_dim;
+  int64_t n_head;
+  int64_t n_head_kv;
   KvCacheDtype kv;  // CPU oracle: F16 cache for F16 (same rounding), F32 for BF16
   double tol;
 };
+
+std::string dtype_name(KvCacheDtype d) { return d == KvCacheDtype::kF16 ? "f16" : "bf16"; }
+
+int32_t next_pow2(int32_t n) {
+  int32_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
 
 class CudaAttention : public CudaVsCpu, public ::testing::WithParamInterface<AttnCase> {
  protected:
@@ -30,7 +53,7 @@ class CudaAttention : public CudaVsCpu, public ::testing::WithParamInterface<Att
     return o;
   }
 
-  static constexpr int64_t kBlock = 16, kBlocks = 256, kHeads = 8, kKvHeads = 2;
+  static constexpr int64_t kBlock = 16, kBlocks = 1024;
 
   void SetUp() override {
     CudaVsCpu::SetUp();
@@ -38,17 +61,19 @@ class CudaAttention : public CudaVsCpu, public ::testing::WithParamInterface<Att
     ids_.resize(kBlocks);
     std::iota(ids_.begin(), ids_.end(), 0);
     std::shuffle(ids_.begin(), ids_.end(), std::mt19937(7));
-    const KvCacheShape shape{2, kBlocks, kBlock, kKvHeads, GetParam().head_dim};
+    const KvCacheShape shape{2, kBlocks, kBlock, GetParam().n_head_kv, GetParam().head_dim};
     cuda_->init_kv_cache(shape);
     cpu_->init_kv_cache(shape);
   }
 
-  // One step: for each (seq id, new tokens) the seq's table grows; returns NMSE of `out`.
-  double step(const std::vector<std::pair<int, int32_t>>& seqs, int64_t layer, uint32_t seed) {
-    const int64_t hd = GetParam().head_dim;
+  // One step: for each (seq id, new tokens) the seq's table grows; the tables are at least
+  // `min_width` blocks wide (-1 padded). Returns the NMSE of the CUDA output against the CPU.
+  double step(const std::vector<std::pair<int, int32_t>>& seqs, int64_t layer, uint32_t seed,
+              int32_t min_width = 0) {
+    const int64_t hd = GetParam().head_dim, nh = GetParam().n_head, nkv = GetParam().n_head_kv;
     BatchMeta b;
     b.seq_start.push_back(0);
-    int32_t width = 0;
+    int32_t width = min_width;
     for (auto [id, n] : seqs) {
       auto& t = tables_[id];
       const int32_t past = past_[id];
@@ -71,22 +96,38 @@ class CudaAttention : public CudaVsCpu, public ::testing::WithParamInterface<Att
       b.block_tables.insert(b.block_tables.end(), row.begin(), row.end());
     }
     const int64_t T = b.n_tokens();
+    last_ = b;
     cuda_->begin_step(b);
     cpu_->begin_step(b);
-    const auto q = put(cuda_random_floats(T * kHeads * hd, seed, 2.0f));
-    const auto k = put(cuda_random_floats(T * kKvHeads * hd, seed + 1, 2.0f));
-    const auto v = put(cuda_random_floats(T * kKvHeads * hd, seed + 2));
-    const auto out = put(std::vector<float>(T * kHeads * hd, NAN));
-    const AttentionParams p{layer, kHeads, kKvHeads, hd, 1.0f / std::sqrt(static_cast<float>(hd))};
-    cuda_->attention(q.gpu, k.gpu, v.gpu, out.gpu, p);
-    cpu_->attention(q.cpu, k.cpu, v.cpu, out.cpu, p);
-    return nmse(gpu(out, T * kHeads * hd), cpu(out, T * kHeads * hd));
+    q_ = put(cuda_random_floats(T * nh * hd, seed, 2.0f));
+    k_ = put(cuda_random_floats(T * nkv * hd, seed + 1, 2.0f));
+    v_ = put(cuda_random_floats(T * nkv * hd, seed + 2));
+    out_ = put(std::vector<float>(T * nh * hd, NAN));
+    params_ = AttentionParams{layer, nh, nkv, hd, 1.0f / std::sqrt(static_cast<float>(hd))};
+    cuda_->attention(q_.gpu, k_.gpu, v_.gpu, out_.gpu, params_);
+    cpu_->attention(q_.cpu, k_.cpu, v_.cpu, out_.cpu, params_);
+    n_out_ = T * nh * hd;
+    return nmse(gpu(out_, n_out_), cpu(out_, n_out_));
+  }
+
+  // The last step's CUDA output, and the output of running that step again on the GPU
+  // (the same slots are stored again with the same values).
+  std::pair<std::vector<float>, std::vector<float>> rerun_last() {
+    std::vector<float> first = gpu(out_, n_out_);
+    cuda_->copy_to_device(out_.gpu, std::vector<float>(n_out_, NAN).data(), n_out_ * sizeof(float));
+    cuda_->begin_step(last_);
+    cuda_->attention(q_.gpu, k_.gpu, v_.gpu, out_.gpu, params_);
+    return {std::move(first), gpu(out_, n_out_)};
   }
 
   std::vector<int32_t> ids_;
   size_t next_ = 0;
   std::map<int, std::vector<int32_t>> tables_;
   std::map<int, int32_t> past_;
+  BatchMeta last_;
+  Pair q_{}, k_{}, v_{}, out_{};
+  AttentionParams params_;
+  int64_t n_out_ = 0;
 };
 
 TEST_P(CudaAttention, PrefillDecodeAndMixedSteps) {
@@ -95,8 +136,10 @@ TEST_P(CudaAttention, PrefillDecodeAndMixedSteps) {
   EXPECT_LT(step({{0, 40}, {1, 300}, {2, 5}}, 0, 10), tol);
   // The same sequences on the other layer, so the layers' caches must not mix.
   EXPECT_LT(step({{0, 1}, {1, 1}, {2, 20}}, 1, 20), tol);
-  // Decode on layer 0 after the prefill: GQA decode kernel over shuffled blocks.
+  // Decode on layer 0 after the prefill: every sequence one token, so the decode kernel
+  // stores K/V itself; then again, reading the keys it stored.
   EXPECT_LT(step({{0, 1}, {1, 1}, {2, 1}}, 0, 30), tol);
+  EXPECT_LT(step({{0, 1}, {1, 1}, {2, 1}}, 0, 31), tol);
 }
 
 TEST_P(CudaAttention, LongContextSplitK) {
@@ -105,17 +148,346 @@ TEST_P(CudaAttention, LongContextSplitK) {
   // One decode token over 1501 keys: few CTAs, so the key axis is split and merged.
   EXPECT_LT(step({{3, 1}}, 0, 50), tol);
   EXPECT_LT(step({{3, 1}, {4, 3}}, 0, 60), tol);
+  // Tables padded as graph steps pad them: splits planned over 4096 keys, most of them
+  // past the sequences' lengths.
+  EXPECT_LT(step({{3, 1}, {4, 1}}, 0, 70, 256), tol);
+  EXPECT_LT(step({{3, 1}}, 0, 80, 128), tol);
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
-                         ::testing::Values(AttnCase{64, KvCacheDtype::kF16, 1e-4},
-                                           AttnCase{128, KvCacheDtype::kF16, 1e-4},
-                                           AttnCase{128, KvCacheDtype::kBF16, 5e-4},
-                                           AttnCase{80, KvCacheDtype::kF16, 1e-6}),
-                         [](const auto& i) {
-                           return fmt::format("hd{}_{}", i.param.head_dim,
-                                              i.param.kv == KvCacheDtype::kF16 ? "f16" : "bf16");
-                         });
+TEST_P(CudaAttention, DecodeBatch64) {
+  const double tol = GetParam().tol;
+  std::vector<std::pair<int, int32_t>> prefill, decode;
+  for (int s = 0; s < 64; ++s) {
+    prefill.emplace_back(10 + s, 100 + (s * 37) % 60);  // 100..159 tokens
+    decode.emplace_back(10 + s, 1);
+  }
+  EXPECT_LT(step(prefill, 1, 90), tol);
+  EXPECT_LT(step(decode, 1, 91, 16), tol);  // 256 keys of capacity, as a graph bucket
+  EXPECT_LT(step(decode, 1, 92, 16), tol);
+  // Fewer sequences: few enough CTAs that the keys are split.
+  decode.resize(3);
+  EXPECT_LT(step(decode, 1, 93, 16), tol);
+}
+
+TEST_P(CudaAttention, RepeatedRunsAreBitwiseEqual) {
+  step({{5, 700}}, 0, 100);
+  step({{5, 1}, {6, 30}}, 0, 101);  // split decode next to a prefill
+  auto [a, b] = rerun_last();
+  EXPECT_EQ(a, b);
+  step({{5, 1}}, 0, 102, 64);  // split decode, kv_store fused
+  auto [c, d] = rerun_last();
+  EXPECT_EQ(c, d);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaAttention,
+    ::testing::Values(AttnCase{64, 8, 2, KvCacheDtype::kF16, 1e-4},
+                      AttnCase{128, 8, 2, KvCacheDtype::kF16, 1e-4},
+                      AttnCase{128, 8, 2, KvCacheDtype::kBF16, 5e-4},
+                      AttnCase{80, 8, 2, KvCacheDtype::kF16, 1e-6},
+                      // GQA groups: 1, 3 (SmolLM2), 8, 16 (two CTAs per KV head)
+                      AttnCase{128, 4, 4, KvCacheDtype::kF16, 1e-4},
+                      AttnCase{64, 2, 2, KvCacheDtype::kBF16, 5e-4},
+                      AttnCase{64, 9, 3, KvCacheDtype::kF16, 1e-4},
+                      AttnCase{128, 16, 2, KvCacheDtype::kBF16, 5e-4},
+                      AttnCase{80, 8, 1, KvCacheDtype::kF16, 1e-6},
+                      AttnCase{64, 16, 1, KvCacheDtype::kF16, 1e-4}),
+    [](const auto& i) {
+      return fmt::format("hd{}_h{}kv{}_{}", i.param.head_dim, i.param.n_head, i.param.n_head_kv,
+                         dtype_name(i.param.kv));
+    });
+
+// ---- long contexts against a reference computed here ------------------------------------
+
+struct LongCase {
+  int64_t head_dim;
+  int64_t n_head;
+  int64_t n_head_kv;
+  KvCacheDtype kv;
+  int64_t context;  // keys the first decode token sees
+};
+
+float round_to_cache(float x, KvCacheDtype d) {
+  if (d == KvCacheDtype::kF16) return static_cast<float>(static_cast<_Float16>(x));
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  b = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;  // round to nearest even
+  float r;
+  std::memcpy(&r, &b, 4);
+  return r;
+}
+
+class CudaDecodeLong : public ::testing::TestWithParam<LongCase> {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gave 0)";
+    CudaBackendOptions o;
+    o.gpu_memory_fraction = 0.5;
+    o.kv_dtype = GetParam().kv;
+    cuda_ = make_cuda_backend(o);
+  }
+  float* dev(const std::vector<float>& host) {
+    auto* p = static_cast<float*>(cuda_->alloc(host.size() * sizeof(float)));
+    cuda_->copy_to_device(p, host.data(), host.size() * sizeof(float));
+    return p;
+  }
+  std::unique_ptr<Backend> cuda_;
+};
+
+TEST_P(CudaDecodeLong, MatchesDoubleReference) {
+  const LongCase c = GetParam();
+  const int64_t hd = c.head_dim, nh = c.n_head, nkv = c.n_head_kv, group = nh / nkv;
+  const int64_t keys = c.context + 1;  // two decode tokens: at context - 1 and context
+  constexpr int64_t kBlock = 16;
+  const auto blocks = static_cast<int32_t>((keys + kBlock - 1) / kBlock);
+  const int32_t width = next_pow2(blocks);  // as the engine's graph buckets pad tables
+  std::vector<int32_t> table(blocks);
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), std::mt19937(3));
+  table.resize(width, -1);
+  cuda_->init_kv_cache({1, blocks, kBlock, nkv, hd});
+
+  // Every key's K and V, [keys][n_head_kv][head_dim], and what the cache holds of them.
+  const std::vector<float> k_all = cuda_random_floats(keys * nkv * hd, 11, 2.0f);
+  const std::vector<float> v_all = cuda_random_floats(keys * nkv * hd, 12);
+  std::vector<float> k_held(k_all.size()), v_held(v_all.size());
+  for (size_t i = 0; i < k_all.size(); ++i) {
+    k_held[i] = round_to_cache(k_all[i], c.kv);
+    v_held[i] = round_to_cache(v_all[i], c.kv);
+  }
+  const AttentionParams ap{0, nh, nkv, hd, 1.0f / std::sqrt(static_cast<float>(hd))};
+  auto meta = [&](int64_t first, int64_t n) {
+    BatchMeta b;
+    b.tokens.assign(n, 1);
+    for (int64_t i = 0; i < n; ++i) b.positions.push_back(static_cast<int32_t>(first + i));
+    b.token_seq.assign(n, 0);
+    b.seq_start = {0, static_cast<int32_t>(n)};
+    b.seq_kv_len = {static_cast<int32_t>(first + n)};
+    b.block_tables = table;
+    b.max_blocks = width;
+    return b;
+  };
+
+  // Fill keys 0 .. context - 2 with prefill steps (their outputs are not checked here).
+  constexpr int64_t kChunk = 4096;
+  float* q0 = static_cast<float*>(cuda_->alloc(kChunk * nh * hd * sizeof(float)));
+  float* scratch_out = static_cast<float*>(cuda_->alloc(kChunk * nh * hd * sizeof(float)));
+  cuda_->copy_to_device(q0, std::vector<float>(kChunk * nh * hd, 0.0f).data(),
+                        kChunk * nh * hd * sizeof(float));
+  for (int64_t first = 0; first < c.context - 1; first += kChunk) {
+    const int64_t n = std::min(kChunk, c.context - 1 - first);
+    cuda_->begin_step(meta(first, n));
+    float* k = dev({k_all.begin() + first * nkv * hd, k_all.begin() + (first + n) * nkv * hd});
+    float* v = dev({v_all.begin() + first * nkv * hd, v_all.begin() + (first + n) * nkv * hd});
+    cuda_->attention(q0, k, v, scratch_out, ap);
+  }
+
+  // Two decode steps (K/V stored by the decode kernel); the second reads the first's key.
+  for (int64_t pos = c.context - 1; pos <= c.context; ++pos) {
+    const std::vector<float> q = cuda_random_floats(nh * hd, static_cast<uint32_t>(pos), 2.0f);
+    cuda_->begin_step(meta(pos, 1));
+    float* out = dev(std::vector<float>(nh * hd, NAN));
+    cuda_->attention(
+        dev(q), dev({k_all.begin() + pos * nkv * hd, k_all.begin() + (pos + 1) * nkv * hd}),
+        dev({v_all.begin() + pos * nkv * hd, v_all.begin() + (pos + 1) * nkv * hd}), out, ap);
+    std::vector<float> got(nh * hd);
+    cuda_->copy_to_host(got.data(), out, got.size() * sizeof(float));
+
+    std::vector<float> ref(nh * hd);
+    std::vector<double> s(pos + 1);
+    for (int64_t h = 0; h < nh; ++h) {
+      const int64_t kvh = h / group;
+      double mx = -INFINITY;
+      for (int64_t j = 0; j <= pos; ++j) {
+        double dot = 0.0;
+        for (int64_t d = 0; d < hd; ++d) {
+          dot += static_cast<double>(q[h * hd + d]) * k_held[(j * nkv + kvh) * hd + d];
+        }
+        s[j] = dot * ap.scale;
+        mx = std::max(mx, s[j]);
+      }
+      double den = 0.0;
+      for (int64_t j = 0; j <= pos; ++j) den += (s[j] = std::exp(s[j] - mx));
+      for (int64_t d = 0; d < hd; ++d) {
+        double num = 0.0;
+        for (int64_t j = 0; j <= pos; ++j) {
+          num += s[j] * v_held[(j * nkv + kvh) * hd + d];
+        }
+        ref[h * hd + d] = static_cast<float>(num / den);
+      }
+    }
+    EXPECT_LT(nmse(got, ref), 1e-8) << "decode token at position " << pos;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaDecodeLong,
+    ::testing::Values(LongCase{128, 32, 8, KvCacheDtype::kBF16, 4096},  // Llama-3-8B
+                      LongCase{128, 32, 8, KvCacheDtype::kBF16, 32768},
+                      LongCase{64, 8, 1, KvCacheDtype::kF16, 4096},     // G = 8
+                      LongCase{128, 16, 1, KvCacheDtype::kBF16, 4096},  // G = 16
+                      LongCase{80, 4, 4, KvCacheDtype::kF16, 4096}),    // G = 1, no tensor cores
+    [](const auto& i) {
+      return fmt::format("hd{}_h{}kv{}_{}_ctx{}", i.param.head_dim, i.param.n_head,
+                         i.param.n_head_kv, dtype_name(i.param.kv), i.param.context);
+    });
+
+// ---- split planning (host only) ---------------------------------------------------------
+
+TEST(DecodeSplitPlan, CoversCapacityAndSplitsOnlySmallGrids) {
+  auto plan = [](int64_t n, int64_t nh, int64_t nkv, int64_t hd, int64_t keys) {
+    return kc::plan_decode_split(
+        {.n = n, .n_head = nh, .n_head_kv = nkv, .head_dim = hd, .max_keys = keys, .n_sms = 132});
+  };
+  // Llama-3-8B on an H200: batch 1 splits, batch 64 (512 CTAs) does not.
+  const kc::DecodeSplit b1 = plan(1, 32, 8, 128, 256);
+  EXPECT_EQ(b1.n_splits, 4);
+  EXPECT_EQ(b1.split_len, 64);
+  EXPECT_EQ(b1.part_lse_floats, 1 * 32 * 4);
+  EXPECT_EQ(b1.part_out_floats, 1 * 32 * 4 * 128);
+  const kc::DecodeSplit b64 = plan(64, 32, 8, 128, 256);
+  EXPECT_EQ(b64.n_splits, 1);
+  EXPECT_EQ(b64.split_len, 256);
+  EXPECT_EQ(b64.part_out_floats, 0);
+  const kc::DecodeSplit long_ctx = plan(1, 32, 8, 128, 32768);
+  EXPECT_EQ(long_ctx.n_splits, 32);
+  EXPECT_EQ(long_ctx.split_len, 1024);
+  // Short capacities stay whole.
+  EXPECT_EQ(plan(1, 32, 8, 128, 64).n_splits, 1);
+  for (int64_t n : {1, 3, 16, 64}) {
+    for (auto [nh, nkv, hd] : {std::tuple<int64_t, int64_t, int64_t>{32, 8, 128},
+                               {8, 1, 64},
+                               {4, 4, 80},
+                               {16, 1, 128},
+                               {9, 3, 64},
+                               {12, 2, 256}}) {
+      for (int64_t keys : {1, 16, 130, 256, 1500, 4096, 32768, 131072}) {
+        const kc::DecodeSplit s = plan(n, nh, nkv, hd, keys);
+        const std::string what =
+            fmt::format("n {} heads {}/{} dim {} keys {}", n, nh, nkv, hd, keys);
+        EXPECT_GE(static_cast<int64_t>(s.n_splits) * s.split_len, keys) << what;
+        EXPECT_GE(s.n_splits, 1) << what;
+        EXPECT_LE(s.n_splits, kc::kDecodeMaxSplits) << what;
+        if (s.n_splits > 1) {
+          EXPECT_LT(static_cast<int64_t>(s.n_splits - 1) * s.split_len, keys)
+              << what;  // none empty
+          EXPECT_LT(n * nh, 2 * 132 * 8) << what;
+          EXPECT_EQ(s.part_out_floats, n * nh * s.n_splits * hd) << what;
+        }
+      }
+    }
+  }
+  EXPECT_TRUE(kc::decode_attention_supports(64, 8, 256));
+  EXPECT_TRUE(kc::decode_attention_supports(32, 8, 512));
+  EXPECT_FALSE(kc::decode_attention_supports(64, 8, 512));  // 8 heads per CTA: dim <= 256
+  EXPECT_FALSE(kc::decode_attention_supports(32, 8, 100));  // not a multiple of 8
+  EXPECT_FALSE(kc::decode_attention_supports(30, 8, 128));  // heads not a multiple of KV heads
+}
+
+// ---- timing ------------------------------------------------------------------------------
+
+// Decode attention of Llama-3-8B (32 heads, 8 KV heads, head_dim 128, BF16 cache) inside a
+// CUDA graph of one call per layer, as decode steps run it; prints the time per call and the
+// K/V read rate. The caches hold real (prefilled) values, so the outputs must be finite.
+TEST(CudaAttentionPerf, DecodeLlama3Shapes) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gave 0)";
+  struct Shape {
+    int64_t batch, context, layers;
+  };
+  constexpr int64_t kHeads = 32, kKvHeads = 8, kDim = 128, kBlock = 16;
+  for (const Shape& sh : {Shape{1, 130, 32}, Shape{1, 256, 32}, Shape{64, 130, 32},
+                          Shape{1, 4096, 32}, Shape{1, 32768, 8}}) {
+    CudaBackendOptions o;
+    o.gpu_memory_fraction = 0.5;
+    o.kv_dtype = KvCacheDtype::kBF16;
+    auto be = make_cuda_backend(o);
+    const auto per_seq = static_cast<int32_t>((sh.context + kBlock - 1) / kBlock);
+    const int32_t width = next_pow2(std::max(per_seq, 4));
+    be->init_kv_cache({sh.layers, sh.batch * per_seq, kBlock, kKvHeads, kDim});
+    auto meta = [&](int64_t n_tok, int64_t first) {
+      BatchMeta b;
+      b.seq_start.push_back(0);
+      for (int64_t s = 0; s < sh.batch; ++s) {
+        for (int64_t i = 0; i < n_tok; ++i) {
+          b.tokens.push_back(1);
+          b.positions.push_back(static_cast<int32_t>(first + i));
+          b.token_seq.push_back(static_cast<int32_t>(s));
+        }
+        b.seq_start.push_back(b.n_tokens());
+        b.seq_kv_len.push_back(static_cast<int32_t>(first + n_tok));
+        for (int32_t j = 0; j < width; ++j) {
+          b.block_tables.push_back(j < per_seq ? static_cast<int32_t>(s * per_seq + j) : -1);
+        }
+      }
+      b.max_blocks = width;
+      return b;
+    };
+    auto dev = [&](const std::vector<float>& h) {
+      auto* p = static_cast<float*>(be->alloc(h.size() * sizeof(float)));
+      be->copy_to_device(p, h.data(), h.size() * sizeof(float));
+      return p;
+    };
+    const AttentionParams ap0{0, kHeads, kKvHeads, kDim, 1.0f / std::sqrt(128.0f)};
+    auto params = [&](int64_t layer) {
+      AttentionParams a = ap0;
+      a.layer = layer;
+      return a;
+    };
+    {  // prefill every layer with the same random keys
+      const int64_t n = sh.batch * (sh.context - 1);
+      float* q = dev(std::vector<float>(n * kHeads * kDim, 0.0f));
+      float* k = dev(cuda_random_floats(n * kKvHeads * kDim, 1, 2.0f));
+      float* v = dev(cuda_random_floats(n * kKvHeads * kDim, 2));
+      float* out = static_cast<float*>(be->alloc(n * kHeads * kDim * sizeof(float)));
+      be->begin_step(meta(sh.context - 1, 0));
+      for (int64_t l = 0; l < sh.layers; ++l) be->attention(q, k, v, out, params(l));
+      be->sync();
+    }
+    const int64_t n = sh.batch;
+    float* q = dev(cuda_random_floats(n * kHeads * kDim, 3, 2.0f));
+    float* k = dev(cuda_random_floats(n * kKvHeads * kDim, 4, 2.0f));
+    float* v = dev(cuda_random_floats(n * kKvHeads * kDim, 5));
+    float* out = dev(std::vector<float>(n * kHeads * kDim, NAN));
+    const BatchMeta decode = meta(1, sh.context - 1);
+    const GraphKey key{static_cast<int32_t>(sh.batch), width};
+    for (int pass = 0; pass < 2; ++pass) {  // the first sizes the scratch, the second captures
+      be->begin_step(decode);
+      be->graph_capture_begin(key);
+      for (int64_t l = 0; l < sh.layers; ++l) be->attention(q, k, v, out, params(l));
+      be->graph_capture_end();
+    }
+    be->sync();
+    auto stream = static_cast<cudaStream_t>(cuda_backend_stream(*be));
+    cudaEvent_t e0, e1;
+    ASSERT_EQ(cudaEventCreate(&e0), cudaSuccess);
+    ASSERT_EQ(cudaEventCreate(&e1), cudaSuccess);
+    constexpr int kReps = 20;
+    ASSERT_EQ(cudaEventRecord(e0, stream), cudaSuccess);
+    for (int r = 0; r < kReps; ++r) ASSERT_TRUE(be->graph_replay(key));
+    ASSERT_EQ(cudaEventRecord(e1, stream), cudaSuccess);
+    ASSERT_EQ(cudaEventSynchronize(e1), cudaSuccess);
+    float ms = 0.0f;
+    ASSERT_EQ(cudaEventElapsedTime(&ms, e0, e1), cudaSuccess);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    const double us = 1e3 * ms / (kReps * sh.layers);
+    const double bytes = 2.0 * sh.batch * sh.context * kKvHeads * kDim * 2;
+    const kc::DecodeSplit split =
+        kc::plan_decode_split({.n = n,
+                               .n_head = kHeads,
+                               .n_head_kv = kKvHeads,
+                               .head_dim = kDim,
+                               .max_keys = static_cast<int64_t>(width) * kBlock,
+                               .n_sms = cuda_device_info(*be).sm_count});
+    fmt::print(
+        "[ perf ] decode attention batch {:>2} context {:>5}: {:7.2f} us per layer "
+        "call, K/V read {:7.1f} GB/s ({} splits of {} keys)\n",
+        sh.batch, sh.context, us, bytes / us * 1e-3, split.n_splits, split.split_len);
+    std::vector<float> got(n * kHeads * kDim);
+    be->copy_to_host(got.data(), out, got.size() * sizeof(float));
+    EXPECT_TRUE(std::all_of(got.begin(), got.end(), [](float x) { return std::isfinite(x); }));
+  }
+}
 
 }  // namespace
 }  // namespace tpnode::test
