@@ -1,28 +1,36 @@
-// Quantized GEMV for batches m = 2..kGemvMaxBatch on int8 tensor cores (see gemv.h).
-#include "kernels/cuda/gemv.h"
+// Quantized matrix products for batches m = 2..kGemvMmaMaxBatch on int8 tensor cores (see
+// gemv_mma.h).
+#include "kernels/cuda/gemv_mma.h"
 
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
+
+#include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dispatch.cuh"
+#include "kernels/cuda/gemv.h"
 #include "kernels/cuda/quant_blocks.cuh"
 
 namespace tpnode::cuda {
 namespace {
 
-// ---- quantized W, m = 2..16: int8 tensor cores ---------------------------------------
-// One CTA per 16-row tile of W; its warps split the k axis and sum in a fixed order at the
-// end. Per 32-value chunk a warp runs mma.m16n8k32 (s8 x s8 -> s32): A = 16 weight rows,
-// B = 8 batch columns; each weight byte is read once for all columns, and the integer dot
-// products cost one instruction per chunk instead of 8 dp4a per column.
+// ---- the work split ---------------------------------------------------------------------
+// A CTA of kWarps warps owns kWarps * RT 16-row tiles of W (RT per warp) and one k range
+// (its rank's share when the k axis is split over a cluster). It walks the range in tiles of
+// staged activations: all m columns of x for kTileK values, copied to shared memory once
+// (cp.async) and read by every warp from there. Per 32-value chunk a warp runs
+// mma.m16n8k32 (s8 x s8 -> s32): A = 16 weight rows, B = 8 batch columns, so each weight byte
+// is loaded once (straight into registers) for all columns.
 //
 // Fragments (g = lane / 4, t = lane % 4): a0 = A[g][4t..], a1 = A[g+8][4t..],
 // a2 = A[g][16+4t..], a3 = A[g+8][16+4t..]; b0 = B[4t..][g], b1 = B[16+4t..][g];
 // c0 = C[g][2t], c1 = C[g][2t+1], c2 = C[g+8][2t], c3 = C[g+8][2t+1]. The k order inside a
 // chunk is free as long as A and B agree, so lane t takes chunk values 8t..8t+7 of both
 // (a0/b0 = values 8t..8t+3, a2/b1 = values 8t+4..8t+7): one 8-byte load per row and column.
-constexpr int kMmaWarps = 8;
-constexpr int kMmaRows = 16;
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kMaxSplits = 8;  // the portable cluster size
 
 __device__ __forceinline__ void mma_s8(int (&d)[4], int a0, int a1, int a2, int a3, int b0,
                                        int b1) {
@@ -32,6 +40,19 @@ __device__ __forceinline__ void mma_s8(int (&d)[4], int a0, int a1, int a2, int 
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
 }
 
 __device__ __forceinline__ int2 ld_i64(const uint8_t* p) { return *reinterpret_cast<const int2*>(p); }
@@ -51,10 +72,11 @@ __device__ __forceinline__ int byte_of(const int4& w, int i) {
   return (word >> (8 * (i % 4))) & 0xFF;
 }
 
-// Per type: a group is what one lane loads of one row per step (one block); kChunks
+// ---- per weight type ----------------------------------------------------------------------
+// A group is one block of one row: what a lane loads per row and step (load); kChunks
 // 32-value chunks per group. frag(r, c, t): signed values 8t..8t+7 of chunk c. scale(r, c):
 // (d, m) with the chunk's dot = d * xd * sum(w_q * x_q) + m * xs. Q6_K's chunks hold two
-// 16-value groups with their own scales (kHalves = 2: one MMA each, scale16 for each).
+// 16-value groups with int8 scales of their own (kHalves = 2: one MMA each, sc(r, c, half)).
 template <TensorType T>
 struct Mma;
 
@@ -202,128 +224,356 @@ struct Mma<TensorType::kQ6_K> {
     const int y = nib(l.y, sh) | (((h.y >> (2 * g4)) & 0x03030303) << 4);
     return {sub4(x, 0x20202020u), sub4(y, 0x20202020u)};
   }
-  __device__ static float scale16(const Regs& r, int c, int half) {
-    const int i = 8 * (c / 4) + 2 * (c % 4) + half;
-    return r.d * static_cast<float>(static_cast<int8_t>(byte_of(r.sc, i)));
+  __device__ static int sc(const Regs& r, int c, int half) {
+    return static_cast<int8_t>(byte_of(r.sc, 8 * (c / 4) + 2 * (c % 4) + half));
   }
 };
 
-template <TensorType T, int NB>
-__global__ void __launch_bounds__(kMmaWarps * 32) gemv_mma_kernel(GemvParams p) {
-  using P = Mma<T>;
-  constexpr int U = P::kChunks >= 8 ? 1 : 4;  // groups in flight per warp and step
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int gid = lane / 4, t = lane % 4;
-  const int64_t rows = p.w.rows, k = p.w.cols, kc = k / 32;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kMmaRows + gid;
-  const int64_t row1 = row0 + 8;
-  // Rows past the end read the last row and are not stored.
-  const int64_t lr0 = row0 < rows ? row0 : rows - 1, lr1 = row1 < rows ? row1 : rows - 1;
-  const uint8_t* q0 = p.w.q + lr0 * p.w.q_row_bytes;
-  const uint8_t* q1 = p.w.q + lr1 * p.w.q_row_bytes;
-  const uint8_t* s0 = p.w.s ? p.w.s + lr0 * p.w.s_row_bytes : nullptr;
-  const uint8_t* s1 = p.w.s ? p.w.s + lr1 * p.w.s_row_bytes : nullptr;
-  const int n_groups = static_cast<int>(kc / P::kChunks);
+// Groups loaded per warp and step: enough bytes in flight without spilling.
+template <TensorType T, int RT>
+constexpr int kGroupsInFlight = Mma<T>::kChunks >= 8 ? (RT == 1 ? 2 : 1) : (RT == 1 ? 8 : 4);
 
-  float acc[NB][4];
-#pragma unroll
-  for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[nt][i] = 0.0f;
-  }
+// ---- staged activations --------------------------------------------------------------------
+// q [kCols][kStride] int8 (a row per batch column), then {xd, xs} [kK / 32][kCols] float2.
+// kStride = kK + 32 bytes: the 8-byte B loads of a half-warp (4 columns x 32 bytes) hit 32
+// distinct banks; the scale pair of columns 2t, 2t+1 is one 16-byte load.
+template <int NB>
+struct ActTile {
+  static constexpr int kCols = NB * 8;
+  static constexpr int kK = NB <= 2 ? 2048 : NB <= 4 ? 1024 : 512;
+  static constexpr int kStride = kK + 32;
+  static constexpr int kChunks = kK / 32;
+  static constexpr int kQBytes = kCols * kStride;
+  static constexpr int kBytes = kQBytes + kChunks * kCols * static_cast<int>(sizeof(float2));
+  static_assert(kK % 256 == 0 && kStride % 128 == 32 && kQBytes % 16 == 0);
+};
 
-  for (int g0 = warp * U; g0 < n_groups; g0 += kMmaWarps * U) {
-    typename P::Regs r0[U], r1[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int g = min(g0 + u, n_groups - 1);  // a repeated group is loaded, not used
-      r0[u] = P::load(q0, s0, g, t);
-      r1[u] = P::load(q1, s1, g, t);
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (g0 + u >= n_groups) break;
-#pragma unroll
-      for (int c = 0; c < P::kChunks; ++c) {
-        const int64_t chunk = static_cast<int64_t>(g0 + u) * P::kChunks + c;
-        const int2 a = P::frag(r0[u], c, t), b = P::frag(r1[u], c, t);
-#pragma unroll
-        for (int nt = 0; nt < NB; ++nt) {
-          const int col = nt * 8 + gid;
-          int2 x{0, 0};
-          if (col < p.m) x = ld_i64(reinterpret_cast<const uint8_t*>(p.xq.q) + col * k + chunk * 32 + 8 * t);
-          const int j0 = nt * 8 + 2 * t, j1 = j0 + 1;
-          const float xd0 = j0 < p.m ? p.xq.d[j0 * kc + chunk] : 0.0f;
-          const float xd1 = j1 < p.m ? p.xq.d[j1 * kc + chunk] : 0.0f;
-          if constexpr (P::kHalves == 1) {
-            int d[4];
-            mma_s8(d, a.x, b.x, a.y, b.y, x.x, x.y);
-            const float2 w0 = P::scale(r0[u], c), w1 = P::scale(r1[u], c);
-            acc[nt][0] += w0.x * xd0 * static_cast<float>(d[0]);
-            acc[nt][1] += w0.x * xd1 * static_cast<float>(d[1]);
-            acc[nt][2] += w1.x * xd0 * static_cast<float>(d[2]);
-            acc[nt][3] += w1.x * xd1 * static_cast<float>(d[3]);
-            if constexpr (P::kHasMin) {
-              const float xs0 = j0 < p.m ? p.xq.s[j0 * kc + chunk] : 0.0f;
-              const float xs1 = j1 < p.m ? p.xq.s[j1 * kc + chunk] : 0.0f;
-              acc[nt][0] += w0.y * xs0;
-              acc[nt][1] += w0.y * xs1;
-              acc[nt][2] += w1.y * xs0;
-              acc[nt][3] += w1.y * xs1;
-            }
-          } else {
-            // Lanes t < 2 hold values 0..15 (first scale), t >= 2 values 16..31.
-            const bool first = t < 2;
-            int lo[4], hi[4];
-            mma_s8(lo, first ? a.x : 0, first ? b.x : 0, first ? a.y : 0, first ? b.y : 0, x.x, x.y);
-            mma_s8(hi, first ? 0 : a.x, first ? 0 : b.x, first ? 0 : a.y, first ? 0 : b.y, x.x, x.y);
-            const float w0l = P::scale16(r0[u], c, 0), w0h = P::scale16(r0[u], c, 1);
-            const float w1l = P::scale16(r1[u], c, 0), w1h = P::scale16(r1[u], c, 1);
-            acc[nt][0] += xd0 * (w0l * static_cast<float>(lo[0]) + w0h * static_cast<float>(hi[0]));
-            acc[nt][1] += xd1 * (w0l * static_cast<float>(lo[1]) + w0h * static_cast<float>(hi[1]));
-            acc[nt][2] += xd0 * (w1l * static_cast<float>(lo[2]) + w1h * static_cast<float>(hi[2]));
-            acc[nt][3] += xd1 * (w1l * static_cast<float>(lo[3]) + w1h * static_cast<float>(hi[3]));
-          }
-        }
-      }
-    }
-  }
+// The CTA's partial sums for the cluster reduction: [kCols][kRows + 4] floats (the pad
+// spreads the fragment stores of a warp over the banks).
+template <int NB, int RT>
+struct RedTile {
+  static constexpr int kRows = kWarps * RT * 16;
+  static constexpr int kStride = kRows + 4;
+  static constexpr int kBytes = NB * 8 * kStride * static_cast<int>(sizeof(float));
+};
 
-  // The warps' partial sums, added in warp order: bitwise repeatable.
-  __shared__ float red[kMmaWarps][NB * 4][32];
-#pragma unroll
-  for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) red[warp][nt * 4 + i][lane] = acc[nt][i];
+template <int NB, int RT>
+constexpr int kSmemBytes = std::max(ActTile<NB>::kBytes, RedTile<NB, RT>::kBytes);
+
+struct MmaArgs {
+  GemvParams p;
+  int n_groups = 0;  // blocks per weight row
+  int splits = 1;    // CTAs along k per cluster
+};
+
+// Starts the copy of x[0..m)[k0, k0 + n) (n a multiple of 32, at most kK) into the tile.
+template <int NB>
+__device__ void stage_acts(const MmaArgs& a, int64_t k0, int n, uint8_t* smem) {
+  using Tile = ActTile<NB>;
+  const int m = static_cast<int>(a.p.m);
+  const int64_t k = a.p.w.cols, kc = k / 32;
+  const int pieces = n / 16;
+  for (int i = threadIdx.x; i < m * pieces; i += kThreads) {
+    const int col = i / pieces, pc = i % pieces;
+    cp_async16(smem + col * Tile::kStride + pc * 16, a.p.xq.q + col * k + k0 + pc * 16);
   }
-  __syncthreads();
-  if (warp != 0) return;
-#pragma unroll
-  for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float v = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kMmaWarps; ++w) v += red[w][nt * 4 + i][lane];
-      const int64_t row = i < 2 ? row0 : row1;
-      const int col = nt * 8 + 2 * t + (i & 1);
-      if (row < rows && col < p.m) p.y[col * rows + row] = v;
+  auto* xs = reinterpret_cast<float2*>(smem + Tile::kQBytes);
+  const int chunks = n / 32;
+  const int64_t c0 = k0 / 32;
+  for (int i = threadIdx.x; i < Tile::kCols * chunks; i += kThreads) {
+    const int col = i / chunks, ch = i % chunks;  // consecutive threads: consecutive chunks
+    float2* dst = xs + ch * Tile::kCols + col;
+    if (col < m) {
+      cp_async4(&dst->x, a.p.xq.d + col * kc + c0 + ch);
+      cp_async4(&dst->y, a.p.xq.s + col * kc + c0 + ch);
+    } else {
+      *dst = make_float2(0.0f, 0.0f);  // padding columns contribute nothing
     }
   }
 }
 
+// minBlocks = 1: without it ptxas caps some variants near 128 registers and spills.
+template <TensorType T, int NB, int RT>
+__global__ void __launch_bounds__(kThreads, 1) gemv_mma_kernel(MmaArgs a) {
+  using P = Mma<T>;
+  using Tile = ActTile<NB>;
+  using Red = RedTile<NB, RT>;
+  constexpr int kBlock = P::kChunks * 32;  // values per group
+  constexpr int kTileGroups = Tile::kK / kBlock;
+  constexpr int U = kGroupsInFlight<T, RT>;
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int8_t* xq_s = reinterpret_cast<const int8_t*>(smem);
+  const float4* xs_s = reinterpret_cast<const float4*>(smem + Tile::kQBytes);
+
+  const GemvParams& p = a.p;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int gid = lane / 4, t = lane % 4;
+  const int split = static_cast<int>(blockIdx.x) % a.splits;
+  const int64_t row_base = static_cast<int64_t>(blockIdx.x / a.splits) * Red::kRows;
+  const int64_t rows = p.w.rows;
+  const int g_begin = static_cast<int>(static_cast<int64_t>(a.n_groups) * split / a.splits);
+  const int g_end = static_cast<int>(static_cast<int64_t>(a.n_groups) * (split + 1) / a.splits);
+
+  // Rows g and g + 8 of each of the warp's tiles; rows past the end read the last row and
+  // are not stored.
+  const uint8_t* qrow[RT][2];
+  const uint8_t* srow[RT][2];
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = row_base + (warp * RT + rt) * 16 + gid + 8 * h;
+      const int64_t lr = row < rows ? row : rows - 1;
+      qrow[rt][h] = p.w.q + lr * p.w.q_row_bytes;
+      srow[rt][h] = p.w.s ? p.w.s + lr * p.w.s_row_bytes : nullptr;
+    }
+  }
+
+  float acc[RT][NB][4];
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt) {
+#pragma unroll
+    for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[rt][nt][i] = 0.0f;
+    }
+  }
+
+  for (int tg0 = g_begin; tg0 < g_end; tg0 += kTileGroups) {
+    const int tg1 = min(tg0 + kTileGroups, g_end);
+    stage_acts<NB>(a, static_cast<int64_t>(tg0) * kBlock, (tg1 - tg0) * kBlock, smem);
+    for (int g0 = tg0; g0 < tg1; g0 += U) {
+      typename P::Regs r[U][RT][2];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int g = min(g0 + u, tg1 - 1);  // a repeated group is loaded, not used
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) r[u][rt][h] = P::load(qrow[rt][h], srow[rt][h], g, t);
+        }
+      }
+      // The tile's first weights are in flight while its activations land.
+      if (g0 == tg0) {
+        cp_async_wait_all();
+        __syncthreads();
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (g0 + u >= tg1) break;
+#pragma unroll
+        for (int c = 0; c < P::kChunks; ++c) {
+          const int chunk = (g0 + u - tg0) * P::kChunks + c;  // within the tile
+          int2 af[RT][2];
+#pragma unroll
+          for (int rt = 0; rt < RT; ++rt) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) af[rt][h] = P::frag(r[u][rt][h], c, t);
+          }
+          const int8_t* bq = xq_s + gid * Tile::kStride + chunk * 32 + 8 * t;
+          const float4* bs = xs_s + (chunk * Tile::kCols + 2 * t) / 2;
+#pragma unroll
+          for (int nt = 0; nt < NB; ++nt) {
+            const int2 b = *reinterpret_cast<const int2*>(bq + nt * 8 * Tile::kStride);
+            const float4 xs = bs[nt * 4];  // {xd, xs} of columns 8nt + 2t and 8nt + 2t + 1
+#pragma unroll
+            for (int rt = 0; rt < RT; ++rt) {
+              float* o = acc[rt][nt];
+              const int2 a0 = af[rt][0], a1 = af[rt][1];
+              if constexpr (P::kHalves == 1) {
+                int d[4];
+                mma_s8(d, a0.x, a1.x, a0.y, a1.y, b.x, b.y);
+                const float2 w0 = P::scale(r[u][rt][0], c), w1 = P::scale(r[u][rt][1], c);
+                o[0] += (w0.x * xs.x) * static_cast<float>(d[0]);
+                o[1] += (w0.x * xs.z) * static_cast<float>(d[1]);
+                o[2] += (w1.x * xs.x) * static_cast<float>(d[2]);
+                o[3] += (w1.x * xs.z) * static_cast<float>(d[3]);
+                if constexpr (P::kHasMin) {
+                  o[0] += w0.y * xs.y;
+                  o[1] += w0.y * xs.w;
+                  o[2] += w1.y * xs.y;
+                  o[3] += w1.y * xs.w;
+                }
+              } else {
+                // Lanes t < 2 hold values 0..15 (first scale), t >= 2 values 16..31: one MMA
+                // per half, combined in integers before the one conversion.
+                const bool first = t < 2;
+                int lo[4], hi[4];
+                mma_s8(lo, first ? a0.x : 0, first ? a1.x : 0, first ? a0.y : 0,
+                       first ? a1.y : 0, b.x, b.y);
+                mma_s8(hi, first ? 0 : a0.x, first ? 0 : a1.x, first ? 0 : a0.y,
+                       first ? 0 : a1.y, b.x, b.y);
+                const typename P::Regs& r0 = r[u][rt][0];
+                const typename P::Regs& r1 = r[u][rt][1];
+                const int s0l = P::sc(r0, c, 0), s0h = P::sc(r0, c, 1);
+                const int s1l = P::sc(r1, c, 0), s1h = P::sc(r1, c, 1);
+                o[0] += (r0.d * xs.x) * static_cast<float>(lo[0] * s0l + hi[0] * s0h);
+                o[1] += (r0.d * xs.z) * static_cast<float>(lo[1] * s0l + hi[1] * s0h);
+                o[2] += (r1.d * xs.x) * static_cast<float>(lo[2] * s1l + hi[2] * s1h);
+                o[3] += (r1.d * xs.z) * static_cast<float>(lo[3] * s1l + hi[3] * s1h);
+              }
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this tile before the next one lands
+  }
+
+  const int m = static_cast<int>(p.m);
+  if (a.splits == 1) {
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt) {
+#pragma unroll
+      for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int64_t row = row_base + (warp * RT + rt) * 16 + gid + (i < 2 ? 0 : 8);
+          const int col = nt * 8 + 2 * t + (i & 1);
+          if (row < rows && col < m) p.y[col * rows + row] = acc[rt][nt][i];
+        }
+      }
+    }
+    return;
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Split k: each CTA leaves its partial tile in shared memory; CTA `split` of the cluster
+  // adds rows [split, split + 1) * kRows / splits of all tiles in rank order (deterministic)
+  // and writes them.
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  float* red = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt) {
+#pragma unroll
+    for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = (warp * RT + rt) * 16 + gid + (i < 2 ? 0 : 8);
+        const int col = nt * 8 + 2 * t + (i & 1);
+        red[col * Red::kStride + row] = acc[rt][nt][i];
+      }
+    }
+  }
+  cluster.sync();  // release/acquire: the partial tiles are visible cluster-wide
+  const int r0 = Red::kRows * split / a.splits, r1 = Red::kRows * (split + 1) / a.splits;
+  const int nr = r1 - r0;
+  for (int i = threadIdx.x; i < nr * m; i += kThreads) {
+    const int col = i / nr, row = r0 + i % nr;
+    float v = 0.0f;
+    for (int s = 0; s < a.splits; ++s) v += cluster.map_shared_rank(red, s)[col * Red::kStride + row];
+    const int64_t grow = row_base + row;
+    if (grow < rows) p.y[col * rows + grow] = v;
+  }
+  cluster.sync();  // no CTA leaves while another still reads its shared memory
+#else
+  __trap();  // the host plans k splits only on devices with clusters
+#endif
+}
+
+struct DeviceFacts {
+  int sms = 0;
+  bool clusters = false;
+};
+
+DeviceFacts device_facts() {
+  int dev = 0, sms = 0, major = 0;
+  TPNODE_CUDA_CHECK(cudaGetDevice(&dev));
+  TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  return {sms, major >= 9};
+}
+
+template <TensorType T, int NB, int RT>
+void launch(const MmaArgs& a, int64_t row_ctas, cudaStream_t stream) {
+  constexpr int smem = kSmemBytes<NB, RT>;
+  static_assert(smem <= 48 * 1024, "no opt-in shared memory needed");
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(row_ctas * a.splits));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(a.splits);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = a.splits > 1 ? 1 : 0;
+  TPNODE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_mma_kernel<T, NB, RT>, a));
+}
+
+// Column tiles of 8: NB = ceil(m / 8), each a compile-time constant.
+#define TPNODE_DISPATCH_MMA_TILES(nb, NB, ...)                                      \
+  switch (nb) {                                                                     \
+    case 1: { constexpr int NB = 1; __VA_ARGS__ } break;                            \
+    case 2: { constexpr int NB = 2; __VA_ARGS__ } break;                            \
+    case 3: { constexpr int NB = 3; __VA_ARGS__ } break;                            \
+    case 4: { constexpr int NB = 4; __VA_ARGS__ } break;                            \
+    case 5: { constexpr int NB = 5; __VA_ARGS__ } break;                            \
+    case 6: { constexpr int NB = 6; __VA_ARGS__ } break;                            \
+    case 7: { constexpr int NB = 7; __VA_ARGS__ } break;                            \
+    case 8: { constexpr int NB = 8; __VA_ARGS__ } break;                            \
+    default: TPNODE_THROW(ErrorKind::kUnsupported, "gemv_mma: {} column tiles", (nb)); \
+  }
+
 }  // namespace
 
-void gemv_mma(const GemvParams& p, cudaStream_t stream) {
-  const unsigned tiles = static_cast<unsigned>((p.w.rows + kMmaRows - 1) / kMmaRows);
-    TPNODE_DISPATCH_QUANT_TYPE(p.w.type, T, {
-      if (p.m <= 8) {
-        gemv_mma_kernel<T, 1><<<tiles, kMmaWarps * 32, 0, stream>>>(p);
+GemvMmaPlan gemv_mma_plan(const GemvParams& p) {
+  const DeviceFacts dev = device_facts();
+  const int64_t block = split_layout(p.w.type).block_size;
+  const int64_t n_groups = p.w.cols / block;
+  // Several CTAs per SM, so that one CTA's activation staging overlaps another's loads.
+  const int64_t want = 3 * static_cast<int64_t>(dev.sms);
+  GemvMmaPlan plan;
+  const int64_t big_ctas = (p.w.rows + 127) / 128;
+  plan.row_tiles_per_warp = 2 * big_ctas >= dev.sms ? 2 : 1;
+  const int64_t row_ctas = (p.w.rows + 64 * plan.row_tiles_per_warp - 1) / (64 * plan.row_tiles_per_warp);
+  if (dev.clusters) {
+    while (plan.k_splits < kMaxSplits && row_ctas * plan.k_splits < want &&
+           2 * plan.k_splits <= n_groups) {
+      plan.k_splits *= 2;
+    }
+  }
+  return plan;
+}
+
+void gemv_mma(const GemvParams& p, cudaStream_t stream) { gemv_mma(p, gemv_mma_plan(p), stream); }
+
+void gemv_mma(const GemvParams& p, const GemvMmaPlan& plan, cudaStream_t stream) {
+  TPNODE_CHECK(is_quantized(p.w.type), "gemv_mma: {} weights are not quantized",
+               weight_type_label(p.w.type));
+  TPNODE_CHECK(p.m >= 2 && p.m <= kGemvMmaMaxBatch, "gemv_mma: batch {} outside 2..{}", p.m,
+               kGemvMmaMaxBatch);
+  TPNODE_CHECK(p.w.rows > 0 && p.w.cols > 0, "gemv_mma: empty {}x{} matrix", p.w.rows, p.w.cols);
+  TPNODE_CHECK(reinterpret_cast<uintptr_t>(p.xq.q) % 16 == 0,
+               "gemv_mma: quantized activations not 16-byte aligned");
+  TPNODE_CHECK(plan.row_tiles_per_warp == 1 || plan.row_tiles_per_warp == 2,
+               "gemv_mma: {} row tiles per warp (1 or 2)", plan.row_tiles_per_warp);
+  const int64_t n_groups = p.w.cols / split_layout(p.w.type).block_size;
+  TPNODE_CHECK(plan.k_splits == 1 || plan.k_splits == 2 || plan.k_splits == 4 ||
+                   plan.k_splits == kMaxSplits,
+               "gemv_mma: {} k splits (1, 2, 4 or 8)", plan.k_splits);
+  TPNODE_CHECK(plan.k_splits <= n_groups, "gemv_mma: {} k splits for {} blocks per row",
+               plan.k_splits, n_groups);
+  TPNODE_CHECK(plan.k_splits == 1 || device_facts().clusters,
+               "gemv_mma: k splits need thread-block clusters (compute capability 9.0)");
+  MmaArgs a;
+  a.p = p;
+  a.n_groups = static_cast<int>(n_groups);
+  a.splits = plan.k_splits;
+  const int64_t rows_per_cta = 64 * plan.row_tiles_per_warp;
+  const int64_t row_ctas = (p.w.rows + rows_per_cta - 1) / rows_per_cta;
+  const int nb = static_cast<int>((p.m + 7) / 8);
+  TPNODE_DISPATCH_QUANT_TYPE(p.w.type, T, {
+    TPNODE_DISPATCH_MMA_TILES(nb, NB, {
+      if (plan.row_tiles_per_warp == 1) {
+        launch<T, NB, 1>(a, row_ctas, stream);
       } else {
-        gemv_mma_kernel<T, 2><<<tiles, kMmaWarps * 32, 0, stream>>>(p);
+        launch<T, NB, 2>(a, row_ctas, stream);
       }
     })
-  TPNODE_CUDA_CHECK_LAUNCH();
+  })
 }
 
 }  // namespace tpnode::cuda
