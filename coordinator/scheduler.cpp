@@ -103,6 +103,11 @@ StepPlan Scheduler::plan(Clock::time_point now) {
     step.tokens.assign(s.tokens.begin() + s.n_computed, s.tokens.begin() + s.n_computed + p.n_new);
     step.blocks = kv_.table(s.seq_id);
     step.want_logits = s.n_computed + p.n_new == s.n_tokens();
+    // Requests without penalties may be sampled where the logits are; the engine decides
+    // whether it can, and returns logits otherwise.
+    if (step.want_logits && options_.device_sampling) {
+      step.sampling = device_sampling_for(s.request().sampling);
+    }
     plan.seqs.push_back(std::move(step));
   }
   if (spdlog::should_log(spdlog::level::debug)) {
@@ -185,32 +190,45 @@ void Scheduler::admit_waiting(int64_t& budget) {
   }
 }
 
-void Scheduler::complete(const StepPlan& plan, const std::vector<float>& logits) {
+void Scheduler::complete(const StepPlan& plan, const StepOutput& out) {
   TPNODE_CHECK_KIND(plan.seqs.size() == planned_.size() && plan.step == step_, ErrorKind::kRuntime,
                     "scheduler: complete() for step {} does not match the last plan", plan.step);
-  const int64_t n_logits = plan.n_logits();
+  const int64_t n_rows = plan.n_logits();
+  TPNODE_CHECK_KIND(out.tokens.empty() || static_cast<int64_t>(out.tokens.size()) == n_rows,
+                    ErrorKind::kRuntime, "scheduler: {} token rows for {} sequences",
+                    out.tokens.size(), n_rows);
+  int64_t n_host = 0;
+  for (int64_t r = 0; r < n_rows; ++r) n_host += out.sampled(static_cast<size_t>(r)) ? 0 : 1;
   int64_t n_vocab = 0;
-  if (n_logits > 0) {
-    TPNODE_CHECK_KIND(!logits.empty() && logits.size() % static_cast<size_t>(n_logits) == 0,
-                      ErrorKind::kRuntime, "scheduler: {} logits for {} sequences", logits.size(),
-                      n_logits);
-    n_vocab = static_cast<int64_t>(logits.size()) / n_logits;
+  if (n_host > 0) {
+    TPNODE_CHECK_KIND(!out.logits.empty() && out.logits.size() % static_cast<size_t>(n_host) == 0,
+                      ErrorKind::kRuntime, "scheduler: {} logits for {} sequences",
+                      out.logits.size(), n_host);
+    n_vocab = static_cast<int64_t>(out.logits.size()) / n_host;
   }
-  int64_t row = 0;
+  size_t row = 0;
+  int64_t host_row = 0;
   for (size_t i = 0; i < planned_.size(); ++i) {
     Sequence& seq = *planned_[i].seq;
     seq.n_computed += planned_[i].n_new;
     if (!plan.seqs[i].want_logits) continue;
-    advance(seq, logits.data() + row * n_vocab, n_vocab);
+    int32_t token;
+    if (out.sampled(row)) {
+      token = out.tokens[row];
+    } else {
+      const float* logits = out.logits.data() + host_row * n_vocab;
+      token = seq.sampler.sample(std::span<const float>(logits, static_cast<size_t>(n_vocab)),
+                                 seq.tokens);
+      ++host_row;
+    }
     ++row;
+    advance(seq, token);
   }
   planned_.clear();
   erase_finished();
 }
 
-void Scheduler::advance(Sequence& seq, const float* logits, int64_t n_vocab) {
-  const int32_t token =
-      seq.sampler.sample(std::span<const float>(logits, static_cast<size_t>(n_vocab)), seq.tokens);
+void Scheduler::advance(Sequence& seq, int32_t token) {
   seq.tokens.push_back(token);
   const auto now = Clock::now();
   if (metrics_) {

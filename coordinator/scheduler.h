@@ -1,6 +1,7 @@
 // Continuous batching on rank 0, with no sockets and no threads: each iteration plan()
 // chooses what runs (decodes first, then prefill chunks, under a token budget), the caller
-// runs the plan, and complete() samples, streams text and retires finished requests.
+// runs the plan, and complete() takes the sampled tokens (sampling on the host the rows that
+// came back as logits), streams text and retires finished requests.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +26,9 @@ struct SchedulerOptions {
   int64_t max_batch_tokens = 512;  // tokens one step may carry
   int64_t max_seqs = 16;           // sequences one step may carry
   int64_t max_context = 2048;      // tokens per sequence, prompt + generated
+  // Let the engine sample requests without penalties where the logits are (it returns
+  // logits when it cannot); false samples every request on the host.
+  bool device_sampling = true;
 };
 
 class Scheduler {
@@ -44,9 +48,9 @@ class Scheduler {
   // Ends cancelled and expired requests, then builds the next step. An empty plan means
   // there is nothing to run.
   StepPlan plan(Clock::time_point now);
-  // Consumes the logits of the plan returned by the last plan() call:
-  // [plan.n_logits(), n_vocab], rows in the order of the sequences with want_logits.
-  void complete(const StepPlan& plan, const std::vector<float>& logits);
+  // Consumes the output of the plan returned by the last plan() call: one row per sequence
+  // with want_logits, a token sampled on the device or logits to sample here.
+  void complete(const StepPlan& plan, const StepOutput& out);
 
   // Ends every request, running or waiting, with `reason` (kCancelled when draining).
   void end_all(FinishReason reason);
@@ -71,8 +75,8 @@ class Scheduler {
   void preempt(Sequence* victim, int64_t& budget);
   void insert_waiting(std::unique_ptr<Sequence> seq);
   void insert_running(std::unique_ptr<Sequence> seq);
-  // Samples one token for `seq`, streams its text, and finishes it when it is done.
-  void advance(Sequence& seq, const float* logits, int64_t n_vocab);
+  // Appends `token` to `seq`, streams its text, and finishes it when it is done.
+  void advance(Sequence& seq, int32_t token);
   void finish(Sequence& seq, FinishReason reason);
   void finish_error(Sequence& seq, ErrorCode code, const std::string& message);
   void report_end(Sequence& seq, RequestEnd end);

@@ -99,8 +99,7 @@ void StepLoop::run() {
     if (!plan.seqs.empty()) {
       const auto t0 = Clock::now();
       try {
-        const std::vector<float>& logits = executor_.run(plan);
-        scheduler_.complete(plan, logits);
+        scheduler_.complete(plan, executor_.run(plan));
       } catch (const std::exception& e) {
         // The step's requests cannot continue (their KV state is unknown); others can.
         spdlog::error("step {} failed: {}", plan.step, e.what());

@@ -27,14 +27,14 @@ DistributedExecutor::~DistributedExecutor() {
   }
 }
 
-const std::vector<float>& DistributedExecutor::run(const StepPlan& plan) {
+const StepOutput& DistributedExecutor::run(const StepPlan& plan) {
   TPNODE_CHECK_KIND(comm_.rank() == 0, ErrorKind::kRuntime,
                     "DistributedExecutor::run on rank {}: only rank 0 drives steps", comm_.rank());
   TPNODE_CHECK_KIND(!shut_down_, ErrorKind::kRuntime, "step {} after shutdown", plan.step);
   TPNODE_CHECK(!plan.shutdown, "step {}: a plan with shutdown set; call shutdown()", plan.step);
   if (comm_.size() > 1) send_step_plan(comm_, plan);
   try {
-    return engine_.step(plan);
+    return engine_.run(plan);
   } catch (const std::exception& e) {
     // The workers are inside this step, waiting for collectives this rank will not join.
     comm_.mark_failed(fmt::format("rank 0 failed in step {}: {}", plan.step, e.what()));
@@ -64,7 +64,7 @@ int run_worker_loop(Engine& engine, Communicator& comm) {
         spdlog::info("rank {}: shutdown after {} steps", comm.rank(), steps);
         return 0;
       }
-      engine.step(plan);
+      engine.run(plan);
       ++steps;
     }
   } catch (const std::exception& e) {

@@ -26,7 +26,7 @@ class DistributedExecutor final : public StepExecutor {
   DistributedExecutor(const DistributedExecutor&) = delete;
   DistributedExecutor& operator=(const DistributedExecutor&) = delete;
 
-  const std::vector<float>& run(const StepPlan& plan) override;
+  const StepOutput& run(const StepPlan& plan) override;
   void shutdown() override;  // idempotent
 
  private:

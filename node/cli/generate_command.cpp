@@ -26,6 +26,7 @@ struct GenerateOptions {
   bool show_special = false;
   std::string logits_out;  // every sampled step's logits, float32, for comparisons
   std::string tokens_out;  // generated token ids, one per line
+  bool host_sampling = false;  // sample on the host even when the backend can
   SamplingParams sampling;
 };
 
@@ -86,7 +87,11 @@ int run_generate(const GenerateOptions& o) {
     s.tokens.assign(pending.begin(), pending.begin() + take);
     s.blocks = kv.table(kSeq);
     s.want_logits = take == static_cast<int64_t>(pending.size());
-    const std::vector<float>& logits = rt->executor->run(plan);
+    // Sampled where the logits are when the engine can, unless the logits are wanted.
+    if (s.want_logits && !logits_file && !o.host_sampling) {
+      s.sampling = device_sampling_for(o.sampling);
+    }
+    const StepOutput& out = rt->executor->run(plan);
     n_past += take;
     pending.erase(pending.begin(), pending.begin() + take);
     if (!pending.empty()) continue;
@@ -94,10 +99,10 @@ int run_generate(const GenerateOptions& o) {
     if (n_gen >= o.n_predict || n_past >= n_total) break;
 
     if (logits_file) {
-      logits_file.write(reinterpret_cast<const char*>(logits.data()),
-                        static_cast<std::streamsize>(logits.size() * sizeof(float)));
+      logits_file.write(reinterpret_cast<const char*>(out.logits.data()),
+                        static_cast<std::streamsize>(out.logits.size() * sizeof(float)));
     }
-    const int32_t next = sampler.sample(logits, tokens);
+    const int32_t next = out.sampled(0) ? out.tokens[0] : sampler.sample(out.logits, tokens);
     tokens.push_back(next);
     ++n_gen;
     if (tokens_file) tokens_file << next << '\n';
@@ -145,6 +150,9 @@ const RegisterCommand kRegister{Command{
       app.add_option("--presence-penalty", o->sampling.presence_penalty, "presence penalty");
       app.add_option("--frequency-penalty", o->sampling.frequency_penalty, "frequency penalty");
       app.add_option("--seed", o->sampling.seed, "sampling seed");
+      app.add_flag("--host-sampling", o->host_sampling,
+                   "sample on the host even when the backend can sample on the device (a "
+                   "seeded run then matches the CPU backend's tokens)");
       app.add_flag("--ignore-eos", o->ignore_eos, "keep generating past end-of-generation");
       app.add_flag("--special", o->show_special, "print control tokens");
       app.add_option("--logits-out", o->logits_out, "write each sampled step's logits (f32)");

@@ -39,9 +39,15 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Runs one step. On rank 0 returns logits [plan.n_logits(), n_vocab], row j for the
-  // j-th sequence with want_logits; on other ranks returns an empty vector.
-  const std::vector<float>& step(const StepPlan& plan);
+  // Runs one step. On rank 0 returns one row per sequence with want_logits, in plan order
+  // (StepOutput): the sampled token for the rows that ask for device sampling when this
+  // engine can sample (a backend with can_sample() and one rank), logits for the others. On
+  // other ranks returns an empty output. Tensor-parallel engines always return logits: each
+  // rank holds a slice of the vocabulary, and rank 0 samples after the gather.
+  const StepOutput& run(const StepPlan& plan);
+  // run()'s logits: all of [plan.n_logits(), n_vocab] when the plan asks for no device
+  // sampling (the form tests and benchmarks use).
+  const std::vector<float>& step(const StepPlan& plan) { return run(plan).logits; }
 
   const HParams& hparams() const { return hp_; }
   const ShardPlan& shard() const { return shard_; }

@@ -1,5 +1,6 @@
-// Runs a StepPlan on every rank and returns rank 0's logits. With one rank it is a direct
-// call; parallel/ provides the broadcasting one. The scheduler only sees this interface.
+// Runs a StepPlan on every rank and returns rank 0's output (sampled tokens and logits).
+// With one rank it is a direct call; parallel/ provides the broadcasting one. The scheduler
+// only sees this interface.
 #pragma once
 
 #include <vector>
@@ -13,8 +14,9 @@ class Engine;
 class StepExecutor {
  public:
   virtual ~StepExecutor() = default;
-  // Logits [plan.n_logits(), n_vocab] in the order of the sequences with want_logits.
-  virtual const std::vector<float>& run(const StepPlan& plan) = 0;
+  // One row per sequence with want_logits, in plan order: a token sampled on the device or
+  // logits for the host to sample (see StepOutput and Engine::run).
+  virtual const StepOutput& run(const StepPlan& plan) = 0;
   // Tells workers to leave their loop (no-op with one rank).
   virtual void shutdown() = 0;
 };
@@ -22,7 +24,7 @@ class StepExecutor {
 class LocalExecutor final : public StepExecutor {
  public:
   explicit LocalExecutor(Engine& engine) : engine_(engine) {}
-  const std::vector<float>& run(const StepPlan& plan) override;
+  const StepOutput& run(const StepPlan& plan) override;
   void shutdown() override {}
 
  private:

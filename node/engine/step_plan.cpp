@@ -1,9 +1,11 @@
 #include "node/engine/step_plan.h"
 
+#include <cmath>
 #include <cstring>
 #include <limits>
 
 #include "node/common/error.h"
+#include "node/engine/sampler.h"
 
 namespace tpnode {
 
@@ -17,6 +19,30 @@ int64_t StepPlan::n_logits() const {
   int64_t n = 0;
   for (const auto& s : seqs) n += s.want_logits ? 1 : 0;
   return n;
+}
+
+void DeviceSampling::validate() const {
+  if (!enabled) return;
+  TPNODE_CHECK(std::isfinite(temperature) && temperature >= 0.0f,
+               "device sampling: temperature must be >= 0 (got {})", temperature);
+  TPNODE_CHECK(top_k >= 0, "device sampling: top_k must be >= 0 (got {})", top_k);
+  TPNODE_CHECK(top_p > 0.0f && top_p <= 1.0f, "device sampling: top_p must be in (0, 1] (got {})",
+               top_p);
+  TPNODE_CHECK(min_p >= 0.0f && min_p <= 1.0f, "device sampling: min_p must be in [0, 1] (got {})",
+               min_p);
+}
+
+DeviceSampling device_sampling_for(const SamplingParams& p) {
+  const bool penalties = p.penalty_last_n > 0 &&
+                         (p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f ||
+                          p.frequency_penalty != 0.0f);
+  if (penalties) return {};
+  return {.enabled = true,
+          .temperature = p.temperature,
+          .top_k = p.top_k,
+          .top_p = p.top_p,
+          .min_p = p.min_p,
+          .seed = p.seed};
 }
 
 namespace {
@@ -84,6 +110,12 @@ std::string serialize(const StepPlan& plan) {
     w.put<uint8_t>(s.want_logits ? 1 : 0);
     w.put_ints(s.tokens);
     w.put_ints(s.blocks);
+    w.put<uint8_t>(s.sampling.enabled ? 1 : 0);
+    w.put<float>(s.sampling.temperature);
+    w.put<int32_t>(s.sampling.top_k);
+    w.put<float>(s.sampling.top_p);
+    w.put<float>(s.sampling.min_p);
+    w.put<uint64_t>(s.sampling.seed);
   }
   return w.take();
 }
@@ -95,8 +127,8 @@ StepPlan deserialize_step_plan(const std::string& bytes) {
   plan.step = r.get<uint64_t>();
   plan.shutdown = r.get<uint8_t>() != 0;
   const uint32_t n = r.get<uint32_t>();
-  // Each sequence takes at least 21 bytes, which bounds a corrupt count.
-  TPNODE_CHECK(n <= r.left() / 21 + 1, "step plan: {} sequences cannot fit", n);
+  // Each sequence takes at least 46 bytes, which bounds a corrupt count.
+  TPNODE_CHECK(n <= r.left() / 46 + 1, "step plan: {} sequences cannot fit", n);
   plan.seqs.resize(n);
   for (auto& s : plan.seqs) {
     s.seq_id = r.get<uint64_t>();
@@ -104,7 +136,14 @@ StepPlan deserialize_step_plan(const std::string& bytes) {
     s.want_logits = r.get<uint8_t>() != 0;
     s.tokens = r.get_ints();
     s.blocks = r.get_ints();
+    s.sampling.enabled = r.get<uint8_t>() != 0;
+    s.sampling.temperature = r.get<float>();
+    s.sampling.top_k = r.get<int32_t>();
+    s.sampling.top_p = r.get<float>();
+    s.sampling.min_p = r.get<float>();
+    s.sampling.seed = r.get<uint64_t>();
     TPNODE_CHECK(s.n_past >= 0, "step plan: negative n_past");
+    s.sampling.validate();
   }
   TPNODE_CHECK(r.left() == 0, "step plan: {} trailing bytes", r.left());
   return plan;

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -107,6 +108,9 @@ struct FakeExecutorOptions {
   // The model sees only the last `window` tokens (0 = all), so very long generations stay
   // linear in cost.
   int64_t window = 0;
+  // When set, rows whose plan asks for device sampling come back as this function's token
+  // (a stand-in for a backend that samples), the others as logits.
+  NextToken device_next = {};
 };
 
 class FakeExecutor final : public StepExecutor {
@@ -117,14 +121,16 @@ class FakeExecutor final : public StepExecutor {
         slots_(static_cast<size_t>(o.kv_blocks * o.block_size), -1),
         owner_(slots_.size(), 0) {}
 
-  const std::vector<float>& run(const StepPlan& plan) override {
+  const StepOutput& run(const StepPlan& plan) override {
     std::lock_guard lock(mu_);
     ++steps_;
     if (static_cast<int64_t>(plan.step) == o_.fail_at_step) {
       TPNODE_THROW(ErrorKind::kRuntime, "fake executor: failure injected at step {}", plan.step);
     }
     if (o_.step_delay.count() > 0) std::this_thread::sleep_for(o_.step_delay);
-    logits_.clear();
+    out_.logits.clear();
+    out_.tokens.clear();
+    std::vector<int32_t> row_tokens;
     std::set<int32_t> used;
     std::set<uint64_t> seqs;
     int64_t tokens = 0;
@@ -154,12 +160,28 @@ class FakeExecutor final : public StepExecutor {
       tokens += static_cast<int64_t>(s.tokens.size());
       max_step_tokens_ = std::max(max_step_tokens_, tokens);
       if (!s.want_logits) continue;
+      if (o_.device_next && s.sampling.enabled) {
+        s.sampling.validate();
+        row_tokens.push_back(o_.device_next(ctx));
+        continue;
+      }
+      row_tokens.push_back(-1);
       const int32_t target = next_(ctx);
       for (int32_t v = 0; v < o_.n_vocab; ++v) {
-        logits_.push_back(v == target ? 10.0f : 0.1f * static_cast<float>(v % 7));
+        out_.logits.push_back(v == target ? 10.0f : 0.1f * static_cast<float>(v % 7));
       }
     }
-    return logits_;
+    const bool any_sampled =
+        std::any_of(row_tokens.begin(), row_tokens.end(), [](int32_t t) { return t >= 0; });
+    if (any_sampled) out_.tokens = std::move(row_tokens);
+    last_plan_ = plan;
+    return out_;
+  }
+
+  // The last plan run() saw.
+  StepPlan last_plan() const {
+    std::lock_guard lock(mu_);
+    return last_plan_;
   }
 
   void shutdown() override { shutdowns_.fetch_add(1); }
@@ -188,7 +210,8 @@ class FakeExecutor final : public StepExecutor {
   mutable std::mutex mu_;
   std::vector<int32_t> slots_;
   std::vector<uint64_t> owner_;
-  std::vector<float> logits_;
+  StepOutput out_;
+  StepPlan last_plan_;
   int64_t steps_ = 0;
   int64_t max_step_tokens_ = 0;
   std::atomic<int> shutdowns_{0};

@@ -202,6 +202,58 @@ TEST(Scheduler, SampledTextDoesNotDependOnTheBatch) {
   EXPECT_EQ(sampled(true), alone);
 }
 
+// A request without penalties asks the executor to sample where the logits are, with its
+// own parameters; one with penalties does not (they need the history). In one batch the
+// scheduler takes the returned token of the first as it is and samples the second's logits.
+TEST(Scheduler, TakesDeviceSampledTokensAndSamplesLogitsRowsOnTheHost) {
+  SchedulerOptions so{.max_batch_tokens = 16, .max_seqs = 4, .max_context = 64};
+  FakeExecutorOptions fo;
+  const int32_t z = FakeTokenizer().id_of("z");
+  fo.device_next = [z](std::span<const int32_t>) { return z; };  // what the model never says
+  Harness h(so, fo);
+  GenerationRequest dev = make_request("dev", prompt_of(h.tok, "hello"), 6);
+  dev.sampling.temperature = 0.9f;
+  dev.sampling.top_k = 5;
+  dev.sampling.top_p = 0.8f;
+  dev.sampling.min_p = 0.01f;
+  dev.sampling.seed = 1234;
+  GenerationRequest host = make_request("host", prompt_of(h.tok, "world"), 6);
+  host.sampling.repetition_penalty = 1.0001f;  // too small to change the greedy choice
+  auto obs_dev = h.add(dev);
+  auto obs_host = h.add(host);
+
+  h.step();
+  const StepPlan plan = h.exec.last_plan();
+  ASSERT_EQ(plan.seqs.size(), 2u);
+  int n_device = 0;
+  for (const SeqStep& s : plan.seqs) {
+    if (!s.sampling.enabled) continue;
+    ++n_device;
+    EXPECT_EQ(s.sampling, (DeviceSampling{.enabled = true, .temperature = 0.9f, .top_k = 5,
+                                          .top_p = 0.8f, .min_p = 0.01f, .seed = 1234}));
+  }
+  EXPECT_EQ(n_device, 1);
+  h.run_until_idle();
+  EXPECT_EQ(obs_dev->text(), "zzzzzz");
+  EXPECT_EQ(obs_host->text(),
+            reference_text(h.model, h.tok, prompt_of(h.tok, "world"), 6, so.max_context));
+  EXPECT_EQ(obs_dev->end().usage.completion_tokens, 6);
+}
+
+TEST(Scheduler, DeviceSamplingCanBeTurnedOff) {
+  SchedulerOptions so{.max_batch_tokens = 16, .max_seqs = 4, .max_context = 64,
+                      .device_sampling = false};
+  FakeExecutorOptions fo;
+  fo.device_next = [](std::span<const int32_t>) { return int32_t{1}; };
+  Harness h(so, fo);
+  auto obs = h.add(make_request("a", prompt_of(h.tok, "hello"), 5));
+  h.step();
+  ASSERT_EQ(h.exec.last_plan().seqs.size(), 1u);
+  EXPECT_FALSE(h.exec.last_plan().seqs[0].sampling.enabled);
+  h.run_until_idle();
+  EXPECT_EQ(obs->text(), reference_text(h.model, h.tok, prompt_of(h.tok, "hello"), 5, 64));
+}
+
 // The model reads a script: token i of the generation is script[i].
 testing::NextToken scripted(std::vector<int32_t> script, size_t prompt_len) {
   return [script, prompt_len](std::span<const int32_t> ctx) {

@@ -1,0 +1,183 @@
+// Engine::run's output: which rows come back as device-sampled tokens and which as logits,
+// on a CPU backend wrapped to "sample" (a stand-in for CudaBackend, so the plumbing runs in
+// CI), against a plain CPU engine's logits.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "node/backend/cpu/cpu_backend.h"
+#include "node/engine/engine.h"
+#include "node/engine/single_rank_collective.h"
+#include "node/engine/weight_source.h"
+#include "node/model/model_file.h"
+#include "tests/engine/test_support.h"
+
+namespace tpnode {
+namespace {
+
+// The CPU backend plus sample_tokens: greedy rows get the argmax of their logits row, other
+// rows (seed * 1000 + draw) % n_vocab, so a test can see which row, seed and draw arrived.
+class SamplingCpuBackend final : public Backend {
+ public:
+  SamplingCpuBackend() : inner_(make_cpu_backend({})) {}
+  std::vector<SampleRow> seen;  // every row sample_tokens was given
+
+  std::string_view name() const override { return "sampling-cpu"; }
+  void* alloc(size_t bytes) override { return inner_->alloc(bytes); }
+  void copy_to_device(void* dst, const void* src, size_t bytes) override {
+    inner_->copy_to_device(dst, src, bytes);
+  }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    inner_->copy_to_host(dst, src, bytes);
+  }
+  void sync() override { inner_->sync(); }
+  Weight upload_weight(const HostMatrix& m) override { return inner_->upload_weight(m); }
+  float* upload_vector(TensorType type, const void* data, int64_t n) override {
+    return inner_->upload_vector(type, data, n);
+  }
+  Weight synth_weight(TensorType type, int64_t rows, int64_t cols, uint64_t seed) override {
+    return inner_->synth_weight(type, rows, cols, seed);
+  }
+  float* synth_vector(int64_t n, float value) override { return inner_->synth_vector(n, value); }
+  size_t kv_element_bytes() const override { return inner_->kv_element_bytes(); }
+  void init_kv_cache(const KvCacheShape& shape) override { inner_->init_kv_cache(shape); }
+  void begin_step(const BatchMeta& batch) override { inner_->begin_step(batch); }
+  void embed(const Weight& table, float* x) override { inner_->embed(table, x); }
+  void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
+               float eps) override {
+    inner_->rmsnorm(x, w, y, rows, n, eps);
+  }
+  void matmul(const Weight& w, const float* x, float* y, int64_t m) override {
+    inner_->matmul(w, x, y, m);
+  }
+  void add_bias(float* y, const float* b, int64_t m, int64_t n) override {
+    inner_->add_bias(y, b, m, n);
+  }
+  void rope(float* q, float* k, const RopeParams& p) override { inner_->rope(q, k, p); }
+  void attention(const float* q, const float* k, const float* v, float* out,
+                 const AttentionParams& p) override {
+    inner_->attention(q, k, v, out, p);
+  }
+  void swiglu(const float* gate, const float* up, float* out, int64_t n) override {
+    inner_->swiglu(gate, up, out, n);
+  }
+  void add(float* x, const float* y, int64_t n) override { inner_->add(x, y, n); }
+  void gather_rows(const float* x, float* out, int64_t row_len) override {
+    inner_->gather_rows(x, out, row_len);
+  }
+
+  bool can_sample() const override { return true; }
+  void sample_tokens(const float* logits, int64_t n_vocab, const std::vector<SampleRow>& rows,
+                     int32_t* tokens) override {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const SampleRow& r = rows[i];
+      seen.push_back(r);
+      const float* row = logits + r.logit_row * n_vocab;  // CPU backend memory is host memory
+      tokens[i] =
+          r.temperature <= 0.0f
+              ? static_cast<int32_t>(std::max_element(row, row + n_vocab) - row)
+              : static_cast<int32_t>((r.seed * 1000 + r.draw) % static_cast<uint64_t>(n_vocab));
+    }
+  }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+};
+
+EngineOptions small_options() {
+  EngineOptions eo;
+  eo.max_context = 64;
+  eo.kv_tokens = 256;
+  eo.max_batch_tokens = 64;
+  eo.max_seqs = 4;
+  return eo;
+}
+
+std::string tiny_llama() {
+  return std::string(TPNODE_SOURCE_DIR) + "/tests/fixtures/model_files/tiny_llama.gguf";
+}
+
+// Four sequences: A greedy on the device, B without logits, C on the host, D sampled with
+// a seed on the device.
+StepPlan mixed_plan() {
+  StepPlan plan;
+  plan.step = 1;
+  SeqStep a{
+      .seq_id = 1, .n_past = 0, .tokens = {5, 9, 2, 7, 1}, .blocks = {0}, .want_logits = true};
+  a.sampling = {.enabled = true, .temperature = 0.0f};
+  SeqStep b{.seq_id = 2, .n_past = 0, .tokens = {3, 3, 4}, .blocks = {1}, .want_logits = false};
+  SeqStep c{.seq_id = 3, .n_past = 0, .tokens = {8, 6}, .blocks = {2}, .want_logits = true};
+  SeqStep d{.seq_id = 4, .n_past = 0, .tokens = {1, 2, 3, 4}, .blocks = {3}, .want_logits = true};
+  d.sampling = {.enabled = true, .temperature = 0.9f, .top_k = 5, .seed = 9};
+  plan.seqs = {a, b, c, d};
+  return plan;
+}
+
+TEST(EngineOutput, SampledRowsComeBackAsTokensAndTheRestAsLogits) {
+  auto file = ModelFile::open(tiny_llama());
+  const HParams& hp = file->hparams();
+  const size_t V = static_cast<size_t>(hp.n_vocab);
+  FileWeightSource src(*file), ref_src(*file);
+  SamplingCpuBackend backend;
+  auto ref_backend = make_cpu_backend({});
+  SingleRankCollective c1, c2;
+  Engine engine(hp, src, backend, c1, small_options());
+  Engine reference(hp, ref_src, *ref_backend, c2, small_options());
+
+  StepPlan plan = mixed_plan();
+  const StepOutput& out = engine.run(plan);
+  StepPlan plain = plan;
+  for (SeqStep& s : plain.seqs) s.sampling = {};
+  const std::vector<float> logits = reference.step(plain);  // rows A, C, D
+  ASSERT_EQ(logits.size(), 3 * V);
+
+  ASSERT_EQ(out.tokens.size(), 3u);
+  const int32_t argmax_a =
+      static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + V) - logits.begin());
+  EXPECT_EQ(out.tokens[0], argmax_a);
+  EXPECT_EQ(out.tokens[1], -1);
+  EXPECT_FALSE(out.sampled(1));
+  // D: seed 9, draw = its sampled token's position (0 + 4 tokens).
+  EXPECT_EQ(out.tokens[2], static_cast<int32_t>((9 * 1000 + 4) % V));
+  ASSERT_EQ(out.logits.size(), V) << "only C's row comes back as logits";
+  EXPECT_EQ(0, std::memcmp(out.logits.data(), logits.data() + V, V * sizeof(float)));
+
+  ASSERT_EQ(backend.seen.size(), 2u);
+  EXPECT_EQ(backend.seen[0].logit_row, 0);  // A: the first LM head row
+  EXPECT_EQ(backend.seen[1].logit_row, 2);  // D: the third (B has none)
+  EXPECT_EQ(backend.seen[1].top_k, 5);
+  EXPECT_EQ(backend.seen[1].temperature, 0.9f);
+  EXPECT_EQ(backend.seen[1].draw, 4u);
+
+  // The next step: A decodes at position 5, so its draw is 6.
+  backend.seen.clear();
+  StepPlan next;
+  next.step = 2;
+  SeqStep a = plan.seqs[0];
+  a.n_past = 5;
+  a.tokens = {out.tokens[0]};
+  a.sampling = {.enabled = true, .temperature = 1.0f, .seed = 3};
+  next.seqs = {a};
+  const StepOutput& out2 = engine.run(next);
+  ASSERT_EQ(out2.tokens.size(), 1u);
+  EXPECT_TRUE(out2.logits.empty());
+  EXPECT_EQ(out2.tokens[0], static_cast<int32_t>((3 * 1000 + 6) % V));
+}
+
+// A plan asking for device sampling on a backend that cannot sample gets logits for every
+// row, equal to those of the plain plan.
+TEST(EngineOutput, BackendWithoutSamplingReturnsLogits) {
+  auto m = tsupport::load_engine(tiny_llama(), {});
+  StepPlan plan = mixed_plan();
+  const StepOutput out = m->engine->run(plan);
+  EXPECT_TRUE(out.tokens.empty());
+  const size_t V = static_cast<size_t>(m->file->hparams().n_vocab);
+  ASSERT_EQ(out.logits.size(), 3 * V);
+  for (SeqStep& s : plan.seqs) s.sampling = {};
+  const std::vector<float> plain = m->engine->step(plan);  // the same KV slots, rewritten
+  EXPECT_EQ(0, std::memcmp(out.logits.data(), plain.data(), plain.size() * sizeof(float)));
+}
+
+}  // namespace
+}  // namespace tpnode
