@@ -1,8 +1,10 @@
 #include "kernels/cuda/elementwise.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/pdl.cuh"
 
 namespace tpnode::cuda {
 namespace {
@@ -35,13 +37,109 @@ __device__ __forceinline__ void quantize_chunk(const QuantActs& out, int64_t chu
   }
 }
 
-// One CTA per row. Each warp's pass covers 32 consecutive values: a quantization chunk.
-__global__ void __launch_bounds__(kThreads) rmsnorm_kernel(RmsNormParams p) {
+// Quantizes the 32 values of a chunk held as float4 by 8 consecutive lanes (lane % 8 = part):
+// the same recipe as quantize_acts (d = amax / 127, q = round(v / d)).
+// Every lane of the warp must call it (full-mask shuffles); only lanes with `store` write.
+__device__ __forceinline__ void quantize_chunk8(const QuantActs& out, int64_t chunk, float4 v,
+                                                bool store) {
+  const int part = threadIdx.x % 8;
+  float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+  for (int o = 4; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float d = amax / 127.0f;
+  int q[4] = {0, 0, 0, 0};
+  if (amax > 0.0f) {
+    q[0] = __float2int_rn(v.x / d);
+    q[1] = __float2int_rn(v.y / d);
+    q[2] = __float2int_rn(v.z / d);
+    q[3] = __float2int_rn(v.w / d);
+  }
+  const int packed = (q[0] & 0xFF) | ((q[1] & 0xFF) << 8) | ((q[2] & 0xFF) << 16) |
+                     (static_cast<int>(static_cast<unsigned>(q[3]) << 24));
+  if (store) reinterpret_cast<int*>(out.q + chunk * 32)[part] = packed;
+  float sum = static_cast<float>(q[0] + q[1] + q[2] + q[3]);
+#pragma unroll
+  for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (store && part == 0) {
+    out.d[chunk] = d;
+    out.s[chunk] = d * sum;
+  }
+}
+
+// One CTA per row, float4 per thread and pass; the row stays in registers between the sum
+// of squares and the scaling when it fits (kRegPasses passes), else it is read again.
+constexpr int kRegPasses = 4;
+
+__device__ __forceinline__ float4 add4(float4 a, float4 b) {
+  return {a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w};
+}
+
+__global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
+  pdl_wait();
+  pdl_launch_dependents();
+  const int64_t row = blockIdx.x;
+  const int64_t n4 = p.n / 4;
+  const int passes = static_cast<int>((n4 + blockDim.x - 1) / blockDim.x);
+  const float4* x = reinterpret_cast<const float4*>(p.x + row * p.n);
+  const float4* r = p.r ? reinterpret_cast<const float4*>(p.r + row * p.n) : nullptr;
+  float4* xo = p.x_out ? reinterpret_cast<float4*>(p.x_out + row * p.n) : nullptr;
+  float4 v[kRegPasses];
+  float ss = 0.0f;
+  for (int j = 0; j < passes; ++j) {
+    const int64_t i = static_cast<int64_t>(j) * blockDim.x + threadIdx.x;
+    float4 a{0.0f, 0.0f, 0.0f, 0.0f};
+    if (i < n4) {
+      a = x[i];
+      if (r) a = add4(a, r[i]);
+      if (xo) xo[i] = a;
+    }
+    if (j < kRegPasses) v[j] = a;
+    ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+  }
+  __shared__ float partial[32];
+  ss = warp_sum(ss);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += partial[w];
+  const float inv = rsqrtf(total / static_cast<float>(p.n) + p.eps);
+  const float4* wv = reinterpret_cast<const float4*>(p.w);
+  float4* y = reinterpret_cast<float4*>(p.y + row * p.n);
+  // Every lane runs every pass, so the 8-lane shuffles of the quantization stay converged.
+  for (int j = 0; j < passes; ++j) {
+    const int64_t i = static_cast<int64_t>(j) * blockDim.x + threadIdx.x;
+    float4 a;
+    if (j < kRegPasses) {
+      a = v[j];
+    } else if (i < n4) {
+      a = xo ? xo[i] : x[i];
+      if (r && !xo) a = add4(a, r[i]);
+    }
+    float4 o{0.0f, 0.0f, 0.0f, 0.0f};
+    if (i < n4) {
+      const float4 w = wv[i];
+      o = {a.x * inv * w.x, a.y * inv * w.y, a.z * inv * w.z, a.w * inv * w.w};
+      y[i] = o;
+    }
+    // n % 32 == 0: 8-lane groups are wholly inside or outside the row.
+    if (p.quant.q != nullptr) quantize_chunk8(p.quant, (row * p.n + 4 * i) / 32, o, i < n4);
+  }
+}
+
+// Rows whose length is not a multiple of 4 (never quantized: that needs n % 32 == 0).
+__global__ void __launch_bounds__(kThreads) rmsnorm_scalar_kernel(RmsNormParams p) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const float* x = p.x + row * p.n;
-  float* y = p.y + row * p.n;
+  const float* r = p.r ? p.r + row * p.n : nullptr;
+  float* xo = p.x_out ? p.x_out + row * p.n : nullptr;
   float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < p.n; i += kThreads) ss += x[i] * x[i];
+  for (int64_t i = threadIdx.x; i < p.n; i += kThreads) {
+    const float v = r ? x[i] + r[i] : x[i];
+    if (xo) xo[i] = v;
+    ss += v * v;
+  }
   __shared__ float partial[kThreads / 32];
   ss = warp_sum(ss);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
@@ -50,20 +148,17 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_kernel(RmsNormParams p) {
 #pragma unroll
   for (int w = 0; w < kThreads / 32; ++w) total += partial[w];
   const float inv = rsqrtf(total / static_cast<float>(p.n) + p.eps);
-  if (p.quant.q != nullptr) {
-    // n % 32 == 0: every warp pass is a whole chunk, so all lanes stay converged.
-    for (int64_t i = threadIdx.x; i < p.n; i += kThreads) {
-      const float v = x[i] * inv * p.w[i];
-      y[i] = v;
-      quantize_chunk(p.quant, (row * p.n + i) / 32, v);
-    }
-  } else {
-    for (int64_t i = threadIdx.x; i < p.n; i += kThreads) y[i] = x[i] * inv * p.w[i];
+  float* y = p.y + row * p.n;
+  for (int64_t i = threadIdx.x; i < p.n; i += kThreads) {
+    const float v = xo ? xo[i] : (r ? x[i] + r[i] : x[i]);
+    y[i] = v * inv * p.w[i];
   }
 }
 
 // One thread per (token, head of q or k, rotation pair).
 __global__ void rope_kernel(RopeKernelParams p) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t half = p.head_dim / 2;
   const int64_t heads = p.n_head + p.n_head_kv;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -86,6 +181,8 @@ __global__ void rope_kernel(RopeKernelParams p) {
 }
 
 __global__ void swiglu_kernel(SwigluParams p) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p.quant.q != nullptr) {
     // n % 32 == 0 and the grid covers whole warps: a warp is one chunk, in or out as a whole.
@@ -102,16 +199,22 @@ __global__ void swiglu_kernel(SwigluParams p) {
 }
 
 __global__ void add_kernel(AddParams p) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < p.n) p.x[i] += p.y[i];
 }
 
 __global__ void bias_kernel(BiasParams p) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < p.m * p.n) p.y[i] += p.b[i % p.n];
 }
 
 __global__ void gather_act_rows_kernel(GatherActRowsParams p) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= p.n * p.row_len) return;
   const int64_t j = i / p.row_len, c = i % p.row_len;
@@ -124,7 +227,18 @@ void rmsnorm(const RmsNormParams& p, cudaStream_t stream) {
   if (p.rows == 0) return;
   TPNODE_CHECK(p.quant.q == nullptr || p.n % 32 == 0,
                "rmsnorm: quantized output needs n % 32 == 0 (n = {})", p.n);
-  rmsnorm_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
+  TPNODE_CHECK((p.r == nullptr) || p.x_out == nullptr || p.x_out == p.x,
+               "rmsnorm: the residual sum goes back into x or nowhere");
+  if (p.n % 4 != 0) {
+    launch_pdl(rmsnorm_scalar_kernel, dim3(static_cast<unsigned>(p.rows)), dim3(kThreads), 0,
+               stream, p);
+    TPNODE_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  // One float4 per thread and pass; whole warps, up to 1024 threads.
+  const int64_t n4 = p.n / 4;
+  const int threads = static_cast<int>(std::min<int64_t>(1024, (n4 + 31) / 32 * 32));
+  launch_pdl(rmsnorm_kernel, dim3(static_cast<unsigned>(p.rows)), dim3(threads), 0, stream, p);
   TPNODE_CUDA_CHECK_LAUNCH();
 }
 
@@ -132,7 +246,7 @@ void rope(const RopeKernelParams& p, cudaStream_t stream) {
   TPNODE_CHECK(p.head_dim % 2 == 0, "rope: odd head_dim {}", p.head_dim);
   const int64_t n = p.n_tokens * (p.n_head + p.n_head_kv) * (p.head_dim / 2);
   if (n == 0) return;
-  rope_kernel<<<blocks_for(n), kThreads, 0, stream>>>(p);
+  launch_pdl(rope_kernel, dim3(blocks_for(n)), dim3(kThreads), 0, stream, p);
   TPNODE_CUDA_CHECK_LAUNCH();
 }
 
@@ -140,25 +254,25 @@ void swiglu(const SwigluParams& p, cudaStream_t stream) {
   if (p.n == 0) return;
   TPNODE_CHECK(p.quant.q == nullptr || p.n % 32 == 0,
                "swiglu: quantized output needs n % 32 == 0 (n = {})", p.n);
-  swiglu_kernel<<<blocks_for(p.n), kThreads, 0, stream>>>(p);
+  launch_pdl(swiglu_kernel, dim3(blocks_for(p.n)), dim3(kThreads), 0, stream, p);
   TPNODE_CUDA_CHECK_LAUNCH();
 }
 
 void add(const AddParams& p, cudaStream_t stream) {
   if (p.n == 0) return;
-  add_kernel<<<blocks_for(p.n), kThreads, 0, stream>>>(p);
+  launch_pdl(add_kernel, dim3(blocks_for(p.n)), dim3(kThreads), 0, stream, p);
   TPNODE_CUDA_CHECK_LAUNCH();
 }
 
 void add_bias(const BiasParams& p, cudaStream_t stream) {
   if (p.m * p.n == 0) return;
-  bias_kernel<<<blocks_for(p.m * p.n), kThreads, 0, stream>>>(p);
+  launch_pdl(bias_kernel, dim3(blocks_for(p.m * p.n)), dim3(kThreads), 0, stream, p);
   TPNODE_CUDA_CHECK_LAUNCH();
 }
 
 void gather_act_rows(const GatherActRowsParams& p, cudaStream_t stream) {
   if (p.n * p.row_len == 0) return;
-  gather_act_rows_kernel<<<blocks_for(p.n * p.row_len), kThreads, 0, stream>>>(p);
+  launch_pdl(gather_act_rows_kernel, dim3(blocks_for(p.n * p.row_len)), dim3(kThreads), 0, stream, p);
   TPNODE_CUDA_CHECK_LAUNCH();
 }
 

@@ -20,6 +20,10 @@ struct RmsNormParams {
   int64_t n = 0;
   float eps = 1e-5f;
   QuantActs quant;           // optional (q == null: off); needs n % 32 == 0
+  // Optional residual add first: x + r is what gets normalised, and is written to x_out
+  // (null, or x itself: the residual stream updated in place).
+  const float* r = nullptr;  // [rows, n]
+  float* x_out = nullptr;
 };
 void rmsnorm(const RmsNormParams& p, cudaStream_t stream);
 

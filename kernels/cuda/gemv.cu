@@ -1,8 +1,12 @@
 #include "kernels/cuda/gemv.h"
 
+#include <algorithm>
+#include <atomic>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/float_convert.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
 
 namespace tpnode::cuda {
@@ -23,6 +27,8 @@ __device__ __forceinline__ float warp_max(float v) {
 
 // One warp per chunk of 32 values.
 __global__ void quantize_acts_kernel(QuantizeActsParams p) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t chunk = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int64_t chunks = p.m * (p.k / 32);
@@ -39,39 +45,164 @@ __global__ void quantize_acts_kernel(QuantizeActsParams p) {
   }
 }
 
-template <TensorType T, int NC>
-__global__ void __launch_bounds__(kWarpsPerCta * 32) gemv_quant_kernel(GemvParams p) {
-  using P = quant::Policy<T>;
-  const int lane = threadIdx.x % 32;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerCta + threadIdx.x / 32;
-  if (row >= p.w.rows) return;
-  const int64_t k = p.w.cols, kc = k / 32;
-  const int nb = static_cast<int>(k / P::kBlock);
-  const uint8_t* __restrict__ qrow = p.w.q + row * p.w.q_row_bytes;
-  const uint8_t* __restrict__ srow = P::kSBytes ? p.w.s + row * p.w.s_row_bytes : nullptr;
-  float acc[NC];
+// ---- quantized W, m = 1 ------------------------------------------------------------
+// A warp owns R consecutive rows of the group (rows of several matrices sharing x, e.g.
+// q/k/v, counted one after the other). Its lanes take a row's work items (slices of
+// blocks) U at a time with separate accumulators, so U items of R rows are loaded before
+// any is used. Launched with PDL: the rows are prefetched into L2 before waiting for the
+// kernel that writes the activations.
+constexpr int kItemsPerLane = 2;  // U
+
+struct RowRef {
+  const uint8_t* q;
+  const uint8_t* s;
+  float* y;
+};
+
+__device__ __forceinline__ RowRef group_row(const GemvGroupParams& p, int64_t row) {
+  int part = 0;
 #pragma unroll
-  for (int c = 0; c < NC; ++c) acc[c] = 0.0f;
-  const int items = nb * P::kParts;
-  for (int it = lane; it < items; it += 32) {
-    const int b = it / P::kParts, part = it % P::kParts;
-    const uint8_t* qb = qrow + static_cast<int64_t>(b) * P::kQBytes;
-    const uint8_t* sb = P::kSBytes ? srow + static_cast<int64_t>(b) * P::kSBytes : nullptr;
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      if (c < p.m) {
-        const quant::ActView a{p.xq.q + c * k + static_cast<int64_t>(b) * P::kBlock,
-                               p.xq.d + c * kc + b * (P::kBlock / 32),
-                               p.xq.s + c * kc + b * (P::kBlock / 32)};
-        acc[c] += P::dot_part(qb, sb, part, a);
-      }
+  for (int i = 0; i + 1 < kMaxGemvGroup; ++i) {
+    if (part + 1 < p.n && row >= p.outs[part].w.rows) {
+      row -= p.outs[part].w.rows;
+      ++part;
     }
   }
+  const GemvOut& o = p.outs[part];
+  return {o.w.q + row * o.w.q_row_bytes, o.w.s ? o.w.s + row * o.w.s_row_bytes : nullptr,
+          o.y + row};
+}
+
+// W = 1: each warp owns R rows. W = kWarpsPerCta: the CTA's warps share R rows (long rows,
+// such as ffn_down's), each warp taking every fourth slice, summed in warp order at the end.
+// A CTA handles row groups blockIdx.x, + gridDim.x, ...; while it computes one it prefetches
+// the next into L2, so a grid of one resident wave keeps HBM busy without a tail of waves.
+template <TensorType T, int R, int W>
+__global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_kernel(GemvGroupParams p) {
+  using P = quant::Policy<T>;
+  using S = quant::Staged<T>;
+  constexpr int U = kItemsPerLane;
+  constexpr int kLanes = 32 * W;                       // threads sharing a row
+  constexpr int kRowsPerCta = (kWarpsPerCta / W) * R;  // one row group
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % kLanes;
+  const int64_t k = p.cols;
+  const int nb = static_cast<int>(k / P::kBlock);
+  const int items = nb * P::kParts;
+  const int64_t qbytes = static_cast<int64_t>(nb) * P::kQBytes;
+  const int64_t groups = (p.total_rows + kRowsPerCta - 1) / kRowsPerCta;
+  auto first_row = [&](int64_t g) { return g * kRowsPerCta + (threadIdx.x / kLanes) * R; };
+  auto prefetch_rows = [&](int64_t g) {
+    if (g >= groups) return;
 #pragma unroll
-  for (int c = 0; c < NC; ++c) {
-    const float v = warp_sum(acc[c]);
-    if (lane == 0 && c < p.m) p.y[c * p.w.rows + row] = v;
+    for (int r = 0; r < R; ++r) {
+      const int64_t row = first_row(g) + r;
+      if (row >= p.total_rows) break;
+      const uint8_t* q = group_row(p, row).q;
+      for (int64_t b = 128 * lane; b < qbytes; b += 128 * kLanes) prefetch_l2(q + b);
+    }
+  };
+  // Weights do not depend on earlier kernels: start their trip from HBM before waiting.
+  prefetch_rows(blockIdx.x);
+  pdl_wait();
+  pdl_launch_dependents();
+
+  __shared__ float part[kWarpsPerCta][R];
+  for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {
+    prefetch_rows(g + gridDim.x);
+    const int64_t row0 = first_row(g);
+    RowRef ref[R];
+    bool live[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      live[r] = row0 + r < p.total_rows;
+      ref[r] = group_row(p, live[r] ? row0 + r : p.total_rows - 1);
+    }
+    float acc[R][U];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) acc[r][u] = 0.0f;
+    }
+    for (int base = lane; base < items; base += kLanes * U) {
+      // Past the end an item repeats the last one and is dropped; all loads of the R x U
+      // items are issued before the first dot product.
+      typename S::Raw raw[R][U];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int it = min(base + kLanes * u, items - 1);
+          const int b = it / P::kParts;
+          raw[r][u] = S::load(ref[r].q + static_cast<int64_t>(b) * P::kQBytes,
+                              P::kSBytes ? ref[r].s + static_cast<int64_t>(b) * P::kSBytes : nullptr,
+                              it % P::kParts);
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int it = min(base + kLanes * u, items - 1);
+          const int b = it / P::kParts;
+          const quant::ActView a{p.xq.q + static_cast<int64_t>(b) * P::kBlock,
+                                 p.xq.d + b * (P::kBlock / 32), p.xq.s + b * (P::kBlock / 32)};
+          const float v = S::dot(raw[r][u], it % P::kParts, a);
+          acc[r][u] += base + kLanes * u < items ? v : 0.0f;
+        }
+      }
+    }
+    float sum[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      float v = 0.0f;
+#pragma unroll
+      for (int u = 0; u < U; ++u) v += acc[r][u];
+      sum[r] = warp_sum(v);
+    }
+    if constexpr (W > 1) {
+      if (threadIdx.x % 32 == 0) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) part[warp][r] = sum[r];
+      }
+      __syncthreads();
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < W; ++w) v += part[w][r];
+        sum[r] = v;
+      }
+      __syncthreads();  // part is reused by the next row group
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (threadIdx.x % kLanes == 0 && live[r]) *ref[r].y = sum[r];
+    }
   }
+}
+
+// CTAs of a kernel that fit on the device at once (0 when unknown).
+template <typename Kernel>
+int64_t resident_ctas(Kernel kernel, int threads) {
+  int dev = 0, sms = 0, per_sm = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0) != cudaSuccess) return 0;
+  return static_cast<int64_t>(sms) * per_sm;
+}
+
+template <TensorType T, int R, int W>
+void launch_gemv1(const GemvGroupParams& p, cudaStream_t stream) {
+  constexpr int64_t kRowsPerCta = (kWarpsPerCta / W) * R;
+  const int64_t groups = (p.total_rows + kRowsPerCta - 1) / kRowsPerCta;
+  int64_t grid = groups;
+  if (gemv_persistent()) {
+    static const int64_t resident = resident_ctas(gemv1_kernel<T, R, W>, kWarpsPerCta * 32);
+    if (resident > 0) grid = std::min(groups, resident);
+  }
+  launch_pdl(gemv1_kernel<T, R, W>, dim3(static_cast<unsigned>(grid)), dim3(kWarpsPerCta * 32), 0,
+             stream, p);
 }
 
 template <TensorType T, int NC>
@@ -117,9 +248,42 @@ void quantize_acts(const QuantizeActsParams& p, cudaStream_t stream) {
   if (chunks == 0) return;
   constexpr int kThreads = 256;
   const int64_t grid = (chunks * 32 + kThreads - 1) / kThreads;
-  quantize_acts_kernel<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(p);
+  launch_pdl(quantize_acts_kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), 0, stream, p);
   TPNODE_CUDA_CHECK_LAUNCH();
 }
+
+void gemv_group(const GemvGroupParams& p, cudaStream_t stream) {
+  TPNODE_CHECK(p.n >= 1 && p.n <= kMaxGemvGroup, "gemv_group: {} matrices", p.n);
+  int64_t total = 0;
+  for (int i = 0; i < p.n; ++i) {
+    const DeviceMatrix& w = p.outs[i].w;
+    TPNODE_CHECK(is_quantized(w.type) && w.type == p.outs[0].w.type && w.cols == p.cols,
+                 "gemv_group: matrix {} ({}, {} columns) does not match the group ({}, {})", i,
+                 weight_type_label(w.type), w.cols, weight_type_label(p.outs[0].w.type), p.cols);
+    total += w.rows;
+  }
+  TPNODE_CHECK(total == p.total_rows, "gemv_group: total_rows {} != {}", p.total_rows, total);
+  if (total == 0) return;
+  // Long rows (more than 64 work items, e.g. ffn_down's) are shared by the CTA's four warps;
+  // short rows take one warp each, two rows per warp when that still leaves a full wave
+  // (the FFN's gate/up): more bytes in flight per warp, fewer CTAs to schedule.
+  TPNODE_DISPATCH_QUANT_TYPE(p.outs[0].w.type, T, {
+    const int64_t items = p.cols / quant::Policy<T>::kBlock * quant::Policy<T>::kParts;
+    if (items > 64) {
+      launch_gemv1<T, 1, kWarpsPerCta>(p, stream);
+    } else if (total >= 8192) {
+      launch_gemv1<T, 2, 1>(p, stream);
+    } else {
+      launch_gemv1<T, 1, 1>(p, stream);
+    }
+  })
+}
+
+namespace {
+std::atomic<bool> g_persistent{false};
+}  // namespace
+bool gemv_persistent() { return g_persistent.load(std::memory_order_relaxed); }
+void set_gemv_persistent(bool on) { g_persistent.store(on, std::memory_order_relaxed); }
 
 bool gemv_supports(const DeviceMatrix& w) {
   if (is_quantized(w.type)) return true;
@@ -127,8 +291,8 @@ bool gemv_supports(const DeviceMatrix& w) {
 }
 
 void gemv(const GemvParams& p, cudaStream_t stream) {
-  TPNODE_CHECK(p.m >= 1 && p.m <= kGemvMaxBatch, "gemv: batch {} outside 1..{}", p.m,
-               kGemvMaxBatch);
+  const int64_t max_m = is_quantized(p.w.type) ? kGemvMmaMaxBatch : kGemvMaxBatch;
+  TPNODE_CHECK(p.m >= 1 && p.m <= max_m, "gemv: batch {} outside 1..{}", p.m, max_m);
   TPNODE_CHECK(gemv_supports(p.w), "gemv: {} matrix with {} columns unsupported",
                weight_type_label(p.w.type), p.w.cols);
   const unsigned grid = static_cast<unsigned>((p.w.rows + kWarpsPerCta - 1) / kWarpsPerCta);
@@ -136,11 +300,10 @@ void gemv(const GemvParams& p, cudaStream_t stream) {
   if (is_quantized(p.w.type) && p.m >= 2) {
     gemv_mma(p, stream);
   } else if (is_quantized(p.w.type)) {
-    TPNODE_DISPATCH_QUANT_TYPE(p.w.type, T, {
-      TPNODE_DISPATCH_GEMV_COLS(p.m, NC, {
-        gemv_quant_kernel<T, NC><<<grid, threads, 0, stream>>>(p);
-      })
-    })
+    GemvGroupParams g{.n = 1, .cols = p.w.cols, .total_rows = p.w.rows, .xq = p.xq};
+    g.outs[0] = {p.w, p.y};
+    gemv_group(g, stream);
+    return;
   } else {
     TPNODE_DISPATCH_FLOAT_TYPE(p.w.type, T, {
       TPNODE_DISPATCH_GEMV_COLS(p.m, NC, {

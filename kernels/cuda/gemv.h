@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/gemv_mma.h"  // gemv_mma: the quantized path for m >= 2
 #include "kernels/cuda/quant_layout.h"
 
 namespace tpnode::cuda {
@@ -33,11 +34,29 @@ struct GemvParams {
   const float* x = nullptr;  // [m, cols], for float W
   QuantActs xq;              // for quantized W
   float* y = nullptr;        // [m, rows]
-  int64_t m = 0;             // 1..kGemvMaxBatch
+  int64_t m = 0;             // 1..kGemvMaxBatch (float W), 1..kGemvMmaMaxBatch (quantized W)
 };
 void gemv(const GemvParams& p, cudaStream_t stream);
-// The quantized path for m >= 2 (gemv_mma.cu); gemv() dispatches to it.
-void gemv_mma(const GemvParams& p, cudaStream_t stream);
+
+// m = 1 against several quantized matrices of one type and width that share x (q/k/v,
+// gate/up): one launch, outs[i].y[outs[i].w.rows] = x · W_iᵀ.
+inline constexpr int kMaxGemvGroup = 3;
+struct GemvOut {
+  DeviceMatrix w;
+  float* y = nullptr;
+};
+struct GemvGroupParams {
+  GemvOut outs[kMaxGemvGroup];
+  int n = 0;
+  int64_t cols = 0;
+  int64_t total_rows = 0;  // sum of outs[i].w.rows
+  QuantActs xq;            // x quantized, [cols]
+};
+void gemv_group(const GemvGroupParams& p, cudaStream_t stream);
+// Whether gemv_group runs one resident wave of CTAs that loop over row groups (prefetching
+// the next into L2) instead of one CTA per row group.
+bool gemv_persistent();
+void set_gemv_persistent(bool on);
 
 // Whether gemv() handles this matrix (float W needs cols % 8 == 0).
 bool gemv_supports(const DeviceMatrix& w);

@@ -10,6 +10,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "node/model/tensor_type.h"
 
@@ -166,14 +167,39 @@ struct Policy<TensorType::kQ8_0> {
   }
 };
 
+// Scales and mins of sub-blocks 2p and 2p+1 of a Q4_K / Q5_K block from its header words
+// (h.y, h.z, h.w = scale bytes 0..11), without byte loads or branches.
+struct KScales {
+  int sc0, sc1, m0, m1;
+};
+__device__ __forceinline__ KScales k_scales(const int4& h, int p) {
+  const unsigned s0 = static_cast<unsigned>(h.y), s1 = static_cast<unsigned>(h.z),
+                 s2 = static_cast<unsigned>(h.w);
+  // Sub-blocks 0..3: low 6 bits of bytes 0..3 (scales) and 4..7 (mins); 4..7: low/high
+  // nibbles of bytes 8..11 plus the top two bits of bytes 0..3 / 4..7.
+  const unsigned sc = p < 2 ? (s0 & 0x3F3F3F3Fu) : ((s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u));
+  const unsigned mn = p < 2 ? (s1 & 0x3F3F3F3Fu) : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
+  const int sh = 16 * (p & 1);
+  return {static_cast<int>((sc >> sh) & 0xFF), static_cast<int>((sc >> (sh + 8)) & 0xFF),
+          static_cast<int>((mn >> sh) & 0xFF), static_cast<int>((mn >> (sh + 8)) & 0xFF)};
+}
+
 // ---- K-quants: 256-element blocks, four work items of 64 values each ------------------
 // Q4_K block: d, dmin (halves), scales[12], qs[128]. Item p covers sub-blocks 2p (low
 // nibbles of qs[32p..32p+32)) and 2p+1 (high nibbles).
 template <>
 struct Policy<TensorType::kQ4_K> {
   static constexpr int kBlock = 256, kQBytes = 144, kSBytes = 0, kParts = 4;
-  __device__ static float dot_part(const uint8_t* qb, const uint8_t*, int p, ActView a) {
-    const int4 q0 = ld_i128(qb + 16 + 32 * p), q1 = ld_i128(qb + 16 + 32 * p + 16);
+  // An item's weight bytes in registers (the header and 32 bytes of quants), so that a
+  // GEMV can load several items before computing any.
+  struct Raw {
+    int4 h, q0, q1;
+  };
+  __device__ static Raw load(const uint8_t* qb, const uint8_t*, int p) {
+    return {ld_i128(qb), ld_i128(qb + 16 + 32 * p), ld_i128(qb + 16 + 32 * p + 16)};
+  }
+  __device__ static float dot(const Raw& r, int p, ActView a) {
+    const int4 q0 = r.q0, q1 = r.q1;
     const int8_t* x0 = a.q + 64 * p;
     const int4 a00 = ld_i128(x0), a01 = ld_i128(x0 + 16);
     const int4 a10 = ld_i128(x0 + 32), a11 = ld_i128(x0 + 48);
@@ -186,13 +212,17 @@ struct Policy<TensorType::kQ4_K> {
     s0 = __dp4a(nib_lo(q1.y), a01.y, s0); s1 = __dp4a(nib_hi(q1.y), a11.y, s1);
     s0 = __dp4a(nib_lo(q1.z), a01.z, s0); s1 = __dp4a(nib_hi(q1.z), a11.z, s1);
     s0 = __dp4a(nib_lo(q1.w), a01.w, s0); s1 = __dp4a(nib_hi(q1.w), a11.w, s1);
-    int sc0, m0, sc1, m1;
-    scale_min_k4(2 * p, qb + 4, sc0, m0);
-    scale_min_k4(2 * p + 1, qb + 4, sc1, m1);
-    const float d = ld_half(qb), dmin = ld_half(qb + 2);
+    // The 16-byte header: d, dmin, then the 6-bit scales and mins of the eight sub-blocks
+    // packed as in ggml.
+    const KScales ks = k_scales(r.h, p);
     const int c = 2 * p;
-    return d * (sc0 * a.d[c] * s0 + sc1 * a.d[c + 1] * s1) -
-           dmin * (m0 * a.s[c] + m1 * a.s[c + 1]);
+    const float2 xd = *reinterpret_cast<const float2*>(a.d + c);
+    const float2 xs = *reinterpret_cast<const float2*>(a.s + c);
+    const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&r.h.x));
+    return dm.x * (ks.sc0 * xd.x * s0 + ks.sc1 * xd.y * s1) - dm.y * (ks.m0 * xs.x + ks.m1 * xs.y);
+  }
+  __device__ static float dot_part(const uint8_t* qb, const uint8_t* sb, int p, ActView a) {
+    return dot(load(qb, sb, p), p, a);
   }
   __device__ static void dequant_chunk(const uint8_t* qb, const uint8_t*, int c, float* out) {
     int sc, m;
@@ -223,13 +253,13 @@ struct Policy<TensorType::kQ5_K> {
       s0 = __dp4a(lo, *reinterpret_cast<const int*>(x0 + 4 * i), s0);
       s1 = __dp4a(hi, *reinterpret_cast<const int*>(x0 + 32 + 4 * i), s1);
     }
-    int sc0, m0, sc1, m1;
-    scale_min_k4(2 * p, qb + 4, sc0, m0);
-    scale_min_k4(2 * p + 1, qb + 4, sc1, m1);
-    const float d = ld_half(qb), dmin = ld_half(qb + 2);
+    const int4 hd = ld_i128(qb);
+    const KScales ks = k_scales(hd, p);
     const int c = 2 * p;
-    return d * (sc0 * a.d[c] * s0 + sc1 * a.d[c + 1] * s1) -
-           dmin * (m0 * a.s[c] + m1 * a.s[c + 1]);
+    const float2 xd = *reinterpret_cast<const float2*>(a.d + c);
+    const float2 xs = *reinterpret_cast<const float2*>(a.s + c);
+    const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&hd.x));
+    return dm.x * (ks.sc0 * xd.x * s0 + ks.sc1 * xd.y * s1) - dm.y * (ks.m0 * xs.x + ks.m1 * xs.y);
   }
   __device__ static void dequant_chunk(const uint8_t* qb, const uint8_t*, int c, float* out) {
     int sc, m;
@@ -249,15 +279,23 @@ struct Policy<TensorType::kQ5_K> {
 template <>
 struct Policy<TensorType::kQ6_K> {
   static constexpr int kBlock = 256, kQBytes = 208, kSBytes = 2, kParts = 4;
-  __device__ static float dot_part(const uint8_t* qb, const uint8_t* sb, int p, ActView a) {
+  struct Raw {
+    int4 la, lb, hv, sc;
+    float d;
+  };
+  __device__ static Raw load(const uint8_t* qb, const uint8_t* sb, int p) {
     const int n = p >> 1, j = p & 1;
-    const int4 la = ld_i128(qb + 64 * n + 16 * j);
-    const int4 lb = ld_i128(qb + 64 * n + 32 + 16 * j);
-    const int4 hv = ld_i128(qb + 128 + 32 * n + 16 * j);
-    const int qla[4] = {la.x, la.y, la.z, la.w};
-    const int qlb[4] = {lb.x, lb.y, lb.z, lb.w};
-    const int qh[4] = {hv.x, hv.y, hv.z, hv.w};
-    const int8_t* sc = reinterpret_cast<const int8_t*>(qb + 192) + 8 * n + j;
+    return {ld_i128(qb + 64 * n + 16 * j), ld_i128(qb + 64 * n + 32 + 16 * j),
+            ld_i128(qb + 128 + 32 * n + 16 * j), ld_i128(qb + 192), ld_half(sb)};
+  }
+  __device__ static float dot(const Raw& r, int p, ActView a) {
+    const int n = p >> 1, j = p & 1;
+    const int qla[4] = {r.la.x, r.la.y, r.la.z, r.la.w};
+    const int qlb[4] = {r.lb.x, r.lb.y, r.lb.z, r.lb.w};
+    const int qh[4] = {r.hv.x, r.hv.y, r.hv.z, r.hv.w};
+    // Scale of group g: byte 8n + j + 2g of the 16 scale bytes.
+    const int sw[4] = {r.sc.x, r.sc.y, r.sc.z, r.sc.w};
+    const int w0 = n ? sw[2] : sw[0], w1 = n ? sw[3] : sw[1];
     float acc = 0.0f;
 #pragma unroll
     for (int g = 0; g < 4; ++g) {
@@ -271,9 +309,15 @@ struct Policy<TensorType::kQ6_K> {
         const int v = lo4 | (((qh[i] >> (2 * g)) & 0x03030303) << 4);
         s = __dp4a(static_cast<int>(__vsub4(static_cast<unsigned>(v), 0x20202020u)), x[i], s);
       }
-      acc += sc[2 * g] * a.d[4 * n + g] * s;
+      const int bi = j + 2 * g;  // 0..7 within the half's 8 bytes
+      const int word = bi < 4 ? w0 : w1;
+      const int sc = static_cast<int8_t>((word >> (8 * (bi & 3))) & 0xFF);
+      acc += sc * a.d[4 * n + g] * s;
     }
-    return ld_half(sb) * acc;
+    return r.d * acc;
+  }
+  __device__ static float dot_part(const uint8_t* qb, const uint8_t* sb, int p, ActView a) {
+    return dot(load(qb, sb, p), p, a);
   }
   __device__ static void dequant_chunk(const uint8_t* qb, const uint8_t* sb, int c, float* out) {
     const int n = c / 4, g = c % 4;
@@ -287,6 +331,28 @@ struct Policy<TensorType::kQ6_K> {
       out[l] = d * sc[l / 16 + 2 * g] * v;
     }
   }
+};
+
+// A GEMV's view of an item: load() its weight bytes, then dot() them. Types with a Raw
+// register form load before computing; the others keep their pointers and load in dot().
+template <TensorType T, typename = void>
+struct Staged {
+  struct Raw {
+    const uint8_t* qb;
+    const uint8_t* sb;
+  };
+  __device__ static Raw load(const uint8_t* qb, const uint8_t* sb, int) { return {qb, sb}; }
+  __device__ static float dot(const Raw& r, int p, ActView a) {
+    return Policy<T>::dot_part(r.qb, r.sb, p, a);
+  }
+};
+template <TensorType T>
+struct Staged<T, std::void_t<typename Policy<T>::Raw>> {
+  using Raw = typename Policy<T>::Raw;
+  __device__ static Raw load(const uint8_t* qb, const uint8_t* sb, int p) {
+    return Policy<T>::load(qb, sb, p);
+  }
+  __device__ static float dot(const Raw& r, int p, ActView a) { return Policy<T>::dot(r, p, a); }
 };
 
 }  // namespace tpnode::cuda::quant

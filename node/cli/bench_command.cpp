@@ -45,6 +45,11 @@ struct BenchOptions {
   int decode_steps = 32;
   int reps = 3;                       // timed prefill repetitions
   bool bf16_copies = true;            // CUDA: keep BF16 copies of quantized weights for GEMMs
+  bool pdl = true;                    // CUDA: programmatic dependent launch between kernels
+  bool graphs = true;                 // CUDA: replay decode steps from CUDA graphs
+  bool device_sampling = false;       // decode steps sample on the device (when it can)
+  bool gemv_persistent = false;       // CUDA: batch-1 GEMV as one resident wave
+  int quant_gemv_max_batch = 64;      // CUDA: largest quantized matmul batch on int8 GEMVs
 };
 
 using Clock = std::chrono::steady_clock;
@@ -183,6 +188,10 @@ int run_bench(const BenchOptions& o) {
     co.gpu_memory_fraction = o.gpu_memory_fraction;
     co.max_batch_tokens = std::max(*std::max_element(o.prefills.begin(), o.prefills.end()), 64);
     co.bf16_copy_fraction = o.bf16_copies ? 0.5 : 0.0;
+    co.pdl = o.pdl;
+    co.use_cuda_graphs = o.graphs;
+    co.gemv_persistent = o.gemv_persistent;
+    co.quant_gemv_max_batch = o.quant_gemv_max_batch;
     backend = make_cuda_backend(co);
     status.show("measuring device copy bandwidth and BF16 GEMM rate");
     roof.copy_bw = cuda_measure_copy_bandwidth(*backend, uint64_t{2} << 30);
@@ -306,6 +315,12 @@ int run_bench(const BenchOptions& o) {
       plan.seqs.push_back({.seq_id = static_cast<uint64_t>(s + 1), .n_past = o.context,
                            .tokens = {static_cast<int32_t>(s % hp.n_vocab)}, .blocks = blocks_of(s),
                            .want_logits = true});
+      if (o.device_sampling) {
+        // generate's defaults: the filters run, not just an argmax.
+        plan.seqs.back().sampling = {.enabled = true, .temperature = 0.8f, .top_k = 40,
+                                     .top_p = 0.95f, .min_p = 0.05f,
+                                     .seed = static_cast<uint64_t>(s)};
+      }
     }
     for (int w = 0; w < 2; ++w) {
       engine.step(plan);
@@ -319,7 +334,8 @@ int run_bench(const BenchOptions& o) {
     }
     const double per_step_s = seconds_since(t0) / o.decode_steps;
     status.done();
-    Row row{fmt::format("decode batch {}", b), b / per_step_s, per_step_s * 1e3, 0, ""};
+    Row row{fmt::format("decode batch {}{}", b, o.device_sampling ? " +sampling" : ""),
+            b / per_step_s, per_step_s * 1e3, 0, ""};
     if (roof.copy_bw > 0) {
       // The copy rate counts bytes read plus written: the HBM's total rate, which a
       // read-only GEMV step can reach with reads alone.
@@ -356,6 +372,15 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--context", o->context, "KV tokens per sequence before timed decode");
       sub.add_option("--decode-steps", o->decode_steps, "timed decode steps per batch size");
       sub.add_option("--reps", o->reps, "timed prefill repetitions (best is reported)");
+      sub.add_flag("!--no-pdl", o->pdl, "launch decode kernels without programmatic dependent launch");
+      sub.add_option("--quant-gemv-max-batch", o->quant_gemv_max_batch,
+                     "largest decode batch whose quantized matmuls run on int8 GEMVs (1..64)");
+      sub.add_flag("--gemv-persistent", o->gemv_persistent,
+                   "batch-1 GEMV as one resident wave of CTAs looping over rows");
+      sub.add_flag("!--no-graphs", o->graphs, "run decode steps op by op instead of CUDA graphs");
+      sub.add_flag("--device-sampling", o->device_sampling,
+                   "decode steps sample their tokens on the device (T 0.8, top-k 40, top-p "
+                   "0.95, min-p 0.05) instead of copying the logits to the host");
       sub.add_flag("!--no-bf16-copies", o->bf16_copies,
                    "CUDA: dequantize quantized weights for each GEMM instead of keeping BF16 copies");
       return [o] { return run_bench(*o); };

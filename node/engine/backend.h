@@ -8,9 +8,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 #include <vector>
 
+#include "node/common/error.h"
 #include "node/model/hparams.h"
 #include "node/model/tensor_type.h"
 
@@ -76,6 +78,18 @@ struct AttentionParams {
   float scale = 1.0f;     // usually 1/sqrt(head_dim)
 };
 
+// One row of device sampling (Backend::sample_tokens): the host Sampler's greedy /
+// temperature / top-k / top-p / min-p, without penalties.
+struct SampleRow {
+  int32_t logit_row = 0;     // row of the logits buffer
+  float temperature = 0.0f;  // <= 0: greedy (argmax, lowest id on ties)
+  int32_t top_k = 0;         // 0: off
+  float top_p = 1.0f;        // 1: off
+  float min_p = 0.0f;        // 0: off
+  uint64_t seed = 0;
+  uint64_t draw = 0;         // which draw of this seed (the engine passes the token's position)
+};
+
 // The shape a decode-only step is padded to so that one captured graph can replay every
 // step of that shape: sequences and block-table columns, each rounded up to a bucket.
 struct GraphKey {
@@ -119,6 +133,21 @@ class Backend {
                        float eps) = 0;
   // y[m, w.rows] = x[m, w.cols] · Wᵀ
   virtual void matmul(const Weight& w, const float* x, float* y, int64_t m) = 0;
+  // outs[i].y[m, outs[i].w->rows] = x[m, cols] · W_iᵀ for matrices that share their input
+  // (q, k, v; gate, up): a backend may run them as one launch.
+  struct MatmulOut {
+    const Weight* w = nullptr;
+    float* y = nullptr;
+  };
+  virtual void matmul_shared(std::span<const MatmulOut> outs, const float* x, int64_t m) {
+    for (const MatmulOut& o : outs) matmul(*o.w, x, o.y, m);
+  }
+  // x += r, then y = rmsnorm(x) * w: the residual add fused with the norm that follows it.
+  virtual void add_rmsnorm(float* x, const float* r, const float* w, float* y, int64_t rows,
+                           int64_t n, float eps) {
+    add(x, r, rows * n);
+    rmsnorm(x, w, y, rows, n, eps);
+  }
   // y[m, n] += b[n]
   virtual void add_bias(float* y, const float* b, int64_t m, int64_t n) = 0;
   // Rotates q[n_tokens, n_head, head_dim] and k[n_tokens, n_head_kv, head_dim] in place
@@ -150,6 +179,20 @@ class Backend {
   }
   virtual void graph_capture_begin(const GraphKey& key) { (void)key; }
   virtual void graph_capture_end() {}
+
+  // Token sampling where the logits live (optional). When can_sample() is true,
+  // sample_tokens() draws one token per row from logits [*, n_vocab] (backend memory), writes
+  // the ids to tokens[rows.size()] (host memory) and waits for them. The same logits and row
+  // give the same token on every run of one backend; streams differ between backends.
+  virtual bool can_sample() const { return false; }
+  virtual void sample_tokens(const float* logits, int64_t n_vocab,
+                             const std::vector<SampleRow>& rows, int32_t* tokens) {
+    (void)logits;
+    (void)n_vocab;
+    (void)rows;
+    (void)tokens;
+    TPNODE_THROW(ErrorKind::kUnsupported, "backend {} cannot sample tokens", name());
+  }
 };
 
 }  // namespace tpnode

@@ -67,8 +67,12 @@ struct Engine::Impl {
   std::vector<float> local_logits;  // [seqs, n_vocab of this rank] on the host
   std::vector<float> staged_logits; // graph steps: LM head rows before picking the wanted
   std::vector<float> gathered;      // rank order, before re-interleaving
-  std::vector<float> logits;        // [seqs, n_vocab] on rank 0
-  std::vector<float> empty;
+  StepOutput out;                   // what run() returns on rank 0
+  StepOutput none;                  // what run() returns on other ranks
+  std::vector<SampleRow> sample_rows;  // rows sampled on the device this step
+  std::vector<size_t> sampled_at;      // their output rows
+  std::vector<int32_t> sampled;        // their tokens
+  std::vector<int64_t> host_rows;      // LM head rows returned as logits
   // A KV block outside the scheduler's range: padding sequences of graph steps write and
   // read there. -1 when the backend runs no graphs.
   int32_t pad_block = -1;
@@ -299,7 +303,7 @@ void pad_to_graph_shape(const GraphKey& key, int32_t pad_block, BatchMeta& meta)
 
 }  // namespace
 
-const std::vector<float>& Engine::step(const StepPlan& plan) {
+const StepOutput& Engine::run(const StepPlan& plan) {
   Impl& m = *impl_;
   Backend& b = m.b;
   const HParams& hp = hp_;
@@ -326,52 +330,98 @@ const std::vector<float>& Engine::step(const StepPlan& plan) {
     if (key) b.graph_capture_end();
   }
 
+  StepOutput& out = m.out;
+  out.tokens.clear();
+  out.logits.clear();
   const int64_t n_out = static_cast<int64_t>(wanted.size());
   if (n_out == 0) {
     b.sync();
-    m.logits.clear();
-    return m.logits;
+    return out;
   }
   const int64_t V = hp.n_vocab, Vl = shard_.n_vocab;
-  m.local_logits.resize(static_cast<size_t>(n_out * Vl));
-  bool in_order = true;  // the wanted rows are 0..n_out-1: no staging
-  for (int64_t j = 0; j < n_out; ++j) in_order = in_order && wanted[static_cast<size_t>(j)] == j;
+
+  // Device sampling needs the whole vocabulary in one place: one rank only. With tensor
+  // parallelism each rank holds a vocabulary slice, and rank 0 samples on the host after
+  // the gather.
+  const bool device = m.c.size() == 1 && b.can_sample();
+  m.sample_rows.clear();
+  m.sampled_at.clear();
+  m.host_rows.clear();
+  size_t row = 0;
+  for (const SeqStep& s : plan.seqs) {
+    if (!s.want_logits) continue;
+    const int64_t lm_row = wanted[row];
+    if (device && s.sampling.enabled) {
+      s.sampling.validate();
+      // The draw counter is the sampled token's position: the same request gives the same
+      // tokens whatever else runs in its steps.
+      m.sample_rows.push_back(
+          {.logit_row = static_cast<int32_t>(lm_row),
+           .temperature = s.sampling.temperature,
+           .top_k = s.sampling.top_k,
+           .top_p = s.sampling.top_p,
+           .min_p = s.sampling.min_p,
+           .seed = s.sampling.seed,
+           .draw = static_cast<uint64_t>(s.n_past) + static_cast<uint64_t>(s.tokens.size())});
+      m.sampled_at.push_back(row);
+    } else {
+      m.host_rows.push_back(lm_row);
+    }
+    ++row;
+  }
+  if (!m.sample_rows.empty()) {
+    m.sampled.resize(m.sample_rows.size());
+    b.sample_tokens(m.s.logits, Vl, m.sample_rows, m.sampled.data());
+    out.tokens.assign(static_cast<size_t>(n_out), -1);
+    for (size_t k = 0; k < m.sampled.size(); ++k) {
+      const int32_t tok = m.sampled[k];
+      TPNODE_CHECK_KIND(tok >= 0 && tok < V, ErrorKind::kRuntime,
+                        "device sampling returned token {} outside the vocabulary of {}", tok, V);
+      out.tokens[m.sampled_at[k]] = tok;
+    }
+  }
+
+  const int64_t n_host = static_cast<int64_t>(m.host_rows.size());
+  if (n_host == 0) return out;
+  m.local_logits.resize(static_cast<size_t>(n_host * Vl));
+  bool in_order = true;  // the rows are 0..n_host-1: no staging
+  for (int64_t j = 0; j < n_host; ++j) in_order = in_order && m.host_rows[static_cast<size_t>(j)] == j;
   if (in_order) {
     b.copy_to_host(m.local_logits.data(), m.s.logits, m.local_logits.size() * sizeof(float));
   } else {
-    // Real sequences are the first rows; copy up to the last wanted one, then compact.
-    const int64_t rows = wanted.back() + 1;
+    // Copy up to the last row needed, then compact.
+    const int64_t rows = m.host_rows.back() + 1;
     m.staged_logits.resize(static_cast<size_t>(rows * Vl));
     b.copy_to_host(m.staged_logits.data(), m.s.logits, m.staged_logits.size() * sizeof(float));
-    for (int64_t j = 0; j < n_out; ++j) {
-      std::copy_n(m.staged_logits.data() + wanted[static_cast<size_t>(j)] * Vl, Vl,
+    for (int64_t j = 0; j < n_host; ++j) {
+      std::copy_n(m.staged_logits.data() + m.host_rows[static_cast<size_t>(j)] * Vl, Vl,
                   m.local_logits.data() + j * Vl);
     }
   }
   if (m.c.size() == 1) {
-    m.logits.swap(m.local_logits);
-    return m.logits;
+    out.logits.swap(m.local_logits);
+    return out;
   }
 
-  // Each rank holds [n_out, its vocabulary rows]; rank 0 receives them in rank order and
-  // interleaves them into [n_out, V].
+  // Each rank holds [n_host, its vocabulary rows]; rank 0 receives them in rank order and
+  // interleaves them into [n_host, V].
   std::vector<size_t> counts;
-  for (int64_t cnt : shard_.vocab_counts) counts.push_back(static_cast<size_t>(cnt * n_out));
+  for (int64_t cnt : shard_.vocab_counts) counts.push_back(static_cast<size_t>(cnt * n_host));
   const bool root = m.c.rank() == 0;
-  m.gathered.resize(root ? static_cast<size_t>(n_out * V) : 0);
+  m.gathered.resize(root ? static_cast<size_t>(n_host * V) : 0);
   m.c.gather_host(m.local_logits.data(), m.local_logits.size(), root ? m.gathered.data() : nullptr,
                   counts);
-  if (!root) return m.empty;
-  m.logits.resize(static_cast<size_t>(n_out * V));
+  if (!root) return m.none;
+  out.logits.resize(static_cast<size_t>(n_host * V));
   int64_t col0 = 0, off = 0;
   for (int64_t cnt : shard_.vocab_counts) {
-    for (int64_t r = 0; r < n_out; ++r) {
-      std::copy_n(m.gathered.data() + off + r * cnt, cnt, m.logits.data() + r * V + col0);
+    for (int64_t r = 0; r < n_host; ++r) {
+      std::copy_n(m.gathered.data() + off + r * cnt, cnt, out.logits.data() + r * V + col0);
     }
-    off += cnt * n_out;
+    off += cnt * n_host;
     col0 += cnt;
   }
-  return m.logits;
+  return out;
 }
 
 // The layer sequence on the current batch (begin_step done): embedding, every layer, and the
@@ -385,12 +435,11 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
   Scratch& s = m.s;
 
   b.embed(m.tok_embd, s.x);
+  b.rmsnorm(s.x, m.layers[0].attn_norm, s.h, T, E, hp.rms_eps);
   for (int64_t l = 0; l < hp.n_layer; ++l) {
     const LayerWeights& L = m.layers[static_cast<size_t>(l)];
-    b.rmsnorm(s.x, L.attn_norm, s.h, T, E, hp.rms_eps);
-    b.matmul(L.wq, s.h, s.q, T);
-    b.matmul(L.wk, s.h, s.k, T);
-    b.matmul(L.wv, s.h, s.v, T);
+    const Backend::MatmulOut qkv[] = {{&L.wq, s.q}, {&L.wk, s.k}, {&L.wv, s.v}};
+    b.matmul_shared(qkv, s.h, T);
     if (L.bq) {
       b.add_bias(s.q, L.bq, T, q_cols);
       b.add_bias(s.k, L.bk, T, kv_cols);
@@ -401,15 +450,20 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
     b.attention(s.q, s.k, s.v, s.attn, m.attn);
     b.matmul(L.wo, s.attn, s.t, T);
     if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
-    b.add(s.x, s.t, T * E);
+    b.add_rmsnorm(s.x, s.t, L.ffn_norm, s.h, T, E, hp.rms_eps);
 
-    b.rmsnorm(s.x, L.ffn_norm, s.h, T, E, hp.rms_eps);
-    b.matmul(L.gate, s.h, s.gate, T);
-    b.matmul(L.up, s.h, s.up, T);
+    const Backend::MatmulOut gate_up[] = {{&L.gate, s.gate}, {&L.up, s.up}};
+    b.matmul_shared(gate_up, s.h, T);
     b.swiglu(s.gate, s.up, s.gate, T * shard.n_ff);
     b.matmul(L.down, s.gate, s.t, T);
     if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
-    b.add(s.x, s.t, T * E);
+    // The residual add meets the next layer's attention norm.
+    if (l + 1 < hp.n_layer) {
+      b.add_rmsnorm(s.x, s.t, m.layers[static_cast<size_t>(l + 1)].attn_norm, s.h, T, E,
+                    hp.rms_eps);
+    } else {
+      b.add(s.x, s.t, T * E);
+    }
   }
 
   const int64_t n_rows = static_cast<int64_t>(m.meta.logit_rows.size());
@@ -419,6 +473,6 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
   b.matmul(m.output, s.normed, s.logits, n_rows);
 }
 
-const std::vector<float>& LocalExecutor::run(const StepPlan& plan) { return engine_.step(plan); }
+const StepOutput& LocalExecutor::run(const StepPlan& plan) { return engine_.run(plan); }
 
 }  // namespace tpnode

@@ -112,8 +112,9 @@ std::pair<int64_t, int64_t> SyntheticWeightSource::shape(const std::string& name
 
 TensorType SyntheticWeightSource::type(const std::string& name) const {
   if (shape(name).first == 1) return TensorType::kF32;
+  // A suffix names whole dotted parts: "output.weight" is the LM head, not attn_output.
   for (const auto& [suffix, t] : overrides_) {
-    if (ends_with(name, suffix)) return t;
+    if (name == suffix || ends_with(name, "." + suffix)) return t;
   }
   return type_;
 }

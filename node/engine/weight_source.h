@@ -47,8 +47,9 @@ class FileWeightSource final : public WeightSource {
   const ModelFile& file_;
 };
 
-// Every 2-D weight in `matrix_type` (norm weights are ones), except tensors whose name ends
-// with a key of `overrides` (e.g. {"ffn_down.weight", Q6_K} for a Q4_K_M-like mix).
+// Every 2-D weight in `matrix_type` (norm weights are ones), except tensors whose name is a
+// key of `overrides` or ends with "." + key (e.g. {"ffn_down.weight", Q6_K} for a
+// Q4_K_M-like mix; "output.weight" is then the LM head alone, not attn_output).
 class SyntheticWeightSource final : public WeightSource {
  public:
   SyntheticWeightSource(const HParams& hp, TensorType matrix_type, uint64_t seed = 1,

@@ -60,6 +60,67 @@ TEST_F(CudaOps, RmsNormThenQuantizedMatmulUsesFreshActivations) {
   EXPECT_LT(nmse(gpu(y, rows * out), cpu(y, rows * out)), 1e-3);
 }
 
+TEST_F(CudaOps, AddRmsNormUpdatesTheResidualAndFeedsTheNextMatmul) {
+  // 4096: one float4 per thread; 20480: more passes than stay in registers; 769: scalar path.
+  for (auto [rows, n] : {std::pair<int64_t, int64_t>{1, 4096}, {3, 20480}, {2, 769}, {40, 576}}) {
+    const auto x = put(cuda_random_floats(rows * n, 11, 3.0f));
+    const auto r = put(cuda_random_floats(rows * n, 12));
+    const auto w = put(cuda_random_floats(n, 13));
+    const auto y = zeros(rows * n);
+    cuda_->add_rmsnorm(x.gpu, r.gpu, w.gpu, y.gpu, rows, n, 1e-5f);
+    cpu_->add(x.cpu, r.cpu, rows * n);
+    cpu_->rmsnorm(x.cpu, w.cpu, y.cpu, rows, n, 1e-5f);
+    EXPECT_LT(nmse(gpu(x, rows * n), cpu(x, rows * n)), 1e-12) << rows << "x" << n;
+    EXPECT_LT(nmse(gpu(y, rows * n), cpu(y, rows * n)), 1e-10) << rows << "x" << n;
+    if (n % 256 != 0 || rows > 16) continue;
+    // The 8-bit copy written on the way feeds a quantized GEMV.
+    const int64_t out = 37;
+    const auto wrows = random_gguf_rows(TensorType::kQ4_K, out, n, 14);
+    const HostMatrix hm{TensorType::kQ4_K, wrows.data(), out, n, wrows.size() / out};
+    const Weight wg = cuda_->upload_weight(hm), wc = cpu_->upload_weight(hm);
+    const auto o = zeros(rows * out);
+    cuda_->matmul(wg, y.gpu, o.gpu, rows);
+    cpu_->matmul(wc, y.cpu, o.cpu, rows);
+    EXPECT_LT(nmse(gpu(o, rows * out), cpu(o, rows * out)), 1e-3) << rows << "x" << n;
+  }
+}
+
+TEST_F(CudaOps, MatmulSharedEqualsSeparateMatmuls) {
+  // One grouped launch for same-type matrices (Q4_K, Q6_K), the plain loop for mixed ones.
+  const int64_t n = 512;
+  const auto x = put(cuda_random_floats(n, 21));
+  struct Case {
+    std::vector<TensorType> types;
+    std::vector<int64_t> rows;
+  };
+  const std::vector<Case> cases = {{{TensorType::kQ4_K, TensorType::kQ4_K, TensorType::kQ4_K}, {67, 16, 9000}},
+                                   {{TensorType::kQ6_K, TensorType::kQ6_K}, {5000, 4100}},
+                                   {{TensorType::kQ4_K, TensorType::kQ6_K}, {33, 31}}};
+  for (const Case& c : cases) {
+    std::vector<std::vector<uint8_t>> host;
+    std::vector<Weight> wg, wc;
+    std::vector<Pair> ys;
+    for (size_t i = 0; i < c.types.size(); ++i) {
+      host.push_back(random_gguf_rows(c.types[i], c.rows[i], n, 30 + static_cast<uint32_t>(i)));
+      const HostMatrix hm{c.types[i], host.back().data(), c.rows[i], n, host.back().size() / c.rows[i]};
+      wg.push_back(cuda_->upload_weight(hm));
+      wc.push_back(cpu_->upload_weight(hm));
+      ys.push_back(zeros(c.rows[i]));
+    }
+    std::vector<Backend::MatmulOut> og, oc;
+    for (size_t i = 0; i < c.types.size(); ++i) {
+      og.push_back({&wg[i], ys[i].gpu});
+      oc.push_back({&wc[i], ys[i].cpu});
+    }
+    cuda_->matmul_shared(og, x.gpu, 1);
+    cpu_->matmul_shared(oc, x.cpu, 1);
+    for (size_t i = 0; i < c.types.size(); ++i) {
+      EXPECT_LT(nmse(gpu(ys[i], c.rows[i]), cpu(ys[i], c.rows[i])), 1e-3)
+          << type_name(c.types[i]) << " part " << i;
+    }
+  }
+}
+
 TEST_F(CudaOps, SwigluInPlaceAddBias) {
   const int64_t n = 3 * 1000 + 7;
   const auto g = put(cuda_random_floats(n, 7, 4.0f));

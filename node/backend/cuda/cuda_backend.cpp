@@ -14,7 +14,9 @@
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/gemv.h"
+#include "kernels/cuda/pdl.h"
 #include "kernels/cuda/quant_layout.h"
+#include "kernels/cuda/sampling.h"
 #include "kernels/cuda/synth.h"
 #include "kernels/cpu/rope.h"
 #include "node/backend/cuda/device_memory.h"
@@ -88,6 +90,9 @@ class CudaBackend final : public Backend {
   void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
                float eps) override;
   void matmul(const Weight& w, const float* x, float* y, int64_t m) override;
+  void matmul_shared(std::span<const MatmulOut> outs, const float* x, int64_t m) override;
+  void add_rmsnorm(float* x, const float* r, const float* w, float* y, int64_t rows, int64_t n,
+                   float eps) override;
   void add_bias(float* y, const float* b, int64_t m, int64_t n) override;
   void rope(float* q, float* k, const RopeParams& p) override;
   void attention(const float* q, const float* k, const float* v, float* out,
@@ -100,6 +105,10 @@ class CudaBackend final : public Backend {
   bool graph_replay(const GraphKey& key) override;
   void graph_capture_begin(const GraphKey& key) override;
   void graph_capture_end() override;
+
+  bool can_sample() const override { return true; }
+  void sample_tokens(const float* logits, int64_t n_vocab, const std::vector<SampleRow>& rows,
+                     int32_t* tokens) override;
 
   CudaDeviceInfo info() const;
   cudaStream_t stream() const { return stream_; }
@@ -152,6 +161,8 @@ class CudaBackend final : public Backend {
   uint64_t bf16_copy_bytes_ = 0;
   int64_t max_cols_ = 0;
   ActCache act_;
+  // Quantized matmuls of up to this many rows run as GEMVs (int8 tensor cores), not GEMMs.
+  int64_t quant_gemv_max_ = kc::kGemvMaxBatch;
 
   KvCacheShape kv_shape_;
   void* k_cache_ = nullptr;
@@ -179,6 +190,11 @@ class CudaBackend final : public Backend {
   uint64_t graphs_moves_ = 0;  // mem_->scratch_moves() when graphs_ was last valid
   bool capturing_ = false;
   GraphKey capture_key_;
+
+  // Device sampling: the rows' parameters and the sampled ids, sized for the largest batch.
+  kc::SampleRowParams* sample_params_ = nullptr;
+  int32_t* sampled_ = nullptr;
+  size_t sample_capacity_ = 0;
 };
 
 CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
@@ -190,6 +206,12 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   TPNODE_CUDA_CHECK(cudaSetDevice(options.device));
   TPNODE_CUDA_CHECK(cudaGetDeviceProperties(&prop_, options.device));
   TPNODE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  kc::set_pdl_enabled(options.pdl && prop_.major >= 9);
+  kc::set_gemv_persistent(options.gemv_persistent);
+  TPNODE_CHECK(options.quant_gemv_max_batch >= 1 && options.quant_gemv_max_batch <= kc::kGemvMmaMaxBatch,
+               "quant_gemv_max_batch {} outside 1..{}", options.quant_gemv_max_batch,
+               kc::kGemvMmaMaxBatch);
+  quant_gemv_max_ = options.quant_gemv_max_batch;
   size_t free_bytes = 0, total_bytes = 0;
   TPNODE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   total_bytes_ = total_bytes;
@@ -230,7 +252,7 @@ void CudaBackend::wrote(const void* p, size_t bytes) {
 
 kc::QuantActs CudaBackend::act_buffers(int64_t n) {
   // Sized for the largest decode batch at once, so the buffers rarely move.
-  const int64_t want = std::max<int64_t>(n, kc::kGemvMaxBatch * std::max<int64_t>(max_cols_, 32));
+  const int64_t want = std::max<int64_t>(n, quant_gemv_max_ * std::max<int64_t>(max_cols_, 32));
   kc::QuantActs a;
   void* old = scratch_->act_q.get(0);
   a.q = scratch_->act_q.as<int8_t>(want);
@@ -449,7 +471,7 @@ void CudaBackend::rmsnorm(const float* x, const float* w, float* y, int64_t rows
   kc::RmsNormParams p{.x = x, .w = w, .y = y, .rows = rows, .n = n, .eps = eps, .quant = {}};
   wrote(y, rows * n * sizeof(float));
   // Small batches feed a GEMV next: write the 8-bit copy on the way.
-  const bool fuse = n % 32 == 0 && rows <= kc::kGemvMaxBatch;
+  const bool fuse = n % 32 == 0 && rows <= quant_gemv_max_;
   if (fuse) p.quant = act_buffers(rows * n);
   kc::rmsnorm(p, stream_);
   if (fuse) act_ = {y, rows * n};
@@ -457,7 +479,8 @@ void CudaBackend::rmsnorm(const float* x, const float* w, float* y, int64_t rows
 
 void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
   const kc::DeviceMatrix dm = view(w);
-  if (m <= kc::kGemvMaxBatch && kc::gemv_supports(dm)) {
+  const int64_t gemv_max = kc::is_quantized(w.type) ? quant_gemv_max_ : kc::kGemvMaxBatch;
+  if (m <= gemv_max && kc::gemv_supports(dm)) {
     kc::GemvParams p{.w = dm, .x = x, .xq = {}, .y = y, .m = m};
     if (kc::is_quantized(w.type)) {
       p.xq = act_buffers(m * w.cols);  // may move the buffers, which drops the cache
@@ -472,6 +495,46 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
     wrote(y, m * w.rows * sizeof(float));
     gemm(w, x, y, m);
   }
+}
+
+// Decode at batch 1: q/k/v (gate/up) in one GEMV launch when they share a quantized type.
+void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x, int64_t m) {
+  bool group = m == 1 && !outs.empty() && outs.size() <= static_cast<size_t>(kc::kMaxGemvGroup);
+  for (const MatmulOut& o : outs) {
+    group = group && kc::is_quantized(o.w->type) && o.w->type == outs[0].w->type &&
+            o.w->cols == outs[0].w->cols;
+  }
+  if (!group) {
+    Backend::matmul_shared(outs, x, m);
+    return;
+  }
+  const int64_t k = outs[0].w->cols;
+  kc::GemvGroupParams p;
+  p.n = static_cast<int>(outs.size());
+  p.cols = k;
+  p.xq = act_buffers(k);  // may move the buffers, which drops the cache
+  if (act_.x != x || act_.n != k) {
+    kc::quantize_acts({.x = x, .m = 1, .k = k, .out = p.xq}, stream_);
+    act_ = {x, k};
+  }
+  for (size_t i = 0; i < outs.size(); ++i) {
+    p.outs[i] = {view(*outs[i].w), outs[i].y};
+    p.total_rows += outs[i].w->rows;
+    wrote(outs[i].y, outs[i].w->rows * sizeof(float));
+  }
+  kc::gemv_group(p, stream_);
+}
+
+void CudaBackend::add_rmsnorm(float* x, const float* r, const float* w, float* y, int64_t rows,
+                              int64_t n, float eps) {
+  kc::RmsNormParams p{.x = x, .w = w, .y = y, .rows = rows, .n = n, .eps = eps, .quant = {},
+                      .r = r, .x_out = x};
+  wrote(x, rows * n * sizeof(float));
+  wrote(y, rows * n * sizeof(float));
+  const bool fuse = n % 32 == 0 && rows <= quant_gemv_max_;
+  if (fuse) p.quant = act_buffers(rows * n);
+  kc::rmsnorm(p, stream_);
+  if (fuse) act_ = {y, rows * n};
 }
 
 void CudaBackend::gemm(const Weight& w, const float* x, float* y, int64_t m) {
@@ -551,38 +614,46 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
   wrote(out, step_.n_tokens * p.n_head * p.head_dim * sizeof(float));
   const kc::PagedKv kv = layer_kv(p.layer);
   const kc::DeviceBatch batch = device_batch();
-  kc::kv_store({.kv = kv, .batch = batch, .k = k, .v = v}, stream_);
+  // When every sequence brings exactly one token (decode steps, all graph steps), the decode
+  // kernel stores K and V itself: no launch reads a token's slot but that token's own CTAs.
+  const bool all_decode = step_.n_decode == step_.n_tokens;
+  const bool fused_store = all_decode && step_.n_tiles == 0 && step_.n_tokens == step_.n_seqs;
+  if (!fused_store) kc::kv_store({.kv = kv, .batch = batch, .k = k, .v = v}, stream_);
   if (step_.n_decode > 0) {
     kc::DecodeAttentionParams d{.kv = kv,
                                 .batch = batch,
                                 .q = q,
                                 .out = out,
-                                .tokens = step_.decode_tokens,
+                                .tokens = all_decode ? nullptr : step_.decode_tokens,
                                 .n = step_.n_decode,
                                 .n_head = p.n_head,
                                 .scale = p.scale};
-    // Split the key axis when (token, KV head) pairs alone would leave SMs idle.
-    const int64_t ctas = step_.n_decode * p.n_head_kv;
-    const int64_t target = 2 * static_cast<int64_t>(prop_.multiProcessorCount);
-    // Planned from the block tables' capacity rather than this step's longest sequence, so
-    // that every step of one graph shape splits alike (a split past a token's length is
-    // empty and drops out of the merge).
-    const int64_t max_kv = static_cast<int64_t>(step_.max_blocks) * kv_shape_.block_size;
-    int64_t splits = 1;
-    if (ctas < target && max_kv > kc::kDecodeKeyTile) {
-      splits = std::min<int64_t>(
-          {(target + ctas - 1) / ctas, (max_kv + kc::kDecodeKeyTile - 1) / kc::kDecodeKeyTile, 32});
+    if (fused_store) {
+      d.k_new = k;
+      d.v_new = v;
     }
-    if (splits > 1) {
-      const int64_t per = (max_kv + splits - 1) / splits;
-      const int64_t len = (per + kc::kDecodeKeyTile - 1) / kc::kDecodeKeyTile * kc::kDecodeKeyTile;
-      splits = (max_kv + len - 1) / len;
-      d.n_splits = static_cast<int>(splits);
-      d.split_len = static_cast<int>(len);
-      d.part_out = scratch_->attn_out.as<float>(step_.n_decode * p.n_head * splits * p.head_dim);
-      d.part_lse = scratch_->attn_lse.as<float>(step_.n_decode * p.n_head * splits);
-    } else {
-      d.split_len = static_cast<int>(std::max<int64_t>(max_kv, 1));
+    const kc::DecodeSplit split = kc::plan_decode_split(
+        {.n = step_.n_decode,
+         .n_head = p.n_head,
+         .n_head_kv = p.n_head_kv,
+         .head_dim = p.head_dim,
+         .max_keys = static_cast<int64_t>(step_.max_blocks) * kv_shape_.block_size,
+         .n_sms = prop_.multiProcessorCount});
+    d.n_splits = split.n_splits;
+    d.split_len = split.split_len;
+    if (split.n_splits > 1) {
+      d.part_out = scratch_->attn_out.as<float>(split.part_out_floats);
+      // [counters][split LSE]: the counters must be zero on entry and every launch leaves
+      // them zero, so they are cleared only when the buffer is (re)allocated.
+      const uint64_t used = mem_->used(), moves = mem_->scratch_moves();
+      static_assert(sizeof(uint32_t) == sizeof(float));
+      auto* words = scratch_->attn_lse.as<uint32_t>(kc::kDecodeMaxCounters + split.part_lse_floats);
+      if (mem_->used() != used || mem_->scratch_moves() != moves) {
+        TPNODE_CUDA_CHECK(
+            cudaMemsetAsync(words, 0, kc::kDecodeMaxCounters * sizeof(uint32_t), stream_));
+      }
+      d.counters = words;
+      d.part_lse = reinterpret_cast<float*>(words + kc::kDecodeMaxCounters);
     }
     kc::decode_attention(d, stream_);
   }
@@ -603,7 +674,7 @@ void CudaBackend::swiglu(const float* gate, const float* up, float* out, int64_t
   wrote(out, n * sizeof(float));
   kc::SwigluParams p{.gate = gate, .up = up, .out = out, .n = n, .quant = {}};
   // Decode-sized inputs feed a GEMV next (n = m * n_ff, m <= 16).
-  const bool fuse = n % 32 == 0 && n <= kc::kGemvMaxBatch * std::max<int64_t>(max_cols_, 32);
+  const bool fuse = n % 32 == 0 && n <= quant_gemv_max_ * std::max<int64_t>(max_cols_, 32);
   if (fuse) p.quant = act_buffers(n);
   kc::swiglu(p, stream_);
   if (fuse) act_ = {out, n};
@@ -667,6 +738,46 @@ void CudaBackend::graph_capture_end() {
   TPNODE_CUDA_CHECK(err);
   graphs_.push_back({capture_key_, exec});
   TPNODE_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
+}
+
+void CudaBackend::sample_tokens(const float* logits, int64_t n_vocab,
+                                const std::vector<SampleRow>& rows, int32_t* tokens) {
+  if (rows.empty()) return;
+  if (rows.size() > sample_capacity_) {
+    if (sample_params_ != nullptr) {
+      mem_->free(sample_params_);
+      mem_->free(sampled_);
+    }
+    sample_capacity_ = std::max<size_t>(rows.size(), 64);
+    sample_params_ = static_cast<kc::SampleRowParams*>(
+        mem_->alloc(sample_capacity_ * sizeof(kc::SampleRowParams), "sampling parameters"));
+    sampled_ = static_cast<int32_t*>(mem_->alloc(sample_capacity_ * sizeof(int32_t), "sampled tokens"));
+  }
+  std::vector<kc::SampleRowParams> host(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const SampleRow& r = rows[i];
+    host[i] = {.logit_row = r.logit_row,
+               .temperature = r.temperature,
+               .top_k = r.top_k,
+               .top_p = r.top_p,
+               .min_p = r.min_p,
+               .pad = 0,
+               .seed = r.seed,
+               .draw = r.draw};
+  }
+  // From pageable memory: the copy has left `host` when cudaMemcpyAsync returns.
+  TPNODE_CUDA_CHECK(cudaMemcpyAsync(sample_params_, host.data(),
+                                    host.size() * sizeof(kc::SampleRowParams),
+                                    cudaMemcpyHostToDevice, stream_));
+  kc::sample_tokens({.logits = logits,
+                     .n_vocab = n_vocab,
+                     .rows = sample_params_,
+                     .n_rows = static_cast<int32_t>(rows.size()),
+                     .tokens = sampled_},
+                    stream_);
+  TPNODE_CUDA_CHECK(cudaMemcpyAsync(tokens, sampled_, rows.size() * sizeof(int32_t),
+                                    cudaMemcpyDeviceToHost, stream_));
+  TPNODE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 CudaDeviceInfo CudaBackend::info() const {

@@ -23,6 +23,13 @@ struct CudaBackendOptions {
   // Quantized weights also get a BF16 copy for prefill / large-batch GEMMs while the copies
   // fit in this fraction of the budget; without a copy the GEMM dequantizes into scratch.
   double bf16_copy_fraction = 0.5;
+  // Programmatic dependent launch between decode kernels (compute capability >= 9.0 only).
+  bool pdl = true;
+  // Batch-1 quantized GEMV as one resident wave of CTAs looping over rows (see gemv.h).
+  bool gemv_persistent = false;
+  // Quantized matmuls with at most this many rows (decode batches) read the quantized weights
+  // on int8 tensor cores; larger ones run BF16 GEMMs. At most 64.
+  int64_t quant_gemv_max_batch = 64;
 };
 
 // Number of usable CUDA devices; 0 when there is no driver or no GPU (never throws).
