@@ -53,10 +53,6 @@ struct GemvGroupParams {
   QuantActs xq;            // x quantized, [cols]
 };
 void gemv_group(const GemvGroupParams& p, cudaStream_t stream);
-// Whether gemv_group runs one resident wave of CTAs that loop over row groups (prefetching
-// the next into L2) instead of one CTA per row group.
-bool gemv_persistent();
-void set_gemv_persistent(bool on);
 
 // Whether gemv() handles this matrix (float W needs cols % 8 == 0).
 bool gemv_supports(const DeviceMatrix& w);

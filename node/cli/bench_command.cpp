@@ -45,11 +45,10 @@ struct BenchOptions {
   int decode_steps = 32;
   int reps = 3;                       // timed prefill repetitions
   bool bf16_copies = true;            // CUDA: keep BF16 copies of quantized weights for GEMMs
-  bool pdl = true;                    // CUDA: programmatic dependent launch between kernels
+  bool pdl = false;                   // CUDA: programmatic dependent launch between kernels
   bool graphs = true;                 // CUDA: replay decode steps from CUDA graphs
   bool device_sampling = false;       // decode steps sample on the device (when it can)
-  bool gemv_persistent = false;       // CUDA: batch-1 GEMV as one resident wave
-  int quant_gemv_max_batch = 64;      // CUDA: largest quantized matmul batch on int8 GEMVs
+  int quant_gemv_max_batch = 16;      // CUDA: largest quantized matmul batch on int8 GEMVs
 };
 
 using Clock = std::chrono::steady_clock;
@@ -190,7 +189,6 @@ int run_bench(const BenchOptions& o) {
     co.bf16_copy_fraction = o.bf16_copies ? 0.5 : 0.0;
     co.pdl = o.pdl;
     co.use_cuda_graphs = o.graphs;
-    co.gemv_persistent = o.gemv_persistent;
     co.quant_gemv_max_batch = o.quant_gemv_max_batch;
     backend = make_cuda_backend(co);
     status.show("measuring device copy bandwidth and BF16 GEMM rate");
@@ -372,11 +370,9 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--context", o->context, "KV tokens per sequence before timed decode");
       sub.add_option("--decode-steps", o->decode_steps, "timed decode steps per batch size");
       sub.add_option("--reps", o->reps, "timed prefill repetitions (best is reported)");
-      sub.add_flag("!--no-pdl", o->pdl, "launch decode kernels without programmatic dependent launch");
+      sub.add_flag("--pdl", o->pdl, "programmatic dependent launch between decode kernels (experimental)");
       sub.add_option("--quant-gemv-max-batch", o->quant_gemv_max_batch,
                      "largest decode batch whose quantized matmuls run on int8 GEMVs (1..64)");
-      sub.add_flag("--gemv-persistent", o->gemv_persistent,
-                   "batch-1 GEMV as one resident wave of CTAs looping over rows");
       sub.add_flag("!--no-graphs", o->graphs, "run decode steps op by op instead of CUDA graphs");
       sub.add_flag("--device-sampling", o->device_sampling,
                    "decode steps sample their tokens on the device (T 0.8, top-k 40, top-p "

@@ -17,6 +17,14 @@ class Collective {
   // bit-identical values (fixed summation order).
   virtual void all_reduce_sum(float* data, size_t n) = 0;
 
+  // Whether an all_reduce_sum of n floats may be captured in a CUDA graph. The engine replays
+  // decode steps from graphs only when it is (NCCL calls captured in the engine's decode
+  // graphs hung two H200 ranks; the one-shot kernel replays correctly).
+  virtual bool all_reduce_capturable(size_t n) const {
+    (void)n;
+    return true;
+  }
+
   // Gathers counts[r] floats of host memory from each rank r into recv on rank 0, in rank
   // order. recv may be null on other ranks.
   virtual void gather_host(const float* send, size_t n, float* recv,

@@ -324,10 +324,12 @@ const StepOutput& Engine::run(const StepPlan& plan) {
   if (key) pad_to_graph_shape(*key, m.pad_block, m.meta);
 
   b.begin_step(m.meta);
-  if (!key || !b.graph_replay(*key)) {
-    if (key) b.graph_capture_begin(*key);
+  // A padded step whose all-reduces cannot be captured runs op by op.
+  const bool graph = key && m.c.all_reduce_capturable(static_cast<size_t>(m.meta.n_tokens() * hp.n_embd));
+  if (!graph || !b.graph_replay(*key)) {
+    if (graph) b.graph_capture_begin(*key);
     m.forward(hp, shard_);
-    if (key) b.graph_capture_end();
+    if (graph) b.graph_capture_end();
   }
 
   StepOutput& out = m.out;

@@ -257,6 +257,11 @@ void NcclCommunicator::wait_for_nccl() {
   }
 }
 
+bool NcclCommunicator::all_reduce_capturable(size_t n) const {
+  const Impl& m = *impl_;
+  return m.one_shot != nullptr && n * sizeof(float) <= m.opt.one_shot_max_bytes;
+}
+
 bool NcclCommunicator::one_shot_available() const { return impl_->one_shot != nullptr; }
 
 size_t NcclCommunicator::one_shot_capacity_bytes() const {

@@ -65,6 +65,7 @@ class NcclCommunicator final : public Communicator {
   int rank() const override;
   int size() const override;
   // [n] device floats, in place, on the stream.
+  bool all_reduce_capturable(size_t n) const override;
   void all_reduce_sum(float* data, size_t n) override;
   // The same with the path forced (tests, benchmarks); kOneShot needs one_shot_available()
   // and n * 4 <= one_shot_capacity_bytes().

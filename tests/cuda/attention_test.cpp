@@ -191,7 +191,9 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnCase{64, 9, 3, KvCacheDtype::kF16, 1e-4},
                       AttnCase{128, 16, 2, KvCacheDtype::kBF16, 5e-4},
                       AttnCase{80, 8, 1, KvCacheDtype::kF16, 1e-6},
-                      AttnCase{64, 16, 1, KvCacheDtype::kF16, 1e-4}),
+                      AttnCase{64, 16, 1, KvCacheDtype::kF16, 1e-4},
+                      // The tiny fixtures' shape (head_dim 16)
+                      AttnCase{16, 4, 2, KvCacheDtype::kBF16, 5e-4}),
     [](const auto& i) {
       return fmt::format("hd{}_h{}kv{}_{}", i.param.head_dim, i.param.n_head, i.param.n_head_kv,
                          dtype_name(i.param.kv));

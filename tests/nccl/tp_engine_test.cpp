@@ -3,6 +3,7 @@
 // the tp output bit-identical run after run.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 
 #include "node/engine/single_rank_collective.h"
@@ -63,6 +64,8 @@ TEST_P(TpEngine, LogitsMatchOneGpuAndRepeatBitForBit) {
   CudaBackendOptions bo;
   bo.device = world().topology().local_rank;
   bo.gpu_memory_fraction = 0.1;
+  // For bisecting on the GPU machine (tests only): TPNODE_TEST_CUDA_NO_GRAPHS=1.
+  if (std::getenv("TPNODE_TEST_CUDA_NO_GRAPHS")) bo.use_cuda_graphs = false;
   auto tp_backend = make_cuda_backend(bo);
   NcclCommunicatorOptions co = default_comm_options(*tp_backend);
   if (!GetParam().one_shot) co.one_shot_max_bytes = 0;

@@ -207,7 +207,6 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   TPNODE_CUDA_CHECK(cudaGetDeviceProperties(&prop_, options.device));
   TPNODE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   kc::set_pdl_enabled(options.pdl && prop_.major >= 9);
-  kc::set_gemv_persistent(options.gemv_persistent);
   TPNODE_CHECK(options.quant_gemv_max_batch >= 1 && options.quant_gemv_max_batch <= kc::kGemvMmaMaxBatch,
                "quant_gemv_max_batch {} outside 1..{}", options.quant_gemv_max_batch,
                kc::kGemvMmaMaxBatch);
