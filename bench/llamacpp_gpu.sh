@@ -1,103 +1,474 @@
 #!/usr/bin/env bash
-# The GPU peer for `tpnode bench`: builds llama.cpp's CUDA llama-bench from the llama.cpp
-# vendored in llama-cpp-python's sdist, writes a Llama-3-8B-shaped Q4_K_M GGUF with random
-# weights (gguf-py from the same tree, numpy), and runs llama-bench on it.
+# The llama.cpp peer for `tpnode bench`: runs llama.cpp's CUDA llama-bench and
+# llama-batched-bench on a Llama-3-8B-shaped GGUF with random weights in the Q4_K_M-like mix
+# that `tpnode bench --shape llama3-8b --type q4_k_m` synthesises (Q4_K matrices and
+# token_embd, Q6_K ffn_down and output, F32 ones for norms; Llama 3.1 rope_freqs), so both
+# engines read the same bytes per token. The GGUF is written on the GPU machine (~5 GB) with
+# gguf-py and numpy; the lead runs `tpnode bench -m <that file>` in the same call.
 #
-# Status: written for the GPU machine but NOT yet run there (see docs/BENCHMARKS.md).
-#
-# Here (network):  bench/llamacpp_gpu.sh fetch     -> .llama/llama.cpp (trimmed, < 30 MB)
-# There (no net):  bench/llamacpp_gpu.sh run OUT   (carry .llama)
+# Here (CPU machine):
+#   bench/llamacpp_gpu.sh pack [CUDA_BUILD]   -> .device/llama (llama-tools.xz, lib-fallback.tar.xz,
+#                                             gguf-py; ~25 MB)
+#   bench/llamacpp_gpu.sh check [TPNODE]      small GGUF through the CPU llama-bench and tpnode
+# There (GPU machine, no network; carry .device/llama):
+#   bench/llamacpp_gpu.sh run OUTDIR [NGPU]   GGUF + benchmarks; OUTDIR gets llama_summary.md
+#                                             and llama_results.tgz (raw outputs)
+#   bench/llamacpp_gpu.sh gguf FILE [key=value...]   the GGUF alone (layers=, vocab=, embd=, ...)
+# Settings (environment, for this script only): LLAMA_DIR (default .device/llama),
+# LLAMA_WORK (default /tmp/tpnode-llama: unpacked binary, GGUF, raw results),
+# LLAMA_GGUF (default $LLAMA_WORK/llama3-8b-q4_k_m-random.gguf).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LLAMA="$ROOT/.llama"
-VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+LLAMA="${LLAMA_DIR:-$ROOT/.device/llama}"
+WORK="${LLAMA_WORK:-/tmp/tpnode-llama}"   # unpacked binaries, the GGUF, raw results
+GGUF="${LLAMA_GGUF:-$WORK/llama3-8b-q4_k_m-random.gguf}"
+LLAMA_SRC="${LLAMA_SRC:-/work/llama/src}"
+TOOLS="$WORK/bin/llama-tools"   # llama-bench + llama-batched-bench (see pack)
+LLAMA_BENCH=("$TOOLS" bench)
+LLAMA_BATCHED_BENCH=("$TOOLS" batched-bench)
 
-fetch() {
-  mkdir -p "$LLAMA" && cd "$LLAMA"
-  python3 -m pip download --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d sdist
-  tar xzf "sdist/llama_cpp_python-$VERSION.tar.gz"
-  rm -rf llama.cpp && mv "llama_cpp_python-$VERSION/vendor/llama.cpp" llama.cpp
-  rm -rf "llama_cpp_python-$VERSION" sdist
-  # Vocabulary models, docs and other backends are not needed: keep the carry small.
-  rm -rf llama.cpp/models llama.cpp/docs llama.cpp/benches llama.cpp/examples/*/
-  du -sh llama.cpp
-}
+# Prompt lengths, generation length, decode batch sizes: the same points as `tpnode bench`.
+PP="512,2048"
+TG=128
+NPL="1,8,32,64"
+BB_PP=128
+BB_TG=128
 
-# Writes a GGUF of the Llama-3-8B shape in Q4_K_M-like types (Q4_K matrices, Q6_K ffn_down and
-# output), random quants with sane scales, and a dummy SentencePiece vocabulary.
+# Writes the GGUF. Arguments: FILE then key=value overrides of the Llama-3-8B shape
+# (layers, embd, heads, kv_heads, ff, vocab). Each distinct tensor shape gets one random
+# template that every layer reuses: identical bytes in each layer cost nothing in speed
+# (each layer is its own memory) and keep writing disk-bound.
 make_gguf() {
-  local out="$1"
-  PYTHONPATH="$LLAMA/llama.cpp/gguf-py" python3 - "$out" <<'PY'
+  local gguf_py="$LLAMA/gguf-py"
+  [[ -d "$gguf_py" ]] || gguf_py="$LLAMA_SRC/gguf-py"
+  PYTHONPATH="$gguf_py${PYTHONPATH:+:$PYTHONPATH}" python3 - "$@" <<'PY'
+import math
+import os
 import sys
+import time
+
 import numpy as np
 import gguf
 from gguf import GGMLQuantizationType as QT
 
 out = sys.argv[1]
-L, E, H, KV, HD, FF, V = 32, 4096, 32, 8, 128, 14336, 128256
+cfg = dict(layers=32, embd=4096, heads=32, kv_heads=8, ff=14336, vocab=128256)
+for kv in sys.argv[2:]:
+    k, v = kv.split("=")
+    assert k in cfg, f"unknown setting {k} (expected {', '.join(cfg)})"
+    cfg[k] = int(v)
+L, E, H, KV, FF, V = (cfg[k] for k in ("layers", "embd", "heads", "kv_heads", "ff", "vocab"))
+HD = E // H
+ROPE_THETA = 500000.0
+t0 = time.time()
 rng = np.random.default_rng(0)
+
+
+def random_bytes(n):
+    return np.frombuffer(rng.bytes(n), dtype=np.uint8).copy()
+
+
+def fp16_bytes(x):
+    return np.array([x], dtype=np.float16).view(np.uint8)
+
+
+# As kernels/cuda/synth.cu: random quants; block scales chosen so values have std
+# ~1/sqrt(cols), which keeps activations finite through the layers.
+def q4_k(rows, cols):
+    n = rows * cols // 256
+    b = random_bytes(n * 144).reshape(n, 144)
+    d = fp16_bytes(1.0 / math.sqrt(cols) / (6.0 * 4.6))
+    b[:, 0:2] = d  # d
+    b[:, 2:4] = d  # dmin
+    b[:, 4:8] = 4 + b[:, 4:8] % 5         # 6-bit scales of sub-blocks 0..3: 4..8
+    b[:, 8:12] = 30 + b[:, 8:12] % 31     # 6-bit mins of sub-blocks 0..3: 30..60
+    b[:, 12:16] = (4 + b[:, 12:16] % 5) | 0xF0  # sub-blocks 4..7: scale 4..8, min 15
+    return b.reshape(rows, -1)
+
+
+def q6_k(rows, cols):
+    n = rows * cols // 256
+    b = random_bytes(n * 210).reshape(n, 210)
+    b[:, 192:208] = 4 + b[:, 192:208] % 5  # int8 sub-block scales 4..8
+    b[:, 208:210] = fp16_bytes(1.0 / math.sqrt(cols) / (6.0 * 18.5))
+    return b.reshape(rows, -1)
+
+
+# Llama 3.1 rope scaling as llama.cpp's converter stores it (divisors of the inverse
+# frequencies); tpnode reads the same tensor.
+def rope_freqs():
+    factor, low, high, old_ctx = 8.0, 1.0, 4.0, 8192
+    freqs = 1.0 / (ROPE_THETA ** (np.arange(0, HD, 2, dtype=np.float32) / HD))
+    out = []
+    for f in freqs:
+        wavelen = 2 * math.pi / f
+        if wavelen < old_ctx / high:
+            out.append(1.0)
+        elif wavelen > old_ctx / low:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
 w = gguf.GGUFWriter(out, "llama")
-w.add_name("random-llama3-8b-q4_k_m")
-w.add_context_length(8192); w.add_embedding_length(E); w.add_block_count(L)
-w.add_feed_forward_length(FF); w.add_head_count(H); w.add_head_count_kv(KV)
-w.add_rope_freq_base(500000.0); w.add_layer_norm_rms_eps(1e-5); w.add_file_type(15)
+w.add_name(f"random-llama3-8b-shape-q4_k_m-{L}l")
+w.add_context_length(131072)
+w.add_embedding_length(E)
+w.add_block_count(L)
+w.add_feed_forward_length(FF)
+w.add_head_count(H)
+w.add_head_count_kv(KV)
+w.add_rope_dimension_count(HD)
+w.add_rope_freq_base(ROPE_THETA)
+w.add_layer_norm_rms_eps(1e-5)
+w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
 w.add_vocab_size(V)
+# A dummy SentencePiece vocabulary: control tokens, the 256 byte tokens, then plain pieces.
 w.add_tokenizer_model("llama")
 toks = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)]
 toks += [f"t{i}".encode() for i in range(V - len(toks))]
 w.add_token_list(toks)
-w.add_token_scores([0.0] * V)
+w.add_token_scores([-float(i) for i in range(V)])
 w.add_token_types([2, 3, 3] + [6] * 256 + [1] * (V - 259))
-w.add_bos_token_id(1); w.add_eos_token_id(2)
+w.add_unk_token_id(0)
+w.add_bos_token_id(1)
+w.add_eos_token_id(2)
 
-def q_tensor(name, rows, cols, qt):
-    bs, bb = gguf.GGML_QUANT_SIZES[qt]
-    raw = rng.integers(0, 256, size=(rows, cols // bs * bb), dtype=np.uint8)
-    blk = raw.reshape(rows, cols // bs, bb)
-    d = np.float16(0.0005).view(np.uint8)
-    if qt == QT.Q4_K:
-        blk[:, :, 0:2] = d; blk[:, :, 2:4] = d; blk[:, :, 4:16] &= 0x3F
-    elif qt == QT.Q6_K:
-        blk[:, :, 208:210] = d; blk[:, :, 192:208] = rng.integers(1, 16, size=blk[:, :, 192:208].shape)
-    w.add_tensor(name, raw, raw_dtype=qt)
-
-def f32(name, n):
-    w.add_tensor(name, np.ones(n, dtype=np.float32))
-
-q_tensor("token_embd.weight", V, E, QT.Q4_K)
-f32("output_norm.weight", E)
-q_tensor("output.weight", V, E, QT.Q6_K)
+ones = np.ones(E, dtype=np.float32)
+w.add_tensor("token_embd.weight", q4_k(V, E), raw_dtype=QT.Q4_K)
+w.add_tensor("rope_freqs.weight", rope_freqs())
+w.add_tensor("output_norm.weight", ones)
+w.add_tensor("output.weight", q6_k(V, E), raw_dtype=QT.Q6_K)
+layer = {
+    "attn_q.weight": (q4_k(H * HD, E), QT.Q4_K),
+    "attn_k.weight": (q4_k(KV * HD, E), QT.Q4_K),
+    "attn_v.weight": (q4_k(KV * HD, E), QT.Q4_K),
+    "attn_output.weight": (q4_k(E, H * HD), QT.Q4_K),
+    "ffn_gate.weight": (q4_k(FF, E), QT.Q4_K),
+    "ffn_up.weight": (q4_k(FF, E), QT.Q4_K),
+    "ffn_down.weight": (q6_k(E, FF), QT.Q6_K),
+}
 for l in range(L):
-    p = f"blk.{l}."
-    f32(p + "attn_norm.weight", E); f32(p + "ffn_norm.weight", E)
-    q_tensor(p + "attn_q.weight", H * HD, E, QT.Q4_K)
-    q_tensor(p + "attn_k.weight", KV * HD, E, QT.Q4_K)
-    q_tensor(p + "attn_v.weight", KV * HD, E, QT.Q4_K)
-    q_tensor(p + "attn_output.weight", E, H * HD, QT.Q4_K)
-    q_tensor(p + "ffn_gate.weight", FF, E, QT.Q4_K)
-    q_tensor(p + "ffn_up.weight", FF, E, QT.Q4_K)
-    q_tensor(p + "ffn_down.weight", E, FF, QT.Q6_K)
-w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.add_tensor(f"blk.{l}.attn_norm.weight", ones)
+    w.add_tensor(f"blk.{l}.ffn_norm.weight", ones)
+    for name, (data, qt) in layer.items():
+        w.add_tensor(f"blk.{l}.{name}", data, raw_dtype=qt)
+t1 = time.time()
+w.write_header_to_file()
+w.write_kv_data_to_file()
+w.write_tensors_to_file()
+w.close()
+print(f"wrote {out}: {os.path.getsize(out) / 1e9:.2f} GB, {L} layers, vocab {V} "
+      f"(random data {t1 - t0:.1f} s, writing {time.time() - t1:.1f} s)")
 PY
 }
 
-run() {
-  local out="${1:-${OUT:-/tmp}}"
-  local build="$LLAMA/build"
+# Library search path: the CUDA 13 runtime and NCCL from the Python nvidia-nccl package
+# (torch's); lib-fallback (bundled copies, an NCCL stub) only for what is still missing.
+setup_libs() {
+  local dirs="" d nccl
+  for d in /usr/local/cuda-13.0/targets/x86_64-linux/lib /usr/local/cuda/lib64 /usr/local/cuda/lib \
+           /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do
+    [[ -d "$d" ]] && dirs="$dirs:$d"
+  done
+  nccl="$(python3 - <<'PY' 2>/dev/null || true
+import glob, os, site, sys
+for r in site.getsitepackages() + [site.getusersitepackages()] + sys.path:
+    for f in glob.glob(os.path.join(r, "nvidia", "**", "libnccl.so.2"), recursive=True):
+        print(os.path.dirname(f)); sys.exit(0)
+PY
+)"
+  [[ -n "$nccl" ]] && dirs="$dirs:$nccl"
+  export LD_LIBRARY_PATH="${dirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  local missing
+  missing="$(ldd "$TOOLS" | grep "not found" || true)"
+  if [[ -n "$missing" ]]; then
+    printf 'not found on this machine (lib-fallback used):\n%s\n' "$missing"
+    tar -C "$WORK/bin" -xJf "$LLAMA/lib-fallback.tar.xz"
+    export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$WORK/bin/lib-fallback"
+  fi
+  ldd "$TOOLS" | grep -E "nccl|cudart|cublas|ssl|crypto|gomp" || true
+  missing="$(ldd "$TOOLS" | grep "not found" || true)"
+  if [[ -n "$missing" ]]; then
+    printf 'still missing:\n%s\n' "$missing" >&2
+    return 1
+  fi
+  # Never NVLink multicast on the shared hosts.
+  export NCCL_NVLS_ENABLE=0
+}
+
+# Markdown summary from llama-bench JSON files (llama_bench_<label>.json) and
+# llama-batched-bench logs (batched_<label>.log).
+summarise() {
+  python3 - "$@" <<'PY'
+import json
+import os
+import re
+import sys
+
+print("\n## llama.cpp summary (tokens/s; llama-bench: mean ± sd of 3 runs)\n")
+print("| tool | run | test | tok/s |")
+print("| --- | --- | --- | --- |")
+for path in sys.argv[1:]:
+    label = re.sub(r"^(llama_bench|batched)_|\.(json|log)$", "", os.path.basename(path))
+    text = open(path).read() if os.path.exists(path) else ""
+    if path.endswith(".json"):
+        start, end = text.find("[\n"), text.rfind("]")
+        rows = json.loads(text[start:end + 1]) if 0 <= start < end else []
+        if not rows:
+            print(f"| llama-bench | {label} | no results | |")
+        for r in rows:
+            test = f"pp{r['n_prompt']}" if r["n_gen"] == 0 else f"tg{r['n_gen']}"
+            print(f"| llama-bench | {label} | {test} | {r['avg_ts']:.1f} ± {r['stddev_ts']:.1f} |")
+    else:
+        rows = re.findall(r"^\|\s*(\d+) \|\s*(\d+) \|\s*(\d+) \|\s*\d+ \|\s*[\d.]+ \|\s*([\d.]+)"
+                          r" \|\s*[\d.]+ \|\s*([\d.]+) \|", text, re.M)
+        if not rows:
+            print(f"| llama-batched-bench | {label} | no results | |")
+        for pp, tg, b, s_pp, s_tg in rows:
+            print(f"| llama-batched-bench | {label} | decode batch {b} (tg{tg} after pp{pp}) | {s_tg} |")
+        for pp, tg, b, s_pp, s_tg in rows:
+            print(f"| llama-batched-bench | {label} | prefill {b} x pp{pp} | {s_pp} |")
+PY
+}
+
+# One llama-bench run: NAME, then extra arguments. Failures are reported, not fatal.
+bench_one() {
+  local name="$1"; shift
   local t0=$SECONDS
-  cmake -S "$LLAMA/llama.cpp" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF > "$out/llama_cmake.log" 2>&1
-  ninja -C "$build" -j "$(nproc)" llama-bench > "$out/llama_build.log" 2>&1
-  echo "llama.cpp build: $((SECONDS - t0)) s"
-  make_gguf /tmp/llama3-8b-q4_k_m.gguf
-  # tg at 1 sequence; pp 512/2048; batched decode throughput comes from -npl in llama-batched-bench.
-  "$build/bin/llama-bench" -m /tmp/llama3-8b-q4_k_m.gguf -ngl 99 -p 512,2048 -n 128 -r 3 \
-    -o md | tee "$out/llama_bench.md"
+  echo "== llama-bench $name: $*"
+  if "${LLAMA_BENCH[@]}" -m "$GGUF" -ngl 99 -fa 1 -p "$PP" -n "$TG" -r 3 -o md -oe json "$@" \
+      2> "$RAW/llama_bench_$name.json" | tee "$RAW/llama_bench_$name.md"; then
+    echo "   ($((SECONDS - t0)) s)"
+  else
+    echo "   FAILED (rc $?)"
+    tail -5 "$RAW/llama_bench_$name.json"
+  fi
+  RESULTS+=("$RAW/llama_bench_$name.json")
+}
+
+batched_one() {
+  local name="$1"; shift
+  local t0=$SECONDS
+  local npl_max="${NPL##*,}"
+  echo "== llama-batched-bench $name: $*"
+  if "${LLAMA_BATCHED_BENCH[@]}" -m "$GGUF" -ngl 99 -fa on -c $((npl_max * (BB_PP + BB_TG))) \
+      -npp "$BB_PP" -ntg "$BB_TG" -npl "$NPL" "$@" > "$RAW/batched_$name.log" 2>&1; then
+    grep '^|' "$RAW/batched_$name.log" || true
+    echo "   ($((SECONDS - t0)) s)"
+  else
+    echo "   FAILED (rc $?)"
+    tail -5 "$RAW/batched_$name.log"
+  fi
+  RESULTS+=("$RAW/batched_$name.log")
+}
+
+# OUTDIR gets two files (the device call returns at most 8): llama_summary.md and
+# llama_results.tgz (llama-bench markdown and JSON, llama-batched-bench logs).
+run() {
+  OUTDIR="${1:?usage: run OUTDIR [NGPU]}"
+  local ngpu="${2:-1}"
+  RAW="$WORK/results"
+  rm -rf "$RAW"
+  mkdir -p "$OUTDIR" "$RAW"
+  local t_all=$SECONDS
+  mkdir -p "$WORK/bin"
+  xz -dc "$LLAMA/llama-tools.xz" > "$TOOLS" 2>/dev/null ||
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      "$LLAMA/llama-tools.xz" "$TOOLS"
+  chmod +x "$TOOLS"
+  setup_libs
+  nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader || true
+  if [[ -f "$GGUF" && -f "$GGUF.done" ]]; then
+    echo "GGUF exists: $GGUF"
+  else
+    rm -f "$GGUF.done"
+    local t0=$SECONDS
+    make_gguf "$GGUF"
+    touch "$GGUF.done"
+    echo "   GGUF: $((SECONDS - t0)) s"
+  fi
+  RESULTS=()
+  CUDA_VISIBLE_DEVICES=0 bench_one 1gpu
+  CUDA_VISIBLE_DEVICES=0 batched_one 1gpu
+  if ((ngpu >= 2)); then
+    local devs
+    devs="$(seq -s, 0 $((ngpu - 1)))"
+    CUDA_VISIBLE_DEVICES="$devs" bench_one "${ngpu}gpu_layer" -sm layer
+    CUDA_VISIBLE_DEVICES="$devs" bench_one "${ngpu}gpu_row" -sm row
+    # llama.cpp's tensor-parallel mode (all-reduce through NCCL): the closest to tpnode's TP.
+    CUDA_VISIBLE_DEVICES="$devs" bench_one "${ngpu}gpu_tensor" -sm tensor
+    CUDA_VISIBLE_DEVICES="$devs" batched_one "${ngpu}gpu_tensor" -sm tensor
+  fi
+  tar czf "$OUTDIR/llama_results.tgz" -C "$RAW" .
+  summarise "${RESULTS[@]}" | tee "$OUTDIR/llama_summary.md"
+  echo
+  echo "llama.cpp stage: $((SECONDS - t_all)) s"
+  echo "GGUF for tpnode bench -m: $GGUF"
+}
+
+# libggml-cuda.a without the kernels a Llama Q4_K_M model with head size 128 and an F16 KV
+# cache never runs (the binary must travel in a 64 MiB call): MMQ only for Q4_K and Q6_K,
+# FlashAttention tile kernels only for head size 128, vector kernels only for F16 K/V. The
+# MMA FlashAttention kernels, MMVQ and everything else stay.
+slim_cuda_library() {
+  local build="$1" tmp="$2"
+  cp "$build/ggml/src/ggml-cuda/libggml-cuda.a" "$tmp/libggml-cuda.a"
+  ar t "$tmp/libggml-cuda.a" | grep -E '^(mmq|fattn-tile|fattn-vec)-instance-' |
+    grep -Ev '^(mmq-instance-(q4_k|q6_k)|fattn-tile-instance-dkq128-dv128|fattn-vec-instance-f16-f16)\.' \
+    > "$tmp/dropped"
+  xargs ar d "$tmp/libggml-cuda.a" < "$tmp/dropped"
+  echo "dropped $(wc -l < "$tmp/dropped") kernel instance objects from libggml-cuda.a"
+}
+
+# stubs.o: one function per name in $tmp/stub_syms that reports the name and aborts.
+make_stubs() {
+  local tmp="$1" i=0 sym
+  {
+    echo '.text'
+    while read -r sym; do
+      [[ -n "$sym" ]] || continue
+      printf '.globl %s\n.type %s, @function\n%s:\n  leaq .Lname%d(%%rip), %%rdi\n  jmp llama_slim_missing\n' \
+        "$sym" "$sym" "$sym" "$i"
+      printf '.section .rodata\n.Lname%d: .string "%s"\n.text\n' "$i" "$sym"
+      i=$((i + 1))
+    done < "$tmp/stub_syms"
+    echo '.section .note.GNU-stack,"",@progbits'
+  } > "$tmp/stubs_asm.s"
+  cat > "$tmp/stubs_c.c" <<'C'
+#include <stdio.h>
+#include <stdlib.h>
+void llama_slim_missing(const char* name) {
+  fprintf(stderr, "llama-tools: kernel family %s was left out of this slim build (see "
+                  "bench/llamacpp_gpu.sh slim_cuda_library)\n", name);
+  abort();
+}
+C
+  cc -c -O2 "$tmp/stubs_asm.s" -o "$tmp/stubs_asm.o"
+  cc -c -O2 -fPIC "$tmp/stubs_c.c" -o "$tmp/stubs_c.o"
+  ld -r "$tmp/stubs_asm.o" "$tmp/stubs_c.o" -o "$tmp/stubs.o"
+}
+
+# Here: copy what the GPU machine needs into .device/llama. llama-bench and
+# llama-batched-bench are linked into one static binary, llama-tools, so that the CUDA kernels
+# travel once. Libraries the GPU machine is expected to have (CUDA 13, NCCL from the Python
+# nvidia-nccl package, libssl, libgomp) go to lib-fallback, used only where they are missing.
+pack() {
+  local build="${1:-/work/llama/build-cuda}"
+  rm -rf "$LLAMA"
+  local tmp
+  tmp="$(mktemp -d)"
+  mkdir -p "$LLAMA" "$tmp/lib-fallback"
+  cat > "$tmp/llama_tools.cpp" <<'CPP'
+// llama-bench and llama-batched-bench in one binary: `llama-tools bench|batched-bench ARGS`.
+#include <cstdio>
+#include <cstring>
+int llama_bench(int argc, char ** argv);
+int llama_batched_bench(int argc, char ** argv);
+int main(int argc, char ** argv) {
+    if (argc >= 2 && std::strcmp(argv[1], "bench") == 0) return llama_bench(argc - 1, argv + 1);
+    if (argc >= 2 && std::strcmp(argv[1], "batched-bench") == 0) {
+        return llama_batched_bench(argc - 1, argv + 1);
+    }
+    std::fprintf(stderr, "usage: %s bench|batched-bench [arguments of that tool]\n", argv[0]);
+    return 2;
+}
+CPP
+  # The link line CMake uses for llama-bench, plus the batched-bench library.
+  local libs
+  libs="$(awk '/^build bin\/llama-bench:/ {f = 1} f && /LINK_LIBRARIES/ {sub(/^ *LINK_LIBRARIES = /, ""); print; exit}' \
+    "$build/build.ninja")"
+  [[ -n "$libs" ]] || { echo "no llama-bench link line in $build/build.ninja" >&2; return 1; }
+  libs="$(sed -e 's#tools/llama-bench/libllama-bench-impl\.a#& tools/batched-bench/libllama-batched-bench-impl.a#' \
+    -e 's#bin/libllama-bench-impl\.so#& bin/libllama-batched-bench-impl.so#' <<< "$libs")"
+  g++ -O2 -std=c++17 -c "$tmp/llama_tools.cpp" -o "$tmp/llama_tools.o"
+  slim_cuda_library "$build" "$tmp"
+  libs="${libs//ggml\/src\/ggml-cuda\/libggml-cuda.a/$tmp/libggml-cuda.a}"
+  # Link; every symbol of a dropped kernel family still referenced gets a stub that aborts
+  # with its name (never reached by this model: see slim_cuda_library).
+  : > "$tmp/stub_syms"
+  local _
+  for _ in 1 2 3; do
+    make_stubs "$tmp"
+    # shellcheck disable=SC2086  # the link line is a list of words
+    if (cd "$build" && g++ -O3 "$tmp/llama_tools.o" "$tmp/stubs.o" -o "$tmp/llama-tools" $libs \
+        -Wl,--no-demangle 2> "$tmp/link.err"); then
+      break
+    fi
+    grep -o "undefined reference to \`[^']*'" "$tmp/link.err" | sed "s/.*\`//; s/'$//" \
+      >> "$tmp/stub_syms" || { cat "$tmp/link.err" >&2; return 1; }
+    sort -u -o "$tmp/stub_syms" "$tmp/stub_syms"
+  done
+  [[ -x "$tmp/llama-tools" ]] || { cat "$tmp/link.err" >&2; return 1; }
+  echo "stubbed $(wc -l < "$tmp/stub_syms") symbols of dropped kernels (listed in slim_stubs.txt)"
+  c++filt < "$tmp/stub_syms" > "$LLAMA/slim_stubs.txt"
+  strip "$tmp/llama-tools"
+  xz -T2 -9e -c "$tmp/llama-tools" > "$LLAMA/llama-tools.xz"
+  # Libraries that are not glibc's, the C++ runtime's or the driver's.
+  ldd "$tmp/llama-tools" | awk '/=> \//{print $1, $3}' | sort -u | while read -r name path; do
+    case "$name" in
+      libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|ld-linux*|libcuda.so*|libstdc++.so*|\
+      libgcc_s.so*|libcudart.so*|libcublas*) ;;
+      libnccl.so*) ;;  # 218 MB: the stub below stands in where there is none
+      *) cp -L "$path" "$tmp/lib-fallback/$name" && echo "fallback copy of $name" ;;
+    esac
+  done
+  # ggml-cuda's NCCL entry points; ncclCommInitAll fails, so llama.cpp uses its own all-reduce.
+  cat > "$tmp/nccl_stub.c" <<'C'
+typedef int ncclResult_t;
+typedef void* ncclComm_t;
+ncclResult_t ncclCommInitAll(ncclComm_t* comms, int n, const int* devs) {
+  (void)comms; (void)n; (void)devs; return 1; /* ncclUnhandledCudaError */
+}
+ncclResult_t ncclCommDestroy(ncclComm_t c) { (void)c; return 0; }
+ncclResult_t ncclGroupStart(void) { return 0; }
+ncclResult_t ncclGroupEnd(void) { return 0; }
+ncclResult_t ncclAllReduce(const void* s, void* r, unsigned long n, int t, int op, ncclComm_t c,
+                           void* stream) {
+  (void)s; (void)r; (void)n; (void)t; (void)op; (void)c; (void)stream; return 5;
+}
+const char* ncclGetErrorString(ncclResult_t r) { (void)r; return "NCCL stub (no libnccl.so.2)"; }
+C
+  cc -O2 -shared -fPIC -Wl,-soname,libnccl.so.2 -o "$tmp/lib-fallback/libnccl.so.2" "$tmp/nccl_stub.c"
+  tar -C "$tmp" -cJf "$LLAMA/lib-fallback.tar.xz" lib-fallback
+  rm -rf "$tmp"
+  cp -r "$LLAMA_SRC/gguf-py" "$LLAMA/gguf-py"
+  rm -rf "$LLAMA/gguf-py/tests" "$LLAMA/gguf-py/examples"
+  find "$LLAMA/gguf-py" -name __pycache__ -prune -exec rm -rf {} +
+  du -sh "$LLAMA" "$LLAMA"/*
+}
+
+# Here: a 2-layer, small-vocabulary GGUF of the same tensor types through the CPU build of
+# llama.cpp (the same llama-bench / llama-batched-bench steps and summary as `run`, shrunk)
+# and through tpnode (inspect, bench on the CPU backend).
+check() {
+  local tpnode="${1:-$ROOT/build-lcp/tpnode}"
+  local cpu_bin="${LLAMA_CPU_BIN:-/work/llama/build-cpu/bin}"
+  LLAMA_BENCH=("$cpu_bin/llama-bench")
+  LLAMA_BATCHED_BENCH=("$cpu_bin/llama-batched-bench")
+  GGUF="$WORK/check-2l.gguf"
+  RAW="$WORK/check-results"
+  PP=32 TG=4 NPL=1,2 BB_PP=16 BB_TG=4
+  mkdir -p "$RAW"
+  local t0=$SECONDS
+  make_gguf "$GGUF" layers=2 vocab=8192
+  echo "GGUF writer: $((SECONDS - t0)) s"
+  RESULTS=()
+  bench_one cpu -t 2
+  batched_one cpu -t 2
+  summarise "${RESULTS[@]}"
+  "$tpnode" inspect "$GGUF"
+  "$tpnode" bench -m "$GGUF" --backend cpu --batches 1,4 --prefill 64 --context 16 \
+    --decode-steps 4 --reps 1 2>/dev/null
 }
 
 case "${1:-}" in
-  fetch) fetch ;;
+  pack) shift; pack "$@" ;;
+  check) shift; check "$@" ;;
+  gguf) shift; make_gguf "$@" ;;
   run) shift; run "$@" ;;
-  *) echo "usage: $0 fetch | run [OUT]" >&2; exit 2 ;;
+  *) echo "usage: $0 pack [CUDA_BUILD] | check [TPNODE] | gguf FILE [k=v...] | run OUTDIR [NGPU]" >&2
+     exit 2 ;;
 esac
