@@ -37,6 +37,7 @@ struct ServeOptions {
   coord::HttpServerOptions http;
   coord::ServiceOptions service;
   bool no_http = false;
+  bool host_sampling = false;  // sample every request on the host, never on the GPU
   int64_t max_queue = 256;
   double drain_seconds = 30.0;
   int io_threads = 2;
@@ -143,6 +144,7 @@ int run_serve(ServeOptions& o) {
   lo.scheduler.max_batch_tokens = engine.options().max_batch_tokens;
   lo.scheduler.max_seqs = engine.options().max_seqs;
   lo.scheduler.max_context = engine.max_context();
+  lo.scheduler.device_sampling = !o.host_sampling;
   lo.kv_blocks = engine.kv_blocks();
   lo.kv_block_size = engine.options().kv_block_size;
   lo.max_queue = o.max_queue;
@@ -187,6 +189,9 @@ const RegisterCommand kRegister{Command{
       app.add_option("--port", o->tcp.port, "TCP JSON-lines port (0 = any free port)");
       app.add_option("--http-port", o->http.port, "HTTP port (0 = any free port)");
       app.add_flag("--no-http", o->no_http, "serve only the TCP protocol");
+      app.add_flag("--host-sampling", o->host_sampling,
+                   "sample on the host even where the GPU could (one-GPU runs sample unpenalised "
+                   "requests on the device by default)");
       app.add_option("--model-name", o->service.model_name,
                      "model id reported by /v1/models (default: the file name)");
       app.add_option("--max-queue", o->max_queue, "requests waiting to start before overloaded")
