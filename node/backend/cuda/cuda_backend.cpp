@@ -167,6 +167,7 @@ class CudaBackend final : public Backend {
   KvCacheShape kv_shape_;
   void* k_cache_ = nullptr;
   void* v_cache_ = nullptr;
+  uint32_t* attn_counters_ = nullptr;  // [kDecodeMaxCounters], zero between launches
   size_t kv_layer_bytes_ = 0;
 
   Step step_;
@@ -354,6 +355,12 @@ void CudaBackend::init_kv_cache(const KvCacheShape& shape) {
                     shape.head_dim * 2;
   k_cache_ = mem_->alloc(kv_layer_bytes_ * shape.n_layer, "KV cache (K)");
   v_cache_ = mem_->alloc(kv_layer_bytes_ * shape.n_layer, "KV cache (V)");
+  // Split decode attention counts finished splits here; zero now, and every launch leaves
+  // them zero (the last split resets its counter), so graphs can replay them.
+  const size_t counter_bytes = kc::kDecodeMaxCounters * sizeof(uint32_t);
+  attn_counters_ = static_cast<uint32_t*>(mem_->alloc(counter_bytes, "attention split counters"));
+  TPNODE_CUDA_CHECK(cudaMemsetAsync(attn_counters_, 0, counter_bytes, stream_));
+  TPNODE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 kc::PagedKv CudaBackend::layer_kv(int64_t layer) const {
@@ -642,17 +649,8 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
     d.split_len = split.split_len;
     if (split.n_splits > 1) {
       d.part_out = scratch_->attn_out.as<float>(split.part_out_floats);
-      // [counters][split LSE]: the counters must be zero on entry and every launch leaves
-      // them zero, so they are cleared only when the buffer is (re)allocated.
-      const uint64_t used = mem_->used(), moves = mem_->scratch_moves();
-      static_assert(sizeof(uint32_t) == sizeof(float));
-      auto* words = scratch_->attn_lse.as<uint32_t>(kc::kDecodeMaxCounters + split.part_lse_floats);
-      if (mem_->used() != used || mem_->scratch_moves() != moves) {
-        TPNODE_CUDA_CHECK(
-            cudaMemsetAsync(words, 0, kc::kDecodeMaxCounters * sizeof(uint32_t), stream_));
-      }
-      d.counters = words;
-      d.part_lse = reinterpret_cast<float*>(words + kc::kDecodeMaxCounters);
+      d.counters = attn_counters_;
+      d.part_lse = scratch_->attn_lse.as<float>(split.part_lse_floats);
     }
     kc::decode_attention(d, stream_);
   }
