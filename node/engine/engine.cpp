@@ -73,6 +73,17 @@ struct Engine::Impl {
   std::vector<size_t> sampled_at;      // their output rows
   std::vector<int32_t> sampled;        // their tokens
   std::vector<int64_t> host_rows;      // LM head rows returned as logits
+  // Tensor parallel greedy rows: each rank sends its best (logit, id) per row, not its logits.
+  std::vector<int64_t> greedy_rows;    // their LM head rows
+  std::vector<size_t> greedy_at;       // their output rows
+  std::vector<float> greedy_local;     // [rows][2]: this rank's best logit and global id
+  std::vector<float> greedy_all;       // rank 0: [ranks][rows][2]
+
+  // Copies LM-head rows `rows` of this rank's logits to dst [rows.size(), vocab].
+  void fetch_rows(const std::vector<int64_t>& rows, int64_t vocab, std::vector<float>& dst);
+  // Tokens of the greedy rows: every rank's best logit of its vocabulary slice, gathered
+  // on rank 0 (ties to the lowest id, as the host sampler's argmax).
+  void tp_greedy(int64_t vocab0, int64_t vocab, StepOutput& out, int64_t n_out);
   // A KV block outside the scheduler's range: padding sequences of graph steps write and
   // read there. -1 when the backend runs no graphs.
   int32_t pad_block = -1;
@@ -303,6 +314,62 @@ void pad_to_graph_shape(const GraphKey& key, int32_t pad_block, BatchMeta& meta)
 
 }  // namespace
 
+void Engine::Impl::fetch_rows(const std::vector<int64_t>& rows, int64_t vocab,
+                              std::vector<float>& dst) {
+  const auto n = static_cast<int64_t>(rows.size());
+  dst.resize(static_cast<size_t>(n * vocab));
+  bool in_order = true;  // the rows are 0..n-1: no staging
+  for (int64_t j = 0; j < n; ++j) in_order = in_order && rows[static_cast<size_t>(j)] == j;
+  if (in_order) {
+    b.copy_to_host(dst.data(), s.logits, dst.size() * sizeof(float));
+    return;
+  }
+  // Copy up to the last row needed, then compact.
+  const int64_t last = *std::max_element(rows.begin(), rows.end()) + 1;
+  staged_logits.resize(static_cast<size_t>(last * vocab));
+  b.copy_to_host(staged_logits.data(), s.logits, staged_logits.size() * sizeof(float));
+  for (int64_t j = 0; j < n; ++j) {
+    std::copy_n(staged_logits.data() + rows[static_cast<size_t>(j)] * vocab, vocab,
+                dst.data() + j * vocab);
+  }
+}
+
+void Engine::Impl::tp_greedy(int64_t vocab0, int64_t vocab, StepOutput& out, int64_t n_out) {
+  const auto n = static_cast<int64_t>(greedy_rows.size());
+  fetch_rows(greedy_rows, vocab, local_logits);
+  greedy_local.resize(static_cast<size_t>(2 * n));
+  for (int64_t j = 0; j < n; ++j) {
+    const float* r = local_logits.data() + j * vocab;
+    int64_t best = 0;
+    for (int64_t i = 1; i < vocab; ++i) {
+      if (r[i] > r[best]) best = i;
+    }
+    greedy_local[static_cast<size_t>(2 * j)] = r[best];
+    // Ids travel as floats: exact below 2^24, far above any vocabulary.
+    greedy_local[static_cast<size_t>(2 * j + 1)] = static_cast<float>(vocab0 + best);
+  }
+  const int size = c.size();
+  const bool root = c.rank() == 0;
+  greedy_all.resize(root ? static_cast<size_t>(2 * n * size) : 0);
+  c.gather_host(greedy_local.data(), greedy_local.size(), root ? greedy_all.data() : nullptr,
+                std::vector<size_t>(static_cast<size_t>(size), greedy_local.size()));
+  if (!root) return;
+  if (out.tokens.empty()) out.tokens.assign(static_cast<size_t>(n_out), -1);
+  for (int64_t j = 0; j < n; ++j) {
+    // Ranks hold ascending vocabulary slices: a later rank wins only with a larger logit.
+    float best = 0.0f;
+    int32_t id = -1;
+    for (int r = 0; r < size; ++r) {
+      const float* e = greedy_all.data() + (static_cast<int64_t>(r) * n + j) * 2;
+      if (id < 0 || e[0] > best) {
+        best = e[0];
+        id = static_cast<int32_t>(e[1]);
+      }
+    }
+    out.tokens[greedy_at[static_cast<size_t>(j)]] = id;
+  }
+}
+
 const StepOutput& Engine::run(const StepPlan& plan) {
   Impl& m = *impl_;
   Backend& b = m.b;
@@ -343,12 +410,14 @@ const StepOutput& Engine::run(const StepPlan& plan) {
   const int64_t V = hp.n_vocab, Vl = shard_.n_vocab;
 
   // Device sampling needs the whole vocabulary in one place: one rank only. With tensor
-  // parallelism each rank holds a vocabulary slice, and rank 0 samples on the host after
-  // the gather.
+  // parallelism each rank holds a vocabulary slice: greedy rows are decided by tp_greedy,
+  // the others are gathered and sampled on rank 0's host.
   const bool device = m.c.size() == 1 && b.can_sample();
   m.sample_rows.clear();
   m.sampled_at.clear();
   m.host_rows.clear();
+  m.greedy_rows.clear();
+  m.greedy_at.clear();
   size_t row = 0;
   for (const SeqStep& s : plan.seqs) {
     if (!s.want_logits) continue;
@@ -366,11 +435,15 @@ const StepOutput& Engine::run(const StepPlan& plan) {
            .seed = s.sampling.seed,
            .draw = static_cast<uint64_t>(s.n_past) + static_cast<uint64_t>(s.tokens.size())});
       m.sampled_at.push_back(row);
+    } else if (m.c.size() > 1 && s.sampling.enabled && s.sampling.temperature <= 0.0f) {
+      m.greedy_rows.push_back(lm_row);
+      m.greedy_at.push_back(row);
     } else {
       m.host_rows.push_back(lm_row);
     }
     ++row;
   }
+  if (!m.greedy_rows.empty()) m.tp_greedy(shard_.vocab0, Vl, out, n_out);
   if (!m.sample_rows.empty()) {
     m.sampled.resize(m.sample_rows.size());
     b.sample_tokens(m.s.logits, Vl, m.sample_rows, m.sampled.data());
@@ -384,22 +457,8 @@ const StepOutput& Engine::run(const StepPlan& plan) {
   }
 
   const int64_t n_host = static_cast<int64_t>(m.host_rows.size());
-  if (n_host == 0) return out;
-  m.local_logits.resize(static_cast<size_t>(n_host * Vl));
-  bool in_order = true;  // the rows are 0..n_host-1: no staging
-  for (int64_t j = 0; j < n_host; ++j) in_order = in_order && m.host_rows[static_cast<size_t>(j)] == j;
-  if (in_order) {
-    b.copy_to_host(m.local_logits.data(), m.s.logits, m.local_logits.size() * sizeof(float));
-  } else {
-    // Copy up to the last row needed, then compact.
-    const int64_t rows = m.host_rows.back() + 1;
-    m.staged_logits.resize(static_cast<size_t>(rows * Vl));
-    b.copy_to_host(m.staged_logits.data(), m.s.logits, m.staged_logits.size() * sizeof(float));
-    for (int64_t j = 0; j < n_host; ++j) {
-      std::copy_n(m.staged_logits.data() + m.host_rows[static_cast<size_t>(j)] * Vl, Vl,
-                  m.local_logits.data() + j * Vl);
-    }
-  }
+  if (n_host == 0) return m.c.rank() == 0 ? out : m.none;
+  m.fetch_rows(m.host_rows, Vl, m.local_logits);
   if (m.c.size() == 1) {
     out.logits.swap(m.local_logits);
     return out;

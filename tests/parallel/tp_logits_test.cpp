@@ -117,6 +117,51 @@ TEST_P(TpLogits, MatchOneRankForThirtyTwoGreedySteps) {
               "%d token mismatches\n", c.name.c_str(), comm.size(), worst, mismatches);
 }
 
+// Greedy rows under tensor parallelism come back as tokens: each rank sends its best logit
+// and id instead of its logits. The same step run again (it rewrites the same KV slots with
+// the same values) with logits returned must have that token as its argmax, ties to the
+// lowest id.
+TEST_P(TpLogits, GreedyTokensEqualTheArgmaxOfTheGatheredLogits) {
+  const TpCase& c = GetParam();
+  Communicator& comm = world().comm();
+  if (comm.size() < 2) GTEST_SKIP() << "needs mpirun -np >= 2";
+  if (!fs::exists(c.path)) GTEST_SKIP() << c.path << " missing (launch/fetch_model.sh)";
+  auto file = ModelFile::open(c.path.string());
+  const HParams& hp = file->hparams();
+  FileWeightSource weights(*file);
+  if (!ShardPlan::is_valid(hp, comm.size(), weights.row_parallel_block(hp))) {
+    GTEST_SKIP() << c.name << " cannot be split over " << comm.size() << " ranks";
+  }
+  CpuBackend backend(exact_backend());
+  Engine engine(hp, weights, backend, comm, options());
+  if (comm.rank() != 0) {
+    EXPECT_EQ(run_worker_loop(engine, comm), 0);
+    return;
+  }
+  DistributedExecutor executor(engine, comm);
+  KvBlockManager kv(engine.kv_blocks(), engine.options().kv_block_size);
+  std::vector<int32_t> feed = c.prompt;
+  int32_t n_past = 0;
+  for (int step = 0; step < 12; ++step) {
+    ASSERT_TRUE(kv.reserve(1, n_past + static_cast<int64_t>(feed.size())));
+    StepPlan plan;
+    plan.step = static_cast<uint64_t>(2 * step + 1);
+    plan.seqs = {SeqStep{1, n_past, feed, kv.table(1), true}};
+    const std::vector<float> logits = executor.run(plan).logits;
+    ASSERT_EQ(logits.size(), static_cast<size_t>(hp.n_vocab));
+    plan.step += 1;
+    plan.seqs[0].sampling = {.enabled = true, .temperature = 0.0f};
+    const StepOutput& out = executor.run(plan);
+    ASSERT_EQ(out.tokens.size(), 1u) << "step " << step;
+    EXPECT_TRUE(out.logits.empty());
+    const auto argmax = std::max_element(logits.begin(), logits.end()) - logits.begin();
+    EXPECT_EQ(out.tokens[0], static_cast<int32_t>(argmax)) << c.name << " step " << step;
+    n_past += static_cast<int32_t>(feed.size());
+    feed = {out.tokens[0]};
+  }
+  executor.shutdown();
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Models, TpLogits,
     ::testing::Values(
