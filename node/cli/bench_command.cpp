@@ -48,6 +48,7 @@ struct BenchOptions {
   bool pdl = false;                   // CUDA: programmatic dependent launch between kernels
   bool graphs = true;                 // CUDA: replay decode steps from CUDA graphs
   bool device_sampling = false;       // decode steps sample on the device (when it can)
+  bool greedy_tokens = false;         // decode steps return argmax tokens, not logits
   int quant_gemv_max_batch = 16;      // CUDA: largest quantized matmul batch on int8 GEMVs
 };
 
@@ -185,7 +186,8 @@ int run_bench(const BenchOptions& o) {
     CudaBackendOptions co;
     co.device = tp.device;
     co.gpu_memory_fraction = o.gpu_memory_fraction;
-    co.max_batch_tokens = std::max(*std::max_element(o.prefills.begin(), o.prefills.end()), 64);
+    co.max_batch_tokens =
+        std::max({*std::max_element(o.prefills.begin(), o.prefills.end()), o.context, 64});
     co.bf16_copy_fraction = o.bf16_copies ? 0.5 : 0.0;
     co.pdl = o.pdl;
     co.use_cuda_graphs = o.graphs;
@@ -227,7 +229,8 @@ int run_bench(const BenchOptions& o) {
   const int max_prefill = *std::max_element(o.prefills.begin(), o.prefills.end());
   EngineOptions eo;
   eo.max_context = std::max(max_prefill, o.context + o.decode_steps + 8);
-  eo.max_batch_tokens = std::max(max_prefill, max_batch);
+  // The KV of each decode sequence is filled with `context` tokens in one step.
+  eo.max_batch_tokens = std::max({max_prefill, max_batch, o.context});
   eo.max_seqs = std::max(max_batch, 1);
   const int64_t per_seq_blocks = (eo.max_context + eo.kv_block_size - 1) / eo.kv_block_size;
   eo.kv_tokens = std::max<int64_t>(max_batch, 1) * per_seq_blocks * eo.kv_block_size;
@@ -318,6 +321,9 @@ int run_bench(const BenchOptions& o) {
         plan.seqs.back().sampling = {.enabled = true, .temperature = 0.8f, .top_k = 40,
                                      .top_p = 0.95f, .min_p = 0.05f,
                                      .seed = static_cast<uint64_t>(s)};
+      } else if (o.greedy_tokens) {
+        // One GPU: the argmax on the device; tensor parallel: the distributed argmax.
+        plan.seqs.back().sampling = {.enabled = true, .temperature = 0.0f};
       }
     }
     for (int w = 0; w < 2; ++w) {
@@ -332,7 +338,8 @@ int run_bench(const BenchOptions& o) {
     }
     const double per_step_s = seconds_since(t0) / o.decode_steps;
     status.done();
-    Row row{fmt::format("decode batch {}{}", b, o.device_sampling ? " +sampling" : ""),
+    Row row{fmt::format("decode batch {}{}", b,
+                        o.device_sampling ? " +sampling" : o.greedy_tokens ? " +greedy" : ""),
             b / per_step_s, per_step_s * 1e3, 0, ""};
     if (roof.copy_bw > 0) {
       // The copy rate counts bytes read plus written: the HBM's total rate, which a
@@ -374,6 +381,8 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--quant-gemv-max-batch", o->quant_gemv_max_batch,
                      "largest decode batch whose quantized matmuls run on int8 GEMVs (1..64)");
       sub.add_flag("!--no-graphs", o->graphs, "run decode steps op by op instead of CUDA graphs");
+      sub.add_flag("--greedy-tokens", o->greedy_tokens,
+                   "decode steps return argmax tokens instead of logits (device or distributed argmax)");
       sub.add_flag("--device-sampling", o->device_sampling,
                    "decode steps sample their tokens on the device (T 0.8, top-k 40, top-p "
                    "0.95, min-p 0.05) instead of copying the logits to the host");
