@@ -73,110 +73,95 @@ __device__ __forceinline__ RowRef group_row(const GemvGroupParams& p, int64_t ro
 
 // W = 1: each warp owns R rows. W = kWarpsPerCta: the CTA's warps share R rows (long rows,
 // such as ffn_down's), each warp taking every fourth slice, summed in warp order at the end.
-// A CTA handles row groups blockIdx.x, + gridDim.x, ... (one, with the grid launched), and
-// prefetches the next into L2 while it computes one.
 template <TensorType T, int R, int W>
 __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_kernel(GemvGroupParams p) {
   using P = quant::Policy<T>;
   using S = quant::Staged<T>;
   constexpr int U = kItemsPerLane;
   constexpr int kLanes = 32 * W;                       // threads sharing a row
-  constexpr int kRowsPerCta = (kWarpsPerCta / W) * R;  // one row group
+  constexpr int kRowsPerCta = (kWarpsPerCta / W) * R;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % kLanes;
-  const int64_t k = p.cols;
-  const int nb = static_cast<int>(k / P::kBlock);
+  const int nb = static_cast<int>(p.cols / P::kBlock);
   const int items = nb * P::kParts;
-  const int64_t qbytes = static_cast<int64_t>(nb) * P::kQBytes;
-  const int64_t groups = (p.total_rows + kRowsPerCta - 1) / kRowsPerCta;
-  auto first_row = [&](int64_t g) { return g * kRowsPerCta + (threadIdx.x / kLanes) * R; };
-  auto prefetch_rows = [&](int64_t g) {
-    if (g >= groups) return;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRowsPerCta + (threadIdx.x / kLanes) * R;
+  RowRef ref[R];
+  bool live[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int64_t row = first_row(g) + r;
-      if (row >= p.total_rows) break;
-      const uint8_t* q = group_row(p, row).q;
-      for (int64_t b = 128 * lane; b < qbytes; b += 128 * kLanes) prefetch_l2(q + b);
+  for (int r = 0; r < R; ++r) {
+    live[r] = row0 + r < p.total_rows;
+    ref[r] = group_row(p, live[r] ? row0 + r : p.total_rows - 1);
+    // Weights do not depend on earlier kernels: start their trip from HBM before waiting.
+    if (live[r]) {
+      for (int64_t off = 128 * lane; off < static_cast<int64_t>(nb) * P::kQBytes; off += 128 * kLanes) {
+        prefetch_l2(ref[r].q + off);
+      }
     }
-  };
-  // Weights do not depend on earlier kernels: start their trip from HBM before waiting.
-  prefetch_rows(blockIdx.x);
+  }
   pdl_wait();
   pdl_launch_dependents();
 
-  __shared__ float part[kWarpsPerCta][R];
-  for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {
-    prefetch_rows(g + gridDim.x);
-    const int64_t row0 = first_row(g);
-    RowRef ref[R];
-    bool live[R];
+  float acc[R][U];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) acc[r][u] = 0.0f;
+  }
+  for (int base = lane; base < items; base += kLanes * U) {
+    // Past the end an item repeats the last one and is dropped; all loads of the R x U
+    // items are issued before the first dot product.
+    int item[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) item[u] = min(base + kLanes * u, items - 1);
+    typename S::Raw raw[R][U];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      live[r] = row0 + r < p.total_rows;
-      ref[r] = group_row(p, live[r] ? row0 + r : p.total_rows - 1);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int blk = item[u] / P::kParts;
+        raw[r][u] = S::load(ref[r].q + static_cast<int64_t>(blk) * P::kQBytes,
+                            P::kSBytes ? ref[r].s + static_cast<int64_t>(blk) * P::kSBytes : nullptr,
+                            item[u] % P::kParts);
+      }
     }
-    float acc[R][U];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) acc[r][u] = 0.0f;
-    }
-    for (int base = lane; base < items; base += kLanes * U) {
-      // Past the end an item repeats the last one and is dropped; all loads of the R x U
-      // items are issued before the first dot product.
-      typename S::Raw raw[R][U];
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const int it = min(base + kLanes * u, items - 1);
-          const int b = it / P::kParts;
-          raw[r][u] = S::load(ref[r].q + static_cast<int64_t>(b) * P::kQBytes,
-                              P::kSBytes ? ref[r].s + static_cast<int64_t>(b) * P::kSBytes : nullptr,
-                              it % P::kParts);
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const int it = min(base + kLanes * u, items - 1);
-          const int b = it / P::kParts;
-          const quant::ActView a{p.xq.q + static_cast<int64_t>(b) * P::kBlock,
-                                 p.xq.d + b * (P::kBlock / 32), p.xq.s + b * (P::kBlock / 32)};
-          const float v = S::dot(raw[r][u], it % P::kParts, a);
-          acc[r][u] += base + kLanes * u < items ? v : 0.0f;
-        }
+      for (int u = 0; u < U; ++u) {
+        const int blk = item[u] / P::kParts;
+        const quant::ActView a{p.xq.q + static_cast<int64_t>(blk) * P::kBlock,
+                               p.xq.d + blk * (P::kBlock / 32), p.xq.s + blk * (P::kBlock / 32)};
+        const float v = S::dot(raw[r][u], item[u] % P::kParts, a);
+        acc[r][u] += base + kLanes * u < items ? v : 0.0f;
       }
     }
-    float sum[R];
+  }
+  float sum[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    float v = 0.0f;
+#pragma unroll
+    for (int u = 0; u < U; ++u) v += acc[r][u];
+    sum[r] = warp_sum(v);
+  }
+  if constexpr (W > 1) {
+    __shared__ float part[kWarpsPerCta][R];
+    if (threadIdx.x % 32 == 0) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) part[warp][r] = sum[r];
+    }
+    __syncthreads();
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       float v = 0.0f;
 #pragma unroll
-      for (int u = 0; u < U; ++u) v += acc[r][u];
-      sum[r] = warp_sum(v);
+      for (int w = 0; w < W; ++w) v += part[w][r];
+      sum[r] = v;
     }
-    if constexpr (W > 1) {
-      if (threadIdx.x % 32 == 0) {
+  }
 #pragma unroll
-        for (int r = 0; r < R; ++r) part[warp][r] = sum[r];
-      }
-      __syncthreads();
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        float v = 0.0f;
-#pragma unroll
-        for (int w = 0; w < W; ++w) v += part[w][r];
-        sum[r] = v;
-      }
-      __syncthreads();  // part is reused by the next row group
-    }
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      if (threadIdx.x % kLanes == 0 && live[r]) *ref[r].y = sum[r];
-    }
+  for (int r = 0; r < R; ++r) {
+    if (threadIdx.x % kLanes == 0 && live[r]) *ref[r].y = sum[r];
   }
 }
 
@@ -184,8 +169,6 @@ template <TensorType T, int R, int W>
 void launch_gemv1(const GemvGroupParams& p, cudaStream_t stream) {
   constexpr int64_t kRowsPerCta = (kWarpsPerCta / W) * R;
   const int64_t groups = (p.total_rows + kRowsPerCta - 1) / kRowsPerCta;
-  // One CTA per row group: a grid of one resident wave looping over the groups measured
-  // the same on the H200 (2.864 vs 2.858 ms per Llama-3-8B Q4_K_M step).
   launch_pdl(gemv1_kernel<T, R, W>, dim3(static_cast<unsigned>(groups)), dim3(kWarpsPerCta * 32), 0,
              stream, p);
 }

@@ -530,10 +530,8 @@ GemvMmaPlan gemv_mma_plan(const GemvParams& p) {
   const int64_t big_ctas = (p.w.rows + 127) / 128;
   plan.row_tiles_per_warp = 2 * big_ctas >= dev.sms ? 2 : 1;
   const int64_t row_ctas = (p.w.rows + 64 * plan.row_tiles_per_warp - 1) / (64 * plan.row_tiles_per_warp);
-  // Split k over clusters only when asked for (kSplitKOverClusters): on the H200 the cluster
-  // reduction gave a wrong Q5_K product once (m = 40, 8 splits) and test processes that ran
-  // it later hung in a decode step or saw NaNs; until that is understood the default plan
-  // keeps k whole.
+  // Split k over clusters only when asked for (kSplitKOverClusters): the cluster reduction
+  // gave a wrong product on the H200 (docs/BENCHMARKS.md), so the default plan keeps k whole.
   if (kSplitKOverClusters && dev.clusters) {
     while (plan.k_splits < kMaxSplits && row_ctas * plan.k_splits < want &&
            2 * plan.k_splits <= n_groups) {

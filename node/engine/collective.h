@@ -18,8 +18,7 @@ class Collective {
   virtual void all_reduce_sum(float* data, size_t n) = 0;
 
   // Whether an all_reduce_sum of n floats may be captured in a CUDA graph. The engine replays
-  // decode steps from graphs only when it is (NCCL calls captured in the engine's decode
-  // graphs hung two H200 ranks; the one-shot kernel replays correctly).
+  // decode steps from graphs only when it is (NCCL calls captured in its decode graphs hung).
   virtual bool all_reduce_capturable(size_t n) const {
     (void)n;
     return true;

@@ -103,8 +103,7 @@ void Backoff::pause() {
   const auto waited = Clock::now() - start_;
   if (waited < std::chrono::microseconds(50)) return;  // spin: the caller polls again
   // Yield (no sleep) for the first 100 ms: a large message through shared memory progresses
-  // only inside MPI_Test calls, and 1 ms sleeps between them made a 16 MB logits gather take
-  // ~180 ms on two H200 ranks.
+  // only inside MPI_Test calls, so sleeping between them stretches its transfer many times.
   if (waited < std::chrono::milliseconds(100)) {
     std::this_thread::yield();
     return;

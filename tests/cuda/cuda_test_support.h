@@ -2,15 +2,18 @@
 // backend (the oracle), seeded data, GGUF-format random quantized rows, and NMSE.
 #pragma once
 
-#include <cstdlib>
 
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "node/backend/cpu/cpu_backend.h"
@@ -126,6 +129,15 @@ inline std::vector<uint8_t> random_gguf_rows(TensorType type, int64_t rows, int6
     }
   }
   return out;
+}
+
+// Test names for suites over model paths: the file or folder stem, other characters as '_'.
+inline std::string model_param_name(const ::testing::TestParamInfo<const char*>& info) {
+  std::string n = std::filesystem::path(info.param).stem().string();
+  for (char& ch : n) {
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  }
+  return n;
 }
 
 // A CUDA backend and the CPU oracle; skipped with a reason when no GPU is usable.

@@ -86,13 +86,7 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaEngine,
                                            "tests/fixtures/model_files/tiny_qwen2.gguf",
                                            "tests/fixtures/model_files/tiny_llama_st",
                                            "models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-                         [](const auto& i) {
-                           std::string n = std::filesystem::path(i.param).stem().string();
-                           for (char& ch : n) {
-                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-                           }
-                           return n;
-                         });
+                         model_param_name);
 
 }  // namespace
 }  // namespace tpnode::test

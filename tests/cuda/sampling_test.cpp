@@ -493,13 +493,7 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaEngineSampling,
                          ::testing::Values("tests/fixtures/model_files/tiny_llama.gguf",
                                            "tests/fixtures/model_files/tiny_qwen2.gguf",
                                            "models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-                         [](const auto& i) {
-                           std::string n = std::filesystem::path(i.param).stem().string();
-                           for (char& ch : n) {
-                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-                           }
-                           return n;
-                         });
+                         model_param_name);
 
 }  // namespace
 }  // namespace tpnode::test

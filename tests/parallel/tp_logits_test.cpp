@@ -51,29 +51,46 @@ CpuBackendOptions exact_backend() {
   return b;
 }
 
-class TpLogits : public ::testing::TestWithParam<TpCase> {};
+// This rank's engine over the case's model, split over every rank of the mpirun; skipped
+// with a reason when the run or the model does not allow it.
+class TpLogits : public ::testing::TestWithParam<TpCase> {
+ protected:
+  void SetUp() override {
+    const TpCase& c = GetParam();
+    if (comm().size() < 2) GTEST_SKIP() << "needs mpirun -np >= 2";
+    if (!fs::exists(c.path)) GTEST_SKIP() << c.path << " missing (launch/fetch_model.sh)";
+    file_ = ModelFile::open(c.path.string());
+    weights_ = std::make_unique<FileWeightSource>(*file_);
+    if (!ShardPlan::is_valid(hp(), comm().size(), weights_->row_parallel_block(hp()))) {
+      GTEST_SKIP() << c.name << " cannot be split over " << comm().size() << " ranks";
+    }
+    backend_ = std::make_unique<CpuBackend>(exact_backend());
+    engine_ = std::make_unique<Engine>(hp(), *weights_, *backend_, comm(), options());
+  }
+  static Communicator& comm() { return world().comm(); }
+  const HParams& hp() const { return file_->hparams(); }
+  // Ranks other than 0 serve rank 0's steps until it shuts the executor down; true there.
+  bool ran_as_worker() {
+    if (comm().rank() == 0) return false;
+    EXPECT_EQ(run_worker_loop(*engine_, comm()), 0);
+    return true;
+  }
+
+  std::unique_ptr<ModelFile> file_;
+  std::unique_ptr<FileWeightSource> weights_;
+  std::unique_ptr<CpuBackend> backend_;
+  std::unique_ptr<Engine> engine_;
+};
 
 TEST_P(TpLogits, MatchOneRankForThirtyTwoGreedySteps) {
+  if (ran_as_worker()) return;
   const TpCase& c = GetParam();
-  Communicator& comm = world().comm();
-  if (comm.size() < 2) GTEST_SKIP() << "needs mpirun -np >= 2";
-  if (!fs::exists(c.path)) GTEST_SKIP() << c.path << " missing (launch/fetch_model.sh)";
-  auto file = ModelFile::open(c.path.string());
-  const HParams& hp = file->hparams();
-  FileWeightSource weights(*file);
-  if (!ShardPlan::is_valid(hp, comm.size(), weights.row_parallel_block(hp))) {
-    GTEST_SKIP() << c.name << " cannot be split over " << comm.size() << " ranks";
-  }
-  CpuBackend backend(exact_backend());
-  Engine engine(hp, weights, backend, comm, options());
-  if (comm.rank() != 0) {
-    EXPECT_EQ(run_worker_loop(engine, comm), 0);
-    return;
-  }
+  const HParams& hp = this->hp();
+  Engine& engine = *engine_;
   CpuBackend ref_backend(exact_backend());
   LocalCommunicator one;
-  Engine reference(hp, weights, ref_backend, one, options());
-  DistributedExecutor executor(engine, comm);
+  Engine reference(hp, *weights_, ref_backend, one, options());
+  DistributedExecutor executor(engine, comm());
 
   KvBlockManager kv(engine.kv_blocks(), engine.options().kv_block_size);
   std::vector<int32_t> feed = c.prompt, seq = c.prompt;
@@ -114,7 +131,7 @@ TEST_P(TpLogits, MatchOneRankForThirtyTwoGreedySteps) {
   }
   executor.shutdown();
   std::printf("[%s] tp %d vs 1 rank over 32 greedy steps: max relative logit difference %.2e, "
-              "%d token mismatches\n", c.name.c_str(), comm.size(), worst, mismatches);
+              "%d token mismatches\n", c.name.c_str(), comm().size(), worst, mismatches);
 }
 
 // Greedy rows under tensor parallelism come back as tokens: each rank sends its best logit
@@ -122,23 +139,11 @@ TEST_P(TpLogits, MatchOneRankForThirtyTwoGreedySteps) {
 // the same values) with logits returned must have that token as its argmax, ties to the
 // lowest id.
 TEST_P(TpLogits, GreedyTokensEqualTheArgmaxOfTheGatheredLogits) {
+  if (ran_as_worker()) return;
   const TpCase& c = GetParam();
-  Communicator& comm = world().comm();
-  if (comm.size() < 2) GTEST_SKIP() << "needs mpirun -np >= 2";
-  if (!fs::exists(c.path)) GTEST_SKIP() << c.path << " missing (launch/fetch_model.sh)";
-  auto file = ModelFile::open(c.path.string());
-  const HParams& hp = file->hparams();
-  FileWeightSource weights(*file);
-  if (!ShardPlan::is_valid(hp, comm.size(), weights.row_parallel_block(hp))) {
-    GTEST_SKIP() << c.name << " cannot be split over " << comm.size() << " ranks";
-  }
-  CpuBackend backend(exact_backend());
-  Engine engine(hp, weights, backend, comm, options());
-  if (comm.rank() != 0) {
-    EXPECT_EQ(run_worker_loop(engine, comm), 0);
-    return;
-  }
-  DistributedExecutor executor(engine, comm);
+  const HParams& hp = this->hp();
+  Engine& engine = *engine_;
+  DistributedExecutor executor(engine, comm());
   KvBlockManager kv(engine.kv_blocks(), engine.options().kv_block_size);
   std::vector<int32_t> feed = c.prompt;
   int32_t n_past = 0;

@@ -93,6 +93,8 @@ class CudaBackend final : public Backend {
   void matmul_shared(std::span<const MatmulOut> outs, const float* x, int64_t m) override;
   void add_rmsnorm(float* x, const float* r, const float* w, float* y, int64_t rows, int64_t n,
                    float eps) override;
+  void run_rmsnorm(kc::RmsNormParams p);
+  kc::QuantActs quantized(const float* x, int64_t m, int64_t k);
   void add_bias(float* y, const float* b, int64_t m, int64_t n) override;
   void rope(float* q, float* k, const RopeParams& p) override;
   void attention(const float* q, const float* k, const float* v, float* out,
@@ -474,13 +476,26 @@ void CudaBackend::embed(const Weight& table, float* x) {
 
 void CudaBackend::rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
                           float eps) {
-  kc::RmsNormParams p{.x = x, .w = w, .y = y, .rows = rows, .n = n, .eps = eps, .quant = {}};
-  wrote(y, rows * n * sizeof(float));
+  run_rmsnorm({.x = x, .w = w, .y = y, .rows = rows, .n = n, .eps = eps, .quant = {}});
+}
+
+void CudaBackend::run_rmsnorm(kc::RmsNormParams p) {
+  wrote(p.y, p.rows * p.n * sizeof(float));
   // Small batches feed a GEMV next: write the 8-bit copy on the way.
-  const bool fuse = n % 32 == 0 && rows <= quant_gemv_max_;
-  if (fuse) p.quant = act_buffers(rows * n);
+  const bool fuse = p.n % 32 == 0 && p.rows <= quant_gemv_max_;
+  if (fuse) p.quant = act_buffers(p.rows * p.n);
   kc::rmsnorm(p, stream_);
-  if (fuse) act_ = {y, rows * n};
+  if (fuse) act_ = {p.y, p.rows * p.n};
+}
+
+// x quantized to 8 bits for a quantized GEMV, reusing the copy an RMSNorm or SwiGLU wrote.
+kc::QuantActs CudaBackend::quantized(const float* x, int64_t m, int64_t k) {
+  const kc::QuantActs q = act_buffers(m * k);  // may move the buffers, which drops the cache
+  if (act_.x != x || act_.n != m * k) {
+    kc::quantize_acts({.x = x, .m = m, .k = k, .out = q}, stream_);
+    act_ = {x, m * k};
+  }
+  return q;
 }
 
 void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
@@ -488,13 +503,7 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
   const int64_t gemv_max = kc::is_quantized(w.type) ? quant_gemv_max_ : kc::kGemvMaxBatch;
   if (m <= gemv_max && kc::gemv_supports(dm)) {
     kc::GemvParams p{.w = dm, .x = x, .xq = {}, .y = y, .m = m};
-    if (kc::is_quantized(w.type)) {
-      p.xq = act_buffers(m * w.cols);  // may move the buffers, which drops the cache
-      if (act_.x != x || act_.n != m * w.cols) {
-        kc::quantize_acts({.x = x, .m = m, .k = w.cols, .out = p.xq}, stream_);
-        act_ = {x, m * w.cols};
-      }
-    }
+    if (kc::is_quantized(w.type)) p.xq = quantized(x, m, w.cols);
     wrote(y, m * w.rows * sizeof(float));
     kc::gemv(p, stream_);
   } else {
@@ -518,11 +527,7 @@ void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x,
   kc::GemvGroupParams p;
   p.n = static_cast<int>(outs.size());
   p.cols = k;
-  p.xq = act_buffers(k);  // may move the buffers, which drops the cache
-  if (act_.x != x || act_.n != k) {
-    kc::quantize_acts({.x = x, .m = 1, .k = k, .out = p.xq}, stream_);
-    act_ = {x, k};
-  }
+  p.xq = quantized(x, 1, k);
   for (size_t i = 0; i < outs.size(); ++i) {
     p.outs[i] = {view(*outs[i].w), outs[i].y};
     p.total_rows += outs[i].w->rows;
@@ -533,14 +538,9 @@ void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x,
 
 void CudaBackend::add_rmsnorm(float* x, const float* r, const float* w, float* y, int64_t rows,
                               int64_t n, float eps) {
-  kc::RmsNormParams p{.x = x, .w = w, .y = y, .rows = rows, .n = n, .eps = eps, .quant = {},
-                      .r = r, .x_out = x};
   wrote(x, rows * n * sizeof(float));
-  wrote(y, rows * n * sizeof(float));
-  const bool fuse = n % 32 == 0 && rows <= quant_gemv_max_;
-  if (fuse) p.quant = act_buffers(rows * n);
-  kc::rmsnorm(p, stream_);
-  if (fuse) act_ = {y, rows * n};
+  run_rmsnorm({.x = x, .w = w, .y = y, .rows = rows, .n = n, .eps = eps, .quant = {}, .r = r,
+               .x_out = x});
 }
 
 void CudaBackend::gemm(const Weight& w, const float* x, float* y, int64_t m) {

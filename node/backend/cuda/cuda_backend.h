@@ -24,13 +24,11 @@ struct CudaBackendOptions {
   // fit in this fraction of the budget; without a copy the GEMM dequantizes into scratch.
   double bf16_copy_fraction = 0.5;
   // Programmatic dependent launch between decode kernels (compute capability >= 9.0 only).
-  // Off by default: on the H200 it saved 2% of a Llama-3-8B batch-1 step, and a graph that
-  // mixes PDL launches with the cluster-launched batch GEMV (gemv_mma) hung (tiny_llama,
-  // two sequences; the same steps pass without graphs or without PDL). Not yet understood.
+  // Off by default until an unexplained stall of a decode test is understood
+  // (docs/BENCHMARKS.md); it gains little.
   bool pdl = false;
   // Quantized matmuls with at most this many rows (decode batches) read the quantized weights
-  // on int8 tensor cores; larger ones run BF16 GEMMs (at most 64). On the H200, Llama-3-8B
-  // Q4_K_M at batch 32 / 64: 10.1 / 16.9 ms per step on int8 GEMVs, 7.3 / 9.5 on GEMMs.
+  // on int8 tensor cores; larger ones run BF16 GEMMs, which are faster there (at most 64).
   int64_t quant_gemv_max_batch = 16;
 };
 
