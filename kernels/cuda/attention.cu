@@ -10,6 +10,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/rope.cuh"
 
 namespace tpnode::cuda {
 namespace {
@@ -68,13 +69,21 @@ __global__ void kv_store_kernel(KvStoreParams p) {
 // query heads' values of its chunks in registers and runs its own online softmax over its
 // rows; groups, warps and splits merge at the end. K and V reach shared memory through a
 // per-thread cp.async ring: a thread only reads back what it copied itself, so the ring
-// needs no barriers.
+// needs no barriers. The ring's block-table entries are read a stage ahead of its copies.
+// When the launch stores the token's own key (k_new), that key never goes through the cache:
+// warp 0 of the split holding it starts its softmax state from it.
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
 constexpr int kDecodeStages = 3;
 constexpr int kDecodeChunksPerStage = 4;  // 16-byte K chunks (and as many of V) per lane
-// A split holds at least what the ring's prologue loads, so short splits cost one wait.
-constexpr int kDecodeMinSplitStages = kDecodeStages - 1;
+// Capacities of up to this many ring stages run whole (the prologue has every key in flight);
+// longer ones split into pieces of whole stages, down to one: one stage of arithmetic per CTA
+// is the shortest path, and the merge costs a few L2 round trips (partials out, a fence, the
+// ticket, partials in), about what two stages of arithmetic cost.
+constexpr int kDecodeWholeStages = kDecodeStages - 1;
+// Passes of the CTA over the rows it stages (q of its heads, the new K and V; 8 elements per
+// thread and pass): enough for every supported shape (decode_attention checks).
+constexpr int kDecodeStagePasses = 3;
 
 // Query heads per CTA: the KV head's group rounded up to 1, 2, 4 or 8 (larger groups take
 // several CTAs, the head chunks).
@@ -111,7 +120,7 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// 8 cache elements (16 bytes) to floats, and 8 floats (32-byte aligned) to cache elements.
+// 8 cache elements (16 bytes) to floats, and 8 floats to cache elements.
 template <typename KvT>
 __device__ __forceinline__ void unpack8(const int4 raw, float* f) {
   const uint32_t w[4] = {static_cast<uint32_t>(raw.x), static_cast<uint32_t>(raw.y),
@@ -129,17 +138,43 @@ __device__ __forceinline__ void unpack8(const int4 raw, float* f) {
   }
 }
 template <typename KvT>
-__device__ __forceinline__ int4 pack8(const float* src) {
+__device__ __forceinline__ int4 pack8(const float (&f)[8]) {
+  return make_int4(static_cast<int>(KvElem<KvT>::pack(f[0], f[1])),
+                   static_cast<int>(KvElem<KvT>::pack(f[2], f[3])),
+                   static_cast<int>(KvElem<KvT>::pack(f[4], f[5])),
+                   static_cast<int>(KvElem<KvT>::pack(f[6], f[7])));
+}
+// 8 floats from 32-byte aligned global memory.
+__device__ __forceinline__ void load8(const float* src, float (&f)[8]) {
   const float4 a = *reinterpret_cast<const float4*>(src);
   const float4 b = *reinterpret_cast<const float4*>(src + 4);
-  return make_int4(
-      static_cast<int>(KvElem<KvT>::pack(a.x, a.y)), static_cast<int>(KvElem<KvT>::pack(a.z, a.w)),
-      static_cast<int>(KvElem<KvT>::pack(b.x, b.y)), static_cast<int>(KvElem<KvT>::pack(b.z, b.w)));
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w;
+  f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
 }
 
 // exp2(m - ref) as a merge weight; a state that saw no key (m = -inf) weighs nothing.
 __device__ __forceinline__ float merge_weight(float m, float ref) {
   return m == -INFINITY ? 0.0f : exp2f(m - ref);
+}
+
+// One chunk of the 8-bit copy from the 32 lanes of a warp holding its values in order:
+// quantize_acts' recipe (d = amax / 127, q = round(v / d), s = d * sum(q)). The maximum is
+// exact in any order and so is the sum (at most 32 * 127 in magnitude), so the bits are the same.
+__device__ __forceinline__ void quantize_warp_chunk(const QuantActs& out, int64_t chunk, float v) {
+  const int lane = threadIdx.x % 32;
+  float amax = fabsf(v);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float d = amax / 127.0f;
+  const int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
+  out.q[chunk * 32 + lane] = static_cast<int8_t>(q);
+  float sum = static_cast<float>(q);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (lane == 0) {
+    out.d[chunk] = d;
+    out.s[chunk] = d * sum;
+  }
 }
 
 // Shared memory: the ring, reused after the key loop for the warps' states.
@@ -161,6 +196,8 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   constexpr int E = NC * 8;                      // head_dim values per lane
   constexpr int kSlots = U * NC;                 // K chunks per lane per stage (V alike)
   constexpr int kStageInt4 = 2 * kSlots * kDecodeThreads;
+  constexpr int kV = kSlots * kDecodeThreads;  // V slots follow the K slots
+  constexpr int S = kDecodeStages;
   extern __shared__ int4 smem[];  // ring: [stage][K, V][slot][thread]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -176,72 +213,49 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   const int split = blockIdx.z;
 
   // The step's metadata is uploaded before any kernel of the step: readable before pdl_wait.
+  // The position and the sequence are read together (the table row needs only the latter).
   const int64_t t = p.tokens != nullptr ? p.tokens[blockIdx.x] : blockIdx.x;
   const int pos = p.batch.positions[t];  // the token's own key; keys 0..pos are visible
+  const int seq = p.batch.token_seq[t];
   const int begin = split * p.split_len;
   if (begin > pos) return;  // past this token's length
   const int end = min(pos + 1, begin + p.split_len);
   const int n_active = pos / p.split_len + 1;
-  const int32_t* table =
-      p.batch.block_tables + static_cast<int64_t>(p.batch.token_seq[t]) * p.batch.max_blocks;
-  const int bs = static_cast<int>(p.kv.block_size);
   const bool fused = p.k_new != nullptr;
-  const int n_stages = (end - begin + stage_keys - 1) / stage_keys;
+  // Fused, the token's own key comes from k_new / v_new and the cache supplies those before it.
+  const bool own_key = fused && pos < end;
+  const int cache_end = fused ? min(end, pos) : end;
+  const int n_stages = (cache_end - begin + stage_keys - 1) / stage_keys;
+  const int32_t* table = p.batch.block_tables + static_cast<int64_t>(seq) * p.batch.max_blocks;
+  const int bs = static_cast<int>(p.kv.block_size);
   const KvT* kc = static_cast<const KvT*>(p.kv.k);
   const KvT* vc = static_cast<const KvT*>(p.kv.v);
 
   auto key_of = [&](int i, int u) {
     return begin + i * stage_keys + warp * warp_keys + u * kr + grp;
   };
-  auto row_of = [&](int key) {
-    const int64_t blk = __ldg(table + key / bs);
-    return ((blk * n_kv + kvh) * bs + key % bs) * hd;
+  // The block of row u of stage i, or -1 past the split's cached keys.
+  auto block_of = [&](int i, int u) {
+    const int key = key_of(i, u);
+    return key < cache_end ? __ldg(table + key / bs) : -1;
   };
   auto k_slot = [&](int i, int u, int c) {
-    return smem + (i % kDecodeStages) * kStageInt4 + (u * NC + c) * kDecodeThreads + tid;
+    return smem + (i % S) * kStageInt4 + (u * NC + c) * kDecodeThreads + tid;
   };
-  constexpr int kV = kSlots * kDecodeThreads;  // V slots follow the K slots
-  // The token's own key from this step's inputs, rounded as the cache rounds it; head chunk
-  // 0 also stores it (kv_store fused: no CTA of the launch reads that slot from the cache).
-  auto put_new = [&](int i, int u) {
-    const int64_t row = row_of(pos);
-    const int64_t src = (t * n_kv + kvh) * hd;
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      const int ch = c * tx + jl;
-      int4* dst = k_slot(i, u, c);
-      if (ch >= nch) {
-        dst[0] = dst[kV] = make_int4(0, 0, 0, 0);
-        continue;
-      }
-      const int4 kk = pack8<KvT>(p.k_new + src + ch * 8);
-      const int4 vv = pack8<KvT>(p.v_new + src + ch * 8);
-      dst[0] = kk;
-      dst[kV] = vv;
-      if (hchunk == 0) {
-        *reinterpret_cast<int4*>(static_cast<KvT*>(p.kv.k) + row + ch * 8) = kk;
-        *reinterpret_cast<int4*>(static_cast<KvT*>(p.kv.v) + row + ch * 8) = vv;
-      }
-    }
-  };
-  // Stage i into the ring; rows past the split and chunks past head_dim read as zeros. The
-  // token's own key waits for `inputs_ready` in fused mode.
-  auto load_stage = [&](int i, bool inputs_ready) {
+  // Stage i into the ring from its rows' blocks; rows past the split's cached keys and chunks
+  // past head_dim read as zeros. One commit group per stage, empty or not, so that the waits
+  // count stages.
+  auto issue_stage = [&](int i, const int (&blk)[U]) {
     if (i < n_stages) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int key = key_of(i, u);
-        if (fused && key == pos) {
-          if (inputs_ready) put_new(i, u);
-          continue;
-        }
-        const bool valid = key < end;
-        const int64_t row = valid ? row_of(key) : 0;
+        const int64_t row =
+            ((static_cast<int64_t>(blk[u]) * n_kv + kvh) * bs + key_of(i, u) % bs) * hd;
 #pragma unroll
         for (int c = 0; c < NC; ++c) {
           const int ch = c * tx + jl;
           int4* dst = k_slot(i, u, c);
-          if (valid && ch < nch) {
+          if (blk[u] >= 0 && ch < nch) {
             cp_async16(dst, kc + row + ch * 8);
             cp_async16(dst + kV, vc + row + ch * 8);
           } else {
@@ -251,58 +265,187 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
         }
       }
     }
-    cp_async_commit();  // one group per stage, empty or not, so the waits count stages
+    cp_async_commit();
   };
 
   // Fused, the launch before wrote only q and the new K/V: the cache's older keys can be in
   // flight before waiting for it. Otherwise kv_store (the launch before) wrote cache slots.
   if (!fused) pdl_wait();
+  int blk_next[U];  // the blocks of the next stage to issue
+  {
+    int blk[S - 1][U];
 #pragma unroll
-  for (int i = 0; i < kDecodeStages - 1; ++i) load_stage(i, !fused);
-  if (fused) {
-    pdl_wait();
-    const int i_new = (pos - begin) / stage_keys;
-    if (pos < end && i_new < kDecodeStages - 1) {
+    for (int i = 0; i < S - 1; ++i) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (key_of(i_new, u) == pos) put_new(i_new, u);
-      }
+      for (int u = 0; u < U; ++u) blk[i][u] = block_of(i, u);
     }
+#pragma unroll
+    for (int u = 0; u < U; ++u) blk_next[u] = block_of(S - 1, u);
+#pragma unroll
+    for (int i = 0; i < S - 1; ++i) issue_stage(i, blk[i]);
   }
+  // Head chunk 0's lanes that hold the new key also store it (no CTA reads that slot).
+  const bool store_new = own_key && hchunk == 0 && warp == 0 && grp == 0;
+  const int blk_own = store_new ? __ldg(table + pos / bs) : -1;
+  if (fused) pdl_wait();
   pdl_launch_dependents();
 
-  // Query values of this lane's chunks, scaled so that scores are in log2 units.
+  // The rows this CTA reads from the launch before: q of its heads and, in the split holding
+  // the token's own key, k_new and v_new. Each goes once from global memory into the ring's
+  // last stage (free until the key loop fills it), rotated there when RoPE is fused, q also
+  // scaled so that scores are in log2 units; the lanes then take their chunks from there.
+  // Items of 8 elements, 4 rotation pairs each: neox pairs elements [4j, 4j + 4) with
+  // [hd/2 + 4j, ...), interleaved pairs neighbours in [8j, 8j + 8); pairs 4j .. 4j + 3 either way.
+  const bool rope = p.rope.inv_freq != nullptr;
+  const bool neox = rope && p.rope.style == RopeStyle::kNeox;
+  const int half = hd / 2;
+  float* q_s = reinterpret_cast<float*>(smem + (S - 1) * kStageInt4);  // [GB][hd]
+  float* k_s = q_s + GB * hd;                                          // [hd]
+  float* v_s = k_s + hd;                                               // [hd]
+  float* cs_s = v_s + hd;  // [hd / 2] cos, then [hd / 2] sin, of the pairs
+  const int row_items = hd / 8;
+  const int n_items = (hc + (own_key ? 2 : 0)) * row_items;
+  float4 lo[kDecodeStagePasses], hi[kDecodeStagePasses];
+  auto item_of = [&](int pass, int& r, int& a, int& b) {
+    const int item = tid + pass * kDecodeThreads;
+    r = item / row_items;
+    const int j = item - r * row_items;
+    a = neox ? 4 * j : 8 * j;
+    b = neox ? half + 4 * j : 8 * j + 4;
+    return j;
+  };
+#pragma unroll
+  for (int pass = 0; pass < kDecodeStagePasses; ++pass) {
+    int r, a, b;
+    item_of(pass, r, a, b);
+    if (tid + pass * kDecodeThreads < n_items) {
+      const float* src = r < hc    ? p.q + (t * p.n_head + h0 + r) * hd
+                         : r == hc ? p.k_new + (t * n_kv + kvh) * hd
+                                   : p.v_new + (t * n_kv + kvh) * hd;
+      lo[pass] = *reinterpret_cast<const float4*>(src + a);
+      hi[pass] = *reinterpret_cast<const float4*>(src + b);
+    }
+  }
+  if (rope) {  // while the rows are in flight
+#pragma unroll 1
+    for (int i = tid; i < half; i += kDecodeThreads) {
+      const RopeCosSin r = rope_cos_sin(pos, p.rope.inv_freq, i);
+      cs_s[i] = r.cs;
+      cs_s[half + i] = r.sn;
+    }
+    __syncthreads();
+  }
   const float qscale = p.scale * 1.4426950408889634f;
+#pragma unroll
+  for (int pass = 0; pass < kDecodeStagePasses; ++pass) {
+    int r, a, b;
+    const int j = item_of(pass, r, a, b);
+    if (tid + pass * kDecodeThreads >= n_items) continue;
+    float x[8] = {lo[pass].x, lo[pass].y, lo[pass].z, lo[pass].w,
+                  hi[pass].x, hi[pass].y, hi[pass].z, hi[pass].w};
+    if (rope && r <= hc) {
+      const float4 c4 = *reinterpret_cast<const float4*>(cs_s + 4 * j);
+      const float4 s4 = *reinterpret_cast<const float4*>(cs_s + half + 4 * j);
+      const RopeCosSin rc[4] = {{c4.x, s4.x}, {c4.y, s4.y}, {c4.z, s4.z}, {c4.w, s4.w}};
+      float y[8];
+      if (neox) {  // pairs (x[e], x[e + 4])
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          y[e] = rope_first(x[e], x[e + 4], rc[e]);
+          y[e + 4] = rope_second(x[e], x[e + 4], rc[e]);
+        }
+      } else {  // pairs (x[2e], x[2e + 1])
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          y[2 * e] = rope_first(x[2 * e], x[2 * e + 1], rc[e]);
+          y[2 * e + 1] = rope_second(x[2 * e], x[2 * e + 1], rc[e]);
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[e] = y[e];
+    }
+    if (r < hc) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[e] *= qscale;
+    }
+    float* dst = r < hc ? q_s + r * hd : r == hc ? k_s : v_s;
+    *reinterpret_cast<float4*>(dst + a) = make_float4(x[0], x[1], x[2], x[3]);
+    *reinterpret_cast<float4*>(dst + b) = make_float4(x[4], x[5], x[6], x[7]);
+  }
+  __syncthreads();
+
+  // Query values of this lane's chunks.
   float q[GB][E];
 #pragma unroll
   for (int h = 0; h < GB; ++h) {
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
       const int ch = c * tx + jl;
-      float4 a = make_float4(0.f, 0.f, 0.f, 0.f), b = a;
-      if (h < hc && ch < nch) {
-        const float* src = p.q + (t * p.n_head + h0 + h) * hd + ch * 8;
-        a = *reinterpret_cast<const float4*>(src);
-        b = *reinterpret_cast<const float4*>(src + 4);
-      }
-      const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+      float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      if (h < hc && ch < nch) load8(q_s + h * hd + ch * 8, x);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) q[h][c * 8 + e] = v[e] * qscale;
+      for (int e = 0; e < 8; ++e) q[h][c * 8 + e] = x[e];
     }
   }
+
+  // The token's own key, as the cache rounds it: its scores (the same sums as a cached key's)
+  // and its value become the first state of warp 0's first lane group.
+  float s_own[GB], v_own[E];
+#pragma unroll
+  for (int h = 0; h < GB; ++h) s_own[h] = -INFINITY;
+#pragma unroll
+  for (int e = 0; e < E; ++e) v_own[e] = 0.0f;
+  if (own_key && warp == 0) {
+#pragma unroll
+    for (int h = 0; h < GB; ++h) s_own[h] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      const int ch = c * tx + jl;
+      float kx[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      float vx[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      if (ch < nch) {
+        load8(k_s + ch * 8, kx);
+        load8(v_s + ch * 8, vx);
+        const int4 kk = pack8<KvT>(kx), vv = pack8<KvT>(vx);
+        if (store_new) {
+          const int64_t row =
+              ((static_cast<int64_t>(blk_own) * n_kv + kvh) * bs + pos % bs) * hd + ch * 8;
+          *reinterpret_cast<int4*>(static_cast<KvT*>(p.kv.k) + row) = kk;
+          *reinterpret_cast<int4*>(static_cast<KvT*>(p.kv.v) + row) = vv;
+        }
+        unpack8<KvT>(kk, kx);
+        unpack8<KvT>(vv, vx);
+      }
+#pragma unroll
+      for (int h = 0; h < GB; ++h) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) s_own[h] = fmaf(q[h][c * 8 + e], kx[e], s_own[h]);
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v_own[c * 8 + e] = vx[e];
+    }
+    for (int o = 1; o < tx; o <<= 1) {
+#pragma unroll
+      for (int h = 0; h < GB; ++h) s_own[h] += __shfl_xor_sync(0xffffffffu, s_own[h], o);
+    }
+  }
+  const bool starts_own = own_key && warp == 0 && grp == 0;
+  __syncthreads();  // the staged rows' slot takes the ring's next stage
 
   float acc[GB][E], m[GB], l[GB];
 #pragma unroll
   for (int h = 0; h < GB; ++h) {
-    m[h] = -INFINITY;
-    l[h] = 0.0f;
+    m[h] = starts_own ? s_own[h] : -INFINITY;
+    l[h] = starts_own ? 1.0f : 0.0f;
 #pragma unroll
-    for (int e = 0; e < E; ++e) acc[h][e] = 0.0f;
+    for (int e = 0; e < E; ++e) acc[h][e] = starts_own ? v_own[e] : 0.0f;
   }
 
   for (int i = 0; i < n_stages; ++i) {
-    load_stage(i + kDecodeStages - 1, true);
-    cp_async_wait<kDecodeStages - 1>();  // stage i has landed (this thread's copies)
+    issue_stage(i + S - 1, blk_next);
+#pragma unroll
+    for (int u = 0; u < U; ++u) blk_next[u] = block_of(i + S, u);
+    cp_async_wait<S - 1>();  // stage i has landed (this thread's copies)
     float s[U][GB];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -328,7 +471,7 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      if (key_of(i, u) >= end) {
+      if (key_of(i, u) >= cache_end) {
 #pragma unroll
         for (int h = 0; h < GB; ++h) s[u][h] = -INFINITY;
       }
@@ -414,6 +557,15 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   }
   __syncthreads();
 
+  // Output o of this CTA's heads (head h0 + o / hd, element o % hd) and its 8-bit copy. With
+  // the copy, head_dim % 32 == 0: a warp's pass over o is one whole chunk, and every lane of a
+  // warp makes the same passes.
+  const bool quant = p.quant.q != nullptr;
+  auto emit = [&](int o, float val) {
+    const int64_t idx = (t * p.n_head + h0) * hd + o;
+    p.out[idx] = val;
+    if (quant) quantize_warp_chunk(p.quant, idx / 32, val);
+  };
   const int n_out = hc * hd;
   for (int o = tid; o < n_out; o += kDecodeThreads) {
     const int h = o / hd, d = o - h * hd;
@@ -428,12 +580,11 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
       a += red_acc[(w * GB + h) * hd + d] * f;
     }
     const float val = sum > 0.0f ? a / sum : 0.0f;
-    const int64_t head = h0 + h;
     if (n_active == 1) {
-      p.out[(t * p.n_head + head) * hd + d] = val;
+      emit(o, val);
     } else {
       const int64_t slot =
-          (static_cast<int64_t>(blockIdx.x) * p.n_head + head) * p.n_splits + split;
+          (static_cast<int64_t>(blockIdx.x) * p.n_head + h0 + h) * p.n_splits + split;
       p.part_out[slot * hd + d] = val;
       if (d == 0) p.part_lse[slot] = sum > 0.0f ? mm + log2f(sum) : -INFINITY;
     }
@@ -453,14 +604,15 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   if (!__syncthreads_or(last)) return;
   __threadfence();
 
-  // One pass per output with a running maximum: the LSE and value loads go out together.
+  // One pass per output with a running maximum; eight splits' LSE and value loads go out
+  // together.
   const int64_t slot0 = static_cast<int64_t>(blockIdx.x) * p.n_head + h0;  // first head's row
   for (int o = tid; o < n_out; o += kDecodeThreads) {
     const int h = o / hd, d = o - h * hd;
     const float* lse = p.part_lse + (slot0 + h) * p.n_splits;
     const float* src = p.part_out + (slot0 + h) * p.n_splits * hd + d;
     float mm = -INFINITY, den = 0.0f, a = 0.0f;
-#pragma unroll 4
+#pragma unroll 8
     for (int sp = 0; sp < n_active; ++sp) {
       const float ls = __ldcg(lse + sp), val = __ldcg(src + static_cast<int64_t>(sp) * hd);
       const float m_new = fmaxf(mm, ls);
@@ -469,7 +621,7 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
       a = a * f_old + val * f_new;
       mm = m_new;
     }
-    p.out[(t * p.n_head + h0 + h) * hd + d] = den > 0.0f ? a / den : 0.0f;
+    emit(o, den > 0.0f ? a / den : 0.0f);
   }
 }
 
@@ -670,9 +822,17 @@ void kv_store(const KvStoreParams& p, cudaStream_t stream) {
 bool decode_attention_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim) {
   if (n_head_kv <= 0 || n_head <= 0 || n_head % n_head_kv != 0) return false;
   if (head_dim <= 0 || head_dim % 8 != 0) return false;
-  const int nc = decode_chunks_per_lane(decode_heads_per_cta(n_head / n_head_kv));
-  return head_dim / 8 <= 32 * nc;  // a key row within one warp's lanes
+  const int heads = decode_heads_per_cta(n_head / n_head_kv);
+  const int nc = decode_chunks_per_lane(heads);
+  // The staged rows (q of the CTA's heads, the new K and V, the RoPE table) fit one ring stage
+  // and the kernel's passes over them.
+  const int64_t stage_floats = static_cast<int64_t>(kDecodeChunksPerStage) * 2 * kDecodeThreads * 4;
+  const bool staged = (heads + 3) * head_dim <= stage_floats &&
+                      (heads + 2) * (head_dim / 8) <= kDecodeStagePasses * kDecodeThreads;
+  return head_dim / 8 <= 32 * nc && staged;  // a key row within one warp's lanes
 }
+
+bool decode_rope_supports(int64_t head_dim) { return head_dim > 0 && head_dim % 8 == 0; }
 
 DecodeSplit plan_decode_split(const DecodeShape& s) {
   auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
@@ -685,12 +845,14 @@ DecodeSplit plan_decode_split(const DecodeShape& s) {
   const int64_t stage =
       decode_stage_keys(static_cast<int>(s.head_dim), decode_chunks_per_lane(heads));
   const int64_t ctas = s.n * s.n_head_kv * ceil_div(group, heads);
-  // Split the key axis while the unsplit grid would leave SMs idle: about two CTAs per SM.
+  // Split the key axis while the unsplit grid would leave SMs idle: about two CTAs per SM,
+  // each split whole ring stages (at least one).
   const int64_t target = 2 * static_cast<int64_t>(std::max(s.n_sms, 1));
-  const int64_t min_len = kDecodeMinSplitStages * stage;
-  if (ctas >= target || ctas > kDecodeMaxCounters || max_keys <= min_len) return r;
-  int64_t splits = std::min<int64_t>({ceil_div(target, ctas), ceil_div(max_keys, min_len),
-                                      static_cast<int64_t>(kDecodeMaxSplits)});
+  if (ctas >= target || ctas > kDecodeMaxCounters || max_keys <= kDecodeWholeStages * stage) {
+    return r;
+  }
+  int64_t splits = std::min<int64_t>(
+      {ceil_div(target, ctas), ceil_div(max_keys, stage), static_cast<int64_t>(kDecodeMaxSplits)});
   const int64_t len = ceil_div(ceil_div(max_keys, splits), stage) * stage;
   splits = ceil_div(max_keys, len);
   if (splits <= 1) return r;
@@ -729,6 +891,15 @@ void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream) {
                p.n_splits, ctas);
   TPNODE_CHECK((p.k_new == nullptr) == (p.v_new == nullptr),
                "decode_attention: k_new and v_new go together");
+  TPNODE_CHECK(
+      p.rope.inv_freq == nullptr || (p.k_new != nullptr && decode_rope_supports(p.kv.head_dim)),
+      "decode_attention: RoPE needs the fused K/V store and head_dim % 8 == 0 (got {})",
+      p.kv.head_dim);
+  TPNODE_CHECK(p.quant.q == nullptr || (p.quant.d != nullptr && p.quant.s != nullptr &&
+                                        p.kv.head_dim % 32 == 0 && p.tokens == nullptr),
+               "decode_attention: the 8-bit output needs head_dim % 32 == 0 (got {}) and every "
+               "batch token decoding",
+               p.kv.head_dim);
   TPNODE_CHECK(p.n <= INT32_MAX && p.kv.n_head_kv * n_hchunks <= 65535,
                "decode_attention: grid of {} tokens x {} KV heads x {} head chunks too large", p.n,
                p.kv.n_head_kv, n_hchunks);

@@ -4,8 +4,10 @@
 //                       row's head_dim (coalesced 16-byte loads), warps split the keys, all
 //                       query heads of the chunk share each K/V read (GQA); K/V go through a
 //                       per-thread cp.async ring. Splits merge in the last CTA of their group
-//                       to finish (an atomic ticket), so there is no second launch. It can also
-//                       store this step's K/V (kv_store fused) when every token decodes alone.
+//                       to finish (an atomic ticket), so there is no second launch. When every
+//                       token decodes alone it can also store this step's K/V (kv_store
+//                       fused), rotate q and the new key on the way in (RoPE fused), and write
+//                       the 8-bit copy of its output that the next quantized GEMV reads.
 //   prefill_attention:  tiles of up to 64 consecutive tokens of one sequence, flash-attention
 //                       style on tensor cores (mma.sync m16n8k16, BF16/F16 in, F32 accum).
 // Cache layout per layer: K and V each [n_blocks][n_head_kv][block_size][head_dim].
@@ -14,6 +16,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "kernels/cuda/gemv.h"   // QuantActs
+#include "node/model/hparams.h"  // RopeStyle
 
 namespace tpnode::cuda {
 
@@ -50,6 +55,12 @@ void kv_store(const KvStoreParams& p, cudaStream_t stream);
 inline constexpr int64_t kDecodeMaxCounters = 4096;
 inline constexpr int kDecodeMaxSplits = 128;
 
+// RoPE applied inside decode_attention: the rope kernel's inverse frequencies and style.
+struct DecodeRope {
+  const float* inv_freq = nullptr;  // [head_dim / 2] device; null: no rotation
+  RopeStyle style = RopeStyle::kNeox;
+};
+
 struct DecodeAttentionParams {
   PagedKv kv;
   DeviceBatch batch;
@@ -68,9 +79,19 @@ struct DecodeAttentionParams {
   // it). Only valid when each token is the only new token of its sequence in the step.
   const float* k_new = nullptr;  // [n_tokens, n_head_kv, head_dim]
   const float* v_new = nullptr;  // [n_tokens, n_head_kv, head_dim]
+  // With k_new only: q and k_new are rotated at the tokens' positions as they are read (the
+  // rope kernel's math; decode_rope_supports), and the rotated key is what the cache stores.
+  // q and k_new themselves are left unrotated.
+  DecodeRope rope{};
+  // When set, the CTA that writes a head's output also writes its 8-bit copy, bitwise what
+  // quantize_acts(out, n, n_head * head_dim) writes. Needs head_dim % 32 == 0 and
+  // tokens == nullptr (row i of the copy is token i).
+  QuantActs quant{};
 };
 void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream);
 bool decode_attention_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim);
+// Whether decode_attention can rotate q and k_new itself (head_dim % 8 == 0).
+bool decode_rope_supports(int64_t head_dim);
 
 // The key split of a decode launch, planned from the block tables' capacity (max_keys) rather
 // than this step's lengths, so that a captured graph replays right for every step of a shape

@@ -5,6 +5,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/rope.cuh"
 
 namespace tpnode::cuda {
 namespace {
@@ -168,16 +169,12 @@ __global__ void rope_kernel(RopeKernelParams p) {
   const int64_t t = idx / (half * heads);
   float* v = h < p.n_head ? p.q + (t * p.n_head + h) * p.head_dim
                           : p.k + (t * p.n_head_kv + (h - p.n_head)) * p.head_dim;
-  // The angle rounds to float (as the CPU backend and transformers do); cos/sin in double.
-  const float angle = static_cast<float>(p.positions[t]) * p.inv_freq[i];
-  double sd, cd;
-  sincos(static_cast<double>(angle), &sd, &cd);
-  const float sn = static_cast<float>(sd), cs = static_cast<float>(cd);
+  const RopeCosSin r = rope_cos_sin(p.positions[t], p.inv_freq, i);
   const int64_t a = p.style == RopeStyle::kNeox ? i : 2 * i;
   const int64_t b = p.style == RopeStyle::kNeox ? i + half : 2 * i + 1;
   const float x0 = v[a], x1 = v[b];
-  v[a] = x0 * cs - x1 * sn;
-  v[b] = x0 * sn + x1 * cs;
+  v[a] = rope_first(x0, x1, r);
+  v[b] = rope_second(x0, x1, r);
 }
 
 __global__ void swiglu_kernel(SwigluParams p) {

@@ -76,6 +76,11 @@ struct AttentionParams {
   int64_t n_head_kv = 0;  // this rank's KV heads; n_head % n_head_kv == 0
   int64_t head_dim = 0;
   float scale = 1.0f;     // usually 1/sqrt(head_dim)
+  // When set, q and k are rotated at the batch positions first (as rope() with these
+  // parameters), so that a backend can fold RoPE into its attention. q and k must then be
+  // writable, and hold unspecified values afterwards (rotated in place, or unchanged where
+  // the rotation happened on the fly): nothing may read them after the call.
+  const RopeParams* rope = nullptr;
 };
 
 // One row of device sampling (Backend::sample_tokens): the host Sampler's greedy /

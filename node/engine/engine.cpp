@@ -217,6 +217,7 @@ Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
   m.attn.n_head_kv = shard_.n_head_kv;
   m.attn.head_dim = hd;
   m.attn.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  m.attn.rope = &m.rope;
 }
 
 Engine::~Engine() = default;
@@ -506,7 +507,7 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
       b.add_bias(s.k, L.bk, T, kv_cols);
       b.add_bias(s.v, L.bv, T, kv_cols);
     }
-    b.rope(s.q, s.k, m.rope);
+    // RoPE runs inside attention (m.attn.rope), where a backend can fold it into the kernel.
     m.attn.layer = l;
     b.attention(s.q, s.k, s.v, s.attn, m.attn);
     b.matmul(L.wo, s.attn, s.t, T);

@@ -3,6 +3,10 @@
 //     (GQA groups of 1 to 16 heads), split-K over long contexts, block tables wider than the
 //     sequences (as graph steps pad them), shuffled blocks, mixed steps, batch 64, and decode
 //     steps where the decode kernel stores K/V itself; repeated runs are bitwise equal;
+//   - CudaRopeAttention: RoPE inside attention (rotation fused into decode steps, the rope
+//     kernel first otherwise) against the CPU's rope() then attention(), and the attn_output
+//     matmul reading the 8-bit copy the decode kernel writes;
+//   - CudaDecodeQuant: that 8-bit copy against quantize_acts of the F32 output, bitwise;
 //   - CudaDecodeLong: one decode token over 4096 and 32768 keys (many splits) against a
 //     double-precision reference computed here from the K/V the cache holds;
 //   - CudaAttentionPerf: times decode attention inside a CUDA graph (prints, for tuning).
@@ -13,10 +17,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <tuple>
 
+#include "kernels/cpu/rope.h"
+#include "kernels/cuda/gemv.h"
 #include "tests/cuda/cuda_test_support.h"
 
 namespace tpnode::test {
@@ -30,6 +38,7 @@ struct AttnCase {
   int64_t n_head_kv;
   KvCacheDtype kv;  // CPU oracle: F16 cache for F16 (same rounding), F32 for BF16
   double tol;
+  std::optional<RopeStyle> rope = std::nullopt;  // RoPE inside attention (AttentionParams::rope)
 };
 
 std::string dtype_name(KvCacheDtype d) { return d == KvCacheDtype::kF16 ? "f16" : "bf16"; }
@@ -104,6 +113,11 @@ class CudaAttention : public CudaVsCpu, public ::testing::WithParamInterface<Att
     v_ = put(cuda_random_floats(T * nkv * hd, seed + 2));
     out_ = put(std::vector<float>(T * nh * hd, NAN));
     params_ = AttentionParams{layer, nh, nkv, hd, 1.0f / std::sqrt(static_cast<float>(hd))};
+    if (GetParam().rope) {
+      rope_ = RopeParams{.n_head = nh, .n_head_kv = nkv, .head_dim = hd,
+                         .style = *GetParam().rope, .theta = 10000.0f, .scaling = {}};
+      params_.rope = &rope_;
+    }
     cuda_->attention(q_.gpu, k_.gpu, v_.gpu, out_.gpu, params_);
     cpu_->attention(q_.cpu, k_.cpu, v_.cpu, out_.cpu, params_);
     n_out_ = T * nh * hd;
@@ -127,6 +141,7 @@ class CudaAttention : public CudaVsCpu, public ::testing::WithParamInterface<Att
   BatchMeta last_;
   Pair q_{}, k_{}, v_{}, out_{};
   AttentionParams params_;
+  RopeParams rope_;
   int64_t n_out_ = 0;
 };
 
@@ -197,6 +212,248 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& i) {
       return fmt::format("hd{}_h{}kv{}_{}", i.param.head_dim, i.param.n_head, i.param.n_head_kv,
                          dtype_name(i.param.kv));
+    });
+
+// ---- RoPE inside attention ---------------------------------------------------------------
+// With AttentionParams::rope, decode steps (every sequence one new token) rotate q and the new
+// key inside the decode kernel, which also writes the 8-bit copy of its output that the
+// attn_output GEMV reads; prefill steps run the rope kernel first. The CPU backend runs rope()
+// then attention(): the oracle.
+class CudaRopeAttention : public CudaAttention {};
+
+TEST_P(CudaRopeAttention, DecodeMatchesCpuRopeThenAttention) {
+  const double tol = GetParam().tol;
+  const int64_t cols = GetParam().n_head * GetParam().head_dim, wo_rows = 37;
+  // An attn_output-like quantized matrix after attention: on the GPU it reads the 8-bit copy
+  // the decode kernel wrote (head_dim % 32 == 0), else one quantize_acts makes it.
+  const auto w_host = random_gguf_rows(TensorType::kQ8_0, wo_rows, cols, 5);
+  const HostMatrix hm{TensorType::kQ8_0, w_host.data(), wo_rows, cols, w_host.size() / wo_rows};
+  const Weight wg = cuda_->upload_weight(hm), wc = cpu_->upload_weight(hm);
+  auto wo_nmse = [&](int64_t n_tok) {
+    const Pair y = zeros(n_tok * wo_rows);
+    cuda_->matmul(wg, out_.gpu, y.gpu, n_tok);
+    cpu_->matmul(wc, out_.cpu, y.cpu, n_tok);
+    return nmse(gpu(y, n_tok * wo_rows), cpu(y, n_tok * wo_rows));
+  };
+  // Each context: the keys the first decode token sees. Every decode runs twice, the second
+  // time reading the key the first stored (rotated) over a table as wide as a graph bucket
+  // (1024 keys: many key splits, most past the sequences' lengths).
+  int id = 0;
+  auto run = [&](const std::vector<int32_t>& contexts) {
+    std::vector<std::pair<int, int32_t>> prefill, decode;
+    std::string what = "contexts";
+    for (int32_t c : contexts) {
+      if (c > 1) prefill.emplace_back(id, c - 1);
+      decode.emplace_back(id, 1);
+      what += fmt::format(" {}", c);
+      ++id;
+    }
+    const auto n = static_cast<int64_t>(decode.size());
+    if (!prefill.empty()) {
+      EXPECT_LT(step(prefill, 0, 200 + id), 1e-4) << what << ": prefill";
+    }
+    EXPECT_LT(step(decode, 0, 300 + id), tol) << what;
+    EXPECT_LT(wo_nmse(n), 1e-3) << what << ": attn_output";
+    EXPECT_LT(step(decode, 0, 400 + id, 64), tol) << what << ", wide table";
+    EXPECT_LT(wo_nmse(n), 1e-3) << what << ", wide table: attn_output";
+  };
+  for (int32_t c : {1, 17, 128, 700}) run({c});  // batch 1
+  run({1, 17, 128, 700, 40});                    // batch 5
+}
+
+// Decode outputs need no tensor-core rounding of q, so F16 caches match the CPU closely.
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaRopeAttention,
+    ::testing::Values(
+        // head_dim 64 and 128, GQA 4:1 and 1:1, both styles
+        AttnCase{64, 8, 2, KvCacheDtype::kF16, 1e-8, RopeStyle::kNeox},
+        AttnCase{64, 8, 2, KvCacheDtype::kF16, 1e-8, RopeStyle::kInterleaved},
+        AttnCase{64, 2, 2, KvCacheDtype::kF16, 1e-8, RopeStyle::kNeox},
+        AttnCase{64, 2, 2, KvCacheDtype::kF16, 1e-8, RopeStyle::kInterleaved},
+        AttnCase{128, 8, 2, KvCacheDtype::kF16, 1e-8, RopeStyle::kNeox},
+        AttnCase{128, 8, 2, KvCacheDtype::kF16, 1e-8, RopeStyle::kInterleaved},
+        AttnCase{128, 2, 2, KvCacheDtype::kF16, 1e-8, RopeStyle::kNeox},
+        AttnCase{128, 2, 2, KvCacheDtype::kF16, 1e-8, RopeStyle::kInterleaved},
+        // Llama-3-8B (BF16 cache), SmolLM2 (3:1), 16:1 (two CTAs per KV head), head_dim 80
+        // (no 8-bit copy: 80 % 32 != 0) and 16 (the tiny fixtures)
+        AttnCase{128, 32, 8, KvCacheDtype::kBF16, 5e-4, RopeStyle::kNeox},
+        AttnCase{64, 9, 3, KvCacheDtype::kF16, 1e-8, RopeStyle::kInterleaved},
+        AttnCase{128, 16, 1, KvCacheDtype::kF16, 1e-8, RopeStyle::kNeox},
+        AttnCase{80, 4, 4, KvCacheDtype::kF16, 1e-8, RopeStyle::kNeox},
+        AttnCase{16, 4, 2, KvCacheDtype::kBF16, 5e-4, RopeStyle::kInterleaved}),
+    [](const auto& i) {
+      return fmt::format("hd{}_h{}kv{}_{}_{}", i.param.head_dim, i.param.n_head,
+                         i.param.n_head_kv, dtype_name(i.param.kv),
+                         *i.param.rope == RopeStyle::kNeox ? "neox" : "interleaved");
+    });
+
+// ---- the 8-bit copy of the decode output ---------------------------------------------------
+
+// Device memory of a kernel-level test.
+struct DeviceBuffer {
+  explicit DeviceBuffer(size_t bytes) {
+    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(bytes, 1)), cudaSuccess);
+  }
+  ~DeviceBuffer() { cudaFree(p); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  template <typename T>
+  T* as() const { return static_cast<T*>(p); }
+  void* p = nullptr;
+};
+template <typename T>
+std::unique_ptr<DeviceBuffer> upload(const std::vector<T>& h) {
+  auto b = std::make_unique<DeviceBuffer>(h.size() * sizeof(T));
+  EXPECT_EQ(cudaMemcpy(b->p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  return b;
+}
+template <typename T>
+std::vector<T> download(const DeviceBuffer& b, size_t n) {
+  std::vector<T> h(n);
+  EXPECT_EQ(cudaMemcpy(h.data(), b.p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+  return h;
+}
+std::vector<uint32_t> float_bits(const std::vector<float>& v) {
+  std::vector<uint32_t> b(v.size());
+  std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
+  return b;
+}
+
+struct QuantCase {
+  int64_t head_dim;
+  int64_t n_head;
+  int64_t n_head_kv;
+  std::vector<int32_t> contexts;  // keys each decode token sees (one token per sequence)
+  int32_t max_blocks;             // block-table width: 16-key blocks
+};
+
+class CudaDecodeQuant : public ::testing::TestWithParam<QuantCase> {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gave 0)";
+  }
+};
+
+// decode_attention with RoPE, the fused K/V store and the 8-bit copy, against quantize_acts of
+// its own F32 output: the copy must be bitwise equal (q, d and s), whole or split.
+TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
+  const QuantCase c = GetParam();
+  const int64_t hd = c.head_dim, nh = c.n_head, nkv = c.n_head_kv, bs = 16;
+  const auto n = static_cast<int64_t>(c.contexts.size());
+  const int64_t n_blocks = n * c.max_blocks;
+  kc::PagedKv kv{.k = nullptr, .v = nullptr, .block_size = bs, .n_head_kv = nkv, .head_dim = hd,
+                 .dtype = kc::KvDtype::kBF16};
+  const size_t cache_bytes = static_cast<size_t>(n_blocks * nkv * bs * hd * 2);
+  DeviceBuffer k_cache(cache_bytes), v_cache(cache_bytes);
+  kv.k = k_cache.p;
+  kv.v = v_cache.p;
+  // Sequence s owns blocks s, s + n, s + 2n, ... (interleaved, not contiguous).
+  std::vector<int32_t> tables(static_cast<size_t>(n * c.max_blocks));
+  for (int64_t s = 0; s < n; ++s) {
+    for (int64_t j = 0; j < c.max_blocks; ++j) {
+      tables[s * c.max_blocks + j] = static_cast<int32_t>(j * n + s);
+    }
+  }
+  const auto d_tables = upload(tables);
+
+  // The cached keys: every sequence's positions 0 .. context - 2, stored by kv_store.
+  std::vector<int32_t> pre_pos, pre_seq;
+  for (int64_t s = 0; s < n; ++s) {
+    for (int32_t p = 0; p + 1 < c.contexts[s]; ++p) {
+      pre_pos.push_back(p);
+      pre_seq.push_back(static_cast<int32_t>(s));
+    }
+  }
+  const auto n_pre = static_cast<int64_t>(pre_pos.size());
+  if (n_pre > 0) {
+    const auto d_pos = upload(pre_pos), d_seq = upload(pre_seq);
+    const auto k = upload(cuda_random_floats(n_pre * nkv * hd, 1, 2.0f));
+    const auto v = upload(cuda_random_floats(n_pre * nkv * hd, 2));
+    kc::kv_store({.kv = kv,
+                  .batch = {.positions = d_pos->as<int32_t>(), .token_seq = d_seq->as<int32_t>(),
+                            .block_tables = d_tables->as<int32_t>(), .max_blocks = c.max_blocks,
+                            .n_tokens = n_pre},
+                  .k = k->as<float>(),
+                  .v = v->as<float>()},
+                 nullptr);
+  }
+
+  // One decode token per sequence, at position context - 1.
+  std::vector<int32_t> pos, seq;
+  for (int64_t s = 0; s < n; ++s) {
+    pos.push_back(c.contexts[s] - 1);
+    seq.push_back(static_cast<int32_t>(s));
+  }
+  const auto d_pos = upload(pos), d_seq = upload(seq);
+  const auto q = upload(cuda_random_floats(n * nh * hd, 3, 2.0f));
+  const auto k_new = upload(cuda_random_floats(n * nkv * hd, 4, 2.0f));
+  const auto v_new = upload(cuda_random_floats(n * nkv * hd, 5));
+  const auto inv_freq = upload(cpu::rope_inv_freq(hd, 500000.0f, {}));
+  const int64_t n_out = n * nh * hd, chunks = n_out / 32;
+  DeviceBuffer out(n_out * sizeof(float));
+  DeviceBuffer aq(n_out), ad(chunks * sizeof(float)), as(chunks * sizeof(float));
+  DeviceBuffer rq(n_out), rd(chunks * sizeof(float)), rs(chunks * sizeof(float));
+  int n_sms = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+  const kc::DecodeSplit split = kc::plan_decode_split({.n = n,
+                                                       .n_head = nh,
+                                                       .n_head_kv = nkv,
+                                                       .head_dim = hd,
+                                                       .max_keys = c.max_blocks * bs,
+                                                       .n_sms = n_sms});
+  DeviceBuffer part_out(split.part_out_floats * sizeof(float)),
+      part_lse(split.part_lse_floats * sizeof(float)),
+      counters(kc::kDecodeMaxCounters * sizeof(uint32_t));
+  ASSERT_EQ(cudaMemset(counters.p, 0, kc::kDecodeMaxCounters * sizeof(uint32_t)), cudaSuccess);
+  kc::DecodeAttentionParams d{
+      .kv = kv,
+      .batch = {.positions = d_pos->as<int32_t>(), .token_seq = d_seq->as<int32_t>(),
+                .block_tables = d_tables->as<int32_t>(), .max_blocks = c.max_blocks,
+                .n_tokens = n},
+      .q = q->as<float>(),
+      .out = out.as<float>(),
+      .tokens = nullptr,
+      .n = n,
+      .n_head = nh,
+      .scale = 1.0f / std::sqrt(static_cast<float>(hd)),
+      .n_splits = split.n_splits,
+      .split_len = split.split_len,
+      .part_out = split.n_splits > 1 ? part_out.as<float>() : nullptr,
+      .part_lse = split.n_splits > 1 ? part_lse.as<float>() : nullptr,
+      .counters = split.n_splits > 1 ? counters.as<uint32_t>() : nullptr,
+      .k_new = k_new->as<float>(),
+      .v_new = v_new->as<float>(),
+      .rope = {.inv_freq = inv_freq->as<float>(), .style = RopeStyle::kNeox},
+      .quant = {.q = aq.as<int8_t>(), .d = ad.as<float>(), .s = as.as<float>()}};
+  kc::decode_attention(d, nullptr);
+  kc::quantize_acts({.x = out.as<float>(), .m = n, .k = nh * hd,
+                     .out = {.q = rq.as<int8_t>(), .d = rd.as<float>(), .s = rs.as<float>()}},
+                    nullptr);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::string what = fmt::format("{} splits of {} keys", split.n_splits, split.split_len);
+  const std::vector<float> f = download<float>(out, n_out);
+  EXPECT_TRUE(std::all_of(f.begin(), f.end(), [](float x) { return std::isfinite(x); })) << what;
+  EXPECT_EQ(download<int8_t>(aq, n_out), download<int8_t>(rq, n_out)) << what << ": q";
+  EXPECT_EQ(float_bits(download<float>(ad, chunks)), float_bits(download<float>(rd, chunks)))
+      << what << ": d";
+  EXPECT_EQ(float_bits(download<float>(as, chunks)), float_bits(download<float>(rs, chunks)))
+      << what << ": s";
+  // The launch leaves its split counters at zero (graphs replay it).
+  const std::vector<uint32_t> ctr = download<uint32_t>(counters, kc::kDecodeMaxCounters);
+  EXPECT_TRUE(std::all_of(ctr.begin(), ctr.end(), [](uint32_t x) { return x == 0; })) << what;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaDecodeQuant,
+    ::testing::Values(
+        // Llama-3-8B at batch 1 and 3: split (1024 keys of capacity) and whole (64)
+        QuantCase{128, 32, 8, {129}, 64}, QuantCase{128, 32, 8, {1, 40, 700}, 64},
+        QuantCase{128, 32, 8, {1, 20, 60}, 4},
+        // 16 query heads per KV head (two CTAs each), head_dim 64; 1:1 groups
+        QuantCase{64, 16, 1, {300, 2}, 32}, QuantCase{64, 4, 4, {17}, 2}),
+    [](const auto& i) {
+      return fmt::format("hd{}_h{}kv{}_n{}_w{}", i.param.head_dim, i.param.n_head,
+                         i.param.n_head_kv, i.param.contexts.size(), i.param.max_blocks);
     });
 
 // ---- long contexts against a reference computed here ------------------------------------
@@ -341,12 +598,16 @@ TEST(DecodeSplitPlan, CoversCapacityAndSplitsOnlySmallGrids) {
     return kc::plan_decode_split(
         {.n = n, .n_head = nh, .n_head_kv = nkv, .head_dim = hd, .max_keys = keys, .n_sms = 132});
   };
-  // Llama-3-8B on an H200: batch 1 splits, batch 64 (512 CTAs) does not.
+  // Llama-3-8B on an H200: batch 1 splits into one ring stage (32 keys) per CTA, batch 64
+  // (512 CTAs) does not split.
   const kc::DecodeSplit b1 = plan(1, 32, 8, 128, 256);
-  EXPECT_EQ(b1.n_splits, 4);
-  EXPECT_EQ(b1.split_len, 64);
-  EXPECT_EQ(b1.part_lse_floats, 1 * 32 * 4);
-  EXPECT_EQ(b1.part_out_floats, 1 * 32 * 4 * 128);
+  EXPECT_EQ(b1.n_splits, 8);
+  EXPECT_EQ(b1.split_len, 32);
+  EXPECT_EQ(b1.part_lse_floats, 1 * 32 * 8);
+  EXPECT_EQ(b1.part_out_floats, 1 * 32 * 8 * 128);
+  // The benchmark's 128-token context (9 blocks of capacity).
+  EXPECT_EQ(plan(1, 32, 8, 128, 144).n_splits, 5);
+  EXPECT_EQ(plan(1, 32, 8, 128, 144).split_len, 32);
   const kc::DecodeSplit b64 = plan(64, 32, 8, 128, 256);
   EXPECT_EQ(b64.n_splits, 1);
   EXPECT_EQ(b64.split_len, 256);
@@ -388,9 +649,10 @@ TEST(DecodeSplitPlan, CoversCapacityAndSplitsOnlySmallGrids) {
 
 // ---- timing ------------------------------------------------------------------------------
 
-// Decode attention of Llama-3-8B (32 heads, 8 KV heads, head_dim 128, BF16 cache) inside a
-// CUDA graph of one call per layer, as decode steps run it; prints the time per call and the
-// K/V read rate. The caches hold real (prefilled) values, so the outputs must be finite.
+// Decode attention of Llama-3-8B (32 heads, 8 KV heads, head_dim 128, BF16 cache, RoPE and the
+// 8-bit output copy fused) inside a CUDA graph of one call per layer, as decode steps run it;
+// prints the time per call and the K/V read rate. The caches hold real (prefilled) values, so
+// the outputs must be finite.
 TEST(CudaAttentionPerf, DecodeLlama3Shapes) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gave 0)";
   struct Shape {
@@ -429,7 +691,14 @@ TEST(CudaAttentionPerf, DecodeLlama3Shapes) {
       be->copy_to_device(p, h.data(), h.size() * sizeof(float));
       return p;
     };
-    const AttentionParams ap0{0, kHeads, kKvHeads, kDim, 1.0f / std::sqrt(128.0f)};
+    // Llama-3's RoPE inside attention, as the engine runs it.
+    const RopeParams rope{.n_head = kHeads,
+                          .n_head_kv = kKvHeads,
+                          .head_dim = kDim,
+                          .style = RopeStyle::kNeox,
+                          .theta = 500000.0f,
+                          .scaling = {}};
+    const AttentionParams ap0{0, kHeads, kKvHeads, kDim, 1.0f / std::sqrt(128.0f), &rope};
     auto params = [&](int64_t layer) {
       AttentionParams a = ap0;
       a.layer = layer;

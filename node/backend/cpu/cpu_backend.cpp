@@ -238,6 +238,16 @@ void CpuBackend::attention(const float* q, const float* k, const float* v, float
     checker_.check(batch_, &kv_shape_);
     blocks_checked_ = true;
   }
+  if (p.rope != nullptr) {
+    TPNODE_CHECK(p.rope->n_head == p.n_head && p.rope->n_head_kv == p.n_head_kv &&
+                     p.rope->head_dim == p.head_dim,
+                 "attention: RoPE over {} heads / {} KV heads of dim {} for attention over {} / "
+                 "{} of dim {}",
+                 p.rope->n_head, p.rope->n_head_kv, p.rope->head_dim, p.n_head, p.n_head_kv,
+                 p.head_dim);
+    // q and k are the caller's writable buffers (AttentionParams::rope): rotated in place.
+    rope(const_cast<float*>(q), const_cast<float*>(k), *p.rope);
+  }
   const cpu::PagedAttentionArgs args{
       .q = q,
       .k = k,
