@@ -1,6 +1,8 @@
 // The whole forward (Engine) on the CUDA backend against the CPU backend: the small model
 // fixtures (Q8_0/Q4_1/F16 llama, BF16 qwen2 with biases and tied embeddings, a safetensors
 // llama with llama3 RoPE) and, when present, SmolLM2-135M Q4_1.
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 
 #include "node/engine/single_rank_collective.h"
@@ -8,6 +10,7 @@
 #include "node/engine/weight_source.h"
 #include "node/model/model_file.h"
 #include "tests/cuda/cuda_test_support.h"
+#include "tests/engine/test_support.h"
 
 namespace tpnode::test {
 namespace {
@@ -79,6 +82,70 @@ TEST_P(CudaEngine, Deterministic) {
   const std::vector<float> l2 = engine.step(p2);
   ASSERT_EQ(l1.size(), l2.size());
   EXPECT_EQ(0, std::memcmp(l1.data(), l2.data(), l1.size() * sizeof(float)));
+}
+
+// 64 greedy tokens of the default model on the GPU and on the CPU, each prompt of the
+// llama.cpp fixture. Both backends quantize activations to 8 bits the same way; they differ in
+// summation order and in the KV cache (BF16 on the GPU, F32 on the CPU). So the tokens must be
+// identical, except where the CPU's top two logits are closer than twice the largest logit
+// difference between the backends at that step (a tie their rounding can flip); there both
+// continue with the CPU's token.
+class CudaEngineDefaultModel : public CudaVsCpu {};
+
+TEST_F(CudaEngineDefaultModel, GreedyTokensMatchCpuForSixtyFourSteps) {
+  const std::string path = std::string(TPNODE_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent (launch/fetch_model.sh)";
+  auto file = ModelFile::open(path);
+  const HParams& hp = file->hparams();
+  FileWeightSource src_gpu(*file), src_cpu(*file);
+  SingleRankCollective c1, c2;
+  EngineOptions eo;
+  eo.max_context = 256;
+  eo.kv_tokens = 512;
+  eo.max_batch_tokens = 128;
+  Engine gpu_engine(hp, src_gpu, *cuda_, c1, eo);
+  Engine cpu_engine(hp, src_cpu, *cpu_, c2, eo);
+  const auto fixture = tsupport::read_json(std::filesystem::path(TPNODE_SOURCE_DIR) /
+                                           "tests/fixtures/llamacpp/smollm2_135m_q4_1_greedy.json");
+  const size_t V = static_cast<size_t>(hp.n_vocab);
+  constexpr int kSteps = 64;
+  for (const auto& c : fixture.as_object().at("cases").as_array()) {
+    const std::string name(c.as_object().at("name").as_string());
+    std::vector<int32_t> feed = tsupport::to_ids(c.as_object().at("prompt_ids"));
+    ASSERT_LE(feed.size() + kSteps, 16u * 16u) << name;
+    StepPlan plan;
+    int32_t n_past = 0;
+    int identical = 0, ties = 0;
+    double worst = 0;
+    for (int step = 0; step < kSteps; ++step) {
+      plan.seqs = {SeqStep{.seq_id = 1, .n_past = n_past, .tokens = feed,
+                           .blocks = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+                           .want_logits = true}};
+      const std::vector<float> lg = gpu_engine.step(plan);
+      const std::vector<float> lc = cpu_engine.step(plan);
+      ASSERT_EQ(lg.size(), V);
+      ASSERT_EQ(lc.size(), V);
+      double diff = 0;
+      for (size_t i = 0; i < V; ++i) diff = std::max(diff, std::fabs(static_cast<double>(lg[i]) - lc[i]));
+      worst = std::max(worst, diff);
+      const size_t tg = argmax(lg, 0, V), tc = argmax(lc, 0, V);
+      if (tg == tc) {
+        ++identical;
+      } else {
+        std::vector<float> top(lc);
+        std::partial_sort(top.begin(), top.begin() + 2, top.end(), std::greater<>());
+        const double margin = static_cast<double>(top[0]) - top[1];
+        std::printf("[%s] step %d: GPU %zu, CPU %zu; CPU top-2 margin %.4f, max logit diff %.4f\n",
+                    name.c_str(), step, tg, tc, margin, diff);
+        EXPECT_LT(margin, 2 * diff) << name << " step " << step << ": tokens differ at a clear choice";
+        ++ties;
+      }
+      n_past += static_cast<int32_t>(feed.size());
+      feed = {static_cast<int32_t>(tc)};
+    }
+    std::printf("[%s] %d/%d greedy tokens identical (%d near-ties), max |GPU - CPU| logit %.4f\n",
+                name.c_str(), identical, kSteps, ties, worst);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaEngine,
