@@ -50,6 +50,7 @@ struct BenchOptions {
   bool device_sampling = false;       // decode steps sample on the device (when it can)
   bool greedy_tokens = false;         // decode steps return argmax tokens, not logits
   int quant_gemv_max_batch = 16;      // CUDA: largest quantized matmul batch on int8 GEMVs
+  int dq_gemm_max_batch = 128;        // CUDA: largest one on the dequantizing GEMM (0: off)
 };
 
 using Clock = std::chrono::steady_clock;
@@ -192,6 +193,7 @@ int run_bench(const BenchOptions& o) {
     co.pdl = o.pdl;
     co.use_cuda_graphs = o.graphs;
     co.quant_gemv_max_batch = o.quant_gemv_max_batch;
+    co.dq_gemm_max_batch = o.dq_gemm_max_batch;
     backend = make_cuda_backend(co);
     status.show("measuring device copy bandwidth and BF16 GEMM rate");
     roof.copy_bw = cuda_measure_copy_bandwidth(*backend, uint64_t{2} << 30);
@@ -380,6 +382,9 @@ const RegisterCommand kRegister{Command{
       sub.add_flag("--pdl", o->pdl, "programmatic dependent launch between decode kernels (experimental)");
       sub.add_option("--quant-gemv-max-batch", o->quant_gemv_max_batch,
                      "largest decode batch whose quantized matmuls run on int8 GEMVs (1..64)");
+      sub.add_option("--dq-gemm-max-batch", o->dq_gemm_max_batch,
+                     "largest decode batch whose quantized matmuls dequantize inside a "
+                     "tensor-core GEMM (0..128; 0: BF16 GEMMs on BF16 copies)");
       sub.add_flag("!--no-graphs", o->graphs, "run decode steps op by op instead of CUDA graphs");
       sub.add_flag("--greedy-tokens", o->greedy_tokens,
                    "decode steps return argmax tokens instead of logits (device or distributed argmax)");

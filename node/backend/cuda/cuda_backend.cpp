@@ -12,6 +12,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dequant.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gemm_dq.h"
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/pdl.h"
@@ -150,6 +151,8 @@ class CudaBackend final : public Backend {
   kc::PagedKv layer_kv(int64_t layer) const;
   kc::DeviceBatch device_batch() const;
   void gemm(const Weight& w, const float* x, float* y, int64_t m);
+  bool use_gemm_dq(const kc::DeviceMatrix& w, int64_t m) const;
+  const __nv_bfloat16* bf16_acts(const float* x, int64_t n);
   const float* rope_freqs(const RopeParams& p);
 
   CudaBackendOptions opt_;
@@ -163,8 +166,10 @@ class CudaBackend final : public Backend {
   uint64_t bf16_copy_bytes_ = 0;
   int64_t max_cols_ = 0;
   ActCache act_;
+  ActCache bf16_act_;  // which x the BF16 copy in scratch_->gemm_x holds
   // Quantized matmuls of up to this many rows run as GEMVs (int8 tensor cores), not GEMMs.
   int64_t quant_gemv_max_ = kc::kGemvMaxBatch;
+  kc::GemmDqWorkspace dq_ws_;  // k-split partial sums and counters of gemm_dq
 
   KvCacheShape kv_shape_;
   void* k_cache_ = nullptr;
@@ -214,6 +219,9 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
                "quant_gemv_max_batch {} outside 1..{}", options.quant_gemv_max_batch,
                kc::kGemvMmaMaxBatch);
   quant_gemv_max_ = options.quant_gemv_max_batch;
+  TPNODE_CHECK(options.dq_gemm_max_batch >= 0 && options.dq_gemm_max_batch <= kc::kGemmDqMaxBatch,
+               "dq_gemm_max_batch {} outside 0..{}", options.dq_gemm_max_batch,
+               kc::kGemmDqMaxBatch);
   size_t free_bytes = 0, total_bytes = 0;
   TPNODE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   total_bytes_ = total_bytes;
@@ -225,6 +233,18 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   uploader_->reserve(static_cast<size_t>(options.max_batch_tokens) * 16 + 65536);
   gemm_ = std::make_unique<kc::GemmLt>(mem_->alloc(kGemmWorkspaceBytes, "cuBLASLt workspace"),
                                        kGemmWorkspaceBytes);
+  if (options.dq_gemm_max_batch > quant_gemv_max_) {
+    kc::gemm_dq_init();  // shared-memory limits, set once outside any graph capture
+    const kc::GemmDqWorkspaceSize ws = kc::gemm_dq_workspace_size();
+    dq_ws_.partial_floats = ws.partial_floats;
+    dq_ws_.n_counters = ws.n_counters;
+    dq_ws_.partials = static_cast<float*>(
+        mem_->alloc(static_cast<size_t>(ws.partial_floats) * sizeof(float), "gemm_dq partial sums"));
+    dq_ws_.counters = static_cast<unsigned*>(
+        mem_->alloc(static_cast<size_t>(ws.n_counters) * sizeof(unsigned), "gemm_dq counters"));
+    TPNODE_CUDA_CHECK(cudaMemsetAsync(dq_ws_.counters, 0,
+                                      static_cast<size_t>(ws.n_counters) * sizeof(unsigned), stream_));
+  }
   spdlog::info("cuda: {} ({} SMs, {:.1f} GiB), budget {:.1f} GiB", prop_.name,
                prop_.multiProcessorCount, total_bytes / 1073741824.0, budget / 1073741824.0);
 }
@@ -245,22 +265,24 @@ CudaBackend::~CudaBackend() {
 }
 
 void CudaBackend::wrote(const void* p, size_t bytes) {
-  if (act_.x == nullptr) return;
-  const auto* a = static_cast<const uint8_t*>(act_.x);
   const auto* b = static_cast<const uint8_t*>(p);
-  const size_t a_len = static_cast<size_t>(act_.n) * sizeof(float);
-  if (b < a + a_len && a < b + bytes) act_ = {};
+  for (ActCache* c : {&act_, &bf16_act_}) {
+    if (c->x == nullptr) continue;
+    const auto* a = static_cast<const uint8_t*>(c->x);
+    const size_t a_len = static_cast<size_t>(c->n) * sizeof(float);
+    if (b < a + a_len && a < b + bytes) *c = {};
+  }
 }
 
 kc::QuantActs CudaBackend::act_buffers(int64_t n) {
   // Sized for the largest decode batch at once, so the buffers rarely move.
   const int64_t want = std::max<int64_t>(n, quant_gemv_max_ * std::max<int64_t>(max_cols_, 32));
   kc::QuantActs a;
-  void* old = scratch_->act_q.get(0);
+  const uint64_t moves = mem_->scratch_moves();  // a regrown buffer lost its contents
   a.q = scratch_->act_q.as<int8_t>(want);
   a.d = scratch_->act_d.as<float>(want / 32 + 1);
   a.s = scratch_->act_s.as<float>(want / 32 + 1);
-  if (old != a.q) act_ = {};
+  if (moves != mem_->scratch_moves()) act_ = {};
   return a;
 }
 
@@ -466,6 +488,7 @@ void CudaBackend::begin_step(const BatchMeta& b) {
   step_.decode_tokens = dev + o_dec;
   step_.tiles = dev + o_tiles;
   act_ = {};
+  bf16_act_ = {};
 }
 
 void CudaBackend::embed(const Weight& table, float* x) {
@@ -506,6 +529,10 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
     if (kc::is_quantized(w.type)) p.xq = quantized(x, m, w.cols);
     wrote(y, m * w.rows * sizeof(float));
     kc::gemv(p, stream_);
+  } else if (use_gemm_dq(dm, m)) {
+    wrote(y, m * w.rows * sizeof(float));
+    kc::gemm_dq({.w = dm, .x = bf16_acts(x, m * w.cols), .y = y, .m = m, .ldy = 0, .ws = dq_ws_},
+                stream_);
   } else {
     wrote(y, m * w.rows * sizeof(float));
     gemm(w, x, y, m);
@@ -543,10 +570,25 @@ void CudaBackend::add_rmsnorm(float* x, const float* r, const float* w, float* y
                .x_out = x});
 }
 
+bool CudaBackend::use_gemm_dq(const kc::DeviceMatrix& w, int64_t m) const {
+  return m > quant_gemv_max_ && m <= opt_.dq_gemm_max_batch && kc::gemm_dq_supports(w);
+}
+
+// x converted to BF16 for a GEMM, reusing the copy made for the previous matmul of the same
+// x (q, k and v; gate and up).
+const __nv_bfloat16* CudaBackend::bf16_acts(const float* x, int64_t n) {
+  const uint64_t moves = mem_->scratch_moves();  // a regrown buffer lost its contents
+  auto* xb = scratch_->gemm_x.as<__nv_bfloat16>(n);
+  if (moves != mem_->scratch_moves() || bf16_act_.x != x || bf16_act_.n != n) {
+    kc::f32_to_bf16({.x = x, .y = xb, .n = n}, stream_);
+    bf16_act_ = {x, n};
+  }
+  return xb;
+}
+
 void CudaBackend::gemm(const Weight& w, const float* x, float* y, int64_t m) {
   const int64_t n = w.rows, k = w.cols;
-  auto* xb = scratch_->gemm_x.as<__nv_bfloat16>(m * k);
-  kc::f32_to_bf16({.x = x, .y = xb, .n = m * k}, stream_);
+  const __nv_bfloat16* xb = bf16_acts(x, m * k);
   const __nv_bfloat16* wb = nullptr;
   if (w.type == TensorType::kBF16) wb = static_cast<const __nv_bfloat16*>(w.data);
   if (w.aux != nullptr) wb = static_cast<const __nv_bfloat16*>(w.aux);
@@ -617,14 +659,28 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
                "KV cache ({} layers, {} KV heads of dim {})",
                p.layer, p.n_head, p.n_head_kv, p.head_dim, kv_shape_.n_layer, kv_shape_.n_head_kv,
                kv_shape_.head_dim);
-  wrote(out, step_.n_tokens * p.n_head * p.head_dim * sizeof(float));
+  TPNODE_CHECK(
+      p.rope == nullptr || (p.rope->n_head == p.n_head && p.rope->n_head_kv == p.n_head_kv &&
+                            p.rope->head_dim == p.head_dim),
+      "attention: RoPE over {} heads / {} KV heads of dim {} for attention over {} / {} of dim {}",
+      p.rope ? p.rope->n_head : 0, p.rope ? p.rope->n_head_kv : 0, p.rope ? p.rope->head_dim : 0,
+      p.n_head, p.n_head_kv, p.head_dim);
+  const int64_t n_out = step_.n_tokens * p.n_head * p.head_dim;
+  wrote(out, n_out * sizeof(float));
   const kc::PagedKv kv = layer_kv(p.layer);
   const kc::DeviceBatch batch = device_batch();
   // When every sequence brings exactly one token (decode steps, all graph steps), the decode
   // kernel stores K and V itself: no launch reads a token's slot but that token's own CTAs.
+  // It then also rotates q and the new keys as it reads them; other steps rotate first.
   const bool all_decode = step_.n_decode == step_.n_tokens;
   const bool fused_store = all_decode && step_.n_tiles == 0 && step_.n_tokens == step_.n_seqs;
+  const bool fused_rope = p.rope != nullptr && fused_store && kc::decode_rope_supports(p.head_dim);
+  // q and k are writable when rope is set (AttentionParams::rope).
+  if (p.rope != nullptr && !fused_rope) rope(const_cast<float*>(q), const_cast<float*>(k), *p.rope);
   if (!fused_store) kc::kv_store({.kv = kv, .batch = batch, .k = k, .v = v}, stream_);
+  // Decode-sized outputs feed the attn_output GEMV next: the kernel writes their 8-bit copy.
+  const bool quant =
+      all_decode && step_.n_decode > 0 && step_.n_tokens <= quant_gemv_max_ && p.head_dim % 32 == 0;
   if (step_.n_decode > 0) {
     kc::DecodeAttentionParams d{.kv = kv,
                                 .batch = batch,
@@ -638,6 +694,8 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
       d.k_new = k;
       d.v_new = v;
     }
+    if (fused_rope) d.rope = {.inv_freq = rope_freqs(*p.rope), .style = p.rope->style};
+    if (quant) d.quant = act_buffers(n_out);
     const kc::DecodeSplit split = kc::plan_decode_split(
         {.n = step_.n_decode,
          .n_head = p.n_head,
@@ -653,6 +711,7 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
       d.part_lse = scratch_->attn_lse.as<float>(split.part_lse_floats);
     }
     kc::decode_attention(d, stream_);
+    if (quant) act_ = {out, n_out};
   }
   if (step_.n_tiles > 0) {
     kc::prefill_attention({.kv = kv,

@@ -1,0 +1,813 @@
+// Dequantizing BF16 tensor-core GEMM (see gemm_dq.h).
+#include "kernels/cuda/gemm_dq.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dispatch.cuh"
+#include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/quant_blocks.cuh"
+
+namespace tpnode::cuda {
+namespace {
+
+// ---- the work split ----------------------------------------------------------------------
+// A CTA of 8 warps computes one tile of y: 128 weight rows x the tokens of one token tile
+// (NB n-tiles of 8, at most 64 tokens), over a range of k stages of 256 values. Warp
+// (wr, wk) = (warp % 4, warp / 4) owns rows 32wr..32wr+31 (two 16-row MMA tiles: each decoded
+// weight feeds 2 * NB MMAs, and each 16-byte activation load feeds 4) and chunks 4wk..4wk+3
+// (32 values each) of every stage; the two k halves are added through shared memory at the
+// end. Per stage the CTA copies (cp.async, kStages-deep ring) the weights of its 128 rows and
+// x of its tokens into shared memory; each lane decodes the weight bytes of its own MMA
+// fragments straight into registers (FP32 scale arithmetic, one rounding to BF16).
+//
+// Fragments of mma.m16n8k16 (g = lane / 4, t = lane % 4): a0 = A[g][2t..2t+1],
+// a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]; b0 = B[2t..2t+1][g],
+// b1 = B[2t+8..][g]; c0/c1 = C[g][2t, 2t+1], c2/c3 = C[g+8][2t, 2t+1]. The k order inside a
+// 32-value chunk is free as long as A and B agree, so lane t takes values 8t..8t+7 of the
+// chunk for both operands: the first MMA gets values 8t..8t+3 (a0/b0 = 8t, 8t+1; a2/b1 =
+// 8t+2, 8t+3), the second 8t+4..8t+7; B is one 16-byte load of x[token][8t..8t+8) (as many
+// bytes per instruction as ldmatrix.x4, in the order the weight bytes come in).
+// Shapes with fewer tiles than SMs also split k over CTAs (the plan; see the epilogue).
+constexpr int kRowWarps = 4, kKWarps = 2;
+constexpr int kThreads = kRowWarps * kKWarps * 32;
+constexpr int kRT = 2;                           // 16-row MMA tiles per warp
+constexpr int kTileRows = kRowWarps * kRT * 16;  // 128
+constexpr int kStageK = 256;                     // k values per stage
+constexpr int kMaxNB = 8;                        // n-tiles per CTA: 64 tokens
+constexpr int kXRowBytes = kStageK * 2;          // one token's BF16 values of a stage
+constexpr int kSmemBudget = 225 * 1024;          // of the 227 KB an sm_90 CTA may opt into
+static_assert(kTileRows == 128 && kThreads == 256);
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint2 ld_u64(const uint8_t* p) {
+  return *reinterpret_cast<const uint2*>(p);
+}
+__device__ __forceinline__ uint32_t ld_u32(const uint8_t* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+// ---- decoding -------------------------------------------------------------------------------
+// A lane's eight values of one chunk and row: value 8t+i is the unsigned integer u in byte i of
+// a uint2, and the weight is fma(f, d, c) with f = u plus a power of two, exact in FP32 by
+// placing the byte in the mantissa: byte 2 under exponent byte 0x43 (f = 128 + u, u < 128), or
+// byte 1 under 0x47 (f = 32768 + u, u < 256: Q8_0). c folds that offset, the zero point and
+// the min in; every term is exact in FP32 (d is a half times a sub-scale of at most 8 bits),
+// so the one rounding is the final conversion to BF16, as in a BF16 copy of the weights.
+template <bool kWide>
+__device__ __forceinline__ float magic_value(uint32_t u, int i, float2 dc) {
+  const uint32_t bits = kWide ? __byte_perm(u, 0x47000000u, 0x7404u | (i << 4))
+                              : __byte_perm(u, 0x43000000u, 0x7044u | (i << 8));
+  return fmaf(__uint_as_float(bits), dc.x, dc.y);
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// The A registers of one row: value pairs (0,1), (2,3), (4,5), (6,7) of the lane's eight.
+template <bool kWide>
+__device__ __forceinline__ void to_bf16(uint2 u, float2 dc, uint32_t (&a)[4]) {
+  a[0] = pack_bf16(magic_value<kWide>(u.x, 0, dc), magic_value<kWide>(u.x, 1, dc));
+  a[1] = pack_bf16(magic_value<kWide>(u.x, 2, dc), magic_value<kWide>(u.x, 3, dc));
+  a[2] = pack_bf16(magic_value<kWide>(u.y, 0, dc), magic_value<kWide>(u.y, 1, dc));
+  a[3] = pack_bf16(magic_value<kWide>(u.y, 2, dc), magic_value<kWide>(u.y, 3, dc));
+}
+
+constexpr uint32_t kNib = 0x0F0F0F0Fu;
+
+// Per weight type. A stage is 256 values of a row (one K-quant block, or eight 32-value
+// blocks): kQBytes quant bytes and kSBytes scale bytes in shared memory. Warp (wr, wk) handles
+// chunks 4wk + cl (cl = 0..3) of every stage:
+//   scales(q, s, soff, wk, out): one row's (d, c) of those chunks, out[cl * kSubs + sub]
+//     (kSubs = 2 for Q6_K, whose chunks hold two 16-value groups; lane t uses sub(t));
+//   load(q, wk, pp, t): the bytes lane t needs of chunk pair pp of a row;
+//   ints(raw, wk, pp, h, t): its eight integers of chunk cl = chunk(pp, h).
+template <TensorType T>
+struct Dq;
+
+__device__ __forceinline__ float2 half2_at(const uint8_t* p) {
+  return __half22float2(*reinterpret_cast<const __half2*>(p));
+}
+
+// 32-value blocks with a half scale d (Q4_0, Q5_0, Q8_0: value = d * (u - kZero)) or scale and
+// min (Q4_1, Q5_1: value = d * u + m) per block.
+template <int kZero, bool kMin>
+__device__ __forceinline__ void block_scales(const uint8_t* s, int wk, float magic,
+                                             float2 (&out)[4]) {
+#pragma unroll
+  for (int cl = 0; cl < 4; ++cl) {
+    const int blk = 4 * wk + cl;
+    if constexpr (kMin) {
+      const float2 dm = half2_at(s + 4 * blk);
+      out[cl] = make_float2(dm.x, dm.y - magic * dm.x);
+    } else {
+      const float d = __half2float(*reinterpret_cast<const __half*>(s + 2 * blk));
+      out[cl] = make_float2(d, -(magic + kZero) * d);
+    }
+  }
+}
+
+// Q4_0 / Q4_1: qs[16] per block (value j < 16: low nibble of qs[j], else high nibble of
+// qs[j - 16]), so lane t reads qs[8(t&1)..+8) and shifts by 4 * (t >> 1).
+template <bool kMin>
+struct DqQ4 {
+  static constexpr int kQBytes = 8 * 16, kSBytes = kMin ? 32 : 16, kSubs = 1;
+  static constexpr bool kWide = false;
+  struct Raw {
+    uint2 q[2];
+  };
+  __device__ static int chunk(int pp, int h) { return 2 * pp + h; }
+  __device__ static int sub(int) { return 0; }
+  __device__ static void scales(const uint8_t*, const uint8_t* s, int, int wk, float2 (&out)[4]) {
+    block_scales<8, kMin>(s, wk, 128.0f, out);
+  }
+  __device__ static Raw load(const uint8_t* q, int wk, int pp, int t) {
+    Raw r;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) r.q[h] = ld_u64(q + 16 * (4 * wk + 2 * pp + h) + 8 * (t & 1));
+    return r;
+  }
+  __device__ static uint2 ints(const Raw& r, int, int, int h, int t) {
+    const int sh = 4 * (t >> 1);
+    return make_uint2((r.q[h].x >> sh) & kNib, (r.q[h].y >> sh) & kNib);
+  }
+};
+template <>
+struct Dq<TensorType::kQ4_0> : DqQ4<false> {};
+template <>
+struct Dq<TensorType::kQ4_1> : DqQ4<true> {};
+
+// Q5_0 / Q5_1: qh[4] (bit j: fifth bit of value j) then qs[16] as in Q4_0; 4-byte aligned.
+template <bool kMin>
+struct DqQ5 {
+  static constexpr int kQBytes = 8 * 20, kSBytes = kMin ? 32 : 16, kSubs = 1;
+  static constexpr bool kWide = false;
+  struct Raw {
+    uint32_t qh[2], q0[2], q1[2];
+  };
+  __device__ static int chunk(int pp, int h) { return 2 * pp + h; }
+  __device__ static int sub(int) { return 0; }
+  __device__ static void scales(const uint8_t*, const uint8_t* s, int, int wk, float2 (&out)[4]) {
+    block_scales<16, kMin>(s, wk, 128.0f, out);
+  }
+  __device__ static Raw load(const uint8_t* q, int wk, int pp, int t) {
+    Raw r;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* b = q + 20 * (4 * wk + 2 * pp + h);
+      r.qh[h] = ld_u32(b);
+      r.q0[h] = ld_u32(b + 4 + 8 * (t & 1));
+      r.q1[h] = ld_u32(b + 8 + 8 * (t & 1));
+    }
+    return r;
+  }
+  __device__ static uint2 ints(const Raw& r, int, int, int h, int t) {
+    const int sh = 4 * (t >> 1);
+    const int hb = static_cast<int>(r.qh[h] >> (8 * t));
+    return make_uint2(((r.q0[h] >> sh) & kNib) | static_cast<uint32_t>(quant::expand4(hb)),
+                      ((r.q1[h] >> sh) & kNib) | static_cast<uint32_t>(quant::expand4(hb >> 4)));
+  }
+};
+template <>
+struct Dq<TensorType::kQ5_0> : DqQ5<false> {};
+template <>
+struct Dq<TensorType::kQ5_1> : DqQ5<true> {};
+
+// Q8_0: qs[32] signed bytes; flipping the sign bit gives u = q + 128.
+template <>
+struct Dq<TensorType::kQ8_0> {
+  static constexpr int kQBytes = 8 * 32, kSBytes = 16, kSubs = 1;
+  static constexpr bool kWide = true;
+  struct Raw {
+    uint2 q[2];
+  };
+  __device__ static int chunk(int pp, int h) { return 2 * pp + h; }
+  __device__ static int sub(int) { return 0; }
+  __device__ static void scales(const uint8_t*, const uint8_t* s, int, int wk, float2 (&out)[4]) {
+    block_scales<128, false>(s, wk, 32768.0f, out);
+  }
+  __device__ static Raw load(const uint8_t* q, int wk, int pp, int t) {
+    Raw r;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) r.q[h] = ld_u64(q + 32 * (4 * wk + 2 * pp + h) + 8 * t);
+    return r;
+  }
+  __device__ static uint2 ints(const Raw& r, int, int, int h, int) {
+    return make_uint2(r.q[h].x ^ 0x80808080u, r.q[h].y ^ 0x80808080u);
+  }
+};
+
+// Q4_K / Q5_K: header (d, dmin, 12 bytes of 6-bit scales and mins), then (Q5_K) qh[32] and
+// qs[128]. Pair p = 2wk + pp holds sub-blocks 2p (low nibbles of qs[32p..+32)) and 2p+1 (high
+// nibbles); bit j of qh[l] is the fifth bit of value l of sub-block j.
+template <bool kQ5>
+struct DqK {
+  static constexpr int kQBytes = kQ5 ? 176 : 144, kSBytes = 0, kSubs = 1;
+  static constexpr int kQsOff = kQ5 ? 48 : 16;
+  static constexpr bool kWide = false;
+  struct Raw {
+    uint2 qs, qh;
+  };
+  __device__ static int chunk(int pp, int h) { return 2 * pp + h; }
+  __device__ static int sub(int) { return 0; }
+  __device__ static void scales(const uint8_t* q, const uint8_t*, int, int wk, float2 (&out)[4]) {
+    const int4 hdr = *reinterpret_cast<const int4*>(q);
+    const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&hdr.x));
+#pragma unroll
+    for (int pp = 0; pp < 2; ++pp) {
+      const quant::KScales ks = quant::k_scales(hdr, 2 * wk + pp);
+      const float d0 = dm.x * static_cast<float>(ks.sc0), d1 = dm.x * static_cast<float>(ks.sc1);
+      out[2 * pp] = make_float2(d0, -128.0f * d0 - dm.y * static_cast<float>(ks.m0));
+      out[2 * pp + 1] = make_float2(d1, -128.0f * d1 - dm.y * static_cast<float>(ks.m1));
+    }
+  }
+  __device__ static Raw load(const uint8_t* q, int wk, int pp, int t) {
+    Raw r;
+    r.qs = ld_u64(q + kQsOff + 32 * (2 * wk + pp) + 8 * t);
+    r.qh = kQ5 ? ld_u64(q + 16 + 8 * t) : make_uint2(0, 0);
+    return r;
+  }
+  __device__ static uint2 ints(const Raw& r, int wk, int pp, int h, int) {
+    uint2 u = make_uint2((r.qs.x >> (4 * h)) & kNib, (r.qs.y >> (4 * h)) & kNib);
+    if (kQ5) {
+      const int j = 4 * wk + 2 * pp + h;
+      u.x |= ((r.qh.x >> j) & 0x01010101u) << 4;
+      u.y |= ((r.qh.y >> j) & 0x01010101u) << 4;
+    }
+    return u;
+  }
+};
+template <>
+struct Dq<TensorType::kQ4_K> : DqK<false> {};
+template <>
+struct Dq<TensorType::kQ5_K> : DqK<true> {};
+
+// Q6_K: ql[128], qh[64], int8 scales[16]; d in the scale region (staged as the aligned 4-byte
+// word around it; soff = its offset there). Warp wk takes half n = wk (128 values); its chunk
+// g4 (0..3) has low bits from ql[64n + 32(g4&1) + l] (high nibble when g4 >= 2), two high bits
+// from qh[32n + l] >> 2 g4, minus 32; values l < 16 and l >= 16 have scales[8n + 2 g4] and
+// [8n + 2 g4 + 1] (lane t: l = 8t..8t+7, sub t >> 1). Pair pp = g4 & 1, h = g4 >> 1: both
+// chunks of a pair share the ql bytes.
+template <>
+struct Dq<TensorType::kQ6_K> {
+  static constexpr int kQBytes = 208, kSBytes = 4, kSubs = 2;
+  static constexpr bool kWide = false;
+  struct Raw {
+    uint2 ql, qh;
+  };
+  __device__ static int chunk(int pp, int h) { return pp + 2 * h; }
+  __device__ static int sub(int t) { return t >> 1; }
+  __device__ static void scales(const uint8_t* q, const uint8_t* s, int soff, int wk,
+                                float2 (&out)[8]) {
+    const float d = __half2float(*reinterpret_cast<const __half*>(s + soff));
+    const uint2 sc = ld_u64(q + 192 + 8 * wk);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const uint32_t word = k < 4 ? sc.x : sc.y;
+      const float v = d * static_cast<float>(static_cast<int8_t>((word >> (8 * (k % 4))) & 0xFF));
+      out[k] = make_float2(v, -160.0f * v);
+    }
+  }
+  __device__ static Raw load(const uint8_t* q, int wk, int pp, int t) {
+    return {ld_u64(q + 64 * wk + 32 * pp + 8 * t), ld_u64(q + 128 + 32 * wk + 8 * t)};
+  }
+  __device__ static uint2 ints(const Raw& r, int, int pp, int h, int) {
+    const int g4 = pp + 2 * h;
+    return make_uint2(((r.ql.x >> (4 * h)) & kNib) | (((r.qh.x >> (2 * g4)) & 0x03030303u) << 4),
+                      ((r.ql.y >> (4 * h)) & kNib) | (((r.qh.y >> (2 * g4)) & 0x03030303u) << 4));
+  }
+};
+
+// ---- shared-memory layout ---------------------------------------------------------------
+// A ring of kStages stages, each [128 rows][kQStride] quant bytes, [128 rows][kSBytes] scale
+// bytes, [8 NB tokens][512] BF16 activations; then per warp the (d, c) pairs of its chunks,
+// [4 kSubs][32 rows] float2. kQStride pads rows to 32 or 96 mod 128 bytes so that the 8-byte
+// loads of a half-warp (4 rows x 32 bytes) hit distinct banks; activation rows are unpadded
+// with 16-byte chunk j of token r stored at j ^ 4(r & 1), so that the 16-byte loads of a
+// quarter-warp (2 tokens x 64 bytes) hit distinct banks.
+constexpr int padded_stride(int bytes) {
+  int s = (bytes + 15) / 16 * 16;
+  while (s % 128 != 32 && s % 128 != 96) s += 16;
+  return s;
+}
+
+template <TensorType T, int NB>
+struct Layout {
+  using P = Dq<T>;
+  static constexpr int kQStride = padded_stride(P::kQBytes);
+  static constexpr int kSOff = kTileRows * kQStride;
+  static constexpr int kXOff = kSOff + kTileRows * P::kSBytes;
+  static constexpr int kStageBytes = kXOff + NB * 8 * kXRowBytes;
+  static constexpr int kWarpScales = 4 * P::kSubs * 32;  // float2 per warp
+  static constexpr int kScaleBytes = kRowWarps * kKWarps * kWarpScales * 8;
+  static constexpr int kStages = std::min(4, (kSmemBudget - kScaleBytes) / kStageBytes);
+  static constexpr int kScaleOff = kStages * kStageBytes;
+  static constexpr int kSmemBytes = kScaleOff + kScaleBytes;
+  // The k-half exchange reuses the ring: [8 warps][NB * 4 values][32 lanes] floats.
+  static constexpr int kRedBytes = kRowWarps * kKWarps * NB * 4 * 32 * 4;
+  // cp.async slots per thread and stage.
+  static constexpr int kWChunks = P::kQBytes / 16, kWTotal = kTileRows * kWChunks;
+  static constexpr int kWSlots = (kWTotal + kThreads - 1) / kThreads;
+  static constexpr int kSChunks = P::kSBytes / 16, kSTotal = kTileRows * kSChunks;
+  static_assert(kStages >= 2, "a stage does not fit twice");
+  static_assert(kScaleOff >= kRedBytes);
+  static_assert(kSOff % 16 == 0 && kXOff % 16 == 0 && kStageBytes % 16 == 0);
+  static_assert(P::kQBytes % 16 == 0 && (P::kSBytes == 4 || P::kSBytes % 16 == 0));
+  static_assert(kSTotal <= kThreads && (P::kSBytes != 4 || kTileRows <= kThreads));
+};
+
+struct KernelArgs {
+  DeviceMatrix w;
+  const __nv_bfloat16* x = nullptr;  // [m, cols]
+  float* y = nullptr;                // [m, ldy]
+  int64_t ldy = 0;
+  int m = 0;
+  int n_stages = 0;  // cols / 256
+  int splits = 1;
+  int token_tiles = 1;  // gridDim.x
+  float* partials = nullptr;
+  unsigned* counters = nullptr;
+};
+
+// What this thread copies each stage, worked out once: byte offsets of its 16-byte pieces
+// (weights: relative to the matrix and the stage; rows past the end copy the last row, which
+// is computed and never stored) and its activation row.
+template <TensorType T, int NB>
+struct CopyPlan {
+  using L = Layout<T, NB>;
+  uint32_t w_src[L::kWSlots], w_dst[L::kWSlots];
+  uint32_t s_src = 0, s_dst = 0;  // scale piece (16 bytes, or Q6_K's 4-byte word)
+  const __nv_bfloat16* x_src;     // token tok0 + warp, values 8 lane..
+  uint32_t x_dst;
+
+  __device__ CopyPlan(const KernelArgs& a, int64_t row0, int tok0) {
+    using P = Dq<T>;
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int64_t last = a.w.rows - 1;
+#pragma unroll
+    for (int k = 0; k < L::kWSlots; ++k) {
+      const int i = min(tid + k * kThreads, L::kWTotal - 1);
+      const int r = i / L::kWChunks, j = i % L::kWChunks;
+      w_src[k] = static_cast<uint32_t>(min(row0 + r, last) * static_cast<int64_t>(a.w.q_row_bytes) +
+                                       16 * j);
+      w_dst[k] = static_cast<uint32_t>(r * L::kQStride + 16 * j);
+    }
+    if constexpr (P::kSBytes == 4) {
+      s_src = static_cast<uint32_t>(min(row0 + tid % kTileRows, last) *
+                                    static_cast<int64_t>(a.w.s_row_bytes));
+      s_dst = static_cast<uint32_t>(L::kSOff + 4 * (tid % kTileRows));
+    } else if constexpr (P::kSBytes > 0) {
+      const int i = tid % L::kSTotal, r = i / L::kSChunks, j = i % L::kSChunks;
+      s_src = static_cast<uint32_t>(min(row0 + r, last) * static_cast<int64_t>(a.w.s_row_bytes) +
+                                    16 * j);
+      s_dst = static_cast<uint32_t>(L::kSOff + r * P::kSBytes + 16 * j);
+    }
+    x_src = a.x + static_cast<int64_t>(tok0 + warp) * a.w.cols + 8 * lane;
+    x_dst = static_cast<uint32_t>(L::kXOff + warp * kXRowBytes + 16 * (lane ^ ((warp & 1) << 2)));
+  }
+
+  // Starts the copy of weight stage `st` into `buf`.
+  __device__ void weights(const KernelArgs& a, int st, uint8_t* buf) const {
+    using P = Dq<T>;
+    const int tid = threadIdx.x;
+    const uint8_t* q = a.w.q + static_cast<int64_t>(st) * P::kQBytes;
+#pragma unroll
+    for (int k = 0; k < L::kWSlots; ++k) {
+      if (L::kWTotal % kThreads == 0 || tid + k * kThreads < L::kWTotal)
+        cp_async16(buf + w_dst[k], q + w_src[k]);
+    }
+    if constexpr (P::kSBytes == 4) {
+      // The scale region is 256-byte aligned, so the word never starts before it.
+      if (tid < kTileRows) {
+        const uintptr_t src = reinterpret_cast<uintptr_t>(a.w.s + s_src + 2 * st);
+        cp_async4(buf + s_dst, reinterpret_cast<const void*>(src & ~uintptr_t{3}));
+      }
+    } else if constexpr (P::kSBytes > 0) {
+      if (tid < L::kSTotal)
+        cp_async16(buf + s_dst, a.w.s + static_cast<int64_t>(st) * P::kSBytes + s_src);
+    }
+  }
+
+  // Starts the copy of stage `st` of x for the tile's n_tok tokens into `buf`.
+  __device__ void acts(const KernelArgs& a, int n_tok, int st, uint8_t* buf) const {
+    const int warp = threadIdx.x / 32;
+    const __nv_bfloat16* src = x_src + static_cast<int64_t>(st) * kStageK;
+#pragma unroll
+    for (int k = 0; k < NB; ++k) {
+      if (warp + 8 * k < n_tok) {
+        cp_async16(buf + x_dst + 8 * k * kXRowBytes, src + static_cast<int64_t>(8 * k) * a.w.cols);
+      }
+    }
+  }
+};
+
+// One stage of the warp's MMAs: rows 32wr..+32 of the tile, chunks 4wk..4wk+3, NB n-tiles.
+// sc: the warp's (d, c) pairs for the stage.
+template <TensorType T, int NB>
+__device__ __forceinline__ void compute_stage(const uint8_t* buf, const float2* sc, int wr, int wk,
+                                              float (&acc)[kRT][NB][4]) {
+  using P = Dq<T>;
+  using L = Layout<T, NB>;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const uint8_t* xrow = buf + L::kXOff + g * kXRowBytes;
+  const float2* sc_lane = sc + P::sub(t) * 32 + g;
+#pragma unroll
+  for (int pp = 0; pp < 2; ++pp) {
+    typename P::Raw raw[kRT][2];
+#pragma unroll
+    for (int rt = 0; rt < kRT; ++rt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        raw[rt][h] = P::load(buf + (wr * 32 + rt * 16 + g + 8 * h) * L::kQStride, wk, pp, t);
+    }
+#pragma unroll
+    for (int hc = 0; hc < 2; ++hc) {
+      const int cl = P::chunk(pp, hc);
+      uint32_t af[kRT][2][4];
+#pragma unroll
+      for (int rt = 0; rt < kRT; ++rt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float2 dc = sc_lane[cl * P::kSubs * 32 + rt * 16 + 8 * h];
+          to_bf16<P::kWide>(P::ints(raw[rt][h], wk, pp, hc, t), dc, af[rt][h]);
+        }
+      }
+      const int c = 4 * wk + cl;  // chunk within the stage
+      const uint8_t* xb = xrow + 16 * ((4 * c + t) ^ ((g & 1) << 2));
+#pragma unroll
+      for (int nt = 0; nt < NB; ++nt) {
+        const uint4 b = *reinterpret_cast<const uint4*>(xb + nt * 8 * kXRowBytes);
+#pragma unroll
+        for (int rt = 0; rt < kRT; ++rt) {
+          mma_bf16(acc[rt][nt], af[rt][0][0], af[rt][1][0], af[rt][0][1], af[rt][1][1], b.x, b.y);
+          mma_bf16(acc[rt][nt], af[rt][0][2], af[rt][1][2], af[rt][0][3], af[rt][1][3], b.z, b.w);
+        }
+      }
+    }
+  }
+}
+
+// Writes one 16-row tile of the warp: rows row_base + g (+8), tokens tok0 + 8nt + 2t (+1).
+template <int NB>
+__device__ __forceinline__ void store_tile(const KernelArgs& a, const float (&v)[NB][4],
+                                           int64_t row_base, int tok0) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t row = row_base + g + 8 * (i >> 1);
+      const int tok = tok0 + nt * 8 + 2 * t + (i & 1);
+      if (row < a.w.rows && tok < a.m) a.y[tok * a.ldy + row] = v[nt][i];
+    }
+  }
+}
+
+// minBlocks = 1: one CTA per SM (the ring takes most of shared memory), so the accumulators and
+// fragments may use up to 255 registers without spilling.
+template <TensorType T, int NB>
+__global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
+  using P = Dq<T>;
+  using L = Layout<T, NB>;
+  constexpr int S = L::kStages;
+  extern __shared__ __align__(16) uint8_t smem[];
+  __shared__ int s_last;
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int wr = warp % kRowWarps, wk = warp / kRowWarps;
+  const int tt = static_cast<int>(blockIdx.x), split = static_cast<int>(blockIdx.z);
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTileRows;
+  const int tok0 = tt * NB * 8;
+  const int n_tok = min(NB * 8, a.m - tok0);
+  const int st0 = static_cast<int>(static_cast<int64_t>(a.n_stages) * split / a.splits);
+  const int n_st =
+      static_cast<int>(static_cast<int64_t>(a.n_stages) * (split + 1) / a.splits) - st0;
+  const CopyPlan<T, NB> copy(a, row0, tok0);
+  float2* sc = reinterpret_cast<float2*>(smem + L::kScaleOff) + warp * L::kWarpScales;
+  // The row whose scales this lane works out each stage, and (Q6_K) where its half sits in
+  // the staged word (rows are 2-byte strided).
+  const int sc_row = wr * 32 + lane;
+  const int64_t sc_row_bytes =
+      min(row0 + sc_row, a.w.rows - 1) * static_cast<int64_t>(a.w.s_row_bytes);
+
+  // The weights of the first stages are in flight before the previous kernel has finished;
+  // x is its output.
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) {
+    if (s < n_st) copy.weights(a, st0 + s, smem + s * L::kStageBytes);
+  }
+  pdl_wait();
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) {
+    if (s < n_st) copy.acts(a, n_tok, st0 + s, smem + s * L::kStageBytes);
+    cp_async_commit();
+  }
+
+  float acc[kRT][NB][4];
+#pragma unroll
+  for (int rt = 0; rt < kRT; ++rt) {
+#pragma unroll
+    for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[rt][nt][i] = 0.0f;
+    }
+  }
+
+  for (int it = 0; it < n_st; ++it) {
+    cp_async_wait<S - 2>();
+    __syncthreads();  // stage `it` landed for all threads; every warp is done with it - 1
+    const int nx = it + S - 1;
+    if (nx < n_st) {
+      uint8_t* nbuf = smem + (nx % S) * L::kStageBytes;
+      copy.weights(a, st0 + nx, nbuf);
+      copy.acts(a, n_tok, st0 + nx, nbuf);
+    }
+    cp_async_commit();
+    const int st = st0 + it;
+    const uint8_t* buf = smem + (it % S) * L::kStageBytes;
+    {
+      float2 dc[4 * P::kSubs];
+      P::scales(buf + sc_row * L::kQStride, buf + L::kSOff + sc_row * P::kSBytes,
+                static_cast<int>((sc_row_bytes + 2 * st) & 2), wk, dc);
+#pragma unroll
+      for (int k = 0; k < 4 * P::kSubs; ++k) sc[k * 32 + lane] = dc[k];
+    }
+    __syncwarp();
+    compute_stage<T, NB>(buf, sc, wr, wk, acc);
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the ring is free
+  pdl_launch_dependents();
+
+  // k halves: warp (wr, wk) finishes row tile rt = wk of its rows and hands its sums of the
+  // other tile to warp (wr, 1 - wk). a + b == b + a, so both tiles are acc(wk 0) + acc(wk 1).
+  static_assert(kRT == kKWarps);
+  constexpr int kTileVals = NB * 4;  // one row tile's accumulators per lane
+  float* red = reinterpret_cast<float*>(smem);
+  {
+    float* out = red + (wr * kKWarps + wk) * kTileVals * 32 + lane;
+#pragma unroll
+    for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) out[(nt * 4 + i) * 32] = wk == 0 ? acc[1][nt][i] : acc[0][nt][i];
+    }
+  }
+  __syncthreads();
+  float mine[NB][4];
+  {
+    const float* in = red + (wr * kKWarps + 1 - wk) * kTileVals * 32 + lane;
+#pragma unroll
+    for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        mine[nt][i] = (wk == 0 ? acc[0][nt][i] : acc[1][nt][i]) + in[(nt * 4 + i) * 32];
+    }
+  }
+  const int64_t row_base = row0 + wr * 32 + wk * 16;
+  if (a.splits == 1) {
+    store_tile<NB>(a, mine, row_base, tok0);
+    return;
+  }
+
+  // Split k: every CTA of the tile leaves its partial sums in the workspace in fragment order
+  // ([tile][split][row warp][row tile][value][lane], coalesced); the last to arrive adds all
+  // splits in split order (its own from registers, bitwise the same) and writes y.
+  const int64_t tile = static_cast<int64_t>(blockIdx.y) * a.token_tiles + tt;
+  const int64_t split_floats = static_cast<int64_t>(kRowWarps) * kKWarps * kTileVals * 32;
+  float* part =
+      a.partials + tile * a.splits * split_floats + (wr * kKWarps + wk) * kTileVals * 32 + lane;
+#pragma unroll
+  for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) part[split * split_floats + (nt * 4 + i) * 32] = mine[nt][i];
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned prev = atomicAdd(a.counters + tile, 1u);
+    s_last = prev == static_cast<unsigned>(a.splits - 1);
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  float sum[NB][4];
+#pragma unroll
+  for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) sum[nt][i] = 0.0f;
+  }
+#pragma unroll 1
+  for (int s = 0; s < a.splits; ++s) {
+    const float* src = part + s * split_floats;
+#pragma unroll
+    for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        sum[nt][i] += s == split ? mine[nt][i] : __ldcg(src + (nt * 4 + i) * 32);
+    }
+  }
+  store_tile<NB>(a, sum, row_base, tok0);
+  if (threadIdx.x == 0) a.counters[tile] = 0;  // ready for the next launch
+}
+
+// ---- host side ------------------------------------------------------------------------------
+// clang-format off
+#define TPNODE_DISPATCH_DQ_TILES(nb, NB, ...)                                        \
+  switch (nb) {                                                                      \
+    case 1: { constexpr int NB = 1; __VA_ARGS__ } break;                             \
+    case 2: { constexpr int NB = 2; __VA_ARGS__ } break;                             \
+    case 3: { constexpr int NB = 3; __VA_ARGS__ } break;                             \
+    case 4: { constexpr int NB = 4; __VA_ARGS__ } break;                             \
+    case 5: { constexpr int NB = 5; __VA_ARGS__ } break;                             \
+    case 6: { constexpr int NB = 6; __VA_ARGS__ } break;                             \
+    case 7: { constexpr int NB = 7; __VA_ARGS__ } break;                             \
+    case 8: { constexpr int NB = 8; __VA_ARGS__ } break;                             \
+    default: TPNODE_THROW(ErrorKind::kUnsupported, "gemm_dq: {} column tiles", (nb)); \
+  }
+// clang-format on
+static_assert(kMaxNB == 8, "TPNODE_DISPATCH_DQ_TILES covers 1..8");
+
+constexpr TensorType kTypes[] = {TensorType::kQ4_0, TensorType::kQ4_1, TensorType::kQ5_0,
+                                 TensorType::kQ5_1, TensorType::kQ8_0, TensorType::kQ4_K,
+                                 TensorType::kQ5_K, TensorType::kQ6_K};
+
+// How the m tokens are cut into tiles of at most 64: as even as n-tiles allow.
+struct TokenTiling {
+  int tiles = 1;
+  int nb = 1;  // n-tiles of 8 per tile
+};
+TokenTiling token_tiling(int64_t m) {
+  const int n8 = static_cast<int>((m + 7) / 8);
+  const int tiles = (n8 + kMaxNB - 1) / kMaxNB;
+  return {tiles, (n8 + tiles - 1) / tiles};
+}
+
+constexpr int kMaxDevices = 64;
+std::array<std::atomic<int>, kMaxDevices> g_sms{};           // 0 = not queried
+std::array<std::atomic<bool>, kMaxDevices> g_initialized{};  // shared-memory limits raised
+
+int current_device() {
+  int dev = 0;
+  TPNODE_CUDA_CHECK(cudaGetDevice(&dev));
+  TPNODE_CHECK(dev >= 0 && dev < kMaxDevices, "gemm_dq: device {} beyond {}", dev, kMaxDevices);
+  return dev;
+}
+
+int device_sms() {
+  const int dev = current_device();
+  int sms = g_sms[dev].load(std::memory_order_relaxed);
+  if (sms == 0) {
+    TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    g_sms[dev].store(sms, std::memory_order_relaxed);
+  }
+  return sms;
+}
+
+int64_t tile_floats(int nb) { return static_cast<int64_t>(kTileRows) * nb * 8; }
+
+bool workspace_fits(const GemmDqParams& p, int splits) {
+  const TokenTiling tk = token_tiling(p.m);
+  const int64_t tiles = (p.w.rows + kTileRows - 1) / kTileRows * tk.tiles;
+  return p.ws.partials != nullptr && p.ws.counters != nullptr && tiles <= p.ws.n_counters &&
+         tiles * splits * tile_floats(tk.nb) <= p.ws.partial_floats;
+}
+
+}  // namespace
+
+GemmDqWorkspaceSize gemm_dq_workspace_size() {
+  // The default plan splits only while tiles * splits <= SMs, and a tile has at most
+  // 128 x 64 floats.
+  const int sms = device_sms();
+  return {static_cast<int64_t>(sms) * tile_floats(kMaxNB), sms};
+}
+
+bool gemm_dq_supports(const DeviceMatrix& w) {
+  for (TensorType t : kTypes) {
+    if (w.type == t) return w.cols > 0 && w.cols % kStageK == 0 && w.rows > 0;
+  }
+  return false;
+}
+
+GemmDqPlan gemm_dq_plan(const GemmDqParams& p) {
+  GemmDqPlan plan;
+  if (p.m < 1 || p.m > kGemmDqMaxBatch || p.w.rows < 1 || p.w.cols < kStageK) return plan;
+  const TokenTiling tk = token_tiling(p.m);
+  const int64_t tiles = (p.w.rows + kTileRows - 1) / kTileRows * tk.tiles;
+  const int64_t n_stages = p.w.cols / kStageK;
+  // One resident CTA per SM; each split keeps at least two stages for the pipeline to overlap,
+  // and the CTA that adds the partial sums reads less than 128 KB of them.
+  int64_t s = std::min<int64_t>(
+      {kGemmDqMaxSplits, device_sms() / tiles, n_stages / 2, std::max(1, 32 / tk.nb)});
+  s = std::max<int64_t>(s, 1);
+  while (s > 1 && !workspace_fits(p, static_cast<int>(s))) --s;
+  plan.k_splits = static_cast<int>(s);
+  return plan;
+}
+
+void gemm_dq_init() {
+  const int dev = current_device();
+  for (TensorType type : kTypes) {
+    TPNODE_DISPATCH_QUANT_TYPE(type, T, {
+      for (int nb = 1; nb <= kMaxNB; ++nb) {
+        TPNODE_DISPATCH_DQ_TILES(nb, NB, {
+          TPNODE_CUDA_CHECK(cudaFuncSetAttribute(gemm_dq_kernel<T, NB>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 Layout<T, NB>::kSmemBytes));
+        })
+      }
+    })
+  }
+  g_initialized[dev].store(true, std::memory_order_release);
+}
+
+void gemm_dq(const GemmDqParams& p, cudaStream_t stream) { gemm_dq(p, gemm_dq_plan(p), stream); }
+
+void gemm_dq(const GemmDqParams& p, const GemmDqPlan& plan, cudaStream_t stream) {
+  TPNODE_CHECK(gemm_dq_supports(p.w), "gemm_dq: no kernel for a {} {}x{} matrix (cols % {} != 0?)",
+               weight_type_label(p.w.type), p.w.rows, p.w.cols, kStageK);
+  TPNODE_CHECK(p.m >= 1 && p.m <= kGemmDqMaxBatch, "gemm_dq: batch {} outside 1..{}", p.m,
+               kGemmDqMaxBatch);
+  TPNODE_CHECK(p.x != nullptr && reinterpret_cast<uintptr_t>(p.x) % 16 == 0,
+               "gemm_dq: x must be a 16-byte aligned device pointer");
+  TPNODE_CHECK(reinterpret_cast<uintptr_t>(p.w.q) % 16 == 0 &&
+                   (p.w.s == nullptr || reinterpret_cast<uintptr_t>(p.w.s) % 16 == 0),
+               "gemm_dq: {} weights not 16-byte aligned", weight_type_label(p.w.type));
+  const int64_t ldy = p.ldy == 0 ? p.w.rows : p.ldy;
+  TPNODE_CHECK(p.y != nullptr && ldy >= p.w.rows, "gemm_dq: y row stride {} < rows {}", ldy,
+               p.w.rows);
+  const int64_t n_stages = p.w.cols / kStageK;
+  TPNODE_CHECK(plan.k_splits >= 1 && plan.k_splits <= kGemmDqMaxSplits && plan.k_splits <= n_stages,
+               "gemm_dq: {} k splits for {} stages (1..{})", plan.k_splits, n_stages,
+               kGemmDqMaxSplits);
+  TPNODE_CHECK(plan.k_splits == 1 || workspace_fits(p, plan.k_splits),
+               "gemm_dq: the workspace is too small for {} k splits", plan.k_splits);
+
+  const int dev = current_device();
+  if (!g_initialized[dev].load(std::memory_order_acquire)) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    TPNODE_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+    TPNODE_CHECK_KIND(status == cudaStreamCaptureStatusNone, ErrorKind::kRuntime,
+                      "gemm_dq: call gemm_dq_init() before capturing a graph");
+    gemm_dq_init();
+  }
+
+  const TokenTiling tk = token_tiling(p.m);
+  KernelArgs a;
+  a.w = p.w;
+  a.x = p.x;
+  a.y = p.y;
+  a.ldy = ldy;
+  a.m = static_cast<int>(p.m);
+  a.n_stages = static_cast<int>(n_stages);
+  a.splits = plan.k_splits;
+  a.token_tiles = tk.tiles;
+  a.partials = p.ws.partials;
+  a.counters = p.ws.counters;
+  const int64_t row_tiles = (p.w.rows + kTileRows - 1) / kTileRows;
+  TPNODE_CHECK(row_tiles <= 65535, "gemm_dq: {} rows: too many row tiles", p.w.rows);
+  // The kernel keeps byte offsets within the quant and scale regions in 32 bits.
+  TPNODE_CHECK(static_cast<uint64_t>(p.w.rows) * p.w.q_row_bytes <= UINT32_MAX &&
+                   static_cast<uint64_t>(p.w.rows) * p.w.s_row_bytes <= UINT32_MAX,
+               "gemm_dq: {}x{} matrix over 4 GiB", p.w.rows, p.w.cols);
+  const dim3 grid(static_cast<unsigned>(tk.tiles), static_cast<unsigned>(row_tiles),
+                  static_cast<unsigned>(plan.k_splits));
+  // clang-format off
+  TPNODE_DISPATCH_QUANT_TYPE(p.w.type, T, {
+    TPNODE_DISPATCH_DQ_TILES(tk.nb, NB, {
+      launch_pdl(gemm_dq_kernel<T, NB>, grid, dim3(kThreads), Layout<T, NB>::kSmemBytes, stream, a);
+    })
+  })
+  // clang-format on
+}
+
+}  // namespace tpnode::cuda

@@ -1,0 +1,311 @@
+// gemm_dq (weights dequantized to BF16 inside a tensor-core GEMM) for every supported type
+// against a host reference: the weights dequantized by the CPU library (kernels/cpu), the
+// products summed in double with the very BF16 activations the GPU reads.
+//
+// Tolerance: the kernel rounds each weight once to BF16 (8 significant bits, relative error at
+// most 2^-8, the same as a BF16 copy of the weights); 4-6 bit values times a half scale are not
+// exact in BF16. For random signs that gives an NMSE of ~3e-6 (measured in NumPy with this
+// file's weight distributions), so the NMSE bound is 1e-5 where at least 4096 outputs are
+// checked and 3e-5 for the small cases, whose NMSE is a ratio of few squares. Element by
+// element, |error| <= (2^-8 + k 2^-22) * sum |w x| (weight rounding plus FP32 accumulation) so
+// that a wrong row, column or scale shows wherever it lands.
+#include "kernels/cuda/gemm_dq.h"
+
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/dequantize.h"
+#include "kernels/cuda/quant_layout.h"
+#include "node/model/tensor_type.h"
+#include "tests/cuda/cuda_test_support.h"
+
+namespace tpnode::test {
+namespace {
+
+namespace kc = ::tpnode::cuda;
+
+#define DQ_CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
+
+// Device memory freed at scope exit.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes) {
+    if (cudaMalloc(&p_, bytes) != cudaSuccess) p_ = nullptr;
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_) { o.p_ = nullptr; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(p_, o.p_);
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (p_ != nullptr) cudaFree(p_);
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+
+ private:
+  void* p_ = nullptr;
+};
+
+uint16_t bf16_bits(float f) {  // round to nearest even (finite inputs)
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  b += 0x7FFFu + ((b >> 16) & 1u);
+  return static_cast<uint16_t>(b >> 16);
+}
+float bf16_value(uint16_t h) {
+  const uint32_t b = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+std::string type_label(const ::testing::TestParamInfo<TensorType>& i) {
+  return kc::weight_type_label(i.param);
+}
+
+class GemmDqTest : public ::testing::Test {
+ protected:
+  struct Matrix {
+    TensorType type = TensorType::kQ4_K;
+    int64_t rows = 0, cols = 0;
+    std::vector<float> deq;  // [rows][cols]
+    DeviceBuffer data;       // split layout
+    kc::DeviceMatrix dm;
+  };
+
+  void SetUp() override {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+      GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gave " << n << ")";
+    }
+    DQ_CUDA_OK(cudaStreamCreate(&stream_));
+    kc::gemm_dq_init();
+    const kc::GemmDqWorkspaceSize wsz = kc::gemm_dq_workspace_size();
+    partials_ = DeviceBuffer(wsz.partial_floats * sizeof(float));
+    counters_ = DeviceBuffer(wsz.n_counters * sizeof(unsigned));
+    ASSERT_NE(partials_.as<float>(), nullptr);
+    ASSERT_NE(counters_.as<unsigned>(), nullptr);
+    DQ_CUDA_OK(cudaMemset(counters_.as<unsigned>(), 0, wsz.n_counters * sizeof(unsigned)));
+    ws_ = {.partials = partials_.as<float>(),
+           .partial_floats = wsz.partial_floats,
+           .counters = counters_.as<unsigned>(),
+           .n_counters = wsz.n_counters};
+  }
+  void TearDown() override {
+    if (!worst_case_.empty()) {
+      std::printf("gemm_dq: largest NMSE %.3g (%s)\n", worst_nmse_, worst_case_.c_str());
+    }
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  Matrix make_matrix(TensorType type, int64_t rows, int64_t cols, uint32_t seed) {
+    Matrix mat;
+    mat.type = type;
+    mat.rows = rows;
+    mat.cols = cols;
+    const auto gguf = random_gguf_rows(type, rows, cols, seed);
+    const size_t stride = gguf.size() / rows;
+    mat.deq.resize(rows * cols);
+    for (int64_t r = 0; r < rows; ++r) {
+      cpu::dequantize_row(type, gguf.data() + r * stride, mat.deq.data() + r * cols, cols);
+    }
+    std::vector<uint8_t> split(kc::split_matrix_bytes(type, rows, cols));
+    kc::repack_to_split(type, gguf.data(), stride, rows, cols, split.data());
+    mat.data = DeviceBuffer(split.size());
+    EXPECT_NE(mat.data.as<uint8_t>(), nullptr);
+    EXPECT_EQ(
+        cudaMemcpy(mat.data.as<uint8_t>(), split.data(), split.size(), cudaMemcpyHostToDevice),
+        cudaSuccess);
+    mat.dm = kc::device_matrix(type, rows, cols, mat.data.as<uint8_t>());
+    return mat;
+  }
+
+  struct Run {
+    int64_t m = 0;
+    int64_t ldy = 0;                       // 0 = rows
+    const kc::GemmDqPlan* plan = nullptr;  // null: the default plan
+    bool workspace = true;
+  };
+
+  // y = x · Wᵀ on the GPU; y starts as NaN everywhere (ldy columns per row).
+  std::vector<float> run(const Matrix& mat, const DeviceBuffer& x, const Run& r) {
+    const int64_t ldy = r.ldy ? r.ldy : mat.rows;
+    const size_t yn = static_cast<size_t>(r.m * ldy);
+    DeviceBuffer y(yn * sizeof(float));
+    const std::vector<float> poison(yn, NAN);
+    EXPECT_EQ(cudaMemcpy(y.as<float>(), poison.data(), yn * sizeof(float), cudaMemcpyHostToDevice),
+              cudaSuccess);
+    kc::GemmDqParams p{.w = mat.dm,
+                       .x = x.as<__nv_bfloat16>(),
+                       .y = y.as<float>(),
+                       .m = r.m,
+                       .ldy = r.ldy,
+                       .ws = r.workspace ? ws_ : kc::GemmDqWorkspace{}};
+    if (r.plan != nullptr) {
+      kc::gemm_dq(p, *r.plan, stream_);
+    } else {
+      kc::gemm_dq(p, stream_);
+    }
+    EXPECT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+    std::vector<float> out(yn);
+    EXPECT_EQ(cudaMemcpy(out.data(), y.as<float>(), yn * sizeof(float), cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    return out;
+  }
+
+  void check(const Matrix& mat, uint32_t seed, const Run& r) {
+    const int64_t m = r.m, k = mat.cols, rows = mat.rows;
+    const int64_t ldy = r.ldy ? r.ldy : rows;
+    std::string what = fmt::format("{} rows={} cols={} m={} ldy={}",
+                                   kc::weight_type_label(mat.type), rows, k, m, ldy);
+    if (r.plan != nullptr) what += fmt::format(" splits={}", r.plan->k_splits);
+    if (!r.workspace) what += " (no workspace)";
+
+    const auto xf = cuda_random_floats(m * k, seed);
+    std::vector<uint16_t> xb(xf.size());
+    std::vector<float> xr(xf.size());  // the BF16 values as floats
+    for (size_t i = 0; i < xf.size(); ++i) {
+      xb[i] = bf16_bits(xf[i]);
+      xr[i] = bf16_value(xb[i]);
+    }
+    DeviceBuffer x(xb.size() * 2);
+    ASSERT_EQ(cudaMemcpy(x.as<uint16_t>(), xb.data(), xb.size() * 2, cudaMemcpyHostToDevice),
+              cudaSuccess);
+    const auto got = run(mat, x, r);
+
+    std::vector<float> g, ref;
+    int bad = 0;
+    for (int64_t row = 0; row < rows; ++row) {
+      // Large matrices: every 7th row (all fragment rows and tiles) and the last 16.
+      if (rows > 1024 && row % 7 != 0 && row < rows - 16) continue;
+      const float* w = mat.deq.data() + row * k;
+      for (int64_t t = 0; t < m; ++t) {
+        const float* xt = xr.data() + t * k;
+        double s = 0.0, mag = 0.0;
+        for (int64_t i = 0; i < k; ++i) {
+          const double v = static_cast<double>(w[i]) * xt[i];
+          s += v;
+          mag += std::fabs(v);
+        }
+        const float y = got[t * ldy + row];
+        g.push_back(y);
+        ref.push_back(static_cast<float>(s));
+        const double tol = (std::ldexp(1.0, -8) + k * std::ldexp(1.0, -22)) * mag + 1e-30;
+        if (!(std::fabs(y - s) <= tol) && bad++ < 5) {
+          ADD_FAILURE() << what
+                        << fmt::format(": y[{}][{}] = {} want {} (sum |w x| = {})", t, row, y, s,
+                                       mag);
+        }
+      }
+    }
+    EXPECT_EQ(bad, 0) << what;
+    const double e = nmse(g, ref);
+    EXPECT_LT(e, g.size() >= 4096 ? 1e-5 : 3e-5) << what;
+    if (e > worst_nmse_) {
+      worst_nmse_ = e;
+      worst_case_ = what;
+    }
+
+    // Columns past `rows` of a wider y are left alone.
+    int touched = 0;
+    for (int64_t t = 0; t < m; ++t) {
+      for (int64_t c = rows; c < ldy; ++c) touched += !std::isnan(got[t * ldy + c]);
+    }
+    EXPECT_EQ(touched, 0) << what;
+
+    // Bitwise repeatable.
+    const auto again = run(mat, x, r);
+    EXPECT_EQ(0, std::memcmp(got.data(), again.data(), got.size() * sizeof(float))) << what;
+  }
+
+  cudaStream_t stream_ = nullptr;
+  double worst_nmse_ = 0.0;
+  std::string worst_case_;
+  DeviceBuffer partials_, counters_;
+  kc::GemmDqWorkspace ws_;
+};
+
+class GemmDq : public GemmDqTest, public ::testing::WithParamInterface<TensorType> {};
+
+// Row counts below, at and off the 128-row tile; every batch size class (one n-tile, 64
+// tokens in one tile, two token tiles); one stage and sixteen.
+TEST_P(GemmDq, MatchesReference) {
+  uint32_t seed = 100;
+  for (int64_t cols : {256, 4096}) {
+    for (int64_t rows : {16, 40, 1024}) {
+      const Matrix mat = make_matrix(GetParam(), rows, cols, seed++);
+      for (int64_t m : {1, 16, 17, 33, 64, 128}) check(mat, seed++, {.m = m});
+    }
+  }
+}
+
+TEST_P(GemmDq, Square4096) {
+  const Matrix mat = make_matrix(GetParam(), 4096, 4096, 200);
+  for (int64_t m : {17, 64, 128}) check(mat, 201 + static_cast<uint32_t>(m), {.m = m});
+}
+
+// y with a row stride wider than the matrix (a slice of a fused output).
+TEST_P(GemmDq, RowStride) {
+  const Matrix mat = make_matrix(GetParam(), 40, 512, 300);
+  for (int64_t m : {5, 33, 100}) check(mat, 301 + static_cast<uint32_t>(m), {.m = m, .ldy = 64});
+}
+
+// Every k split gives the reference (and its own bitwise repeatable result); so does the
+// plan without a workspace.
+TEST_P(GemmDq, EverySplit) {
+  const Matrix mat = make_matrix(GetParam(), 200, 2048, 400);
+  uint32_t seed = 401;
+  for (int splits = 1; splits <= kc::kGemmDqMaxSplits; ++splits) {
+    const kc::GemmDqPlan plan{.k_splits = splits};
+    for (int64_t m : {9, 64, 72}) check(mat, seed++, {.m = m, .plan = &plan});
+  }
+  check(mat, seed++, {.m = 64, .workspace = false});
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, GemmDq,
+                         ::testing::Values(TensorType::kQ4_K, TensorType::kQ6_K, TensorType::kQ5_K,
+                                           TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1,
+                                           TensorType::kQ5_0, TensorType::kQ5_1),
+                         type_label);
+
+// The Llama-3-8B FFN shapes: gate/up (Q4_K 14336 x 4096) and down (Q6_K 4096 x 14336).
+TEST_F(GemmDqTest, LlamaFfnShapes) {
+  const Matrix up = make_matrix(TensorType::kQ4_K, 14336, 4096, 500);
+  check(up, 501, {.m = 64});
+  const Matrix down = make_matrix(TensorType::kQ6_K, 4096, 14336, 502);
+  for (int64_t m : {64, 128}) check(down, 503 + static_cast<uint32_t>(m), {.m = m});
+}
+
+TEST_F(GemmDqTest, RejectsWhatItCannotRun) {
+  const Matrix mat = make_matrix(TensorType::kQ4_0, 16, 96, 600);  // 96 % 256 != 0
+  EXPECT_FALSE(kc::gemm_dq_supports(mat.dm));
+  DeviceBuffer x(16 * 96 * 2), y(16 * 16 * 4);
+  const kc::GemmDqParams p{
+      .w = mat.dm, .x = x.as<__nv_bfloat16>(), .y = y.as<float>(), .m = 4, .ldy = 0, .ws = {}};
+  EXPECT_THROW(kc::gemm_dq(p, stream_), Error);
+  const Matrix ok = make_matrix(TensorType::kQ4_K, 16, 256, 601);
+  EXPECT_TRUE(kc::gemm_dq_supports(ok.dm));
+  const kc::GemmDqParams big{.w = ok.dm,
+                             .x = x.as<__nv_bfloat16>(),
+                             .y = y.as<float>(),
+                             .m = kc::kGemmDqMaxBatch + 1,
+                             .ldy = 0,
+                             .ws = {}};
+  EXPECT_THROW(kc::gemm_dq(big, stream_), Error);
+}
+
+}  // namespace
+}  // namespace tpnode::test
