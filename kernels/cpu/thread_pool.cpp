@@ -73,10 +73,13 @@ class Parker {
 }  // namespace
 
 // One job at a time. The caller publishes the job's fields, then bumps `epoch` (release);
-// workers that see the new epoch claim chunks through `claim`, which packs the job's epoch
-// (high 32 bits) with the next chunk index (low 32 bits), so a worker that wakes late can
-// never claim a chunk of a later job under an earlier job's fields.
+// workers that see the new epoch claim chunks through `claim`, one word holding the job's
+// epoch (bits 32..63), its chunk count (16..31) and the next chunk index (0..15). A worker
+// that wakes late holds a stale copy of that word, so its compare-exchange fails once the
+// next job is published, and it never reads a chunk count or fields of a job it did not claim.
 struct ThreadPool::Impl {
+  static constexpr int64_t kMaxChunks = 0xFFFF;
+
   int n_threads = 1;
   std::vector<std::thread> workers;
   std::mutex call_mutex;  // serialises parallel_for callers
@@ -88,19 +91,21 @@ struct ThreadPool::Impl {
   Parker work_parker;  // idle workers wait here for a new epoch
   Parker done_parker;  // the caller waits here for the last chunk
 
-  // The current job; written only between jobs.
+  // The current job; written only between jobs, read after a successful claim.
   const std::function<void(int64_t, int64_t)>* fn = nullptr;
   int64_t n = 0;
   int64_t grain = 1;
-  // Read by a late worker before its claim fails, hence atomic.
-  std::atomic<int64_t> n_chunks{0};
   std::mutex error_mutex;
   std::exception_ptr error;
 
-  // Chunk c covers whole grains: boundaries depend on n, grain and n_chunks only.
-  std::pair<int64_t, int64_t> chunk_range(int64_t c) const {
+  static uint64_t pack(uint32_t job, int64_t chunks, int64_t next) {
+    return (static_cast<uint64_t>(job) << 32) | (static_cast<uint64_t>(chunks) << 16) |
+           static_cast<uint64_t>(next);
+  }
+
+  // Chunk c of `chunks` covers whole grains: boundaries depend on n, grain and chunks only.
+  std::pair<int64_t, int64_t> chunk_range(int64_t c, int64_t chunks) const {
     const int64_t grains = (n + grain - 1) / grain;
-    const int64_t chunks = n_chunks.load(std::memory_order_relaxed);
     const int64_t g0 = grains * c / chunks;
     const int64_t g1 = grains * (c + 1) / chunks;
     return {std::min(n, g0 * grain), std::min(n, g1 * grain)};
@@ -111,13 +116,14 @@ struct ThreadPool::Impl {
     uint64_t cur = claim.load(std::memory_order_acquire);
     for (;;) {
       if (static_cast<uint32_t>(cur >> 32) != job) return;
-      const auto c = static_cast<int64_t>(cur & 0xFFFFFFFFu);
-      if (c >= n_chunks.load(std::memory_order_relaxed)) return;
+      const auto chunks = static_cast<int64_t>((cur >> 16) & 0xFFFFu);
+      const auto c = static_cast<int64_t>(cur & 0xFFFFu);
+      if (c >= chunks) return;
       if (!claim.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel,
                                        std::memory_order_acquire)) {
         continue;
       }
-      const auto [begin, end] = chunk_range(c);
+      const auto [begin, end] = chunk_range(c, chunks);
       t_in_pool = true;
       try {
         if (begin < end) (*fn)(begin, end);
@@ -126,9 +132,7 @@ struct ThreadPool::Impl {
         if (!error) error = std::current_exception();
       }
       t_in_pool = false;
-      if (done.fetch_add(1, std::memory_order_seq_cst) + 1 == n_chunks.load(std::memory_order_relaxed)) {
-        done_parker.wake_all();
-      }
+      if (done.fetch_add(1, std::memory_order_seq_cst) + 1 == chunks) done_parker.wake_all();
       cur = claim.load(std::memory_order_acquire);
     }
   }
@@ -176,18 +180,17 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     fn(0, n);
     return;
   }
-  TPNODE_CHECK(n_chunks < (int64_t{1} << 32), "parallel_for: too many chunks");
+  TPNODE_CHECK(n_chunks <= Impl::kMaxChunks, "parallel_for: {} chunks", n_chunks);
 
   Impl& s = *impl_;
   std::lock_guard<std::mutex> lock(s.call_mutex);
   s.fn = &fn;
   s.n = n;
   s.grain = grain;
-  s.n_chunks.store(n_chunks, std::memory_order_relaxed);
   s.error = nullptr;
   s.done.store(0, std::memory_order_relaxed);
   const uint32_t job = s.epoch.load(std::memory_order_relaxed) + 1;
-  s.claim.store(static_cast<uint64_t>(job) << 32, std::memory_order_release);
+  s.claim.store(Impl::pack(job, n_chunks, 0), std::memory_order_release);
   s.epoch.store(job, std::memory_order_seq_cst);
   s.work_parker.wake_all();
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -71,6 +72,26 @@ TEST(ThreadPool, ManyQuickJobsAndSleepingWorkers) {
     if (rep % 5000 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));  // let workers sleep
   }
   EXPECT_EQ(total.load(), 3 * 20000);
+}
+
+// Jobs whose chunk counts alternate, with more workers than cores: a worker that wakes late
+// must not claim a chunk of the next job with the previous job's count (that ran chunks twice
+// and left the caller waiting for a count that had already passed).
+TEST(ThreadPool, LateWorkersNeverRunAChunkOfTheNextJob) {
+  ThreadPool pool(16);
+  std::vector<std::atomic<int>> hits(64);
+  for (int job = 0; job < 6000; ++job) {
+    const int64_t n = job % 2 ? 64 : 3 + job % 5;
+    for (auto& h : hits) h.store(0);
+    // Now and then the workers fall asleep between jobs, so that some wake late.
+    if (job % 7 == 0) std::this_thread::sleep_for(std::chrono::microseconds(job % 300));
+    pool.parallel_for(n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
+    });
+    for (int64_t i = 0; i < 64; ++i) {
+      ASSERT_EQ(hits[static_cast<size_t>(i)].load(), i < n ? 1 : 0) << "job " << job << " item " << i;
+    }
+  }
 }
 
 TEST(ThreadPool, RethrowsAndStaysUsable) {
