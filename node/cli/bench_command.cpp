@@ -51,6 +51,7 @@ struct BenchOptions {
   bool greedy_tokens = false;         // decode steps return argmax tokens, not logits
   int quant_gemv_max_batch = 16;      // CUDA: largest quantized matmul batch on int8 GEMVs
   int dq_gemm_max_batch = 128;        // CUDA: largest one on the dequantizing GEMM (0: off)
+  bool gemv_stream = true;            // CUDA: batch-1 GEMVs stream weights through shared memory
 };
 
 using Clock = std::chrono::steady_clock;
@@ -194,6 +195,7 @@ int run_bench(const BenchOptions& o) {
     co.use_cuda_graphs = o.graphs;
     co.quant_gemv_max_batch = o.quant_gemv_max_batch;
     co.dq_gemm_max_batch = o.dq_gemm_max_batch;
+    co.gemv_stream = o.gemv_stream;
     backend = make_cuda_backend(co);
     status.show("measuring device copy bandwidth and BF16 GEMM rate");
     roof.copy_bw = cuda_measure_copy_bandwidth(*backend, uint64_t{2} << 30);
@@ -384,7 +386,10 @@ const RegisterCommand kRegister{Command{
                      "largest decode batch whose quantized matmuls run on int8 GEMVs (1..64)");
       sub.add_option("--dq-gemm-max-batch", o->dq_gemm_max_batch,
                      "largest decode batch whose quantized matmuls dequantize inside a "
-                     "tensor-core GEMM (0..128; 0: BF16 GEMMs on BF16 copies)");
+                     "tensor-core GEMM when they have no BF16 copy (0..128; 0: off)");
+      sub.add_flag("!--no-gemv-stream", o->gemv_stream,
+                   "batch-1 GEMVs load weights into registers instead of streaming them through "
+                   "shared memory");
       sub.add_flag("!--no-graphs", o->graphs, "run decode steps op by op instead of CUDA graphs");
       sub.add_flag("--greedy-tokens", o->greedy_tokens,
                    "decode steps return argmax tokens instead of logits (device or distributed argmax)");

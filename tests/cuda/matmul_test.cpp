@@ -60,12 +60,13 @@ TEST_P(CudaMatmul, MatchesCpuAcrossBatchSizes) {
   for (int64_t m : {1, 2, 3, 5, 8, 16, 17, 40}) check(*cuda_, m, 100 + static_cast<uint32_t>(m));
 }
 
-// Without BF16 weight copies the GEMM path dequantizes into a staging buffer instead.
+// Without BF16 weight copies, batches up to 128 of quantized weights whose width is a multiple
+// of 256 run the dequantizing GEMM (gemm_dq); other shapes dequantize into a staging buffer.
 TEST_P(CudaMatmul, GemmWithoutBf16Copy) {
   CudaBackendOptions o = cuda_options();
   o.bf16_copy_fraction = 0.0;
   auto cuda = make_cuda_backend(o);
-  for (int64_t m : {17, 64}) check(*cuda, m, 200 + static_cast<uint32_t>(m));
+  for (int64_t m : {17, 64, 128, 200}) check(*cuda, m, 200 + static_cast<uint32_t>(m));
 }
 
 INSTANTIATE_TEST_SUITE_P(

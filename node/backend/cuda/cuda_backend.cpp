@@ -15,6 +15,7 @@
 #include "kernels/cuda/gemm_dq.h"
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/gemv.h"
+#include "kernels/cuda/gemv_stream.h"
 #include "kernels/cuda/pdl.h"
 #include "kernels/cuda/quant_layout.h"
 #include "kernels/cuda/sampling.h"
@@ -151,7 +152,8 @@ class CudaBackend final : public Backend {
   kc::PagedKv layer_kv(int64_t layer) const;
   kc::DeviceBatch device_batch() const;
   void gemm(const Weight& w, const float* x, float* y, int64_t m);
-  bool use_gemm_dq(const kc::DeviceMatrix& w, int64_t m) const;
+  bool use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const;
+  void gemv1(const kc::GemvGroupParams& p);
   const __nv_bfloat16* bf16_acts(const float* x, int64_t n);
   const float* rope_freqs(const RopeParams& p);
 
@@ -233,6 +235,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   uploader_->reserve(static_cast<size_t>(options.max_batch_tokens) * 16 + 65536);
   gemm_ = std::make_unique<kc::GemmLt>(mem_->alloc(kGemmWorkspaceBytes, "cuBLASLt workspace"),
                                        kGemmWorkspaceBytes);
+  if (options.gemv_stream && prop_.major >= 9) kc::gemv_stream_init();  // outside any capture
   if (options.dq_gemm_max_batch > quant_gemv_max_) {
     kc::gemm_dq_init();  // shared-memory limits, set once outside any graph capture
     const kc::GemmDqWorkspaceSize ws = kc::gemm_dq_workspace_size();
@@ -524,12 +527,21 @@ kc::QuantActs CudaBackend::quantized(const float* x, int64_t m, int64_t k) {
 void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
   const kc::DeviceMatrix dm = view(w);
   const int64_t gemv_max = kc::is_quantized(w.type) ? quant_gemv_max_ : kc::kGemvMaxBatch;
-  if (m <= gemv_max && kc::gemv_supports(dm)) {
+  if (m == 1 && kc::is_quantized(w.type)) {
+    kc::GemvGroupParams g;
+    g.outs[0] = {dm, y};
+    g.n = 1;
+    g.cols = w.cols;
+    g.total_rows = w.rows;
+    g.xq = quantized(x, 1, w.cols);
+    wrote(y, w.rows * sizeof(float));
+    gemv1(g);
+  } else if (m <= gemv_max && kc::gemv_supports(dm)) {
     kc::GemvParams p{.w = dm, .x = x, .xq = {}, .y = y, .m = m};
     if (kc::is_quantized(w.type)) p.xq = quantized(x, m, w.cols);
     wrote(y, m * w.rows * sizeof(float));
     kc::gemv(p, stream_);
-  } else if (use_gemm_dq(dm, m)) {
+  } else if (use_gemm_dq(w, dm, m)) {
     wrote(y, m * w.rows * sizeof(float));
     kc::gemm_dq({.w = dm, .x = bf16_acts(x, m * w.cols), .y = y, .m = m, .ldy = 0, .ws = dq_ws_},
                 stream_);
@@ -560,7 +572,7 @@ void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x,
     p.total_rows += outs[i].w->rows;
     wrote(outs[i].y, outs[i].w->rows * sizeof(float));
   }
-  kc::gemv_group(p, stream_);
+  gemv1(p);
 }
 
 void CudaBackend::add_rmsnorm(float* x, const float* r, const float* w, float* y, int64_t rows,
@@ -570,8 +582,18 @@ void CudaBackend::add_rmsnorm(float* x, const float* r, const float* w, float* y
                .x_out = x});
 }
 
-bool CudaBackend::use_gemm_dq(const kc::DeviceMatrix& w, int64_t m) const {
-  return m > quant_gemv_max_ && m <= opt_.dq_gemm_max_batch && kc::gemm_dq_supports(w);
+bool CudaBackend::use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const {
+  return w.aux == nullptr && m > quant_gemv_max_ && m <= opt_.dq_gemm_max_batch &&
+         kc::gemm_dq_supports(dm);
+}
+
+// Batch-1 quantized GEMVs of one or more matrices sharing x.
+void CudaBackend::gemv1(const kc::GemvGroupParams& p) {
+  if (opt_.gemv_stream && kc::gemv_stream_supports(p)) {
+    kc::gemv_stream(p, stream_);
+  } else {
+    kc::gemv_group(p, stream_);
+  }
 }
 
 // x converted to BF16 for a GEMM, reusing the copy made for the previous matmul of the same

@@ -30,9 +30,13 @@ struct CudaBackendOptions {
   // Quantized matmuls with at most this many rows (decode batches) read the quantized weights
   // on int8 tensor cores; larger ones run BF16 GEMMs, which are faster there (at most 64).
   int64_t quant_gemv_max_batch = 16;
-  // Quantized matmuls with more rows than that, up to this many (at most 128), dequantize the
-  // weights inside a tensor-core GEMM (gemm_dq) instead of reading a BF16 copy; 0: off.
+  // Quantized matmuls with more rows than that, up to this many (at most 128), of weights
+  // without a BF16 copy dequantize inside a tensor-core GEMM (gemm_dq); 0: off (the GEMM then
+  // dequantizes the weights into a staging buffer first). Weights with a copy use cuBLASLt.
   int64_t dq_gemm_max_batch = 128;
+  // Batch-1 quantized GEMVs stream the weights through shared memory (gemv_stream, compute
+  // capability >= 9.0) instead of loading them into registers (gemv_group).
+  bool gemv_stream = true;
 };
 
 // Number of usable CUDA devices; 0 when there is no driver or no GPU (never throws).

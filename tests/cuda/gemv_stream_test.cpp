@@ -1,0 +1,295 @@
+// gemv_stream (batch-1 quantized GEMV streaming weights through shared memory) for every
+// supported type against two references: gemv_group's output (relative L2 error), and a
+// double-precision product of the host-dequantized weights with the very 8-bit activations
+// the GPU made (NMSE, and element by element so that one wrong row shows). Also: bitwise
+// repeatability, CUDA graph capture, and a timing of the Llama-3-8B Q4_K_M decode shapes
+// against gemv_group (printed, not asserted).
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/dequantize.h"
+#include "kernels/cuda/gemv.h"
+#include "kernels/cuda/gemv_stream.h"
+#include "kernels/cuda/quant_layout.h"
+#include "node/model/tensor_type.h"
+#include "tests/cuda/cuda_test_support.h"
+
+namespace tpnode::test {
+namespace {
+
+namespace kc = ::tpnode::cuda;
+
+constexpr int64_t kMaxCols = 14336;
+constexpr int64_t kMaxRows = 2 * 14336;
+
+std::string type_label(const ::testing::TestParamInfo<TensorType>& i) {
+  return kc::weight_type_label(i.param);
+}
+
+// ||a - ref|| / ||ref||; NaN anywhere gives +inf.
+double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
+  const double e = nmse(a, ref);
+  return std::isfinite(e) ? std::sqrt(e) : INFINITY;
+}
+
+bool stream_capable() {
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+  return major >= 9;
+}
+
+class GemvStreamBase : public CudaVsCpu {
+ protected:
+  void SetUp() override {
+    CudaVsCpu::SetUp();
+    if (IsSkipped()) return;
+    if (!stream_capable()) GTEST_SKIP() << "gemv_stream needs compute capability 9.0 (TMA bulk copies)";
+    kc::gemv_stream_init();
+    stream_ = static_cast<cudaStream_t>(cuda_backend_stream(*cuda_));
+    xq_.q = static_cast<int8_t*>(cuda_->alloc(kMaxCols));
+    xq_.d = static_cast<float*>(cuda_->alloc(kMaxCols / 32 * sizeof(float)));
+    xq_.s = static_cast<float*>(cuda_->alloc(kMaxCols / 32 * sizeof(float)));
+    x_ = static_cast<float*>(cuda_->alloc(kMaxCols * sizeof(float)));
+    y_stream_ = static_cast<float*>(cuda_->alloc(kMaxRows * sizeof(float)));
+    y_group_ = static_cast<float*>(cuda_->alloc(kMaxRows * sizeof(float)));
+  }
+
+  // Random x quantized on the device (quantize_acts), as the backend does.
+  void set_x(int64_t cols, uint32_t seed) {
+    const auto xh = cuda_random_floats(cols, seed);
+    cuda_->copy_to_device(x_, xh.data(), cols * sizeof(float));
+    kc::quantize_acts({.x = x_, .m = 1, .k = cols, .out = xq_}, stream_);
+  }
+
+  // The group over `ws`, writing the outputs one after the other from `y`.
+  kc::GemvGroupParams group(const std::vector<Weight>& ws, float* y) const {
+    kc::GemvGroupParams p;
+    p.n = static_cast<int>(ws.size());
+    p.cols = ws[0].cols;
+    p.xq = xq_;
+    int64_t off = 0;
+    for (size_t i = 0; i < ws.size(); ++i) {
+      p.outs[i] = {kc::device_matrix(ws[i].type, ws[i].rows, ws[i].cols, ws[i].data), y + off};
+      off += ws[i].rows;
+    }
+    p.total_rows = off;
+    return p;
+  }
+
+  std::vector<float> run_stream(const kc::GemvGroupParams& p) {
+    const std::vector<float> poison(p.total_rows, NAN);
+    cuda_->copy_to_device(y_stream_, poison.data(), poison.size() * sizeof(float));
+    kc::gemv_stream(p, stream_);
+    return get(*cuda_, y_stream_, p.total_rows);
+  }
+  std::vector<float> run_group(const kc::GemvGroupParams& p) {
+    kc::gemv_group(p, stream_);
+    return get(*cuda_, y_group_, p.total_rows);
+  }
+
+  cudaStream_t stream_ = nullptr;
+  kc::QuantActs xq_;
+  float* x_ = nullptr;
+  float* y_stream_ = nullptr;
+  float* y_group_ = nullptr;
+};
+
+class GemvStream : public GemvStreamBase, public ::testing::WithParamInterface<TensorType> {
+ protected:
+  struct Matrix {
+    std::vector<uint8_t> gguf;  // GGUF rows, kept for the host reference
+    size_t stride = 0;
+    Weight gpu;
+  };
+
+  Matrix make_matrix(int64_t rows, int64_t cols, uint32_t seed) {
+    const TensorType type = GetParam();
+    Matrix m;
+    m.gguf = random_gguf_rows(type, rows, cols, seed);
+    m.stride = m.gguf.size() / rows;
+    m.gpu = cuda_->upload_weight(HostMatrix{type, m.gguf.data(), rows, cols, m.stride});
+    return m;
+  }
+
+  // Checks y = x · Wᵀ for the group of matrices with `rows` rows and `cols` columns.
+  void check(const std::vector<int64_t>& rows, int64_t cols, uint32_t seed) {
+    const TensorType type = GetParam();
+    std::string what = fmt::format("{} cols={} rows=", kc::weight_type_label(type), cols);
+    for (int64_t r : rows) what += fmt::format("{} ", r);
+    std::vector<Matrix> mats;
+    std::vector<Weight> ws;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      mats.push_back(make_matrix(rows[i], cols, seed + 7 * static_cast<uint32_t>(i)));
+      ws.push_back(mats.back().gpu);
+    }
+    set_x(cols, seed + 100);
+    const kc::GemvGroupParams ps = group(ws, y_stream_);
+    const kc::GemvGroupParams pg = group(ws, y_group_);
+    ASSERT_TRUE(kc::gemv_stream_supports(ps)) << what;
+    const auto got = run_stream(ps);
+    const auto want = run_group(pg);
+    EXPECT_LT(rel_l2(got, want), 1e-5) << what << ": against gemv_group";
+
+    // Double precision from the GPU's own 8-bit activations and the dequantized weights.
+    const int64_t chunks = cols / 32;
+    std::vector<int8_t> q(cols);
+    std::vector<float> d(chunks);
+    cuda_->copy_to_host(q.data(), xq_.q, cols);
+    cuda_->copy_to_host(d.data(), xq_.d, chunks * sizeof(float));
+    std::vector<float> ref(ps.total_rows), w(cols);
+    int bad = 0;
+    int64_t out = 0;
+    for (const Matrix& m : mats) {
+      for (int64_t r = 0; r < m.gpu.rows; ++r, ++out) {
+        cpu::dequantize_row(type, m.gguf.data() + r * m.stride, w.data(), cols);
+        double acc = 0.0, mag = 0.0;
+        for (int64_t c = 0; c < chunks; ++c) {
+          double s = 0.0, a = 0.0;
+          for (int64_t i = 32 * c; i < 32 * c + 32; ++i) {
+            const double v = static_cast<double>(w[i]) * q[i];
+            s += v;
+            a += std::fabs(v);
+          }
+          acc += s * d[c];
+          mag += a * std::fabs(d[c]);
+        }
+        ref[out] = static_cast<float>(acc);
+        const double err = std::fabs(got[out] - acc);
+        if (!(err <= 1e-4 * mag + 1e-12) && bad++ < 5) {
+          ADD_FAILURE() << what << fmt::format(": y[{}] = {} want {} (|w||x| = {})", out, got[out], acc, mag);
+        }
+      }
+    }
+    EXPECT_EQ(bad, 0) << what;
+    EXPECT_LT(nmse(got, ref), 1e-5) << what << ": against the double-precision reference";
+
+    const auto again = run_stream(ps);
+    EXPECT_EQ(0, std::memcmp(got.data(), again.data(), got.size() * sizeof(float)))
+        << what << ": not bitwise repeatable";
+  }
+};
+
+TEST_P(GemvStream, SmallShapes) {
+  const bool k_quant = gguf_block_size(GetParam()) == 256;
+  check({1}, 256, 10);
+  check({7}, 512, 20);
+  check({40}, 4096, 30);
+  // Rows narrower than a warp step and not a multiple of it: partial last steps.
+  check({33}, k_quant ? 2304 : 2080, 40);
+}
+
+TEST_P(GemvStream, LlamaShapes) {
+  check({4096}, 4096, 50);
+  check({14336}, 4096, 60);
+  const TensorType t = GetParam();
+  if (t == TensorType::kQ4_K || t == TensorType::kQ6_K) check({4096}, 14336, 70);
+}
+
+TEST_P(GemvStream, Groups) {
+  check({4096, 1024, 1024}, 4096, 80);  // q, k, v
+  check({14336, 14336}, 4096, 90);      // gate, up
+  check({5, 1, 3}, 512, 100);           // matrix boundaries inside one warp's rows
+}
+
+// Captured into a CUDA graph and replayed: the same bits as a direct launch.
+TEST_P(GemvStream, GraphReplay) {
+  const Matrix m = make_matrix(4096, 4096, 110);
+  set_x(4096, 111);
+  const kc::GemvGroupParams p = group({m.gpu}, y_stream_);
+  const auto direct = run_stream(p);
+  const std::vector<float> poison(p.total_rows, NAN);
+  cuda_->copy_to_device(y_stream_, poison.data(), poison.size() * sizeof(float));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  kc::gemv_stream(p, stream_);
+  ASSERT_EQ(cudaStreamEndCapture(stream_, &graph), cudaSuccess);
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, stream_), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+  const auto replayed = get(*cuda_, y_stream_, p.total_rows);
+  EXPECT_EQ(0, std::memcmp(direct.data(), replayed.data(), direct.size() * sizeof(float)));
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, GemvStream,
+                         ::testing::Values(TensorType::kQ4_0, TensorType::kQ4_1,
+                                           TensorType::kQ5_0, TensorType::kQ5_1,
+                                           TensorType::kQ8_0, TensorType::kQ4_K,
+                                           TensorType::kQ5_K, TensorType::kQ6_K),
+                         type_label);
+
+// Decode GEMVs of Llama-3-8B Q4_K_M on device-synthesised weights: gemv_stream and
+// gemv_group, each over enough copies of the weights (>= 256 MB) that L2 holds none of them
+// between launches. Prints microseconds per launch and the weight bytes per second.
+class GemvStreamTiming : public GemvStreamBase {};
+
+TEST_F(GemvStreamTiming, Llama3Shapes) {
+  struct Shape {
+    const char* name;
+    TensorType type;
+    std::vector<int64_t> rows;
+    int64_t cols;
+  };
+  const Shape shapes[] = {
+      {"gate+up", TensorType::kQ4_K, {14336, 14336}, 4096},
+      {"ffn_down", TensorType::kQ6_K, {4096}, 14336},
+      {"q/k/v", TensorType::kQ4_K, {4096, 1024, 1024}, 4096},
+      {"attn_output", TensorType::kQ4_K, {4096}, 4096},
+  };
+  constexpr int kLaunches = 60;
+  uint64_t seed = 1;
+  for (const Shape& s : shapes) {
+    size_t bytes = 0;
+    for (int64_t r : s.rows) bytes += kc::split_matrix_bytes(s.type, r, s.cols);
+    const int copies = static_cast<int>(std::max<size_t>(2, (size_t{256} << 20) / bytes + 1));
+    std::vector<std::vector<Weight>> sets(copies);
+    for (auto& set : sets) {
+      for (int64_t r : s.rows) set.push_back(cuda_->synth_weight(s.type, r, s.cols, seed++));
+    }
+    set_x(s.cols, 7);
+    // Same results on these weights too.
+    const auto got = run_stream(group(sets[0], y_stream_));
+    const auto want = run_group(group(sets[0], y_group_));
+    EXPECT_LT(rel_l2(got, want), 1e-5) << s.name;
+
+    auto time_us = [&](bool stream_kernel) {
+      for (const auto& set : sets) {
+        const auto p = group(set, y_stream_);
+        stream_kernel ? kc::gemv_stream(p, stream_) : kc::gemv_group(p, stream_);
+      }
+      cudaEvent_t t0, t1;
+      cudaEventCreate(&t0);
+      cudaEventCreate(&t1);
+      cudaEventRecord(t0, stream_);
+      for (int i = 0; i < kLaunches; ++i) {
+        const auto p = group(sets[i % copies], y_stream_);
+        stream_kernel ? kc::gemv_stream(p, stream_) : kc::gemv_group(p, stream_);
+      }
+      cudaEventRecord(t1, stream_);
+      cudaEventSynchronize(t1);
+      float ms = 0.0f;
+      cudaEventElapsedTime(&ms, t0, t1);
+      cudaEventDestroy(t0);
+      cudaEventDestroy(t1);
+      return 1000.0 * ms / kLaunches;
+    };
+    const double us_stream = time_us(true), us_group = time_us(false);
+    std::printf("[timing] %-12s %-5s %6.2f MB: gemv_stream %7.2f us (%5.2f TB/s), gemv_group %7.2f us (%5.2f TB/s)\n",
+                s.name, kc::weight_type_label(s.type), bytes / 1e6, us_stream, bytes / us_stream / 1e6,
+                us_group, bytes / us_group / 1e6);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  }
+}
+
+}  // namespace
+}  // namespace tpnode::test
