@@ -51,7 +51,7 @@ struct BenchOptions {
   bool greedy_tokens = false;         // decode steps return argmax tokens, not logits
   int quant_gemv_max_batch = 16;      // CUDA: largest quantized matmul batch on int8 GEMVs
   int dq_gemm_max_batch = 128;        // CUDA: largest one on the dequantizing GEMM (0: off)
-  bool gemv_stream = true;            // CUDA: batch-1 GEMVs stream weights through shared memory
+  bool gemv_stream = false;           // CUDA: batch-1 GEMVs stream weights through shared memory
 };
 
 using Clock = std::chrono::steady_clock;
@@ -387,9 +387,9 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--dq-gemm-max-batch", o->dq_gemm_max_batch,
                      "largest decode batch whose quantized matmuls dequantize inside a "
                      "tensor-core GEMM when they have no BF16 copy (0..128; 0: off)");
-      sub.add_flag("!--no-gemv-stream", o->gemv_stream,
-                   "batch-1 GEMVs load weights into registers instead of streaming them through "
-                   "shared memory");
+      sub.add_flag("--gemv-stream", o->gemv_stream,
+                   "batch-1 GEMVs stream the weights through shared memory (TMA bulk copies) "
+                   "instead of loading them into registers");
       sub.add_flag("!--no-graphs", o->graphs, "run decode steps op by op instead of CUDA graphs");
       sub.add_flag("--greedy-tokens", o->greedy_tokens,
                    "decode steps return argmax tokens instead of logits (device or distributed argmax)");

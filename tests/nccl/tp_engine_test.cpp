@@ -123,6 +123,52 @@ TEST_P(TpEngine, LogitsMatchOneGpuAndRepeatBitForBit) {
   }
 }
 
+// Greedy rows under tensor parallelism come back as tokens (each rank's best logit and id, the
+// distributed argmax on the GPUs): the token equals the argmax of the same step's logits.
+TEST_P(TpEngine, GreedyTokensEqualTheArgmaxOfTheLogits) {
+  const int rank = world().topology().rank;
+  auto file = ModelFile::open(path_);
+  const HParams& hp = file->hparams();
+  const size_t V = static_cast<size_t>(hp.n_vocab);
+  CudaBackendOptions bo;
+  bo.device = world().topology().local_rank;
+  bo.gpu_memory_fraction = 0.1;
+  auto backend = make_cuda_backend(bo);
+  NcclCommunicatorOptions co = default_comm_options(*backend);
+  if (!GetParam().one_shot) co.one_shot_max_bytes = 0;
+  NcclCommunicator comm(host_comm(), co);
+  if (GetParam().one_shot && !comm.one_shot_available()) {
+    GTEST_SKIP() << "no peer access between these GPUs: the one-shot all-reduce is off";
+  }
+  FileWeightSource src(*file);
+  Engine tp(hp, src, *backend, comm, small_engine());
+  StepPlan plan = prompts(hp.n_vocab, 1, 0);
+  for (int step = 0; step < 6; ++step) {
+    const std::vector<float> logits = tp.step(plan);
+    // The same step again (the KV slots are rewritten with the same values), greedy.
+    for (SeqStep& q : plan.seqs) q.sampling = {.enabled = true, .temperature = 0.0f};
+    const StepOutput& out = tp.run(plan);
+    std::vector<int32_t> next(2, 0);
+    if (rank == 0) {
+      ASSERT_EQ(logits.size(), 2 * V);
+      ASSERT_EQ(out.tokens.size(), 2u) << "step " << step;
+      EXPECT_TRUE(out.logits.empty());
+      for (int s = 0; s < 2; ++s) {
+        EXPECT_EQ(out.tokens[s], static_cast<int32_t>(argmax(logits, s * V, V)))
+            << "step " << step << " sequence " << s;
+        next[s] = out.tokens[s];
+      }
+    }
+    comm.broadcast(next.data(), next.size() * sizeof(int32_t), 0);
+    for (int s = 0; s < 2; ++s) {
+      SeqStep& q = plan.seqs[s];
+      q.sampling = {};
+      q.n_past += static_cast<int32_t>(q.tokens.size());
+      q.tokens = {next[s]};
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Models, TpEngine,
     ::testing::Values(TpCase{"tests/fixtures/tiny_models/tiny-llama/hf", true},

@@ -35,8 +35,9 @@ struct CudaBackendOptions {
   // dequantizes the weights into a staging buffer first). Weights with a copy use cuBLASLt.
   int64_t dq_gemm_max_batch = 128;
   // Batch-1 quantized GEMVs stream the weights through shared memory (gemv_stream, compute
-  // capability >= 9.0) instead of loading them into registers (gemv_group).
-  bool gemv_stream = true;
+  // capability >= 9.0) instead of loading them into registers (gemv_group). Off by default:
+  // it is no faster on an H200 (docs/BENCHMARKS.md).
+  bool gemv_stream = false;
 };
 
 // Number of usable CUDA devices; 0 when there is no driver or no GPU (never throws).
