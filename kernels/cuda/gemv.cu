@@ -4,6 +4,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/float_convert.cuh"
+#include "kernels/cuda/gemv_rows.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
 
@@ -51,25 +52,6 @@ __global__ void quantize_acts_kernel(QuantizeActsParams p) {
 // kernel that writes the activations.
 constexpr int kItemsPerLane = 2;  // U
 
-struct RowRef {
-  const uint8_t* q;
-  const uint8_t* s;
-  float* y;
-};
-
-__device__ __forceinline__ RowRef group_row(const GemvGroupParams& p, int64_t row) {
-  int part = 0;
-#pragma unroll
-  for (int i = 0; i + 1 < kMaxGemvGroup; ++i) {
-    if (part + 1 < p.n && row >= p.outs[part].w.rows) {
-      row -= p.outs[part].w.rows;
-      ++part;
-    }
-  }
-  const GemvOut& o = p.outs[part];
-  return {o.w.q + row * o.w.q_row_bytes, o.w.s ? o.w.s + row * o.w.s_row_bytes : nullptr,
-          o.y + row};
-}
 
 // W = 1: each warp owns R rows. W = kWarpsPerCta: the CTA's warps share R rows (long rows,
 // such as ffn_down's), each warp taking every fourth slice, summed in warp order at the end.

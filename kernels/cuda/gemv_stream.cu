@@ -28,6 +28,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dispatch.cuh"
+#include "kernels/cuda/gemv_rows.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
 
@@ -320,25 +321,6 @@ struct StreamArgs {
   StreamPlan plan;
 };
 
-struct RowRef {
-  const uint8_t* q;  // the row's quant bytes
-  const uint8_t* s;  // its scale bytes (null without a scale region)
-  float* y;
-};
-
-__device__ __forceinline__ RowRef group_row(const GemvGroupParams& p, int64_t row) {
-  int part = 0;
-#pragma unroll
-  for (int i = 0; i + 1 < kMaxGemvGroup; ++i) {
-    if (part + 1 < p.n && row >= p.outs[part].w.rows) {
-      row -= p.outs[part].w.rows;
-      ++part;
-    }
-  }
-  const GemvOut& o = p.outs[part];
-  return {o.w.q + row * o.w.q_row_bytes, o.w.s ? o.w.s + row * o.w.s_row_bytes : nullptr,
-          o.y + row};
-}
 
 // ---- mbarrier and bulk-copy primitives (sm_90) --------------------------------------------
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {

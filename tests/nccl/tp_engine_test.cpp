@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 
 #include "node/engine/single_rank_collective.h"
 #include "node/engine/engine.h"
@@ -28,7 +29,25 @@ class TpEngine : public ::testing::TestWithParam<TpCase> {
     path_ = std::string(TPNODE_SOURCE_DIR) + "/" + GetParam().model;
     if (!std::filesystem::exists(path_)) GTEST_SKIP() << path_ << " is absent";
   }
+  // This rank's GPU backend and communicator (the case's all-reduce path); skips when the
+  // one-shot path is asked for and the GPUs have no peer access.
+  void open_rank() {
+    backend_options_.device = world().topology().local_rank;
+    backend_options_.gpu_memory_fraction = 0.1;
+    // For bisecting on the GPU machine (tests only): TPNODE_TEST_CUDA_NO_GRAPHS=1.
+    if (std::getenv("TPNODE_TEST_CUDA_NO_GRAPHS")) backend_options_.use_cuda_graphs = false;
+    backend_ = make_cuda_backend(backend_options_);
+    NcclCommunicatorOptions co = default_comm_options(*backend_);
+    if (!GetParam().one_shot) co.one_shot_max_bytes = 0;
+    comm_ = std::make_unique<NcclCommunicator>(host_comm(), co);
+    if (GetParam().one_shot && !comm_->one_shot_available()) {
+      GTEST_SKIP() << "no peer access between these GPUs: the one-shot all-reduce is off";
+    }
+  }
   std::string path_;
+  CudaBackendOptions backend_options_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<NcclCommunicator> comm_;
 };
 
 EngineOptions small_engine() {
@@ -61,20 +80,11 @@ TEST_P(TpEngine, LogitsMatchOneGpuAndRepeatBitForBit) {
   const HParams& hp = file->hparams();
   const size_t V = static_cast<size_t>(hp.n_vocab);
 
-  CudaBackendOptions bo;
-  bo.device = world().topology().local_rank;
-  bo.gpu_memory_fraction = 0.1;
-  // For bisecting on the GPU machine (tests only): TPNODE_TEST_CUDA_NO_GRAPHS=1.
-  if (std::getenv("TPNODE_TEST_CUDA_NO_GRAPHS")) bo.use_cuda_graphs = false;
-  auto tp_backend = make_cuda_backend(bo);
-  NcclCommunicatorOptions co = default_comm_options(*tp_backend);
-  if (!GetParam().one_shot) co.one_shot_max_bytes = 0;
-  NcclCommunicator comm(host_comm(), co);
-  if (GetParam().one_shot && !comm.one_shot_available()) {
-    GTEST_SKIP() << "no peer access between these GPUs: the one-shot all-reduce is off";
-  }
+  open_rank();
+  if (IsSkipped()) return;
+  NcclCommunicator& comm = *comm_;
   FileWeightSource tp_src(*file);
-  Engine tp(hp, tp_src, *tp_backend, comm, small_engine());
+  Engine tp(hp, tp_src, *backend_, comm, small_engine());
 
   // tp 1 on rank 0's GPU, in a backend of its own (a backend holds one KV cache).
   std::unique_ptr<Backend> one_backend;
@@ -82,7 +92,7 @@ TEST_P(TpEngine, LogitsMatchOneGpuAndRepeatBitForBit) {
   std::unique_ptr<Engine> one;
   SingleRankCollective single;
   if (rank == 0) {
-    one_backend = make_cuda_backend(bo);
+    one_backend = make_cuda_backend(backend_options_);
     one_src = std::make_unique<FileWeightSource>(*file);
     one = std::make_unique<Engine>(hp, *one_src, *one_backend, single, small_engine());
   }
@@ -130,18 +140,11 @@ TEST_P(TpEngine, GreedyTokensEqualTheArgmaxOfTheLogits) {
   auto file = ModelFile::open(path_);
   const HParams& hp = file->hparams();
   const size_t V = static_cast<size_t>(hp.n_vocab);
-  CudaBackendOptions bo;
-  bo.device = world().topology().local_rank;
-  bo.gpu_memory_fraction = 0.1;
-  auto backend = make_cuda_backend(bo);
-  NcclCommunicatorOptions co = default_comm_options(*backend);
-  if (!GetParam().one_shot) co.one_shot_max_bytes = 0;
-  NcclCommunicator comm(host_comm(), co);
-  if (GetParam().one_shot && !comm.one_shot_available()) {
-    GTEST_SKIP() << "no peer access between these GPUs: the one-shot all-reduce is off";
-  }
+  open_rank();
+  if (IsSkipped()) return;
+  NcclCommunicator& comm = *comm_;
   FileWeightSource src(*file);
-  Engine tp(hp, src, *backend, comm, small_engine());
+  Engine tp(hp, src, *backend_, comm, small_engine());
   StepPlan plan = prompts(hp.n_vocab, 1, 0);
   for (int step = 0; step < 6; ++step) {
     const std::vector<float> logits = tp.step(plan);

@@ -24,8 +24,8 @@ struct CudaBackendOptions {
   // fit in this fraction of the budget; without a copy the GEMM dequantizes into scratch.
   double bf16_copy_fraction = 0.5;
   // Programmatic dependent launch between decode kernels (compute capability >= 9.0 only).
-  // Off by default until an unexplained stall of a decode test is understood
-  // (docs/BENCHMARKS.md); it gains little.
+  // Off by default: it gained ~2% and has not been re-measured since the test stall that was
+  // once suspected of it turned out to be the CPU thread pool (docs/BENCHMARKS.md).
   bool pdl = false;
   // Quantized matmuls with at most this many rows (decode batches) read the quantized weights
   // on int8 tensor cores; larger ones run BF16 GEMMs, which are faster there (at most 64).

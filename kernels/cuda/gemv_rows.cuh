@@ -1,0 +1,31 @@
+// Row lookup shared by the batch-1 GEMV kernels: the rows of a GemvGroupParams group (up to
+// kMaxGemvGroup matrices sharing x, e.g. q/k/v) are counted one after the other.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/gemv.h"
+
+namespace tpnode::cuda {
+
+struct RowRef {
+  const uint8_t* q;  // the row's quant bytes
+  const uint8_t* s;  // its scale bytes (null without a scale region)
+  float* y;          // its output
+};
+
+__device__ __forceinline__ RowRef group_row(const GemvGroupParams& p, int64_t row) {
+  int part = 0;
+#pragma unroll
+  for (int i = 0; i + 1 < kMaxGemvGroup; ++i) {
+    if (part + 1 < p.n && row >= p.outs[part].w.rows) {
+      row -= p.outs[part].w.rows;
+      ++part;
+    }
+  }
+  const GemvOut& o = p.outs[part];
+  return {o.w.q + row * o.w.q_row_bytes, o.w.s ? o.w.s + row * o.w.s_row_bytes : nullptr,
+          o.y + row};
+}
+
+}  // namespace tpnode::cuda
