@@ -2,14 +2,11 @@
 // supported type against two references: gemv_group's output (relative L2 error), and a
 // double-precision product of the host-dequantized weights with the very 8-bit activations
 // the GPU made (NMSE, and element by element so that one wrong row shows). Also: bitwise
-// repeatability, CUDA graph capture, and a timing of the Llama-3-8B Q4_K_M decode shapes
-// against gemv_group (printed, not asserted).
+// repeatability and CUDA graph capture. Timings live in `tpnode bench-gemv`.
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
-#include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -227,69 +224,6 @@ INSTANTIATE_TEST_SUITE_P(Types, GemvStream,
                                            TensorType::kQ8_0, TensorType::kQ4_K,
                                            TensorType::kQ5_K, TensorType::kQ6_K),
                          type_label);
-
-// Decode GEMVs of Llama-3-8B Q4_K_M on device-synthesised weights: gemv_stream and
-// gemv_group, each over enough copies of the weights (>= 256 MB) that L2 holds none of them
-// between launches. Prints microseconds per launch and the weight bytes per second.
-class GemvStreamTiming : public GemvStreamBase {};
-
-TEST_F(GemvStreamTiming, Llama3Shapes) {
-  struct Shape {
-    const char* name;
-    TensorType type;
-    std::vector<int64_t> rows;
-    int64_t cols;
-  };
-  const Shape shapes[] = {
-      {"gate+up", TensorType::kQ4_K, {14336, 14336}, 4096},
-      {"ffn_down", TensorType::kQ6_K, {4096}, 14336},
-      {"q/k/v", TensorType::kQ4_K, {4096, 1024, 1024}, 4096},
-      {"attn_output", TensorType::kQ4_K, {4096}, 4096},
-  };
-  constexpr int kLaunches = 60;
-  uint64_t seed = 1;
-  for (const Shape& s : shapes) {
-    size_t bytes = 0;
-    for (int64_t r : s.rows) bytes += kc::split_matrix_bytes(s.type, r, s.cols);
-    const int copies = static_cast<int>(std::max<size_t>(2, (size_t{256} << 20) / bytes + 1));
-    std::vector<std::vector<Weight>> sets(copies);
-    for (auto& set : sets) {
-      for (int64_t r : s.rows) set.push_back(cuda_->synth_weight(s.type, r, s.cols, seed++));
-    }
-    set_x(s.cols, 7);
-    // Same results on these weights too.
-    const auto got = run_stream(group(sets[0], y_stream_));
-    const auto want = run_group(group(sets[0], y_group_));
-    EXPECT_LT(rel_l2(got, want), 1e-5) << s.name;
-
-    auto time_us = [&](bool stream_kernel) {
-      for (const auto& set : sets) {
-        const auto p = group(set, y_stream_);
-        stream_kernel ? kc::gemv_stream(p, stream_) : kc::gemv_group(p, stream_);
-      }
-      cudaEvent_t t0, t1;
-      cudaEventCreate(&t0);
-      cudaEventCreate(&t1);
-      cudaEventRecord(t0, stream_);
-      for (int i = 0; i < kLaunches; ++i) {
-        const auto p = group(sets[i % copies], y_stream_);
-        stream_kernel ? kc::gemv_stream(p, stream_) : kc::gemv_group(p, stream_);
-      }
-      cudaEventRecord(t1, stream_);
-      cudaEventSynchronize(t1);
-      float ms = 0.0f;
-      cudaEventElapsedTime(&ms, t0, t1);
-      cudaEventDestroy(t0);
-      cudaEventDestroy(t1);
-      return 1000.0 * ms / kLaunches;
-    };
-    const double us_stream = time_us(true), us_group = time_us(false);
-    std::printf("[timing] %-12s %-5s %6.2f MB: gemv_stream %7.2f us (%5.2f TB/s), gemv_group %7.2f us (%5.2f TB/s)\n",
-                s.name, kc::weight_type_label(s.type), bytes / 1e6, us_stream, bytes / us_stream / 1e6,
-                us_group, bytes / us_group / 1e6);
-    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
-  }
-}
 
 }  // namespace
 }  // namespace tpnode::test

@@ -1,0 +1,303 @@
+#include "node/backend/cuda/gemv_bench.h"
+
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <random>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/gemv.h"
+#include "kernels/cuda/gemv_stream.h"
+#include "kernels/cuda/quant_layout.h"
+#include "kernels/cuda/read_probe.h"
+#include "kernels/cuda/synth.h"
+#include "node/backend/cuda/cuda_backend.h"
+
+namespace tpnode {
+namespace {
+
+namespace kc = ::tpnode::cuda;
+
+constexpr size_t kAlign = 256;
+
+size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
+
+// Events around `launches` calls of launch(i), after one untimed pass over every copy.
+class LaunchTimer {
+ public:
+  explicit LaunchTimer(cudaStream_t stream) : stream_(stream) {
+    TPNODE_CUDA_CHECK(cudaEventCreate(&start_));
+    TPNODE_CUDA_CHECK(cudaEventCreate(&stop_));
+  }
+  ~LaunchTimer() {
+    cudaEventDestroy(start_);
+    cudaEventDestroy(stop_);
+  }
+  LaunchTimer(const LaunchTimer&) = delete;
+  LaunchTimer& operator=(const LaunchTimer&) = delete;
+
+  template <typename Launch>
+  double us_per_launch(int copies, int launches, Launch&& launch) {
+    for (int i = 0; i < copies; ++i) launch(i);
+    TPNODE_CUDA_CHECK(cudaEventRecord(start_, stream_));
+    for (int i = 0; i < launches; ++i) launch(i % copies);
+    TPNODE_CUDA_CHECK(cudaEventRecord(stop_, stream_));
+    TPNODE_CUDA_CHECK(cudaEventSynchronize(stop_));
+    float ms = 0.0f;
+    TPNODE_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+    return 1000.0 * ms / launches;
+  }
+
+ private:
+  cudaStream_t stream_;
+  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+};
+
+// The row geometry gemv_group picks (kernels/cuda/gemv.cu): rows of more than 64 work items
+// are shared by a CTA's four warps; otherwise one warp per row, two when that still leaves
+// 8192 rows or more.
+kc::ReadRowsShape gemv_group_geometry(TensorType type, int64_t total_rows, int64_t cols) {
+  const kc::SplitLayout l = kc::split_layout(type);
+  const int64_t parts = l.block_size == 256 ? 4 : 1;  // work items per block
+  const int64_t items = cols / l.block_size * parts;
+  kc::ReadRowsShape s;
+  s.rows = total_rows;
+  if (items > 64) {
+    s.warps_per_row = 4;
+  } else if (total_rows >= 8192) {
+    s.rows_per_warp = 2;
+  }
+  return s;
+}
+
+std::string shape_label(const GemvBenchShape& s) {
+  std::string rows;
+  if (s.rows.size() > 1 && std::all_of(s.rows.begin(), s.rows.end(),
+                                       [&](int64_t r) { return r == s.rows[0]; })) {
+    rows = fmt::format("{}x{}", s.rows.size(), s.rows[0]);
+  } else {
+    for (size_t i = 0; i < s.rows.size(); ++i) rows += fmt::format("{}{}", i ? "+" : "", s.rows[i]);
+  }
+  return fmt::format("{} {} {}x{}", s.name, kc::weight_type_label(s.type), rows, s.cols);
+}
+
+bool stream_capable(int device) {
+  int major = 0;
+  TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major >= 9;
+}
+
+// One shape's weights (copies of the group) and the activations they share.
+struct ShapeSet {
+  std::vector<std::vector<Weight>> copies;
+  size_t bytes = 0;  // one copy of the group
+};
+
+class GemvBench {
+ public:
+  GemvBench(Backend& backend, const GemvBenchOptions& o, const GemvBenchProgress& progress)
+      : b_(backend), o_(o), progress_(progress),
+        stream_(static_cast<cudaStream_t>(cuda_backend_stream(backend))), timer_(stream_) {
+    TPNODE_CHECK(o.launches >= 1, "bench-gemv: {} launches", o.launches);
+    TPNODE_CHECK(!o.shapes.empty(), "bench-gemv: no shapes");
+    TPNODE_CUDA_CHECK(cudaGetDevice(&device_));
+    TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device_));
+    stream_ok_ = stream_capable(device_);
+    if (stream_ok_) kc::gemv_stream_init();
+  }
+
+  GemvBenchReport run() {
+    GemvBenchReport report;
+    report.device = cuda_device_info(b_).name;
+    say("measuring the device copy rate");
+    report.copy_bytes_per_s = cuda_measure_copy_bandwidth(b_, o_.copy_probe_bytes);
+    alloc_shared();
+    report.sweep_bytes_per_s = time_large_sweep();
+    for (const GemvBenchShape& s : o_.shapes) time_shape(s, report);
+    return report;
+  }
+
+ private:
+  void say(const std::string& line) {
+    if (progress_) progress_(line);
+  }
+  void add(GemvBenchReport& report, GemvBenchRow row) {
+    row.bytes_per_s = static_cast<double>(row.bytes) / (row.us * 1e-6);
+    report.rows.push_back(std::move(row));
+  }
+
+  int copies_for(size_t bytes) const {
+    return static_cast<int>(std::max<uint64_t>(2, o_.rotate_bytes / bytes + 1));
+  }
+
+  // Activations, outputs, the probe sink and one arena the probes read (the largest
+  // shape's rotation), filled with synthetic BF16 values.
+  void alloc_shared() {
+    int64_t max_cols = 0, max_rows = 0;
+    size_t arena = round_up(o_.rotate_bytes, kAlign);
+    for (const GemvBenchShape& s : o_.shapes) {
+      TPNODE_CHECK(!s.rows.empty() && s.rows.size() <= kc::kMaxGemvGroup && s.cols > 0,
+                   "bench-gemv: shape {} needs 1 to {} matrices", s.name, kc::kMaxGemvGroup);
+      int64_t total = 0;
+      for (int64_t r : s.rows) total += r;
+      max_cols = std::max(max_cols, s.cols);
+      max_rows = std::max(max_rows, total);
+      const size_t stride = round_up(probe_row_bytes(s) * total, kAlign);
+      arena = std::max(arena, stride * copies_for(stride));
+    }
+    x_ = static_cast<float*>(b_.alloc(max_cols * sizeof(float)));
+    xq_.q = static_cast<int8_t*>(b_.alloc(max_cols));
+    xq_.d = static_cast<float*>(b_.alloc(max_cols / 32 * sizeof(float) + sizeof(float)));
+    xq_.s = static_cast<float*>(b_.alloc(max_cols / 32 * sizeof(float) + sizeof(float)));
+    y_ = static_cast<float*>(b_.alloc(max_rows * sizeof(float)));
+    sink_ = static_cast<uint64_t*>(b_.alloc(2 * sizeof(uint64_t)));
+    TPNODE_CUDA_CHECK(cudaMemsetAsync(sink_, 0, 2 * sizeof(uint64_t), stream_));
+    constexpr int64_t kArenaCols = 4096;  // BF16: 8 KB rows
+    arena = round_up(arena, kArenaCols * 2);
+    say(fmt::format("filling a {:.0f} MB probe buffer", arena / 1e6));
+    arena_ = static_cast<uint8_t*>(b_.alloc(arena));
+    arena_bytes_ = arena;
+    kc::synth_matrix({.type = TensorType::kBF16,
+                      .rows = static_cast<int64_t>(arena / (kArenaCols * 2)),
+                      .cols = kArenaCols,
+                      .seed = 5,
+                      .out = arena_},
+                     stream_);
+  }
+
+  // A probe sees the group as rows of equal length: the group's bytes over its rows,
+  // rounded up to 16-byte items.
+  static size_t probe_row_bytes(const GemvBenchShape& s) {
+    int64_t total = 0;
+    size_t bytes = 0;
+    for (int64_t r : s.rows) {
+      total += r;
+      bytes += kc::split_matrix_bytes(s.type, r, s.cols);
+    }
+    return round_up((bytes + total - 1) / total, 16);
+  }
+
+  double time_large_sweep() {
+    say(fmt::format("read_sweep over {:.0f} MB", arena_bytes_ / 1e6));
+    const kc::ReadProbeBuffer buf{.data = arena_, .bytes = arena_bytes_, .sink = sink_};
+    const double us = timer_.us_per_launch(1, std::max(3, o_.launches / 10), [&](int) {
+      kc::read_sweep(buf, {}, stream_);
+    });
+    return static_cast<double>(arena_bytes_) / (us * 1e-6);
+  }
+
+  void set_x(int64_t cols) {
+    std::mt19937 rng(7);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<float> x(cols);
+    for (float& v : x) v = u(rng);
+    b_.copy_to_device(x_, x.data(), cols * sizeof(float));
+    kc::quantize_acts({.x = x_, .m = 1, .k = cols, .out = xq_}, stream_);
+  }
+
+  kc::GemvGroupParams group(const std::vector<Weight>& ws) const {
+    kc::GemvGroupParams p;
+    p.n = static_cast<int>(ws.size());
+    p.cols = ws[0].cols;
+    p.xq = xq_;
+    int64_t off = 0;
+    for (size_t i = 0; i < ws.size(); ++i) {
+      p.outs[i] = {kc::device_matrix(ws[i].type, ws[i].rows, ws[i].cols, ws[i].data), y_ + off};
+      off += ws[i].rows;
+    }
+    p.total_rows = off;
+    return p;
+  }
+
+  void time_shape(const GemvBenchShape& s, GemvBenchReport& report) {
+    const std::string label = shape_label(s);
+    size_t bytes = 0;
+    int64_t total_rows = 0;
+    for (int64_t r : s.rows) {
+      bytes += kc::split_matrix_bytes(s.type, r, s.cols);
+      total_rows += r;
+    }
+    const int copies = copies_for(bytes);
+    say(fmt::format("{}: synthesising {} copies of {:.1f} MB", label, copies, bytes / 1e6));
+    std::vector<kc::GemvGroupParams> groups;
+    for (int c = 0; c < copies; ++c) {
+      std::vector<Weight> set;
+      for (int64_t r : s.rows) set.push_back(b_.synth_weight(s.type, r, s.cols, seed_++));
+      groups.push_back(group(set));
+    }
+    set_x(s.cols);
+    say(fmt::format("{}: timing", label));
+    const int n = o_.launches;
+
+    const kc::ReadRowsShape geo = gemv_group_geometry(s.type, total_rows, s.cols);
+    const int64_t group_ctas = (total_rows + kc::read_rows_per_cta(geo) - 1) / kc::read_rows_per_cta(geo);
+    const std::string group_detail =
+        fmt::format("{} CTAs x {} rows, {} warp(s)/row", group_ctas, kc::read_rows_per_cta(geo),
+                    geo.warps_per_row);
+    add(report, {label, "gemv_group", group_detail, bytes,
+                 timer_.us_per_launch(copies, n, [&](int c) { kc::gemv_group(groups[c], stream_); })});
+    if (stream_ok_ && kc::gemv_stream_supports(groups[0])) {
+      add(report, {label, "gemv_stream", fmt::format("{} CTAs (persistent)", sms_), bytes,
+                   timer_.us_per_launch(copies, n, [&](int c) { kc::gemv_stream(groups[c], stream_); })});
+    }
+
+    // The probes read the arena: copy c at c * stride.
+    kc::ReadRowsShape rows = geo;
+    rows.row_bytes = static_cast<int64_t>(probe_row_bytes(s));
+    const size_t probe_bytes = static_cast<size_t>(rows.row_bytes * total_rows);
+    const size_t stride = round_up(probe_bytes, kAlign);
+    const int probe_copies = copies_for(stride);
+    TPNODE_CHECK(stride * probe_copies <= arena_bytes_, "bench-gemv: probe buffer too small");
+    auto buf = [&](int c) {
+      return kc::ReadProbeBuffer{.data = arena_ + c * stride, .bytes = probe_bytes, .sink = sink_};
+    };
+    for (int u : o_.probe_items) {
+      rows.items_per_lane = u;
+      const std::string detail = fmt::format("{}, rows of {} B", group_detail, rows.row_bytes);
+      add(report, {label, fmt::format("read_rows U={}", u), detail, probe_bytes,
+                   timer_.us_per_launch(probe_copies, n, [&](int c) { kc::read_rows(buf(c), rows, stream_); })});
+      add(report, {label, fmt::format("read_rows_interleaved U={}", u), detail, probe_bytes,
+                   timer_.us_per_launch(probe_copies, n, [&](int c) {
+                     kc::read_rows_interleaved(buf(c), rows, stream_);
+                   })});
+    }
+    add(report, {label, "read_sweep", fmt::format("{} CTAs x 256 threads", 4 * sms_), probe_bytes,
+                 timer_.us_per_launch(probe_copies, n, [&](int c) { kc::read_sweep(buf(c), {}, stream_); })});
+    TPNODE_CUDA_CHECK(cudaGetLastError());
+  }
+
+  Backend& b_;
+  const GemvBenchOptions& o_;
+  const GemvBenchProgress& progress_;
+  cudaStream_t stream_;
+  LaunchTimer timer_;
+  int device_ = 0;
+  int sms_ = 0;
+  bool stream_ok_ = false;
+  uint64_t seed_ = 1;
+  float* x_ = nullptr;
+  kc::QuantActs xq_;
+  float* y_ = nullptr;
+  uint64_t* sink_ = nullptr;
+  uint8_t* arena_ = nullptr;
+  size_t arena_bytes_ = 0;
+};
+
+}  // namespace
+
+std::vector<GemvBenchShape> llama3_8b_decode_shapes() {
+  return {
+      {"gate+up", TensorType::kQ4_K, {14336, 14336}, 4096},
+      {"ffn_down", TensorType::kQ6_K, {4096}, 14336},
+      {"q/k/v", TensorType::kQ4_K, {4096, 1024, 1024}, 4096},
+      {"attn_output", TensorType::kQ4_K, {4096}, 4096},
+  };
+}
+
+GemvBenchReport run_gemv_bench(Backend& backend, const GemvBenchOptions& options,
+                               const GemvBenchProgress& progress) {
+  return GemvBench(backend, options, progress).run();
+}
+
+}  // namespace tpnode
