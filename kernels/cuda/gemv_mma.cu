@@ -31,7 +31,6 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kMaxSplits = 8;  // the portable cluster size
-constexpr bool kSplitKOverClusters = false;  // see gemv_mma_plan
 
 __device__ __forceinline__ void mma_s8(int (&d)[4], int a0, int a1, int a2, int a3, int b0,
                                        int b1) {
@@ -530,16 +529,14 @@ GemvMmaPlan gemv_mma_plan(const GemvParams& p) {
   const int64_t big_ctas = (p.w.rows + 127) / 128;
   plan.row_tiles_per_warp = 2 * big_ctas >= dev.sms ? 2 : 1;
   const int64_t row_ctas = (p.w.rows + 64 * plan.row_tiles_per_warp - 1) / (64 * plan.row_tiles_per_warp);
-  // Split k over clusters only when asked for (kSplitKOverClusters): the cluster reduction
-  // gave a wrong product on the H200 (docs/BENCHMARKS.md), so the default plan keeps k whole.
-  if (kSplitKOverClusters && dev.clusters) {
+  // Split k over the CTAs of a cluster while the row tiles alone leave SMs idle (small
+  // matrices, batches 2-16): the partial tiles add up through distributed shared memory.
+  if (dev.clusters) {
     while (plan.k_splits < kMaxSplits && row_ctas * plan.k_splits < want &&
            2 * plan.k_splits <= n_groups) {
       plan.k_splits *= 2;
     }
   }
-  (void)want;
-  (void)n_groups;
   return plan;
 }
 
