@@ -47,6 +47,7 @@ struct SampleParams {
   const SampleRowParams* rows = nullptr;  // [n_rows] device
   int32_t n_rows = 0;
   int32_t* tokens = nullptr;  // [n_rows] device: the sampled ids
+  float* best = nullptr;      // [n_rows] device, optional: a greedy row's logit at its id
 };
 
 // Enqueues the sampling of every row on `stream`.

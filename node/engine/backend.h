@@ -190,6 +190,19 @@ class Backend {
   // the ids to tokens[rows.size()] (host memory) and waits for them. The same logits and row
   // give the same token on every run of one backend; streams differ between backends.
   virtual bool can_sample() const { return false; }
+  // Greedy rows where the logits live (can_sample() backends): for each listed row of logits
+  // [*, n_vocab] (backend memory), its largest logit and that logit's id, the lowest id among
+  // equals (the same choice as sample_tokens at temperature 0). best and ids are host memory
+  // [rows.size()]; waits for them.
+  virtual void argmax_rows(const float* logits, int64_t n_vocab, const std::vector<int32_t>& rows,
+                           float* best, int32_t* ids) {
+    (void)logits;
+    (void)n_vocab;
+    (void)rows;
+    (void)best;
+    (void)ids;
+    TPNODE_THROW(ErrorKind::kUnsupported, "backend {} cannot take argmaxes of logits", name());
+  }
   virtual void sample_tokens(const float* logits, int64_t n_vocab,
                              const std::vector<SampleRow>& rows, int32_t* tokens) {
     (void)logits;

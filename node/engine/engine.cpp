@@ -78,6 +78,8 @@ struct Engine::Impl {
   std::vector<size_t> greedy_at;       // their output rows
   std::vector<float> greedy_local;     // [rows][2]: this rank's best logit and global id
   std::vector<float> greedy_all;       // rank 0: [ranks][rows][2]
+  std::vector<float> greedy_best;      // [rows]: the device argmax's logits
+  std::vector<int32_t> greedy_ids;     // [rows]: and their ids in this rank's slice
 
   // Copies LM-head rows `rows` of this rank's logits to dst [rows.size(), vocab].
   void fetch_rows(const std::vector<int64_t>& rows, int64_t vocab, std::vector<float>& dst);
@@ -337,17 +339,34 @@ void Engine::Impl::fetch_rows(const std::vector<int64_t>& rows, int64_t vocab,
 
 void Engine::Impl::tp_greedy(int64_t vocab0, int64_t vocab, StepOutput& out, int64_t n_out) {
   const auto n = static_cast<int64_t>(greedy_rows.size());
-  fetch_rows(greedy_rows, vocab, local_logits);
   greedy_local.resize(static_cast<size_t>(2 * n));
-  for (int64_t j = 0; j < n; ++j) {
-    const float* r = local_logits.data() + j * vocab;
-    int64_t best = 0;
-    for (int64_t i = 1; i < vocab; ++i) {
-      if (r[i] > r[best]) best = i;
+  // Ids travel as floats: exact below 2^24, far above any vocabulary.
+  auto put = [&](int64_t j, float value, int64_t id) {
+    greedy_local[static_cast<size_t>(2 * j)] = value;
+    greedy_local[static_cast<size_t>(2 * j + 1)] = static_cast<float>(vocab0 + id);
+  };
+  if (b.can_sample()) {
+    // On the device: only a logit and an id per row leave it.
+    greedy_ids.resize(static_cast<size_t>(n));
+    greedy_best.resize(static_cast<size_t>(n));
+    std::vector<int32_t> rows(greedy_rows.begin(), greedy_rows.end());
+    b.argmax_rows(s.logits, vocab, rows, greedy_best.data(), greedy_ids.data());
+    for (int64_t j = 0; j < n; ++j) {
+      const int32_t id = greedy_ids[static_cast<size_t>(j)];
+      TPNODE_CHECK_KIND(id >= 0 && id < vocab, ErrorKind::kRuntime,
+                        "argmax_rows returned id {} outside the slice of {}", id, vocab);
+      put(j, greedy_best[static_cast<size_t>(j)], id);
     }
-    greedy_local[static_cast<size_t>(2 * j)] = r[best];
-    // Ids travel as floats: exact below 2^24, far above any vocabulary.
-    greedy_local[static_cast<size_t>(2 * j + 1)] = static_cast<float>(vocab0 + best);
+  } else {
+    fetch_rows(greedy_rows, vocab, local_logits);
+    for (int64_t j = 0; j < n; ++j) {
+      const float* r = local_logits.data() + j * vocab;
+      int64_t best = 0;
+      for (int64_t i = 1; i < vocab; ++i) {
+        if (r[i] > r[best]) best = i;
+      }
+      put(j, r[best], best);
+    }
   }
   const int size = c.size();
   const bool root = c.rank() == 0;

@@ -190,6 +190,36 @@ TEST_F(CudaSampling, GreedyEqualsTheHostArgmaxWithTiesAndUnalignedRows) {
   }
 }
 
+// argmax_rows (the distributed argmax's local half under tensor parallelism): the same ids as
+// greedy sampling, with the logit at that id, on rows listed out of order and repeated.
+TEST_F(CudaSampling, ArgmaxRowsGiveTheGreedyIdAndItsLogit) {
+  for (const int64_t V : {int64_t{1001}, int64_t{64128}}) {
+    constexpr int kRows = 5;
+    std::vector<float> logits;
+    for (int r = 0; r < kRows; ++r) {
+      std::vector<float> row = random_logits(static_cast<size_t>(V), 300 + r, 3.0f, 0.25f);
+      if (r == 1) {
+        const float top = *std::max_element(row.begin(), row.end()) + 1.0f;
+        row[static_cast<size_t>(V - 1)] = top;
+        row[static_cast<size_t>(V / 2)] = top;
+      }
+      if (r == 3) std::fill(row.begin(), row.end(), -2.5f);
+      logits.insert(logits.end(), row.begin(), row.end());
+    }
+    const float* dev = upload(logits);
+    const std::vector<int32_t> rows = {4, 1, 0, 3, 1};
+    std::vector<float> best(rows.size(), NAN);
+    std::vector<int32_t> ids(rows.size(), -7);
+    cuda_->argmax_rows(dev, V, rows, best.data(), ids.data());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const std::span<const float> row(logits.data() + rows[i] * V, static_cast<size_t>(V));
+      const int32_t want = host_greedy(row);
+      EXPECT_EQ(ids[i], want) << "V " << V << " row " << rows[i];
+      EXPECT_EQ(best[i], row[static_cast<size_t>(want)]) << "V " << V << " row " << rows[i];
+    }
+  }
+}
+
 struct Case {
   const char* name;
   SampleRow row;

@@ -113,6 +113,8 @@ class CudaBackend final : public Backend {
   bool can_sample() const override { return true; }
   void sample_tokens(const float* logits, int64_t n_vocab, const std::vector<SampleRow>& rows,
                      int32_t* tokens) override;
+  void argmax_rows(const float* logits, int64_t n_vocab, const std::vector<int32_t>& rows,
+                   float* best, int32_t* ids) override;
 
   CudaDeviceInfo info() const;
   cudaStream_t stream() const { return stream_; }
@@ -204,7 +206,12 @@ class CudaBackend final : public Backend {
   // Device sampling: the rows' parameters and the sampled ids, sized for the largest batch.
   kc::SampleRowParams* sample_params_ = nullptr;
   int32_t* sampled_ = nullptr;
+  float* sampled_best_ = nullptr;  // the greedy rows' logits at their ids (argmax_rows)
   size_t sample_capacity_ = 0;
+  // Runs the sampling kernel over `rows`; their ids (and with `best`, their logits at those
+  // ids, greedy rows only) come back to host memory.
+  void run_sampling(const float* logits, int64_t n_vocab, const std::vector<SampleRow>& rows,
+                    int32_t* tokens, float* best);
 };
 
 CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
@@ -820,16 +827,30 @@ void CudaBackend::graph_capture_end() {
 
 void CudaBackend::sample_tokens(const float* logits, int64_t n_vocab,
                                 const std::vector<SampleRow>& rows, int32_t* tokens) {
+  run_sampling(logits, n_vocab, rows, tokens, nullptr);
+}
+
+void CudaBackend::argmax_rows(const float* logits, int64_t n_vocab,
+                              const std::vector<int32_t>& rows, float* best, int32_t* ids) {
+  std::vector<SampleRow> greedy(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) greedy[i] = {.logit_row = rows[i], .temperature = 0.0f};
+  run_sampling(logits, n_vocab, greedy, ids, best);
+}
+
+void CudaBackend::run_sampling(const float* logits, int64_t n_vocab,
+                               const std::vector<SampleRow>& rows, int32_t* tokens, float* best) {
   if (rows.empty()) return;
   if (rows.size() > sample_capacity_) {
     if (sample_params_ != nullptr) {
       mem_->free(sample_params_);
       mem_->free(sampled_);
+      mem_->free(sampled_best_);
     }
     sample_capacity_ = std::max<size_t>(rows.size(), 64);
     sample_params_ = static_cast<kc::SampleRowParams*>(
         mem_->alloc(sample_capacity_ * sizeof(kc::SampleRowParams), "sampling parameters"));
     sampled_ = static_cast<int32_t*>(mem_->alloc(sample_capacity_ * sizeof(int32_t), "sampled tokens"));
+    sampled_best_ = static_cast<float*>(mem_->alloc(sample_capacity_ * sizeof(float), "greedy logits"));
   }
   std::vector<kc::SampleRowParams> host(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -851,10 +872,15 @@ void CudaBackend::sample_tokens(const float* logits, int64_t n_vocab,
                      .n_vocab = n_vocab,
                      .rows = sample_params_,
                      .n_rows = static_cast<int32_t>(rows.size()),
-                     .tokens = sampled_},
+                     .tokens = sampled_,
+                     .best = best != nullptr ? sampled_best_ : nullptr},
                     stream_);
   TPNODE_CUDA_CHECK(cudaMemcpyAsync(tokens, sampled_, rows.size() * sizeof(int32_t),
                                     cudaMemcpyDeviceToHost, stream_));
+  if (best != nullptr) {
+    TPNODE_CUDA_CHECK(cudaMemcpyAsync(best, sampled_best_, rows.size() * sizeof(float),
+                                      cudaMemcpyDeviceToHost, stream_));
+  }
   TPNODE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
