@@ -229,6 +229,19 @@ void gemv_group(const GemvGroupParams& p, cudaStream_t stream) {
   })
 }
 
+GemvGroupParams stacked_gemv_group(const DeviceMatrix* mats, int n, float* y, QuantActs xq) {
+  TPNODE_CHECK(n >= 1 && n <= kMaxGemvGroup, "stacked_gemv_group: {} matrices", n);
+  GemvGroupParams p;
+  p.n = n;
+  p.cols = mats[0].cols;
+  p.xq = xq;
+  for (int i = 0; i < n; ++i) {
+    p.outs[i] = {mats[i], y + p.total_rows};
+    p.total_rows += mats[i].rows;
+  }
+  return p;
+}
+
 bool gemv_supports(const DeviceMatrix& w) {
   if (is_quantized(w.type)) return true;
   return w.cols % 8 == 0;

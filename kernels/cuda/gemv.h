@@ -53,6 +53,9 @@ struct GemvGroupParams {
   QuantActs xq;            // x quantized, [cols]
 };
 void gemv_group(const GemvGroupParams& p, cudaStream_t stream);
+// The group over mats[0..n) (one quantized type and width, n <= kMaxGemvGroup) whose outputs
+// follow each other from y: the rows of mats[0] first.
+GemvGroupParams stacked_gemv_group(const DeviceMatrix* mats, int n, float* y, QuantActs xq);
 
 // Whether gemv() handles this matrix (float W needs cols % 8 == 0).
 bool gemv_supports(const DeviceMatrix& w);

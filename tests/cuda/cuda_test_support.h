@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "node/backend/cpu/cpu_backend.h"
+#include "kernels/cuda/quant_layout.h"
 #include "node/backend/cuda/cuda_backend.h"
 
 namespace tpnode::test {
@@ -63,6 +64,15 @@ inline size_t gguf_block_bytes(TensorType t) {
     default: return 0;
   }
 }
+// The quantized weight types every quantized CUDA kernel supports, and their names as
+// gtest parameter labels.
+inline constexpr TensorType kQuantizedTypes[] = {
+    TensorType::kQ4_0, TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1,
+    TensorType::kQ8_0, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K};
+inline std::string quant_type_label(const ::testing::TestParamInfo<TensorType>& i) {
+  return ::tpnode::cuda::weight_type_label(i.param);
+}
+
 inline int64_t gguf_block_size(TensorType t) {
   switch (t) {
     case TensorType::kQ4_K: case TensorType::kQ5_K: case TensorType::kQ6_K: return 256;

@@ -72,10 +72,6 @@ float bf16_value(uint16_t h) {
   return f;
 }
 
-std::string type_label(const ::testing::TestParamInfo<TensorType>& i) {
-  return kc::weight_type_label(i.param);
-}
-
 class GemmDqTest : public ::testing::Test {
  protected:
   struct Matrix {
@@ -275,11 +271,8 @@ TEST_P(GemmDq, EverySplit) {
   check(mat, seed++, {.m = 64, .workspace = false});
 }
 
-INSTANTIATE_TEST_SUITE_P(Types, GemmDq,
-                         ::testing::Values(TensorType::kQ4_K, TensorType::kQ6_K, TensorType::kQ5_K,
-                                           TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1,
-                                           TensorType::kQ5_0, TensorType::kQ5_1),
-                         type_label);
+INSTANTIATE_TEST_SUITE_P(Types, GemmDq, ::testing::ValuesIn(kQuantizedTypes),
+                         quant_type_label);
 
 // The Llama-3-8B FFN shapes: gate/up (Q4_K 14336 x 4096) and down (Q6_K 4096 x 14336).
 TEST_F(GemmDqTest, LlamaFfnShapes) {

@@ -25,10 +25,6 @@ constexpr int64_t kMaxRows = 4096;
 // uneven splits run.
 int64_t test_cols(TensorType t) { return gguf_block_size(t) == 256 ? 4352 : 4384; }
 
-std::string type_label(const ::testing::TestParamInfo<TensorType>& i) {
-  return kc::weight_type_label(i.param);
-}
-
 class GemvMma : public CudaVsCpu, public ::testing::WithParamInterface<TensorType> {
  protected:
   struct Matrix {
@@ -180,12 +176,8 @@ TEST_P(GemvMma, EveryPlan) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Types, GemvMma,
-                         ::testing::Values(TensorType::kQ4_0, TensorType::kQ4_1,
-                                           TensorType::kQ5_0, TensorType::kQ5_1,
-                                           TensorType::kQ8_0, TensorType::kQ4_K,
-                                           TensorType::kQ5_K, TensorType::kQ6_K),
-                         type_label);
+INSTANTIATE_TEST_SUITE_P(Types, GemvMma, ::testing::ValuesIn(kQuantizedTypes),
+                         quant_type_label);
 
 }  // namespace
 }  // namespace tpnode::test

@@ -26,10 +26,6 @@ namespace kc = ::tpnode::cuda;
 constexpr int64_t kMaxCols = 14336;
 constexpr int64_t kMaxRows = 2 * 14336;
 
-std::string type_label(const ::testing::TestParamInfo<TensorType>& i) {
-  return kc::weight_type_label(i.param);
-}
-
 // ||a - ref|| / ||ref||; NaN anywhere gives +inf.
 double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
   const double e = nmse(a, ref);
@@ -68,17 +64,9 @@ class GemvStreamBase : public CudaVsCpu {
 
   // The group over `ws`, writing the outputs one after the other from `y`.
   kc::GemvGroupParams group(const std::vector<Weight>& ws, float* y) const {
-    kc::GemvGroupParams p;
-    p.n = static_cast<int>(ws.size());
-    p.cols = ws[0].cols;
-    p.xq = xq_;
-    int64_t off = 0;
-    for (size_t i = 0; i < ws.size(); ++i) {
-      p.outs[i] = {kc::device_matrix(ws[i].type, ws[i].rows, ws[i].cols, ws[i].data), y + off};
-      off += ws[i].rows;
-    }
-    p.total_rows = off;
-    return p;
+    std::vector<kc::DeviceMatrix> mats;
+    for (const Weight& w : ws) mats.push_back(kc::device_matrix(w.type, w.rows, w.cols, w.data));
+    return kc::stacked_gemv_group(mats.data(), static_cast<int>(mats.size()), y, xq_);
   }
 
   std::vector<float> run_stream(const kc::GemvGroupParams& p) {
@@ -218,12 +206,8 @@ TEST_P(GemvStream, GraphReplay) {
   cudaGraphDestroy(graph);
 }
 
-INSTANTIATE_TEST_SUITE_P(Types, GemvStream,
-                         ::testing::Values(TensorType::kQ4_0, TensorType::kQ4_1,
-                                           TensorType::kQ5_0, TensorType::kQ5_1,
-                                           TensorType::kQ8_0, TensorType::kQ4_K,
-                                           TensorType::kQ5_K, TensorType::kQ6_K),
-                         type_label);
+INSTANTIATE_TEST_SUITE_P(Types, GemvStream, ::testing::ValuesIn(kQuantizedTypes),
+                         quant_type_label);
 
 }  // namespace
 }  // namespace tpnode::test

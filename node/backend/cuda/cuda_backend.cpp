@@ -155,7 +155,7 @@ class CudaBackend final : public Backend {
   kc::DeviceBatch device_batch() const;
   void gemm(const Weight& w, const float* x, float* y, int64_t m);
   bool use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const;
-  void gemv1(const kc::GemvGroupParams& p);
+  void gemv1(std::span<const MatmulOut> outs, const float* x);
   const __nv_bfloat16* bf16_acts(const float* x, int64_t n);
   const float* rope_freqs(const RopeParams& p);
 
@@ -535,14 +535,8 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
   const kc::DeviceMatrix dm = view(w);
   const int64_t gemv_max = kc::is_quantized(w.type) ? quant_gemv_max_ : kc::kGemvMaxBatch;
   if (m == 1 && kc::is_quantized(w.type)) {
-    kc::GemvGroupParams g;
-    g.outs[0] = {dm, y};
-    g.n = 1;
-    g.cols = w.cols;
-    g.total_rows = w.rows;
-    g.xq = quantized(x, 1, w.cols);
-    wrote(y, w.rows * sizeof(float));
-    gemv1(g);
+    const MatmulOut one{&w, y};
+    gemv1(std::span<const MatmulOut>(&one, 1), x);
   } else if (m <= gemv_max && kc::gemv_supports(dm)) {
     kc::GemvParams p{.w = dm, .x = x, .xq = {}, .y = y, .m = m};
     if (kc::is_quantized(w.type)) p.xq = quantized(x, m, w.cols);
@@ -565,10 +559,15 @@ void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x,
     group = group && kc::is_quantized(o.w->type) && o.w->type == outs[0].w->type &&
             o.w->cols == outs[0].w->cols;
   }
-  if (!group) {
+  if (group) {
+    gemv1(outs, x);
+  } else {
     Backend::matmul_shared(outs, x, m);
-    return;
   }
+}
+
+// Batch-1 quantized GEMVs of matrices of one type and width that share x, in one launch.
+void CudaBackend::gemv1(std::span<const MatmulOut> outs, const float* x) {
   const int64_t k = outs[0].w->cols;
   kc::GemvGroupParams p;
   p.n = static_cast<int>(outs.size());
@@ -579,7 +578,11 @@ void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x,
     p.total_rows += outs[i].w->rows;
     wrote(outs[i].y, outs[i].w->rows * sizeof(float));
   }
-  gemv1(p);
+  if (opt_.gemv_stream && kc::gemv_stream_supports(p)) {
+    kc::gemv_stream(p, stream_);
+  } else {
+    kc::gemv_group(p, stream_);
+  }
 }
 
 void CudaBackend::add_rmsnorm(float* x, const float* r, const float* w, float* y, int64_t rows,
@@ -594,14 +597,6 @@ bool CudaBackend::use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64
          kc::gemm_dq_supports(dm);
 }
 
-// Batch-1 quantized GEMVs of one or more matrices sharing x.
-void CudaBackend::gemv1(const kc::GemvGroupParams& p) {
-  if (opt_.gemv_stream && kc::gemv_stream_supports(p)) {
-    kc::gemv_stream(p, stream_);
-  } else {
-    kc::gemv_group(p, stream_);
-  }
-}
 
 // x converted to BF16 for a GEMM, reusing the copy made for the previous matmul of the same
 // x (q, k and v; gate and up).

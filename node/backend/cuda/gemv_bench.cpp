@@ -197,17 +197,9 @@ class GemvBench {
   }
 
   kc::GemvGroupParams group(const std::vector<Weight>& ws) const {
-    kc::GemvGroupParams p;
-    p.n = static_cast<int>(ws.size());
-    p.cols = ws[0].cols;
-    p.xq = xq_;
-    int64_t off = 0;
-    for (size_t i = 0; i < ws.size(); ++i) {
-      p.outs[i] = {kc::device_matrix(ws[i].type, ws[i].rows, ws[i].cols, ws[i].data), y_ + off};
-      off += ws[i].rows;
-    }
-    p.total_rows = off;
-    return p;
+    std::vector<kc::DeviceMatrix> mats;
+    for (const Weight& w : ws) mats.push_back(kc::device_matrix(w.type, w.rows, w.cols, w.data));
+    return kc::stacked_gemv_group(mats.data(), static_cast<int>(mats.size()), y_, xq_);
   }
 
   void time_shape(const GemvBenchShape& s, GemvBenchReport& report) {
