@@ -1,5 +1,7 @@
 #include "kernels/cuda/gemv.h"
 
+#include <algorithm>
+#include <utility>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dispatch.cuh"
@@ -50,16 +52,12 @@ __global__ void quantize_acts_kernel(QuantizeActsParams p) {
 // blocks) U at a time with separate accumulators, so U items of R rows are loaded before
 // any is used. Launched with PDL: the rows are prefetched into L2 before waiting for the
 // kernel that writes the activations.
-constexpr int kItemsPerLane = 2;  // U
-
-
 // W = 1: each warp owns R rows. W = kWarpsPerCta: the CTA's warps share R rows (long rows,
 // such as ffn_down's), each warp taking every fourth slice, summed in warp order at the end.
-template <TensorType T, int R, int W>
-__global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_kernel(GemvGroupParams p) {
+template <TensorType T, int R, int W, int U, int MinCtas>
+__global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas) gemv1_kernel(GemvGroupParams p) {
   using P = quant::Policy<T>;
   using S = quant::Staged<T>;
-  constexpr int U = kItemsPerLane;
   constexpr int kLanes = 32 * W;                       // threads sharing a row
   constexpr int kRowsPerCta = (kWarpsPerCta / W) * R;
   const int warp = threadIdx.x / 32;
@@ -83,6 +81,11 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_kernel(GemvGroupParam
   pdl_wait();
   pdl_launch_dependents();
 
+  // A lane's items all sit at the same place in their blocks (lanes step by kLanes, a
+  // multiple of kParts), the clamped last item included (any part of the last block is in
+  // range): the part index is fixed per lane.
+  static_assert(kLanes % P::kParts == 0);
+  const int part = lane % P::kParts;
   float acc[R][U];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
@@ -103,7 +106,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_kernel(GemvGroupParam
         const int blk = item[u] / P::kParts;
         raw[r][u] = S::load(ref[r].q + static_cast<int64_t>(blk) * P::kQBytes,
                             P::kSBytes ? ref[r].s + static_cast<int64_t>(blk) * P::kSBytes : nullptr,
-                            item[u] % P::kParts);
+                            part);
       }
     }
 #pragma unroll
@@ -113,7 +116,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_kernel(GemvGroupParam
         const int blk = item[u] / P::kParts;
         const quant::ActView a{p.xq.q + static_cast<int64_t>(blk) * P::kBlock,
                                p.xq.d + blk * (P::kBlock / 32), p.xq.s + blk * (P::kBlock / 32)};
-        const float v = S::dot(raw[r][u], item[u] % P::kParts, a);
+        const float v = S::dot(raw[r][u], part, a);
         acc[r][u] += base + kLanes * u < items ? v : 0.0f;
       }
     }
@@ -147,12 +150,208 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_kernel(GemvGroupParam
   }
 }
 
-template <TensorType T, int R, int W>
+// The same work as gemv1_kernel, but a resident grid whose row groups (R rows for one warp,
+// or for a CTA's four warps when W = 4) follow one another per warp: the weights of a
+// warp's next step (next items of the row, or its next row group) are loaded before the
+// current step's dot products, so a warp keeps loads in flight while it computes instead of
+// alternating between waiting and computing.
+template <TensorType T, int R, int W, int U>
+__global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(GemvGroupParams p) {
+  using P = quant::Policy<T>;
+  using S = quant::Staged<T>;
+  using Raw = typename S::Raw;
+  constexpr int kLanes = 32 * W;
+  constexpr int kSlots = kWarpsPerCta / W;  // row groups a CTA works on at once
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % kLanes;
+  const int items = static_cast<int>(p.cols / P::kBlock) * P::kParts;
+  const int iters = (items + kLanes * U - 1) / (kLanes * U);
+  const int64_t groups = (p.total_rows + R - 1) / R;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kSlots + threadIdx.x / kLanes;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kSlots;
+  const int64_t steps = first < groups ? (groups - first + stride - 1) / stride * iters : 0;
+  static_assert(kLanes % P::kParts == 0);
+  const int part = lane % P::kParts;
+  pdl_wait();
+  pdl_launch_dependents();
+  if (steps == 0) return;  // uniform over a CTA when W > 1 (one slot)
+
+  auto rows_of = [&](int64_t g, RowRef (&ref)[R], bool (&live)[R]) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t row = g * R + r;
+      live[r] = row < p.total_rows;
+      ref[r] = group_row(p, live[r] ? row : p.total_rows - 1);
+    }
+  };
+  auto load = [&](Raw (&raw)[R][U], const RowRef (&ref)[R], int it) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int blk = min(lane + kLanes * (it * U + u), items - 1) / P::kParts;
+        raw[r][u] = S::load(ref[r].q + static_cast<int64_t>(blk) * P::kQBytes,
+                            P::kSBytes ? ref[r].s + static_cast<int64_t>(blk) * P::kSBytes : nullptr,
+                            part);
+      }
+    }
+  };
+
+  int64_t g = first;
+  int it = 0;
+  RowRef ref[R];
+  bool live[R];
+  rows_of(g, ref, live);
+  Raw cur[R][U];
+  load(cur, ref, 0);
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+  int parity = 0;
+  for (int64_t s = 0; s < steps; ++s) {
+    int64_t gn = g;
+    int itn = it + 1;
+    if (itn == iters) {
+      itn = 0;
+      gn = g + stride;
+    }
+    RowRef nref[R];
+    bool nlive[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      nref[r] = ref[r];
+      nlive[r] = live[r];
+    }
+    Raw nxt[R][U];
+    if (s + 1 < steps) {
+      if (gn != g) rows_of(gn, nref, nlive);
+      load(nxt, nref, itn);
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int item = lane + kLanes * (it * U + u);
+        const int blk = min(item, items - 1) / P::kParts;
+        const quant::ActView a{p.xq.q + static_cast<int64_t>(blk) * P::kBlock,
+                               p.xq.d + blk * (P::kBlock / 32), p.xq.s + blk * (P::kBlock / 32)};
+        const float v = S::dot(cur[r][u], part, a);
+        acc[r] += item < items ? v : 0.0f;
+      }
+    }
+    if (it == iters - 1) {
+      float sum[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        sum[r] = warp_sum(acc[r]);
+        acc[r] = 0.0f;
+      }
+      if constexpr (W > 1) {
+        // Two buffers: a warp may write the next group's partial sums while a slower one
+        // still reads these.
+        __shared__ float part_sum[2][kWarpsPerCta][R];
+        if (threadIdx.x % 32 == 0) {
+#pragma unroll
+          for (int r = 0; r < R; ++r) part_sum[parity][warp][r] = sum[r];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          float v = 0.0f;
+#pragma unroll
+          for (int w = 0; w < W; ++w) v += part_sum[parity][w][r];
+          sum[r] = v;
+        }
+        parity ^= 1;
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (lane == 0 && live[r]) *ref[r].y = sum[r];
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) cur[r][u] = nxt[r][u];
+      ref[r] = nref[r];
+      live[r] = nlive[r];
+    }
+    g = gn;
+    it = itn;
+  }
+}
+
+// Resident CTAs of a kernel on this device (cached per kernel: one device per process).
+template <typename K>
+int resident_ctas(K kernel) {
+  static const int n = [&] {
+    int dev = 0, sms = 0, per_sm = 0;
+    TPNODE_CUDA_CHECK(cudaGetDevice(&dev));
+    TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    TPNODE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarpsPerCta * 32, 0));
+    return sms * std::max(per_sm, 1);
+  }();
+  return n;
+}
+
+template <TensorType T, int R, int W, int U>
+void launch_gemv1_pipelined(const GemvGroupParams& p, cudaStream_t stream) {
+  constexpr int64_t kSlots = kWarpsPerCta / W;
+  const int64_t groups = (p.total_rows + R - 1) / R;
+  const int64_t ctas = std::min<int64_t>((groups + kSlots - 1) / kSlots,
+                                         resident_ctas(gemv1_pipelined_kernel<T, R, W, U>));
+  launch_pdl(gemv1_pipelined_kernel<T, R, W, U>, dim3(static_cast<unsigned>(ctas)),
+             dim3(kWarpsPerCta * 32), 0, stream, p);
+}
+
+template <TensorType T, int R, int W, int U, int MinCtas>
 void launch_gemv1(const GemvGroupParams& p, cudaStream_t stream) {
   constexpr int64_t kRowsPerCta = (kWarpsPerCta / W) * R;
   const int64_t groups = (p.total_rows + kRowsPerCta - 1) / kRowsPerCta;
-  launch_pdl(gemv1_kernel<T, R, W>, dim3(static_cast<unsigned>(groups)), dim3(kWarpsPerCta * 32), 0,
-             stream, p);
+  launch_pdl(gemv1_kernel<T, R, W, U, MinCtas>, dim3(static_cast<unsigned>(groups)),
+             dim3(kWarpsPerCta * 32), 0, stream, p);
+}
+
+// The compiled geometries: the first three serve every type (gemv_group_geometry picks
+// among them); the rest only the types bench-gemv measures.
+struct GeometryEntry {
+  GemvGeometry g;
+  bool all_types;
+};
+constexpr GeometryEntry kGeometries[] = {
+    {{1, 1, 2, 0, false}, true},  {{2, 1, 1, 0, false}, true},  {{1, 4, 2, 0, false}, true},
+    {{2, 1, 2, 0, false}, false}, {{1, 4, 1, 0, false}, false},
+    {{2, 1, 1, 0, true}, false},  {{2, 1, 2, 0, true}, false},  {{1, 1, 2, 0, true}, false},
+    {{1, 4, 1, 0, true}, false},  {{1, 4, 2, 0, true}, false},  {{4, 1, 1, 0, true}, false},
+};
+constexpr int kGeometryCount = sizeof(kGeometries) / sizeof(kGeometries[0]);
+
+bool same_geometry(const GemvGeometry& a, const GemvGeometry& b) {
+  return a.rows_per_warp == b.rows_per_warp && a.warps_per_row == b.warps_per_row &&
+         a.items_per_lane == b.items_per_lane && a.min_ctas_per_sm == b.min_ctas_per_sm &&
+         a.pipelined == b.pipelined;
+}
+
+constexpr bool has_all_geometries(TensorType t) {
+  return t == TensorType::kQ4_K || t == TensorType::kQ6_K;
+}
+
+template <TensorType T, int I>
+void launch_geometry(const GemvGroupParams& p, cudaStream_t stream) {
+  constexpr GemvGeometry g = kGeometries[I].g;
+  if constexpr (!kGeometries[I].all_types && !has_all_geometries(T)) {
+    TPNODE_CHECK(false, "gemv_group: geometry {} not compiled for {}", I, weight_type_label(T));
+  } else if constexpr (g.pipelined) {
+    launch_gemv1_pipelined<T, g.rows_per_warp, g.warps_per_row, g.items_per_lane>(p, stream);
+  } else {
+    launch_gemv1<T, g.rows_per_warp, g.warps_per_row, g.items_per_lane, g.min_ctas_per_sm>(p, stream);
+  }
+}
+
+template <TensorType T, int... I>
+void launch_geometry_index(const GemvGroupParams& p, int index, cudaStream_t stream,
+                           std::integer_sequence<int, I...>) {
+  ((index == I ? launch_geometry<T, I>(p, stream) : void()), ...);
 }
 
 template <TensorType T, int NC>
@@ -202,7 +401,34 @@ void quantize_acts(const QuantizeActsParams& p, cudaStream_t stream) {
   TPNODE_CUDA_CHECK_LAUNCH();
 }
 
-void gemv_group(const GemvGroupParams& p, cudaStream_t stream) {
+GemvGeometry gemv_group_geometry(const GemvGroupParams& p) {
+  const TensorType type = p.outs[0].w.type;
+  const SplitLayout l = split_layout(type);
+  const int64_t items = p.cols / l.block_size * (l.block_size == 256 ? 4 : 1);
+  if (has_all_geometries(type)) {
+    // Types whose work items load into registers (Raw) gain from loading a step ahead: the
+    // resident grid, four rows per warp for long rows and mid-sized groups, two rows of two
+    // items each for large groups; small matrices keep the one-shot grid (bench-gemv).
+    if (items > 64 || (p.total_rows > 4096 && p.total_rows < 8192)) return kGeometries[10].g;
+    if (p.total_rows >= 8192) return kGeometries[6].g;
+  }
+  // Long rows (more than 64 work items, e.g. ffn_down's) are shared by the CTA's four warps.
+  // Short rows go two to a warp (more bytes in flight per warp, fewer CTAs) unless that
+  // leaves too few CTAs to fill the GPU (small models).
+  if (items > 64) return kGeometries[2].g;
+  if (p.total_rows >= 4096) return kGeometries[1].g;
+  return kGeometries[0].g;
+}
+
+std::vector<GemvGeometry> gemv_group_geometries(TensorType type) {
+  std::vector<GemvGeometry> out;
+  for (const GeometryEntry& e : kGeometries) {
+    if (e.all_types || has_all_geometries(type)) out.push_back(e.g);
+  }
+  return out;
+}
+
+void gemv_group(const GemvGroupParams& p, const GemvGeometry& g, cudaStream_t stream) {
   TPNODE_CHECK(p.n >= 1 && p.n <= kMaxGemvGroup, "gemv_group: {} matrices", p.n);
   int64_t total = 0;
   for (int i = 0; i < p.n; ++i) {
@@ -214,19 +440,20 @@ void gemv_group(const GemvGroupParams& p, cudaStream_t stream) {
   }
   TPNODE_CHECK(total == p.total_rows, "gemv_group: total_rows {} != {}", p.total_rows, total);
   if (total == 0) return;
-  // Long rows (more than 64 work items, e.g. ffn_down's) are shared by the CTA's four warps;
-  // short rows take one warp each, two rows per warp when that still leaves a full wave
-  // (the FFN's gate/up): more bytes in flight per warp, fewer CTAs to schedule.
+  int index = -1;
+  for (int i = 0; i < kGeometryCount; ++i) {
+    if (same_geometry(kGeometries[i].g, g)) index = i;
+  }
+  TPNODE_CHECK(index >= 0, "gemv_group: geometry R={} W={} U={}{} not compiled", g.rows_per_warp,
+               g.warps_per_row, g.items_per_lane, g.pipelined ? " pipelined" : "");
   TPNODE_DISPATCH_QUANT_TYPE(p.outs[0].w.type, T, {
-    const int64_t items = p.cols / quant::Policy<T>::kBlock * quant::Policy<T>::kParts;
-    if (items > 64) {
-      launch_gemv1<T, 1, kWarpsPerCta>(p, stream);
-    } else if (total >= 8192) {
-      launch_gemv1<T, 2, 1>(p, stream);
-    } else {
-      launch_gemv1<T, 1, 1>(p, stream);
-    }
+    launch_geometry_index<T>(p, index, stream, std::make_integer_sequence<int, kGeometryCount>{});
   })
+  TPNODE_CUDA_CHECK_LAUNCH();
+}
+
+void gemv_group(const GemvGroupParams& p, cudaStream_t stream) {
+  gemv_group(p, gemv_group_geometry(p), stream);
 }
 
 GemvGroupParams stacked_gemv_group(const DeviceMatrix* mats, int n, float* y, QuantActs xq) {

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cuda/gemv_mma.h"  // gemv_mma: the quantized path for m >= 2
 #include "kernels/cuda/quant_layout.h"
@@ -53,6 +54,22 @@ struct GemvGroupParams {
   QuantActs xq;            // x quantized, [cols]
 };
 void gemv_group(const GemvGroupParams& p, cudaStream_t stream);
+
+// How the batch-1 quantized GEMV lays rows over a CTA's four warps. gemv_group picks one per
+// shape (gemv_group_geometry); the others are compiled for Q4_K and Q6_K so that bench-gemv
+// can time them against the pick.
+struct GemvGeometry {
+  int rows_per_warp = 1;    // rows a warp (or a CTA's warps together) accumulates at once
+  int warps_per_row = 1;    // 1, or 4: a CTA's warps share its rows (long rows)
+  int items_per_lane = 2;   // work items a lane loads before computing any
+  int min_ctas_per_sm = 0;  // > 0 caps registers through __launch_bounds__
+  bool pipelined = false;   // a resident grid; each warp loads its next step before computing
+};
+GemvGeometry gemv_group_geometry(const GemvGroupParams& p);
+// Every geometry compiled for `type` (the pick's three for most types).
+std::vector<GemvGeometry> gemv_group_geometries(TensorType type);
+// Throws when `g` is not compiled for the group's type.
+void gemv_group(const GemvGroupParams& p, const GemvGeometry& g, cudaStream_t stream);
 // The group over mats[0..n) (one quantized type and width, n <= kMaxGemvGroup) whose outputs
 // follow each other from y: the rows of mats[0] first.
 GemvGroupParams stacked_gemv_group(const DeviceMatrix* mats, int n, float* y, QuantActs xq);

@@ -28,6 +28,13 @@ __device__ __forceinline__ int expand4(int b) {
   return ((b & 1) << 4) | ((b & 2) << 11) | ((b & 4) << 18) | ((b & 8) << 25);
 }
 
+// dp4a of four unsigned weight bytes (up to 255) with four signed activation bytes.
+__device__ __forceinline__ int dp4a_us(int w, int x, int acc) {
+  int d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(w), "r"(x), "r"(acc));
+  return d;
+}
+
 // The activation chunk(s) a work item needs, relative to the start of its block.
 struct ActView {
   const int8_t* q;   // xq of the block's first value
@@ -179,9 +186,10 @@ __device__ __forceinline__ KScales k_scales(const int4& h, int p) {
   // nibbles of bytes 8..11 plus the top two bits of bytes 0..3 / 4..7.
   const unsigned sc = p < 2 ? (s0 & 0x3F3F3F3Fu) : ((s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u));
   const unsigned mn = p < 2 ? (s1 & 0x3F3F3F3Fu) : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
-  const int sh = 16 * (p & 1);
-  return {static_cast<int>((sc >> sh) & 0xFF), static_cast<int>((sc >> (sh + 8)) & 0xFF),
-          static_cast<int>((mn >> sh) & 0xFF), static_cast<int>((mn >> (sh + 8)) & 0xFF)};
+  // Bytes 2(p & 1) and 2(p & 1) + 1, zero-extended: one byte permute each.
+  const unsigned sel = 0x4440u + 2u * static_cast<unsigned>(p & 1);
+  return {static_cast<int>(__byte_perm(sc, 0, sel)), static_cast<int>(__byte_perm(sc, 0, sel + 1)),
+          static_cast<int>(__byte_perm(mn, 0, sel)), static_cast<int>(__byte_perm(mn, 0, sel + 1))};
 }
 
 // ---- K-quants: 256-element blocks, four work items of 64 values each ------------------
@@ -199,27 +207,31 @@ struct Policy<TensorType::kQ4_K> {
     return {ld_i128(qb), ld_i128(qb + 16 + 32 * p), ld_i128(qb + 16 + 32 * p + 16)};
   }
   __device__ static float dot(const Raw& r, int p, ActView a) {
-    const int4 q0 = r.q0, q1 = r.q1;
     const int8_t* x0 = a.q + 64 * p;
     const int4 a00 = ld_i128(x0), a01 = ld_i128(x0 + 16);
     const int4 a10 = ld_i128(x0 + 32), a11 = ld_i128(x0 + 48);
+    // The high nibbles stay in place (16 times their value; unsigned bytes against signed
+    // activations) and the 1/16 moves into the float scale: one mask per word, no shift.
+    constexpr int kLo = 0x0F0F0F0F, kHi = static_cast<int>(0xF0F0F0F0u);
+    const int w[8] = {r.q0.x, r.q0.y, r.q0.z, r.q0.w, r.q1.x, r.q1.y, r.q1.z, r.q1.w};
+    const int x0w[8] = {a00.x, a00.y, a00.z, a00.w, a01.x, a01.y, a01.z, a01.w};
+    const int x1w[8] = {a10.x, a10.y, a10.z, a10.w, a11.x, a11.y, a11.z, a11.w};
     int s0 = 0, s1 = 0;
-    s0 = __dp4a(nib_lo(q0.x), a00.x, s0); s1 = __dp4a(nib_hi(q0.x), a10.x, s1);
-    s0 = __dp4a(nib_lo(q0.y), a00.y, s0); s1 = __dp4a(nib_hi(q0.y), a10.y, s1);
-    s0 = __dp4a(nib_lo(q0.z), a00.z, s0); s1 = __dp4a(nib_hi(q0.z), a10.z, s1);
-    s0 = __dp4a(nib_lo(q0.w), a00.w, s0); s1 = __dp4a(nib_hi(q0.w), a10.w, s1);
-    s0 = __dp4a(nib_lo(q1.x), a01.x, s0); s1 = __dp4a(nib_hi(q1.x), a11.x, s1);
-    s0 = __dp4a(nib_lo(q1.y), a01.y, s0); s1 = __dp4a(nib_hi(q1.y), a11.y, s1);
-    s0 = __dp4a(nib_lo(q1.z), a01.z, s0); s1 = __dp4a(nib_hi(q1.z), a11.z, s1);
-    s0 = __dp4a(nib_lo(q1.w), a01.w, s0); s1 = __dp4a(nib_hi(q1.w), a11.w, s1);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      s0 = __dp4a(w[i] & kLo, x0w[i], s0);
+      s1 = dp4a_us(w[i] & kHi, x1w[i], s1);
+    }
     // The 16-byte header: d, dmin, then the 6-bit scales and mins of the eight sub-blocks
-    // packed as in ggml.
+    // packed as in ggml. Integer products of scale and sum need one conversion each.
     const KScales ks = k_scales(r.h, p);
     const int c = 2 * p;
     const float2 xd = *reinterpret_cast<const float2*>(a.d + c);
     const float2 xs = *reinterpret_cast<const float2*>(a.s + c);
     const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&r.h.x));
-    return dm.x * (ks.sc0 * xd.x * s0 + ks.sc1 * xd.y * s1) - dm.y * (ks.m0 * xs.x + ks.m1 * xs.y);
+    const float v = static_cast<float>(ks.sc0 * s0) * xd.x +
+                    static_cast<float>(ks.sc1 * s1) * (xd.y * 0.0625f);
+    return dm.x * v - dm.y * (ks.m0 * xs.x + ks.m1 * xs.y);
   }
   __device__ static float dot_part(const uint8_t* qb, const uint8_t* sb, int p, ActView a) {
     return dot(load(qb, sb, p), p, a);
@@ -292,7 +304,12 @@ struct Policy<TensorType::kQ6_K> {
     const int n = p >> 1, j = p & 1;
     const int qla[4] = {r.la.x, r.la.y, r.la.z, r.la.w};
     const int qlb[4] = {r.lb.x, r.lb.y, r.lb.z, r.lb.w};
-    const int qh[4] = {r.hv.x, r.hv.y, r.hv.z, r.hv.w};
+    // The two high bits h of a value v = l + 16h, with bit 1 flipped, read as a signed 2-bit
+    // number are h - 2; placed in bits 6-7 of a byte above l in bits 2-5, the byte read as
+    // int8 is 4(v - 32). One dp4a per word and no offset arithmetic; the 4 goes to the scale.
+    int qhx[4] = {r.hv.x, r.hv.y, r.hv.z, r.hv.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) qhx[i] ^= static_cast<int>(0xAAAAAAAAu);
     // Scale of group g: byte 8n + j + 2g of the 16 scale bytes.
     const int sw[4] = {r.sc.x, r.sc.y, r.sc.z, r.sc.w};
     const int w0 = n ? sw[2] : sw[0], w1 = n ? sw[3] : sw[1];
@@ -304,17 +321,17 @@ struct Policy<TensorType::kQ6_K> {
       int s = 0;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int lo4 = (g & 2) ? nib_hi((g & 1) ? qlb[i] : qla[i])
-                                : nib_lo((g & 1) ? qlb[i] : qla[i]);
-        const int v = lo4 | (((qh[i] >> (2 * g)) & 0x03030303) << 4);
-        s = __dp4a(static_cast<int>(__vsub4(static_cast<unsigned>(v), 0x20202020u)), x[i], s);
+        const unsigned ql = static_cast<unsigned>((g & 1) ? qlb[i] : qla[i]);
+        const unsigned lo = (g & 2) ? (ql >> 2) : (ql << 2);  // l into bits 2-5
+        const unsigned hi = (static_cast<unsigned>(qhx[i]) << (6 - 2 * g)) & 0xC0C0C0C0u;
+        s = __dp4a(static_cast<int>((lo & 0x3C3C3C3Cu) | hi), x[i], s);
       }
       const int bi = j + 2 * g;  // 0..7 within the half's 8 bytes
       const int word = bi < 4 ? w0 : w1;
       const int sc = static_cast<int8_t>((word >> (8 * (bi & 3))) & 0xFF);
-      acc += sc * a.d[4 * n + g] * s;
+      acc += a.d[4 * n + g] * static_cast<float>(sc * s);
     }
-    return r.d * acc;
+    return 0.25f * r.d * acc;
   }
   __device__ static float dot_part(const uint8_t* qb, const uint8_t* sb, int p, ActView a) {
     return dot(load(qb, sb, p), p, a);

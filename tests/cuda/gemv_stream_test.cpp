@@ -11,12 +11,12 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/dequantize.h"
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/gemv_stream.h"
 #include "kernels/cuda/quant_layout.h"
 #include "node/model/tensor_type.h"
 #include "tests/cuda/cuda_test_support.h"
+#include "tests/cuda/gemv_reference.h"
 
 namespace tpnode::test {
 namespace {
@@ -89,19 +89,8 @@ class GemvStreamBase : public CudaVsCpu {
 
 class GemvStream : public GemvStreamBase, public ::testing::WithParamInterface<TensorType> {
  protected:
-  struct Matrix {
-    std::vector<uint8_t> gguf;  // GGUF rows, kept for the host reference
-    size_t stride = 0;
-    Weight gpu;
-  };
-
-  Matrix make_matrix(int64_t rows, int64_t cols, uint32_t seed) {
-    const TensorType type = GetParam();
-    Matrix m;
-    m.gguf = random_gguf_rows(type, rows, cols, seed);
-    m.stride = m.gguf.size() / rows;
-    m.gpu = cuda_->upload_weight(HostMatrix{type, m.gguf.data(), rows, cols, m.stride});
-    return m;
+  QuantMatrix make_matrix(int64_t rows, int64_t cols, uint32_t seed) {
+    return make_quant_matrix(*cuda_, GetParam(), rows, cols, seed);
   }
 
   // Checks y = x · Wᵀ for the group of matrices with `rows` rows and `cols` columns.
@@ -109,7 +98,7 @@ class GemvStream : public GemvStreamBase, public ::testing::WithParamInterface<T
     const TensorType type = GetParam();
     std::string what = fmt::format("{} cols={} rows=", kc::weight_type_label(type), cols);
     for (int64_t r : rows) what += fmt::format("{} ", r);
-    std::vector<Matrix> mats;
+    std::vector<QuantMatrix> mats;
     std::vector<Weight> ws;
     for (size_t i = 0; i < rows.size(); ++i) {
       mats.push_back(make_matrix(rows[i], cols, seed + 7 * static_cast<uint32_t>(i)));
@@ -123,38 +112,7 @@ class GemvStream : public GemvStreamBase, public ::testing::WithParamInterface<T
     const auto want = run_group(pg);
     EXPECT_LT(rel_l2(got, want), 1e-5) << what << ": against gemv_group";
 
-    // Double precision from the GPU's own 8-bit activations and the dequantized weights.
-    const int64_t chunks = cols / 32;
-    std::vector<int8_t> q(cols);
-    std::vector<float> d(chunks);
-    cuda_->copy_to_host(q.data(), xq_.q, cols);
-    cuda_->copy_to_host(d.data(), xq_.d, chunks * sizeof(float));
-    std::vector<float> ref(ps.total_rows), w(cols);
-    int bad = 0;
-    int64_t out = 0;
-    for (const Matrix& m : mats) {
-      for (int64_t r = 0; r < m.gpu.rows; ++r, ++out) {
-        cpu::dequantize_row(type, m.gguf.data() + r * m.stride, w.data(), cols);
-        double acc = 0.0, mag = 0.0;
-        for (int64_t c = 0; c < chunks; ++c) {
-          double s = 0.0, a = 0.0;
-          for (int64_t i = 32 * c; i < 32 * c + 32; ++i) {
-            const double v = static_cast<double>(w[i]) * q[i];
-            s += v;
-            a += std::fabs(v);
-          }
-          acc += s * d[c];
-          mag += a * std::fabs(d[c]);
-        }
-        ref[out] = static_cast<float>(acc);
-        const double err = std::fabs(got[out] - acc);
-        if (!(err <= 1e-4 * mag + 1e-12) && bad++ < 5) {
-          ADD_FAILURE() << what << fmt::format(": y[{}] = {} want {} (|w||x| = {})", out, got[out], acc, mag);
-        }
-      }
-    }
-    EXPECT_EQ(bad, 0) << what;
-    EXPECT_LT(nmse(got, ref), 1e-5) << what << ": against the double-precision reference";
+    expect_dequantized_product(*cuda_, mats, cols, xq_, got, what);
 
     const auto again = run_stream(ps);
     EXPECT_EQ(0, std::memcmp(got.data(), again.data(), got.size() * sizeof(float)))
@@ -186,7 +144,7 @@ TEST_P(GemvStream, Groups) {
 
 // Captured into a CUDA graph and replayed: the same bits as a direct launch.
 TEST_P(GemvStream, GraphReplay) {
-  const Matrix m = make_matrix(4096, 4096, 110);
+  const QuantMatrix m = make_matrix(4096, 4096, 110);
   set_x(4096, 111);
   const kc::GemvGroupParams p = group({m.gpu}, y_stream_);
   const auto direct = run_stream(p);

@@ -54,20 +54,20 @@ class LaunchTimer {
   cudaEvent_t start_ = nullptr, stop_ = nullptr;
 };
 
-// The row geometry gemv_group picks (kernels/cuda/gemv.cu): rows of more than 64 work items
-// are shared by a CTA's four warps; otherwise one warp per row, two when that still leaves
-// 8192 rows or more.
-kc::ReadRowsShape gemv_group_geometry(TensorType type, int64_t total_rows, int64_t cols) {
-  const kc::SplitLayout l = kc::split_layout(type);
-  const int64_t parts = l.block_size == 256 ? 4 : 1;  // work items per block
-  const int64_t items = cols / l.block_size * parts;
+// The read probes' geometry: the GEMV's pick for the group.
+kc::ReadRowsShape probe_geometry(const kc::GemvGroupParams& p) {
+  const kc::GemvGeometry g = kc::gemv_group_geometry(p);
   kc::ReadRowsShape s;
-  s.rows = total_rows;
-  if (items > 64) {
-    s.warps_per_row = 4;
-  } else if (total_rows >= 8192) {
-    s.rows_per_warp = 2;
-  }
+  s.rows = p.total_rows;
+  s.rows_per_warp = g.rows_per_warp;
+  s.warps_per_row = g.warps_per_row;
+  return s;
+}
+
+std::string geometry_label(const kc::GemvGeometry& g) {
+  std::string s = fmt::format("R={} W={} U={}", g.rows_per_warp, g.warps_per_row, g.items_per_lane);
+  if (g.min_ctas_per_sm > 0) s += fmt::format(" min {} CTAs/SM", g.min_ctas_per_sm);
+  if (g.pipelined) s += " pipelined";
   return s;
 }
 
@@ -222,13 +222,23 @@ class GemvBench {
     say(fmt::format("{}: timing", label));
     const int n = o_.launches;
 
-    const kc::ReadRowsShape geo = gemv_group_geometry(s.type, total_rows, s.cols);
-    const int64_t group_ctas = (total_rows + kc::read_rows_per_cta(geo) - 1) / kc::read_rows_per_cta(geo);
+    const kc::ReadRowsShape geo = probe_geometry(groups[0]);
+    const kc::GemvGeometry pick = kc::gemv_group_geometry(groups[0]);
     const std::string group_detail =
-        fmt::format("{} CTAs x {} rows, {} warp(s)/row", group_ctas, kc::read_rows_per_cta(geo),
-                    geo.warps_per_row);
-    add(report, {label, "gemv_group", group_detail, bytes,
-                 timer_.us_per_launch(copies, n, [&](int c) { kc::gemv_group(groups[c], stream_); })});
+        fmt::format("{} CTAs x {} rows, {} warp(s)/row",
+                    (total_rows + kc::read_rows_per_cta(geo) - 1) / kc::read_rows_per_cta(geo),
+                    kc::read_rows_per_cta(geo), geo.warps_per_row);
+    // The pick first, then every other compiled geometry.
+    std::vector<kc::GemvGeometry> geometries{pick};
+    for (const kc::GemvGeometry& g : kc::gemv_group_geometries(s.type)) {
+      if (geometry_label(g) != geometry_label(pick)) geometries.push_back(g);
+    }
+    for (size_t i = 0; i < geometries.size(); ++i) {
+      const kc::GemvGeometry g = geometries[i];
+      add(report, {label, i == 0 ? "gemv_group" : "gemv_group " + geometry_label(g),
+                   i == 0 ? geometry_label(g) + ", " + group_detail : "", bytes,
+                   timer_.us_per_launch(copies, n, [&](int c) { kc::gemv_group(groups[c], g, stream_); })});
+    }
     if (stream_ok_ && kc::gemv_stream_supports(groups[0])) {
       add(report, {label, "gemv_stream", fmt::format("{} CTAs (persistent)", sms_), bytes,
                    timer_.us_per_launch(copies, n, [&](int c) { kc::gemv_stream(groups[c], stream_); })});
