@@ -76,11 +76,10 @@ constexpr int kDecodeWarps = 4;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
 constexpr int kDecodeStages = 3;
 constexpr int kDecodeChunksPerStage = 4;  // 16-byte K chunks (and as many of V) per lane
-// Capacities of up to this many ring stages run whole (the prologue has every key in flight);
-// longer ones split into pieces of whole stages, down to one: one stage of arithmetic per CTA
-// is the shortest path, and the merge costs a few L2 round trips (partials out, a fence, the
-// ticket, partials in), about what two stages of arithmetic cost.
-constexpr int kDecodeWholeStages = kDecodeStages - 1;
+// A key split holds at least this many ring stages, and capacities up to it run whole: the
+// merge of splits is a chain of L2 round trips (partials out, a fence, the ticket, partials
+// in) that costs more than several stages of arithmetic, whose loads the ring overlaps.
+constexpr int kDecodeMinSplitStages = 8;
 // Passes of the CTA over the rows it stages (q of its heads, the new K and V; 8 elements per
 // thread and pass): enough for every supported shape (decode_attention checks).
 constexpr int kDecodeStagePasses = 3;
@@ -846,13 +845,13 @@ DecodeSplit plan_decode_split(const DecodeShape& s) {
       decode_stage_keys(static_cast<int>(s.head_dim), decode_chunks_per_lane(heads));
   const int64_t ctas = s.n * s.n_head_kv * ceil_div(group, heads);
   // Split the key axis while the unsplit grid would leave SMs idle: about two CTAs per SM,
-  // each split whole ring stages (at least one).
+  // each split whole ring stages (at least kDecodeMinSplitStages).
   const int64_t target = 2 * static_cast<int64_t>(std::max(s.n_sms, 1));
-  if (ctas >= target || ctas > kDecodeMaxCounters || max_keys <= kDecodeWholeStages * stage) {
-    return r;
-  }
+  const int64_t min_len = kDecodeMinSplitStages * stage;
+  if (ctas >= target || ctas > kDecodeMaxCounters || max_keys <= min_len) return r;
+  const int cap = s.max_splits > 0 ? std::min(s.max_splits, kDecodeMaxSplits) : kDecodeMaxSplits;
   int64_t splits = std::min<int64_t>(
-      {ceil_div(target, ctas), ceil_div(max_keys, stage), static_cast<int64_t>(kDecodeMaxSplits)});
+      {ceil_div(target, ctas), ceil_div(max_keys, min_len), static_cast<int64_t>(cap)});
   const int64_t len = ceil_div(ceil_div(max_keys, splits), stage) * stage;
   splits = ceil_div(max_keys, len);
   if (splits <= 1) return r;

@@ -103,6 +103,7 @@ struct DecodeShape {
   int64_t head_dim = 0;
   int64_t max_keys = 0;  // max_blocks * block_size
   int n_sms = 1;
+  int max_splits = 0;    // cap on the key splits (0: the planner's own)
 };
 struct DecodeSplit {
   int n_splits = 1;

@@ -354,9 +354,21 @@ void launch_geometry_index(const GemvGroupParams& p, int index, cudaStream_t str
   ((index == I ? launch_geometry<T, I>(p, stream) : void()), ...);
 }
 
+// Streams weights: no L1 allocation, so that x stays there.
+__device__ __forceinline__ int4 ld_stream(const int4* p) {
+  int4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.s32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// One warp per row; each lane loads U 16-byte weight items before using any, so that a warp
+// keeps U * 512 bytes in flight (one item per lane left the HBM pipe mostly idle).
 template <TensorType T, int NC>
 __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv_float_kernel(GemvParams p) {
   constexpr int E = FloatElem<T>::kPer16B;
+  constexpr int U = NC <= 2 ? 4 : 2;
   const int lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerCta + threadIdx.x / 32;
   if (row >= p.w.rows) return;
@@ -366,18 +378,29 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv_float_kernel(GemvParam
 #pragma unroll
   for (int c = 0; c < NC; ++c) acc[c] = 0.0f;
   const int64_t items = k / E;
-  for (int64_t it = lane; it < items; it += 32) {
-    float w[E];
-    unpack16<T>(wrow[it], w);
+  for (int64_t base = lane; base < items; base += 32 * U) {
+    int4 raw[U];
 #pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      if (c < p.m) {
-        const float4* x = reinterpret_cast<const float4*>(p.x + c * k + it * E);
+    for (int u = 0; u < U; ++u) {
+      const int64_t it = base + 32 * u;
+      raw[u] = it < items ? ld_stream(wrow + it) : make_int4(0, 0, 0, 0);
+    }
 #pragma unroll
-        for (int v = 0; v < E / 4; ++v) {
-          const float4 xv = x[v];
-          acc[c] += w[4 * v] * xv.x + w[4 * v + 1] * xv.y + w[4 * v + 2] * xv.z +
-                    w[4 * v + 3] * xv.w;
+    for (int u = 0; u < U; ++u) {
+      const int64_t it = base + 32 * u;
+      if (it >= items) break;
+      float w[E];
+      unpack16<T>(raw[u], w);
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        if (c < p.m) {
+          const float4* x = reinterpret_cast<const float4*>(p.x + c * k + it * E);
+#pragma unroll
+          for (int v = 0; v < E / 4; ++v) {
+            const float4 xv = x[v];
+            acc[c] += w[4 * v] * xv.x + w[4 * v + 1] * xv.y + w[4 * v + 2] * xv.z +
+                      w[4 * v + 3] * xv.w;
+          }
         }
       }
     }

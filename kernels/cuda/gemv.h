@@ -14,6 +14,9 @@
 namespace tpnode::cuda {
 
 inline constexpr int64_t kGemvMaxBatch = 16;
+// Float W: the GEMV beats a cuBLASLt GEMM only for the smallest batches (it re-reads x from
+// L1 once per column and weight item).
+inline constexpr int64_t kFloatGemvBestBatch = 2;
 
 // x quantized in chunks of 32: q [m][k] int8, d and s [m][k/32] (s = d * sum(q)).
 struct QuantActs {

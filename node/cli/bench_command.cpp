@@ -52,6 +52,7 @@ struct BenchOptions {
   int quant_gemv_max_batch = 16;      // CUDA: largest quantized matmul batch on int8 GEMVs
   int dq_gemm_max_batch = 128;        // CUDA: largest one on the dequantizing GEMM (0: off)
   bool gemv_stream = false;           // CUDA: batch-1 GEMVs stream weights through shared memory
+  int decode_max_splits = 0;          // CUDA: cap on decode attention's key splits (0: planner)
 };
 
 using Clock = std::chrono::steady_clock;
@@ -196,6 +197,7 @@ int run_bench(const BenchOptions& o) {
     co.quant_gemv_max_batch = o.quant_gemv_max_batch;
     co.dq_gemm_max_batch = o.dq_gemm_max_batch;
     co.gemv_stream = o.gemv_stream;
+    co.decode_max_splits = o.decode_max_splits;
     backend = make_cuda_backend(co);
     status.show("measuring device copy bandwidth and BF16 GEMM rate");
     roof.copy_bw = cuda_measure_copy_bandwidth(*backend, uint64_t{2} << 30);
@@ -390,6 +392,9 @@ const RegisterCommand kRegister{Command{
       sub.add_flag("--gemv-stream", o->gemv_stream,
                    "batch-1 GEMVs stream the weights through shared memory (TMA bulk copies) "
                    "instead of loading them into registers");
+      sub.add_option("--decode-max-splits", o->decode_max_splits,
+                     "cap on decode attention's key splits (0: as many as fill the GPU)")
+          ->check(CLI::Range(0, 128));
       sub.add_flag("!--no-graphs", o->graphs, "run decode steps op by op instead of CUDA graphs");
       sub.add_flag("--greedy-tokens", o->greedy_tokens,
                    "decode steps return argmax tokens instead of logits (device or distributed argmax)");

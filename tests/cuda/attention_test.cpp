@@ -598,16 +598,22 @@ TEST(DecodeSplitPlan, CoversCapacityAndSplitsOnlySmallGrids) {
     return kc::plan_decode_split(
         {.n = n, .n_head = nh, .n_head_kv = nkv, .head_dim = hd, .max_keys = keys, .n_sms = 132});
   };
-  // Llama-3-8B on an H200: batch 1 splits into one ring stage (32 keys) per CTA, batch 64
-  // (512 CTAs) does not split.
-  const kc::DecodeSplit b1 = plan(1, 32, 8, 128, 256);
+  // Llama-3-8B on an H200: batch 1 splits into pieces of at least eight ring stages (256
+  // keys), batch 64 (512 CTAs) does not split.
+  const kc::DecodeSplit b1 = plan(1, 32, 8, 128, 2048);
   EXPECT_EQ(b1.n_splits, 8);
-  EXPECT_EQ(b1.split_len, 32);
+  EXPECT_EQ(b1.split_len, 256);
   EXPECT_EQ(b1.part_lse_floats, 1 * 32 * 8);
   EXPECT_EQ(b1.part_out_floats, 1 * 32 * 8 * 128);
-  // The benchmark's 128-token context (9 blocks of capacity).
-  EXPECT_EQ(plan(1, 32, 8, 128, 144).n_splits, 5);
-  EXPECT_EQ(plan(1, 32, 8, 128, 144).split_len, 32);
+  EXPECT_EQ(plan(1, 32, 8, 128, 2049).n_splits, 9);
+  // The benchmark's 128-token context (9 blocks of capacity) and up to 256 keys run whole.
+  EXPECT_EQ(plan(1, 32, 8, 128, 144).n_splits, 1);
+  EXPECT_EQ(plan(1, 32, 8, 128, 256).n_splits, 1);
+  // A cap from the options.
+  EXPECT_EQ(kc::plan_decode_split({.n = 1, .n_head = 32, .n_head_kv = 8, .head_dim = 128,
+                                   .max_keys = 32768, .n_sms = 132, .max_splits = 4})
+                .n_splits,
+            4);
   const kc::DecodeSplit b64 = plan(64, 32, 8, 128, 256);
   EXPECT_EQ(b64.n_splits, 1);
   EXPECT_EQ(b64.split_len, 256);

@@ -533,7 +533,7 @@ kc::QuantActs CudaBackend::quantized(const float* x, int64_t m, int64_t k) {
 
 void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
   const kc::DeviceMatrix dm = view(w);
-  const int64_t gemv_max = kc::is_quantized(w.type) ? quant_gemv_max_ : kc::kGemvMaxBatch;
+  const int64_t gemv_max = kc::is_quantized(w.type) ? quant_gemv_max_ : kc::kFloatGemvBestBatch;
   if (m == 1 && kc::is_quantized(w.type)) {
     const MatmulOut one{&w, y};
     gemv1(std::span<const MatmulOut>(&one, 1), x);
@@ -726,7 +726,8 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
          .n_head_kv = p.n_head_kv,
          .head_dim = p.head_dim,
          .max_keys = static_cast<int64_t>(step_.max_blocks) * kv_shape_.block_size,
-         .n_sms = prop_.multiProcessorCount});
+         .n_sms = prop_.multiProcessorCount,
+         .max_splits = opt_.decode_max_splits});
     d.n_splits = split.n_splits;
     d.split_len = split.split_len;
     if (split.n_splits > 1) {

@@ -38,6 +38,8 @@ struct CudaBackendOptions {
   // capability >= 9.0) instead of loading them into registers (gemv_group). Off by default:
   // it is no faster on an H200 (docs/BENCHMARKS.md).
   bool gemv_stream = false;
+  // Most key splits of decode attention (0: as many as fill the GPU, up to the kernel's cap).
+  int decode_max_splits = 0;
 };
 
 // Number of usable CUDA devices; 0 when there is no driver or no GPU (never throws).
