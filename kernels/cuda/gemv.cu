@@ -1,6 +1,7 @@
 #include "kernels/cuda/gemv.h"
 
 #include <algorithm>
+#include <atomic>
 #include <utility>
 
 #include "kernels/cuda/cuda_check.h"
@@ -281,16 +282,20 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(Gemv
   }
 }
 
-// Resident CTAs of a kernel on this device (cached per kernel: one device per process).
+// Resident CTAs of a kernel on the current device, asked once per kernel and device.
 template <typename K>
 int resident_ctas(K kernel) {
-  static const int n = [&] {
-    int dev = 0, sms = 0, per_sm = 0;
-    TPNODE_CUDA_CHECK(cudaGetDevice(&dev));
-    TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    TPNODE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarpsPerCta * 32, 0));
-    return sms * std::max(per_sm, 1);
-  }();
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices] = {};
+  int dev = 0;
+  TPNODE_CUDA_CHECK(cudaGetDevice(&dev));
+  std::atomic<int>* slot = dev < kMaxDevices ? &cache[dev] : nullptr;
+  if (slot != nullptr && slot->load(std::memory_order_relaxed) > 0) return slot->load(std::memory_order_relaxed);
+  int sms = 0, per_sm = 0;
+  TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  TPNODE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarpsPerCta * 32, 0));
+  const int n = sms * std::max(per_sm, 1);
+  if (slot != nullptr) slot->store(n, std::memory_order_relaxed);
   return n;
 }
 
