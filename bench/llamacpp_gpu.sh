@@ -4,19 +4,31 @@
 # that `tpnode bench --shape llama3-8b --type q4_k_m` synthesises (Q4_K matrices and
 # token_embd, Q6_K ffn_down and output, F32 ones for norms; Llama 3.1 rope_freqs), so both
 # engines read the same bytes per token. The GGUF is written on the GPU machine (~5 GB) with
-# gguf-py and numpy; the lead runs `tpnode bench -m <that file>` in the same call.
+# gguf-py and numpy. Given a tpnode binary, `run` also runs `tpnode bench -m <that file>` at the
+# same points right after llama.cpp (one GPU; with NGPU >= 2, `mpirun -np NGPU` tensor parallel
+# after llama.cpp's multi-GPU runs) and prints both side by side with the ratio
+# (bench/peer_table.py).
 #
 # Here (CPU machine):
 #   bench/llamacpp_gpu.sh pack [CUDA_BUILD]   -> .device/llama (llama-tools.xz, lib-fallback.tar.xz,
 #                                             gguf-py; ~25 MB)
-#   bench/llamacpp_gpu.sh check [TPNODE]      small GGUF through the CPU llama-bench and tpnode
+#   bench/llamacpp_gpu.sh check [TPNODE]      small GGUF through the CPU llama-bench and tpnode,
+#                                             and the comparison table of the two
 # There (GPU machine, no network; carry .device/llama):
-#   bench/llamacpp_gpu.sh run OUTDIR [NGPU]   GGUF + benchmarks; OUTDIR gets llama_summary.md
-#                                             and llama_results.tgz (raw outputs)
+#   bench/llamacpp_gpu.sh run OUTDIR [NGPU [TPNODE]]   GGUF + benchmarks; OUTDIR gets
+#                                             llama_summary.md, llama_results.tgz (raw outputs)
+#                                             and, with a tpnode binary, tpnode_vs_llama.md
 #   bench/llamacpp_gpu.sh gguf FILE [key=value...]   the GGUF alone (layers=, vocab=, embd=, ...)
+# Anywhere:
+#   bench/llamacpp_gpu.sh table RAW               the comparison again from saved raw outputs
+#                                             (a directory or llama_results.tgz)
 # Settings (environment, for this script only): LLAMA_DIR (default .device/llama),
 # LLAMA_WORK (default /tmp/tpnode-llama: unpacked binary, GGUF, raw results),
-# LLAMA_GGUF (default $LLAMA_WORK/llama3-8b-q4_k_m-random.gguf).
+# LLAMA_GGUF (default $LLAMA_WORK/llama3-8b-q4_k_m-random.gguf),
+# TPNODE_BIN (the tpnode binary when none is given as an argument; none: llama.cpp alone),
+# TPNODE_MPIRUN (default "mpirun --allow-run-as-root --bind-to none"; -np NGPU is added),
+# TPNODE_BENCH_ARGS (extra `tpnode bench` arguments), TPNODE_TIMEOUT (seconds per tpnode
+# run, default 300).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LLAMA="${LLAMA_DIR:-$ROOT/.device/llama}"
@@ -26,6 +38,9 @@ LLAMA_SRC="${LLAMA_SRC:-/work/llama/src}"
 TOOLS="$WORK/bin/llama-tools"   # llama-bench + llama-batched-bench (see pack)
 LLAMA_BENCH=("$TOOLS" bench)
 LLAMA_BATCHED_BENCH=("$TOOLS" batched-bench)
+TPNODE_BACKEND=cuda
+TPNODE_REPS=3
+PEER_TABLE="$ROOT/bench/peer_table.py"
 
 # Prompt lengths, generation length, decode batch sizes: the same points as `tpnode bench`.
 PP="512,2048"
@@ -202,36 +217,14 @@ PY
 # Markdown summary from llama-bench JSON files (llama_bench_<label>.json) and
 # llama-batched-bench logs (batched_<label>.log).
 summarise() {
-  python3 - "$@" <<'PY'
-import json
-import os
-import re
-import sys
+  python3 "$PEER_TABLE" summary "$@"
+}
 
-print("\n## llama.cpp summary (tokens/s; llama-bench: mean ± sd of 3 runs)\n")
-print("| tool | run | test | tok/s |")
-print("| --- | --- | --- | --- |")
-for path in sys.argv[1:]:
-    label = re.sub(r"^(llama_bench|batched)_|\.(json|log)$", "", os.path.basename(path))
-    text = open(path).read() if os.path.exists(path) else ""
-    if path.endswith(".json"):
-        start, end = text.find("[\n"), text.rfind("]")
-        rows = json.loads(text[start:end + 1]) if 0 <= start < end else []
-        if not rows:
-            print(f"| llama-bench | {label} | no results | |")
-        for r in rows:
-            test = f"pp{r['n_prompt']}" if r["n_gen"] == 0 else f"tg{r['n_gen']}"
-            print(f"| llama-bench | {label} | {test} | {r['avg_ts']:.1f} ± {r['stddev_ts']:.1f} |")
-    else:
-        rows = re.findall(r"^\|\s*(\d+) \|\s*(\d+) \|\s*(\d+) \|\s*\d+ \|\s*[\d.]+ \|\s*([\d.]+)"
-                          r" \|\s*[\d.]+ \|\s*([\d.]+) \|", text, re.M)
-        if not rows:
-            print(f"| llama-batched-bench | {label} | no results | |")
-        for pp, tg, b, s_pp, s_tg in rows:
-            print(f"| llama-batched-bench | {label} | decode batch {b} (tg{tg} after pp{pp}) | {s_tg} |")
-        for pp, tg, b, s_pp, s_tg in rows:
-            print(f"| llama-batched-bench | {label} | prefill {b} x pp{pp} | {s_pp} |")
-PY
+# The comparison table from the raw outputs in DIR (tpnode_<label>.log next to llama.cpp's),
+# at this script's points.
+compare() {
+  local dir="$1"; shift
+  python3 "$PEER_TABLE" compare "$dir" --prefill "$PP" --batches "$NPL" --tg "$TG" "$@"
 }
 
 # One llama-bench run: NAME, then extra arguments. Failures are reported, not fatal.
@@ -265,11 +258,40 @@ batched_one() {
   RESULTS+=("$RAW/batched_$name.log")
 }
 
-# OUTDIR gets two files (the device call returns at most 8): llama_summary.md and
-# llama_results.tgz (llama-bench markdown and JSON, llama-batched-bench logs).
+# One `tpnode bench` on the GGUF llama.cpp read, at the same points: prefill lengths PP,
+# decode batches NPL after BB_PP tokens of context, BB_TG timed steps (llama-batched-bench's
+# -npp and -ntg). NAME, then the launcher words (none, or mpirun ... -np N). The output goes to
+# $RAW/tpnode_NAME.log; failures are reported, not fatal (the table shows "-").
+tpnode_one() {
+  local name="$1"; shift
+  local log="$RAW/tpnode_$name.log" t0=$SECONDS extra=()
+  read -ra extra <<< "${TPNODE_BENCH_ARGS:-}"
+  local cmd=("$@" "$TPNODE" bench -m "$GGUF" --backend "$TPNODE_BACKEND" --batches "$NPL"
+             --prefill "$PP" --context "$BB_PP" --decode-steps "$BB_TG" --reps "$TPNODE_REPS"
+             --greedy-tokens "${extra[@]}")
+  echo "== tpnode $name: ${cmd[*]}"
+  echo "# command: ${cmd[*]}" > "$log"
+  if timeout "${TPNODE_TIMEOUT:-300}" "${cmd[@]}" >> "$log" 2>&1; then
+    sed -n -e '/^device:/p' -e '/^rooflines:/p' -e '/^model:/p' -e '/^phase /,$p' "$log"
+    echo "   ($((SECONDS - t0)) s)"
+  else
+    echo "   FAILED (rc $?)"
+    tail -5 "$log"
+  fi
+}
+
+# OUTDIR gets at most three files (the device call returns at most 8): llama_summary.md,
+# llama_results.tgz (llama-bench markdown and JSON, llama-batched-bench logs, tpnode bench
+# logs) and, with a tpnode binary, tpnode_vs_llama.md (the comparison table).
 run() {
-  OUTDIR="${1:?usage: run OUTDIR [NGPU]}"
+  OUTDIR="${1:?usage: run OUTDIR [NGPU [TPNODE]]}"
   local ngpu="${2:-1}"
+  TPNODE="${3:-${TPNODE_BIN:-}}"
+  local mpirun=()
+  read -ra mpirun <<< "${TPNODE_MPIRUN:-mpirun --allow-run-as-root --bind-to none}"
+  if [[ -n "$TPNODE" && ! -x "$TPNODE" ]]; then
+    echo "tpnode binary $TPNODE is not executable: its column will be empty"
+  fi
   RAW="$WORK/results"
   rm -rf "$RAW"
   mkdir -p "$OUTDIR" "$RAW"
@@ -291,19 +313,34 @@ run() {
     echo "   GGUF: $((SECONDS - t0)) s"
   fi
   RESULTS=()
-  CUDA_VISIBLE_DEVICES=0 bench_one 1gpu
-  CUDA_VISIBLE_DEVICES=0 batched_one 1gpu
+  # The GPUs to use: the first NGPU of the caller's CUDA_VISIBLE_DEVICES (so that a caller can
+  # keep this run off a GPU that is busy with something else), else 0..NGPU-1.
+  local gpus=()
+  IFS=, read -ra gpus <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((ngpu - 1)))}"
+  if ((${#gpus[@]} < ngpu)); then
+    echo "NGPU $ngpu but only ${#gpus[@]} visible GPU(s): ${gpus[*]}" >&2
+    exit 2
+  fi
+  local gpu0="${gpus[0]}"
+  CUDA_VISIBLE_DEVICES="$gpu0" bench_one 1gpu
+  CUDA_VISIBLE_DEVICES="$gpu0" batched_one 1gpu
+  [[ -z "$TPNODE" ]] || CUDA_VISIBLE_DEVICES="$gpu0" tpnode_one 1gpu
   if ((ngpu >= 2)); then
     local devs
-    devs="$(seq -s, 0 $((ngpu - 1)))"
+    devs="$(IFS=,; echo "${gpus[*]:0:ngpu}")"
     CUDA_VISIBLE_DEVICES="$devs" bench_one "${ngpu}gpu_layer" -sm layer
     CUDA_VISIBLE_DEVICES="$devs" bench_one "${ngpu}gpu_row" -sm row
     # llama.cpp's tensor-parallel mode (all-reduce through NCCL): the closest to tpnode's TP.
     CUDA_VISIBLE_DEVICES="$devs" bench_one "${ngpu}gpu_tensor" -sm tensor
     CUDA_VISIBLE_DEVICES="$devs" batched_one "${ngpu}gpu_tensor" -sm tensor
+    CUDA_VISIBLE_DEVICES="$devs" batched_one "${ngpu}gpu_layer" -sm layer
+    # Each rank takes the GPU of its local rank.
+    [[ -z "$TPNODE" ]] ||
+      CUDA_VISIBLE_DEVICES="$devs" tpnode_one "${ngpu}gpu_tp" "${mpirun[@]}" -np "$ngpu"
   fi
   tar czf "$OUTDIR/llama_results.tgz" -C "$RAW" .
   summarise "${RESULTS[@]}" | tee "$OUTDIR/llama_summary.md"
+  [[ -z "$TPNODE" ]] || compare "$RAW" | tee "$OUTDIR/tpnode_vs_llama.md"
   echo
   echo "llama.cpp stage: $((SECONDS - t_all)) s"
   echo "GGUF for tpnode bench -m: $GGUF"
@@ -442,15 +479,16 @@ C
 
 # Here: a 2-layer, small-vocabulary GGUF of the same tensor types through the CPU build of
 # llama.cpp (the same llama-bench / llama-batched-bench steps and summary as `run`, shrunk)
-# and through tpnode (inspect, bench on the CPU backend).
+# and through tpnode (inspect, bench on the CPU backend), then the comparison table.
 check() {
-  local tpnode="${1:-$ROOT/build-lcp/tpnode}"
+  TPNODE="${1:-${TPNODE_BIN:-$ROOT/build-peer/tpnode}}"
   local cpu_bin="${LLAMA_CPU_BIN:-/work/llama/build-cpu/bin}"
   LLAMA_BENCH=("$cpu_bin/llama-bench")
   LLAMA_BATCHED_BENCH=("$cpu_bin/llama-batched-bench")
   GGUF="$WORK/check-2l.gguf"
   RAW="$WORK/check-results"
-  PP=32 TG=4 NPL=1,2 BB_PP=16 BB_TG=4
+  PP=32 TG=4 NPL=1,2 BB_PP=16 BB_TG=4 TPNODE_BACKEND=cpu TPNODE_REPS=1
+  rm -rf "$RAW"
   mkdir -p "$RAW"
   local t0=$SECONDS
   make_gguf "$GGUF" layers=2 vocab=8192
@@ -459,9 +497,25 @@ check() {
   bench_one cpu -t 2
   batched_one cpu -t 2
   summarise "${RESULTS[@]}"
-  "$tpnode" inspect "$GGUF"
-  "$tpnode" bench -m "$GGUF" --backend cpu --batches 1,4 --prefill 64 --context 16 \
-    --decode-steps 4 --reps 1 2>/dev/null
+  "$TPNODE" inspect "$GGUF"
+  tpnode_one cpu
+  compare "$RAW" --single cpu
+}
+
+# The comparison table from saved raw outputs (a directory or llama_results.tgz), at run's
+# points.
+table() {
+  local raw="${1:?usage: table RAW_DIR|llama_results.tgz}"
+  if [[ -d "$raw" ]]; then
+    compare "$raw"
+    return
+  fi
+  [[ -f "$raw" ]] || { echo "table: no directory or file $raw" >&2; return 2; }
+  local tmp
+  tmp="$(mktemp -d)"
+  tar -C "$tmp" -xzf "$raw"
+  compare "$tmp"
+  rm -rf "$tmp"
 }
 
 case "${1:-}" in
@@ -469,6 +523,8 @@ case "${1:-}" in
   check) shift; check "$@" ;;
   gguf) shift; make_gguf "$@" ;;
   run) shift; run "$@" ;;
-  *) echo "usage: $0 pack [CUDA_BUILD] | check [TPNODE] | gguf FILE [k=v...] | run OUTDIR [NGPU]" >&2
+  table) shift; table "$@" ;;
+  *) echo "usage: $0 pack [CUDA_BUILD] | check [TPNODE] | gguf FILE [k=v...] |" \
+       "run OUTDIR [NGPU [TPNODE]] | table RAW" >&2
      exit 2 ;;
 esac
