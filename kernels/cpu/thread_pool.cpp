@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "node/common/error.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -63,6 +65,7 @@ class Parker {
     { std::lock_guard<std::mutex> lock(mutex_); }
     cv_.notify_all();
   }
+  int sleepers() const { return sleepers_.load(std::memory_order_relaxed); }
 
  private:
   std::mutex mutex_;
@@ -144,8 +147,12 @@ struct ThreadPool::Impl {
     for (;;) {
       const auto ready = [&] { return epoch.load(std::memory_order_seq_cst) != seen; };
       if (!spin_until(ready)) work_parker.wait(ready);
-      if (stop.load(std::memory_order_acquire)) return;
+      // Take the epoch before looking at `stop`: the destructor sets stop before it bumps the
+      // epoch, so a worker that read the bumped epoch also sees stop. Checked the other way
+      // round, the destructor could slip in between the two loads; the worker then took the
+      // stop epoch for a job, waited for a later epoch that never came, and the join hung.
       seen = epoch.load(std::memory_order_acquire);
+      if (stop.load(std::memory_order_acquire)) return;
       run_chunks(seen);
     }
   }
@@ -166,6 +173,17 @@ ThreadPool::~ThreadPool() {
 }
 
 int ThreadPool::size() const { return impl_->n_threads; }
+
+std::string ThreadPool::describe() const {
+  const Impl& s = *impl_;
+  const uint64_t c = s.claim.load(std::memory_order_seq_cst);
+  return fmt::format(
+      "threads={} epoch={} claim=(job {}, chunks {}, next {}) done={} workers asleep={} "
+      "caller asleep={} stop={}",
+      s.n_threads, s.epoch.load(std::memory_order_seq_cst), c >> 32, (c >> 16) & 0xFFFFu,
+      c & 0xFFFFu, s.done.load(std::memory_order_seq_cst), s.work_parker.sleepers(),
+      s.done_parker.sleepers(), s.stop.load(std::memory_order_seq_cst));
+}
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn,
                               int64_t grain) {

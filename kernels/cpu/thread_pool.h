@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 
 namespace tpnode::cpu {
 
@@ -21,6 +22,10 @@ class ThreadPool {
   // fn(begin, end) over disjoint chunks covering [0, n); `grain` is the smallest chunk.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn,
                     int64_t grain = 1);
+
+  // The job protocol's state in one line (epoch, claim word, done count, sleepers), for a
+  // watchdog to print when a parallel_for seems stuck.
+  std::string describe() const;
 
  private:
   struct Impl;
