@@ -9,6 +9,7 @@
 #include <atomic>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_query.h"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
@@ -672,26 +673,7 @@ TokenTiling token_tiling(int64_t m) {
   return {tiles, (n8 + tiles - 1) / tiles};
 }
 
-constexpr int kMaxDevices = 64;
-std::array<std::atomic<int>, kMaxDevices> g_sms{};           // 0 = not queried
-std::array<std::atomic<bool>, kMaxDevices> g_initialized{};  // shared-memory limits raised
-
-int current_device() {
-  int dev = 0;
-  TPNODE_CUDA_CHECK(cudaGetDevice(&dev));
-  TPNODE_CHECK(dev >= 0 && dev < kMaxDevices, "gemm_dq: device {} beyond {}", dev, kMaxDevices);
-  return dev;
-}
-
-int device_sms() {
-  const int dev = current_device();
-  int sms = g_sms[dev].load(std::memory_order_relaxed);
-  if (sms == 0) {
-    TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    g_sms[dev].store(sms, std::memory_order_relaxed);
-  }
-  return sms;
-}
+std::array<std::atomic<bool>, kMaxCachedDevices> g_initialized{};  // shared-memory limits raised
 
 int64_t tile_floats(int nb) { return static_cast<int64_t>(kTileRows) * nb * 8; }
 
@@ -707,7 +689,7 @@ bool workspace_fits(const GemmDqParams& p, int splits) {
 GemmDqWorkspaceSize gemm_dq_workspace_size() {
   // The default plan splits only while tiles * splits <= SMs, and a tile has at most
   // 128 x 64 floats.
-  const int sms = device_sms();
+  const int sms = current_device_sms("gemm_dq");
   return {static_cast<int64_t>(sms) * tile_floats(kMaxNB), sms};
 }
 
@@ -727,7 +709,8 @@ GemmDqPlan gemm_dq_plan(const GemmDqParams& p) {
   // One resident CTA per SM; each split keeps at least two stages for the pipeline to overlap,
   // and the CTA that adds the partial sums reads less than 128 KB of them.
   int64_t s = std::min<int64_t>(
-      {kGemmDqMaxSplits, device_sms() / tiles, n_stages / 2, std::max(1, 32 / tk.nb)});
+      {kGemmDqMaxSplits, current_device_sms("gemm_dq") / tiles, n_stages / 2,
+       std::max(1, 32 / tk.nb)});
   s = std::max<int64_t>(s, 1);
   while (s > 1 && !workspace_fits(p, static_cast<int>(s))) --s;
   plan.k_splits = static_cast<int>(s);
@@ -735,7 +718,7 @@ GemmDqPlan gemm_dq_plan(const GemmDqParams& p) {
 }
 
 void gemm_dq_init() {
-  const int dev = current_device();
+  const int dev = current_device("gemm_dq");
   for (TensorType type : kTypes) {
     TPNODE_DISPATCH_QUANT_TYPE(type, T, {
       for (int nb = 1; nb <= kMaxNB; ++nb) {
@@ -772,7 +755,7 @@ void gemm_dq(const GemmDqParams& p, const GemmDqPlan& plan, cudaStream_t stream)
   TPNODE_CHECK(plan.k_splits == 1 || workspace_fits(p, plan.k_splits),
                "gemm_dq: the workspace is too small for {} k splits", plan.k_splits);
 
-  const int dev = current_device();
+  const int dev = current_device("gemm_dq");
   if (!g_initialized[dev].load(std::memory_order_acquire)) {
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
     TPNODE_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));

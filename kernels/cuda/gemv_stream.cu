@@ -27,6 +27,7 @@
 #include <atomic>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_query.h"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/gemv_rows.cuh"
 #include "kernels/cuda/pdl.cuh"
@@ -548,27 +549,18 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_kernel(const __grid_c
 }
 
 // ---- host side ----------------------------------------------------------------------------
-constexpr int kMaxDevices = 64;
-
 struct DeviceLimits {
   int sms = 0;
   int smem_optin = 0;
   int major = 0;
 };
 
-std::array<std::atomic<bool>, kMaxDevices> g_initialized{};
-
-int current_device() {
-  int dev = 0;
-  TPNODE_CUDA_CHECK(cudaGetDevice(&dev));
-  TPNODE_CHECK(dev >= 0 && dev < kMaxDevices, "gemv_stream: device {} beyond {}", dev, kMaxDevices);
-  return dev;
-}
+std::array<std::atomic<bool>, kMaxCachedDevices> g_initialized{};
 
 DeviceLimits device_limits() {
-  const int dev = current_device();
+  const int dev = current_device("gemv_stream");
   DeviceLimits d;
-  TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
+  d.sms = current_device_sms("gemv_stream");
   TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev));
   return d;
@@ -694,7 +686,7 @@ constexpr TensorType kTypes[] = {TensorType::kQ4_0, TensorType::kQ4_1, TensorTyp
 }  // namespace
 
 void gemv_stream_init() {
-  const int dev = current_device();
+  const int dev = current_device("gemv_stream");
   const DeviceLimits dl = device_limits();
   if (dl.major < 9) return;  // gemv_stream_supports() is false there
   for (TensorType type : kTypes) {
@@ -723,7 +715,7 @@ void gemv_stream(const GemvGroupParams& p, cudaStream_t stream) {
   const StreamPlan pl = plan_for(p, dl);
   TPNODE_CHECK(pl.slots > 0, "gemv_stream: {} columns of {}: activations leave no shared memory",
                p.cols, weight_type_label(p.outs[0].w.type));
-  const int dev = current_device();
+  const int dev = current_device("gemv_stream");
   if (!g_initialized[dev].load(std::memory_order_acquire)) {
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
     TPNODE_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));

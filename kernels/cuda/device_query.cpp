@@ -1,0 +1,28 @@
+#include "kernels/cuda/device_query.h"
+
+#include <atomic>
+
+#include "kernels/cuda/cuda_check.h"
+
+namespace tpnode::cuda {
+
+int current_device(const char* who) {
+  int dev = 0;
+  TPNODE_CUDA_CHECK(cudaGetDevice(&dev));
+  TPNODE_CHECK(dev >= 0 && dev < kMaxCachedDevices, "{}: device {} beyond {}", who, dev,
+               kMaxCachedDevices);
+  return dev;
+}
+
+int current_device_sms(const char* who) {
+  static std::atomic<int> cache[kMaxCachedDevices] = {};  // 0: not asked yet
+  const int dev = current_device(who);
+  int sms = cache[dev].load(std::memory_order_relaxed);
+  if (sms == 0) {
+    TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    cache[dev].store(sms, std::memory_order_relaxed);
+  }
+  return sms;
+}
+
+}  // namespace tpnode::cuda
