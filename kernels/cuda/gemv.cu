@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_query.h"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/float_convert.cuh"
 #include "kernels/cuda/gemv_rows.cuh"
@@ -53,6 +54,50 @@ __global__ void quantize_acts_kernel(QuantizeActsParams p) {
 // blocks) U at a time with separate accumulators, so U items of R rows are loaded before
 // any is used. Launched with PDL: the rows are prefetched into L2 before waiting for the
 // kernel that writes the activations.
+// One step of a lane over R rows: items first + kLanes * u (u < U) of each row. Past the end
+// an item repeats the last one (an L1/L2 hit) and its product is dropped, so that all R x U
+// loads go out before the first dot product. A lane's items all sit at the same place in
+// their blocks (lanes step by kLanes, a multiple of kParts), the clamped last item included
+// (any part of the last block is in range): `part` is fixed per lane.
+template <TensorType T, int R, int U, int kLanes>
+struct LaneStep {
+  using P = quant::Policy<T>;
+  using S = quant::Staged<T>;
+  using Raw = typename S::Raw;
+  static_assert(kLanes % P::kParts == 0);
+
+  __device__ static void load(Raw (&raw)[R][U], const RowRef (&ref)[R], int first, int items,
+                              int part) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int blk = min(first + kLanes * u, items - 1) / P::kParts;
+        raw[r][u] = S::load(ref[r].q + static_cast<int64_t>(blk) * P::kQBytes,
+                            P::kSBytes ? ref[r].s + static_cast<int64_t>(blk) * P::kSBytes : nullptr,
+                            part);
+      }
+    }
+  }
+
+  // v[r][u]: the product of item first + kLanes * u of row r with x, 0 past the end.
+  __device__ static void dots(float (&v)[R][U], const Raw (&raw)[R][U], const QuantActs& xq,
+                              int first, int items, int part) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int item = first + kLanes * u;
+        const int blk = min(item, items - 1) / P::kParts;
+        const quant::ActView a{xq.q + static_cast<int64_t>(blk) * P::kBlock,
+                               xq.d + blk * (P::kBlock / 32), xq.s + blk * (P::kBlock / 32)};
+        const float d = S::dot(raw[r][u], part, a);
+        v[r][u] = item < items ? d : 0.0f;
+      }
+    }
+  }
+};
+
 // W = 1: each warp owns R rows. W = kWarpsPerCta: the CTA's warps share R rows (long rows,
 // such as ffn_down's), each warp taking every fourth slice, summed in warp order at the end.
 template <TensorType T, int R, int W, int U, int MinCtas>
@@ -82,10 +127,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas) gemv1_kernel(GemvG
   pdl_wait();
   pdl_launch_dependents();
 
-  // A lane's items all sit at the same place in their blocks (lanes step by kLanes, a
-  // multiple of kParts), the clamped last item included (any part of the last block is in
-  // range): the part index is fixed per lane.
-  static_assert(kLanes % P::kParts == 0);
+  using Step = LaneStep<T, R, U, kLanes>;
   const int part = lane % P::kParts;
   float acc[R][U];
 #pragma unroll
@@ -94,32 +136,14 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas) gemv1_kernel(GemvG
     for (int u = 0; u < U; ++u) acc[r][u] = 0.0f;
   }
   for (int base = lane; base < items; base += kLanes * U) {
-    // Past the end an item repeats the last one and is dropped; all loads of the R x U
-    // items are issued before the first dot product.
-    int item[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) item[u] = min(base + kLanes * u, items - 1);
-    typename S::Raw raw[R][U];
+    typename Step::Raw raw[R][U];
+    Step::load(raw, ref, base, items, part);
+    float v[R][U];
+    Step::dots(v, raw, p.xq, base, items, part);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int blk = item[u] / P::kParts;
-        raw[r][u] = S::load(ref[r].q + static_cast<int64_t>(blk) * P::kQBytes,
-                            P::kSBytes ? ref[r].s + static_cast<int64_t>(blk) * P::kSBytes : nullptr,
-                            part);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int blk = item[u] / P::kParts;
-        const quant::ActView a{p.xq.q + static_cast<int64_t>(blk) * P::kBlock,
-                               p.xq.d + blk * (P::kBlock / 32), p.xq.s + blk * (P::kBlock / 32)};
-        const float v = S::dot(raw[r][u], part, a);
-        acc[r][u] += base + kLanes * u < items ? v : 0.0f;
-      }
+      for (int u = 0; u < U; ++u) acc[r][u] += v[r][u];
     }
   }
   float sum[R];
@@ -159,9 +183,9 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas) gemv1_kernel(GemvG
 template <TensorType T, int R, int W, int U>
 __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(GemvGroupParams p) {
   using P = quant::Policy<T>;
-  using S = quant::Staged<T>;
-  using Raw = typename S::Raw;
   constexpr int kLanes = 32 * W;
+  using Step = LaneStep<T, R, U, kLanes>;
+  using Raw = typename Step::Raw;
   constexpr int kSlots = kWarpsPerCta / W;  // row groups a CTA works on at once
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % kLanes;
@@ -171,7 +195,6 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(Gemv
   const int64_t first = static_cast<int64_t>(blockIdx.x) * kSlots + threadIdx.x / kLanes;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kSlots;
   const int64_t steps = first < groups ? (groups - first + stride - 1) / stride * iters : 0;
-  static_assert(kLanes % P::kParts == 0);
   const int part = lane % P::kParts;
   pdl_wait();
   pdl_launch_dependents();
@@ -185,26 +208,13 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(Gemv
       ref[r] = group_row(p, live[r] ? row : p.total_rows - 1);
     }
   };
-  auto load = [&](Raw (&raw)[R][U], const RowRef (&ref)[R], int it) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int blk = min(lane + kLanes * (it * U + u), items - 1) / P::kParts;
-        raw[r][u] = S::load(ref[r].q + static_cast<int64_t>(blk) * P::kQBytes,
-                            P::kSBytes ? ref[r].s + static_cast<int64_t>(blk) * P::kSBytes : nullptr,
-                            part);
-      }
-    }
-  };
-
   int64_t g = first;
   int it = 0;
   RowRef ref[R];
   bool live[R];
   rows_of(g, ref, live);
   Raw cur[R][U];
-  load(cur, ref, 0);
+  Step::load(cur, ref, lane, items, part);
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.0f;
@@ -226,19 +236,14 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(Gemv
     Raw nxt[R][U];
     if (s + 1 < steps) {
       if (gn != g) rows_of(gn, nref, nlive);
-      load(nxt, nref, itn);
+      Step::load(nxt, nref, lane + kLanes * U * itn, items, part);
     }
+    float v[R][U];
+    Step::dots(v, cur, p.xq, lane + kLanes * U * it, items, part);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int item = lane + kLanes * (it * U + u);
-        const int blk = min(item, items - 1) / P::kParts;
-        const quant::ActView a{p.xq.q + static_cast<int64_t>(blk) * P::kBlock,
-                               p.xq.d + blk * (P::kBlock / 32), p.xq.s + blk * (P::kBlock / 32)};
-        const float v = S::dot(cur[r][u], part, a);
-        acc[r] += item < items ? v : 0.0f;
-      }
+      for (int u = 0; u < U; ++u) acc[r] += v[r][u];
     }
     if (it == iters - 1) {
       float sum[R];
@@ -285,17 +290,15 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(Gemv
 // Resident CTAs of a kernel on the current device, asked once per kernel and device.
 template <typename K>
 int resident_ctas(K kernel) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};
-  int dev = 0;
-  TPNODE_CUDA_CHECK(cudaGetDevice(&dev));
-  std::atomic<int>* slot = dev < kMaxDevices ? &cache[dev] : nullptr;
-  if (slot != nullptr && slot->load(std::memory_order_relaxed) > 0) return slot->load(std::memory_order_relaxed);
-  int sms = 0, per_sm = 0;
-  TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  TPNODE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarpsPerCta * 32, 0));
-  const int n = sms * std::max(per_sm, 1);
-  if (slot != nullptr) slot->store(n, std::memory_order_relaxed);
+  static std::atomic<int> cache[kMaxCachedDevices] = {};  // 0: not asked yet
+  const int dev = current_device("gemv_group");
+  int n = cache[dev].load(std::memory_order_relaxed);
+  if (n == 0) {
+    int per_sm = 0;
+    TPNODE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarpsPerCta * 32, 0));
+    n = current_device_sms("gemv_group") * std::max(per_sm, 1);
+    cache[dev].store(n, std::memory_order_relaxed);
+  }
   return n;
 }
 
@@ -331,11 +334,6 @@ constexpr GeometryEntry kGeometries[] = {
 };
 constexpr int kGeometryCount = sizeof(kGeometries) / sizeof(kGeometries[0]);
 
-bool same_geometry(const GemvGeometry& a, const GemvGeometry& b) {
-  return a.rows_per_warp == b.rows_per_warp && a.warps_per_row == b.warps_per_row &&
-         a.items_per_lane == b.items_per_lane && a.min_ctas_per_sm == b.min_ctas_per_sm &&
-         a.pipelined == b.pipelined;
-}
 
 constexpr bool has_all_geometries(TensorType t) {
   return t == TensorType::kQ4_K || t == TensorType::kQ6_K;
@@ -448,6 +446,13 @@ GemvGeometry gemv_group_geometry(const GemvGroupParams& p) {
   return kGeometries[0].g;
 }
 
+std::string gemv_geometry_label(const GemvGeometry& g) {
+  std::string s = fmt::format("R={} W={} U={}", g.rows_per_warp, g.warps_per_row, g.items_per_lane);
+  if (g.min_ctas_per_sm > 0) s += fmt::format(" min {} CTAs/SM", g.min_ctas_per_sm);
+  if (g.pipelined) s += " pipelined";
+  return s;
+}
+
 std::vector<GemvGeometry> gemv_group_geometries(TensorType type) {
   std::vector<GemvGeometry> out;
   for (const GeometryEntry& e : kGeometries) {
@@ -470,10 +475,9 @@ void gemv_group(const GemvGroupParams& p, const GemvGeometry& g, cudaStream_t st
   if (total == 0) return;
   int index = -1;
   for (int i = 0; i < kGeometryCount; ++i) {
-    if (same_geometry(kGeometries[i].g, g)) index = i;
+    if (kGeometries[i].g == g) index = i;
   }
-  TPNODE_CHECK(index >= 0, "gemv_group: geometry R={} W={} U={}{} not compiled", g.rows_per_warp,
-               g.warps_per_row, g.items_per_lane, g.pipelined ? " pipelined" : "");
+  TPNODE_CHECK(index >= 0, "gemv_group: geometry {} not compiled", gemv_geometry_label(g));
   TPNODE_DISPATCH_QUANT_TYPE(p.outs[0].w.type, T, {
     launch_geometry_index<T>(p, index, stream, std::make_integer_sequence<int, kGeometryCount>{});
   })

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/gemv_mma.h"  // gemv_mma: the quantized path for m >= 2
@@ -68,6 +69,14 @@ struct GemvGeometry {
   int min_ctas_per_sm = 0;  // > 0 caps registers through __launch_bounds__
   bool pipelined = false;   // a resident grid; each warp loads its next step before computing
 };
+inline bool operator==(const GemvGeometry& a, const GemvGeometry& b) {
+  return a.rows_per_warp == b.rows_per_warp && a.warps_per_row == b.warps_per_row &&
+         a.items_per_lane == b.items_per_lane && a.min_ctas_per_sm == b.min_ctas_per_sm &&
+         a.pipelined == b.pipelined;
+}
+inline bool operator!=(const GemvGeometry& a, const GemvGeometry& b) { return !(a == b); }
+// "R=2 W=1 U=2", then " min 8 CTAs/SM" and " pipelined" where they apply.
+std::string gemv_geometry_label(const GemvGeometry& g);
 GemvGeometry gemv_group_geometry(const GemvGroupParams& p);
 // Every geometry compiled for `type` (the pick's three for most types).
 std::vector<GemvGeometry> gemv_group_geometries(TensorType type);

@@ -21,11 +21,6 @@ namespace kc = ::tpnode::cuda;
 constexpr int64_t kMaxCols = 14336;
 constexpr int64_t kMaxRows = 2 * 14336;
 
-std::string geometry_label(const kc::GemvGeometry& g) {
-  return fmt::format("R={} W={} U={} min_ctas={}{}", g.rows_per_warp, g.warps_per_row,
-                     g.items_per_lane, g.min_ctas_per_sm, g.pipelined ? " pipelined" : "");
-}
-
 class GemvGroup : public CudaVsCpu, public ::testing::WithParamInterface<TensorType> {
  protected:
   void SetUp() override {
@@ -57,7 +52,7 @@ class GemvGroup : public CudaVsCpu, public ::testing::WithParamInterface<TensorT
     const std::vector<kc::GemvGeometry> geometries = kc::gemv_group_geometries(type);
     ASSERT_GE(geometries.size(), 3u);
     for (const kc::GemvGeometry& g : geometries) {
-      std::string what = fmt::format("{} {} cols={} rows=", kc::weight_type_label(type), geometry_label(g), cols);
+      std::string what = fmt::format("{} {} cols={} rows=", kc::weight_type_label(type), kc::gemv_geometry_label(g), cols);
       for (int64_t r : rows) what += fmt::format("{} ", r);
       const auto got = run(p, g);
       expect_product(ref, got, what);

@@ -64,13 +64,6 @@ kc::ReadRowsShape probe_geometry(const kc::GemvGroupParams& p) {
   return s;
 }
 
-std::string geometry_label(const kc::GemvGeometry& g) {
-  std::string s = fmt::format("R={} W={} U={}", g.rows_per_warp, g.warps_per_row, g.items_per_lane);
-  if (g.min_ctas_per_sm > 0) s += fmt::format(" min {} CTAs/SM", g.min_ctas_per_sm);
-  if (g.pipelined) s += " pipelined";
-  return s;
-}
-
 std::string shape_label(const GemvBenchShape& s) {
   std::string rows;
   if (s.rows.size() > 1 && std::all_of(s.rows.begin(), s.rows.end(),
@@ -231,12 +224,12 @@ class GemvBench {
     // The pick first, then every other compiled geometry.
     std::vector<kc::GemvGeometry> geometries{pick};
     for (const kc::GemvGeometry& g : kc::gemv_group_geometries(s.type)) {
-      if (geometry_label(g) != geometry_label(pick)) geometries.push_back(g);
+      if (g != pick) geometries.push_back(g);
     }
     for (size_t i = 0; i < geometries.size(); ++i) {
       const kc::GemvGeometry g = geometries[i];
-      add(report, {label, i == 0 ? "gemv_group" : "gemv_group " + geometry_label(g),
-                   i == 0 ? geometry_label(g) + ", " + group_detail : "", bytes,
+      add(report, {label, i == 0 ? "gemv_group" : "gemv_group " + kc::gemv_geometry_label(g),
+                   i == 0 ? kc::gemv_geometry_label(g) + ", " + group_detail : "", bytes,
                    timer_.us_per_launch(copies, n, [&](int c) { kc::gemv_group(groups[c], g, stream_); })});
     }
     if (stream_ok_ && kc::gemv_stream_supports(groups[0])) {
