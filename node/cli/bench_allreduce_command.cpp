@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/event_timer.h"
 #include "node/backend/cuda/cuda_backend.h"
 #include "parallel/mpi/mpi_communicator.h"
 #include "parallel/nccl/nccl_communicator.h"
@@ -36,30 +37,6 @@ struct AllReduceBenchOptions {
 
 #if defined(TPNODE_HAVE_NCCL) && defined(TPNODE_HAVE_MPI)
 
-class Timer {
- public:
-  explicit Timer(cudaStream_t s) : stream_(s) {
-    TPNODE_CUDA_CHECK(cudaEventCreate(&start_));
-    TPNODE_CUDA_CHECK(cudaEventCreate(&stop_));
-  }
-  ~Timer() {
-    cudaEventDestroy(start_);
-    cudaEventDestroy(stop_);
-  }
-  void start() { TPNODE_CUDA_CHECK(cudaEventRecord(start_, stream_)); }
-  double stop_ms() {
-    TPNODE_CUDA_CHECK(cudaEventRecord(stop_, stream_));
-    TPNODE_CUDA_CHECK(cudaEventSynchronize(stop_));
-    float ms = 0;
-    TPNODE_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
-    return ms;
-  }
-
- private:
-  cudaStream_t stream_;
-  cudaEvent_t start_ = nullptr, stop_ = nullptr;
-};
-
 struct Timing {
   double stream_us = 0;  // per all-reduce, launched back to back
   double graph_us = 0;   // per all-reduce, replayed from a graph
@@ -67,7 +44,7 @@ struct Timing {
 
 Timing time_path(NcclCommunicator& comm, float* data, size_t n, AllReducePath path,
                  const AllReduceBenchOptions& o, cudaStream_t stream) {
-  Timer timer(stream);
+  cuda::EventTimer timer(stream);
   for (int i = 0; i < 10; ++i) comm.all_reduce_sum(data, n, path);
   comm.barrier();
   Timing t;

@@ -13,6 +13,7 @@
 #include "kernels/cuda/dequant.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm_dq.h"
+#include "kernels/cuda/event_timer.h"
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/gemv_stream.h"
@@ -892,24 +893,17 @@ double CudaBackend::measure_copy_bandwidth(uint64_t bytes) {
   void* a = mem_->alloc(bytes, "bandwidth probe");
   void* b = mem_->alloc(bytes, "bandwidth probe");
   TPNODE_CUDA_CHECK(cudaMemsetAsync(a, 1, bytes, stream_));
-  cudaEvent_t e0, e1;
-  TPNODE_CUDA_CHECK(cudaEventCreate(&e0));
-  TPNODE_CUDA_CHECK(cudaEventCreate(&e1));
   constexpr int kIters = 20;
   for (int i = 0; i < 3; ++i) {
     TPNODE_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream_));
   }
-  TPNODE_CUDA_CHECK(cudaEventRecord(e0, stream_));
+  kc::EventTimer timer(stream_);
+  timer.start();
   for (int i = 0; i < kIters; ++i) {
     TPNODE_CUDA_CHECK(cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, bytes,
                                       cudaMemcpyDeviceToDevice, stream_));
   }
-  TPNODE_CUDA_CHECK(cudaEventRecord(e1, stream_));
-  TPNODE_CUDA_CHECK(cudaEventSynchronize(e1));
-  float ms = 0.0f;
-  TPNODE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
+  const double ms = timer.stop_ms();
   mem_->free(a);
   mem_->free(b);
   return 2.0 * static_cast<double>(bytes) * kIters / (ms * 1e-3);
@@ -925,18 +919,11 @@ double CudaBackend::measure_gemm_flops(int64_t dim) {
                           .x = reinterpret_cast<const __nv_bfloat16*>(b),
                           .y = c, .m = dim, .n = dim, .k = dim, .ldy = dim};
   for (int i = 0; i < 3; ++i) gemm_->run(args, stream_);
-  cudaEvent_t e0, e1;
-  TPNODE_CUDA_CHECK(cudaEventCreate(&e0));
-  TPNODE_CUDA_CHECK(cudaEventCreate(&e1));
   constexpr int kIters = 10;
-  TPNODE_CUDA_CHECK(cudaEventRecord(e0, stream_));
+  kc::EventTimer timer(stream_);
+  timer.start();
   for (int i = 0; i < kIters; ++i) gemm_->run(args, stream_);
-  TPNODE_CUDA_CHECK(cudaEventRecord(e1, stream_));
-  TPNODE_CUDA_CHECK(cudaEventSynchronize(e1));
-  float ms = 0.0f;
-  TPNODE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
+  const double ms = timer.stop_ms();
   mem_->free(a);
   mem_->free(b);
   mem_->free(c);

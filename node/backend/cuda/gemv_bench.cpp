@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gemv.h"
+#include "kernels/cuda/event_timer.h"
 #include "kernels/cuda/gemv_stream.h"
 #include "kernels/cuda/quant_layout.h"
 #include "kernels/cuda/read_probe.h"
@@ -23,35 +24,22 @@ constexpr size_t kAlign = 256;
 
 size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
 
-// Events around `launches` calls of launch(i), after one untimed pass over every copy.
+// Microseconds per launch over `launches` calls of launch(i), after one untimed pass over
+// every copy.
 class LaunchTimer {
  public:
-  explicit LaunchTimer(cudaStream_t stream) : stream_(stream) {
-    TPNODE_CUDA_CHECK(cudaEventCreate(&start_));
-    TPNODE_CUDA_CHECK(cudaEventCreate(&stop_));
-  }
-  ~LaunchTimer() {
-    cudaEventDestroy(start_);
-    cudaEventDestroy(stop_);
-  }
-  LaunchTimer(const LaunchTimer&) = delete;
-  LaunchTimer& operator=(const LaunchTimer&) = delete;
+  explicit LaunchTimer(cudaStream_t stream) : events_(stream) {}
 
   template <typename Launch>
   double us_per_launch(int copies, int launches, Launch&& launch) {
     for (int i = 0; i < copies; ++i) launch(i);
-    TPNODE_CUDA_CHECK(cudaEventRecord(start_, stream_));
+    events_.start();
     for (int i = 0; i < launches; ++i) launch(i % copies);
-    TPNODE_CUDA_CHECK(cudaEventRecord(stop_, stream_));
-    TPNODE_CUDA_CHECK(cudaEventSynchronize(stop_));
-    float ms = 0.0f;
-    TPNODE_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
-    return 1000.0 * ms / launches;
+    return 1000.0 * events_.stop_ms() / launches;
   }
 
  private:
-  cudaStream_t stream_;
-  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+  kc::EventTimer events_;
 };
 
 // The read probes' geometry: the GEMV's pick for the group.
