@@ -15,10 +15,17 @@
 namespace tpnode::test {
 namespace {
 
-size_t argmax(const std::vector<float>& v, size_t off, size_t n) {
-  return static_cast<size_t>(std::max_element(v.begin() + off, v.begin() + off + n) -
-                             (v.begin() + off));
-}
+// The same model on the GPU and on the CPU oracle: a weight source and a collective each.
+struct EnginePair {
+  EnginePair(const ModelFile& file, Backend& gpu_backend, Backend& cpu_backend, const EngineOptions& eo)
+      : src_gpu(file),
+        src_cpu(file),
+        gpu(file.hparams(), src_gpu, gpu_backend, c_gpu, eo),
+        cpu(file.hparams(), src_cpu, cpu_backend, c_cpu, eo) {}
+  FileWeightSource src_gpu, src_cpu;
+  SingleRankCollective c_gpu, c_cpu;
+  Engine gpu, cpu;
+};
 
 class CudaEngine : public CudaVsCpu, public ::testing::WithParamInterface<const char*> {
  protected:
@@ -29,14 +36,11 @@ TEST_P(CudaEngine, LogitsMatchCpuOverPrefillAndDecode) {
   if (!std::filesystem::exists(path())) GTEST_SKIP() << path() << " is absent";
   auto file = ModelFile::open(path());
   const HParams& hp = file->hparams();
-  FileWeightSource src_gpu(*file), src_cpu(*file);
-  SingleRankCollective c1, c2;
   EngineOptions eo;
   eo.max_context = 256;
   eo.kv_tokens = 1024;
   eo.max_batch_tokens = 64;
-  Engine gpu_engine(hp, src_gpu, *cuda_, c1, eo);
-  Engine cpu_engine(hp, src_cpu, *cpu_, c2, eo);
+  EnginePair engines(*file, *cuda_, *cpu_, eo);
 
   // Two sequences: a 24-token prompt and a 3-token one, then greedy decode steps.
   StepPlan plan;
@@ -47,15 +51,15 @@ TEST_P(CudaEngine, LogitsMatchCpuOverPrefillAndDecode) {
   plan.seqs = {a, b};
   const size_t V = static_cast<size_t>(hp.n_vocab);
   for (int step = 0; step < 5; ++step) {
-    const std::vector<float> lg = gpu_engine.step(plan);
-    const std::vector<float> lc = cpu_engine.step(plan);
+    const std::vector<float> lg = engines.gpu.step(plan);
+    const std::vector<float> lc = engines.cpu.step(plan);
     ASSERT_EQ(lg.size(), 2 * V);
     ASSERT_EQ(lc.size(), 2 * V);
     EXPECT_LT(nmse(lg, lc), 2e-3) << "step " << step;
     for (int s = 0; s < 2; ++s) {
       SeqStep& q = plan.seqs[s];
       q.n_past += static_cast<int32_t>(q.tokens.size());
-      q.tokens = {static_cast<int32_t>(argmax(lc, s * V, V))};
+      q.tokens = {tsupport::argmax_row(lc, s, V)};
     }
   }
 }
@@ -97,14 +101,11 @@ TEST_F(CudaEngineDefaultModel, GreedyTokensMatchCpuForSixtyFourSteps) {
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent (launch/fetch_model.sh)";
   auto file = ModelFile::open(path);
   const HParams& hp = file->hparams();
-  FileWeightSource src_gpu(*file), src_cpu(*file);
-  SingleRankCollective c1, c2;
   EngineOptions eo;
   eo.max_context = 256;
   eo.kv_tokens = 512;
   eo.max_batch_tokens = 128;
-  Engine gpu_engine(hp, src_gpu, *cuda_, c1, eo);
-  Engine cpu_engine(hp, src_cpu, *cpu_, c2, eo);
+  EnginePair engines(*file, *cuda_, *cpu_, eo);
   const auto fixture = tsupport::read_json(std::filesystem::path(TPNODE_SOURCE_DIR) /
                                            "tests/fixtures/llamacpp/smollm2_135m_q4_1_greedy.json");
   const size_t V = static_cast<size_t>(hp.n_vocab);
@@ -121,27 +122,27 @@ TEST_F(CudaEngineDefaultModel, GreedyTokensMatchCpuForSixtyFourSteps) {
       plan.seqs = {SeqStep{.seq_id = 1, .n_past = n_past, .tokens = feed,
                            .blocks = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
                            .want_logits = true}};
-      const std::vector<float> lg = gpu_engine.step(plan);
-      const std::vector<float> lc = cpu_engine.step(plan);
+      const std::vector<float> lg = engines.gpu.step(plan);
+      const std::vector<float> lc = engines.cpu.step(plan);
       ASSERT_EQ(lg.size(), V);
       ASSERT_EQ(lc.size(), V);
       double diff = 0;
       for (size_t i = 0; i < V; ++i) diff = std::max(diff, std::fabs(static_cast<double>(lg[i]) - lc[i]));
       worst = std::max(worst, diff);
-      const size_t tg = argmax(lg, 0, V), tc = argmax(lc, 0, V);
+      const int32_t tg = tsupport::argmax_row(lg, 0, V), tc = tsupport::argmax_row(lc, 0, V);
       if (tg == tc) {
         ++identical;
       } else {
         std::vector<float> top(lc);
         std::partial_sort(top.begin(), top.begin() + 2, top.end(), std::greater<>());
         const double margin = static_cast<double>(top[0]) - top[1];
-        std::printf("[%s] step %d: GPU %zu, CPU %zu; CPU top-2 margin %.4f, max logit diff %.4f\n",
+        std::printf("[%s] step %d: GPU %d, CPU %d; CPU top-2 margin %.4f, max logit diff %.4f\n",
                     name.c_str(), step, tg, tc, margin, diff);
         EXPECT_LT(margin, 2 * diff) << name << " step " << step << ": tokens differ at a clear choice";
         ++ties;
       }
       n_past += static_cast<int32_t>(feed.size());
-      feed = {static_cast<int32_t>(tc)};
+      feed = {tc};
     }
     std::printf("[%s] %d/%d greedy tokens identical (%d near-ties), max |GPU - CPU| logit %.4f\n",
                 name.c_str(), identical, kSteps, ties, worst);

@@ -11,6 +11,7 @@
 #include "node/engine/weight_source.h"
 #include "node/model/model_file.h"
 #include "tests/cuda/cuda_test_support.h"
+#include "tests/engine/test_support.h"
 
 namespace tpnode::test {
 namespace {
@@ -80,11 +81,6 @@ class GraphShapedBackend final : public Backend {
 
 std::string fixture(const char* rel) { return std::string(TPNODE_SOURCE_DIR) + "/" + rel; }
 
-int32_t argmax_token(const std::vector<float>& v, size_t row, size_t n) {
-  const auto it = std::max_element(v.begin() + row * n, v.begin() + (row + 1) * n);
-  return static_cast<int32_t>(it - (v.begin() + row * n));
-}
-
 // A script of steps: three prompts prefilled, decode with 3 sequences (one not wanting
 // logits), a new sequence prefilled while the others decode, 4 sequences decoding, one
 // leaving, 3 decoding again. Each step is run by every engine; `check` compares them.
@@ -114,7 +110,7 @@ void run_script(const HParams& hp, std::vector<Engine*> engines, Check check) {
     size_t row = 0;
     for (SeqStep& s : active) {
       s.n_past += static_cast<int32_t>(s.tokens.size());
-      const int32_t next = s.want_logits ? argmax_token(logits, row++, static_cast<size_t>(V))
+      const int32_t next = s.want_logits ? tsupport::argmax_row(logits, row++, static_cast<size_t>(V))
                                          : static_cast<int32_t>((s.n_past * 13) % V);
       s.tokens = {next};
     }

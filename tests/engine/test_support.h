@@ -4,6 +4,8 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -36,6 +38,12 @@ inline std::vector<float> read_f32(const std::filesystem::path& p) {
   f.seekg(0);
   f.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(n * sizeof(float)));
   return v;
+}
+
+// The id of the largest logit in row `row` of logits laid out [rows][n] (ties: the lowest id).
+inline int32_t argmax_row(const std::vector<float>& logits, size_t row, size_t n) {
+  const auto first = logits.begin() + static_cast<std::ptrdiff_t>(row * n);
+  return static_cast<int32_t>(std::max_element(first, first + static_cast<std::ptrdiff_t>(n)) - first);
 }
 
 inline std::vector<int32_t> to_ids(const boost::json::value& v) {

@@ -11,6 +11,7 @@
 #include "node/engine/engine.h"
 #include "node/engine/weight_source.h"
 #include "node/model/model_file.h"
+#include "tests/engine/test_support.h"
 #include "tests/nccl/nccl_fixture.h"
 
 namespace tpnode::test {
@@ -58,10 +59,6 @@ EngineOptions small_engine() {
   return eo;
 }
 
-size_t argmax(const std::vector<float>& v, size_t off, size_t n) {
-  return static_cast<size_t>(std::max_element(v.begin() + off, v.begin() + off + n) - (v.begin() + off));
-}
-
 // A 24-token and a 3-token prompt (rows of fresh KV blocks from `block0`).
 StepPlan prompts(int64_t vocab, uint64_t id0, int32_t block0) {
   SeqStep a{.seq_id = id0, .n_past = 0, .tokens = {}, .blocks = {block0, block0 + 1, block0 + 2},
@@ -72,6 +69,17 @@ StepPlan prompts(int64_t vocab, uint64_t id0, int32_t block0) {
   StepPlan plan;
   plan.seqs = {a, b};
   return plan;
+}
+
+// Rank 0's next token of each sequence to every rank; each sequence then decodes it.
+void advance(NcclCommunicator& comm, StepPlan& plan, std::vector<int32_t>& next) {
+  comm.broadcast(next.data(), next.size() * sizeof(int32_t), 0);
+  for (size_t s = 0; s < plan.seqs.size(); ++s) {
+    SeqStep& q = plan.seqs[s];
+    q.sampling = {};
+    q.n_past += static_cast<int32_t>(q.tokens.size());
+    q.tokens = {next[s]};
+  }
 }
 
 TEST_P(TpEngine, LogitsMatchOneGpuAndRepeatBitForBit) {
@@ -113,17 +121,12 @@ TEST_P(TpEngine, LogitsMatchOneGpuAndRepeatBitForBit) {
       }
       EXPECT_LE(diff, 1e-2f * scale) << "step " << step << ": max |tp - tp1| " << diff
                                      << " against max |logit| " << scale;
-      for (int s = 0; s < 2; ++s) next[s] = static_cast<int32_t>(argmax(l1, s * V, V));
+      for (int s = 0; s < 2; ++s) next[s] = tsupport::argmax_row(l1, s, V);
     } else {
       EXPECT_TRUE(lt.empty());
     }
     tp_steps.push_back(lt);
-    comm.broadcast(next.data(), next.size() * sizeof(int32_t), 0);
-    for (int s = 0; s < 2; ++s) {
-      SeqStep& q = plan.seqs[s];
-      q.n_past += static_cast<int32_t>(q.tokens.size());
-      q.tokens = {next[s]};
-    }
+    advance(comm, plan, next);
   }
 
   // The same prompts again, in other sequences and KV blocks: the same bits.
@@ -157,18 +160,12 @@ TEST_P(TpEngine, GreedyTokensEqualTheArgmaxOfTheLogits) {
       ASSERT_EQ(out.tokens.size(), 2u) << "step " << step;
       EXPECT_TRUE(out.logits.empty());
       for (int s = 0; s < 2; ++s) {
-        EXPECT_EQ(out.tokens[s], static_cast<int32_t>(argmax(logits, s * V, V)))
+        EXPECT_EQ(out.tokens[s], tsupport::argmax_row(logits, s, V))
             << "step " << step << " sequence " << s;
         next[s] = out.tokens[s];
       }
     }
-    comm.broadcast(next.data(), next.size() * sizeof(int32_t), 0);
-    for (int s = 0; s < 2; ++s) {
-      SeqStep& q = plan.seqs[s];
-      q.sampling = {};
-      q.n_past += static_cast<int32_t>(q.tokens.size());
-      q.tokens = {next[s]};
-    }
+    advance(comm, plan, next);
   }
 }
 
