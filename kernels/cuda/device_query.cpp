@@ -25,4 +25,17 @@ int current_device_sms(const char* who) {
   return sms;
 }
 
+void PerDeviceSetup::mark_done() {
+  done_[current_device(who_)].store(true, std::memory_order_release);
+}
+
+bool PerDeviceSetup::needed(cudaStream_t stream) const {
+  if (done_[current_device(who_)].load(std::memory_order_acquire)) return false;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  TPNODE_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  TPNODE_CHECK_KIND(status == cudaStreamCaptureStatusNone, ErrorKind::kRuntime,
+                    "{}: call {}_init() before capturing a graph", who_, who_);
+  return true;
+}
+
 }  // namespace tpnode::cuda

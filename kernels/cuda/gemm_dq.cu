@@ -673,7 +673,7 @@ TokenTiling token_tiling(int64_t m) {
   return {tiles, (n8 + tiles - 1) / tiles};
 }
 
-std::array<std::atomic<bool>, kMaxCachedDevices> g_initialized{};  // shared-memory limits raised
+PerDeviceSetup g_setup("gemm_dq");  // shared-memory limits raised
 
 int64_t tile_floats(int nb) { return static_cast<int64_t>(kTileRows) * nb * 8; }
 
@@ -718,7 +718,6 @@ GemmDqPlan gemm_dq_plan(const GemmDqParams& p) {
 }
 
 void gemm_dq_init() {
-  const int dev = current_device("gemm_dq");
   for (TensorType type : kTypes) {
     TPNODE_DISPATCH_QUANT_TYPE(type, T, {
       for (int nb = 1; nb <= kMaxNB; ++nb) {
@@ -730,7 +729,7 @@ void gemm_dq_init() {
       }
     })
   }
-  g_initialized[dev].store(true, std::memory_order_release);
+  g_setup.mark_done();
 }
 
 void gemm_dq(const GemmDqParams& p, cudaStream_t stream) { gemm_dq(p, gemm_dq_plan(p), stream); }
@@ -755,14 +754,7 @@ void gemm_dq(const GemmDqParams& p, const GemmDqPlan& plan, cudaStream_t stream)
   TPNODE_CHECK(plan.k_splits == 1 || workspace_fits(p, plan.k_splits),
                "gemm_dq: the workspace is too small for {} k splits", plan.k_splits);
 
-  const int dev = current_device("gemm_dq");
-  if (!g_initialized[dev].load(std::memory_order_acquire)) {
-    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    TPNODE_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-    TPNODE_CHECK_KIND(status == cudaStreamCaptureStatusNone, ErrorKind::kRuntime,
-                      "gemm_dq: call gemm_dq_init() before capturing a graph");
-    gemm_dq_init();
-  }
+  if (g_setup.needed(stream)) gemm_dq_init();
 
   const TokenTiling tk = token_tiling(p.m);
   KernelArgs a;

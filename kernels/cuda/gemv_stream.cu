@@ -555,7 +555,7 @@ struct DeviceLimits {
   int major = 0;
 };
 
-std::array<std::atomic<bool>, kMaxCachedDevices> g_initialized{};
+PerDeviceSetup g_setup("gemv_stream");  // shared-memory limits raised
 
 DeviceLimits device_limits() {
   const int dev = current_device("gemv_stream");
@@ -686,7 +686,6 @@ constexpr TensorType kTypes[] = {TensorType::kQ4_0, TensorType::kQ4_1, TensorTyp
 }  // namespace
 
 void gemv_stream_init() {
-  const int dev = current_device("gemv_stream");
   const DeviceLimits dl = device_limits();
   if (dl.major < 9) return;  // gemv_stream_supports() is false there
   for (TensorType type : kTypes) {
@@ -696,7 +695,7 @@ void gemv_stream_init() {
                                              dl.smem_optin));
     })
   }
-  g_initialized[dev].store(true, std::memory_order_release);
+  g_setup.mark_done();
 }
 
 bool gemv_stream_supports(const GemvGroupParams& p) {
@@ -715,14 +714,7 @@ void gemv_stream(const GemvGroupParams& p, cudaStream_t stream) {
   const StreamPlan pl = plan_for(p, dl);
   TPNODE_CHECK(pl.slots > 0, "gemv_stream: {} columns of {}: activations leave no shared memory",
                p.cols, weight_type_label(p.outs[0].w.type));
-  const int dev = current_device("gemv_stream");
-  if (!g_initialized[dev].load(std::memory_order_acquire)) {
-    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    TPNODE_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-    TPNODE_CHECK_KIND(status == cudaStreamCaptureStatusNone, ErrorKind::kRuntime,
-                      "gemv_stream: call gemv_stream_init() before capturing a graph");
-    gemv_stream_init();
-  }
+  if (g_setup.needed(stream)) gemv_stream_init();
   TPNODE_DISPATCH_QUANT_TYPE(p.outs[0].w.type, T, { launch<T>(p, pl, stream); })
 }
 
