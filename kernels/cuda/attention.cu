@@ -1,5 +1,6 @@
 #include "kernels/cuda/attention.h"
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -7,6 +8,7 @@
 #include <cstdint>
 #include <cmath>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
@@ -80,6 +82,8 @@ constexpr int kDecodeChunksPerStage = 4;  // 16-byte K chunks (and as many of V)
 // merge of splits is a chain of L2 round trips (partials out, a fence, the ticket, partials
 // in) that costs more than several stages of arithmetic, whose loads the ring overlaps.
 constexpr int kDecodeMinSplitStages = 8;
+// Clusters split grids of at most 1 / kDecodeClusterGridShare CTAs per SM.
+constexpr int kDecodeClusterGridShare = 4;
 // Passes of the CTA over the rows it stages (q of its heads, the new K and V; 8 elements per
 // thread and pass): enough for every supported shape (decode_attention checks).
 constexpr int kDecodeStagePasses = 3;
@@ -156,6 +160,20 @@ __device__ __forceinline__ float merge_weight(float m, float ref) {
   return m == -INFINITY ? 0.0f : exp2f(m - ref);
 }
 
+// Splits' normalised outputs merged in the order they are added (deterministic), each
+// weighted by its log2-sum-exp with a running maximum.
+struct SplitMerge {
+  float mm = -INFINITY, den = 0.0f, a = 0.0f;
+  __device__ void add(float lse, float val) {
+    const float m_new = fmaxf(mm, lse);
+    const float f_old = merge_weight(mm, m_new), f_new = merge_weight(lse, m_new);
+    den = den * f_old + f_new;
+    a = a * f_old + val * f_new;
+    mm = m_new;
+  }
+  __device__ float result() const { return den > 0.0f ? a / den : 0.0f; }
+};
+
 // One chunk of the 8-bit copy from the 32 lanes of a warp holding its values in order:
 // quantize_acts' recipe (d = amax / 127, q = round(v / d), s = d * sum(q)). The maximum is
 // exact in any order and so is the sum (at most 32 * 127 in magnitude), so the bits are the same.
@@ -181,9 +199,11 @@ constexpr size_t kDecodeRingBytes =
     sizeof(int4) * kDecodeStages * 2 * kDecodeChunksPerStage * kDecodeThreads;
 constexpr size_t kDecodeSmemLimit = 48 * 1024;
 static_assert(kDecodeRingBytes <= kDecodeSmemLimit, "the ring fits the default shared memory");
+// After the key loop: the warps' states, then the CTA's merged output and log2-sum-exp per
+// head (what the other CTAs of a cluster read).
 size_t decode_smem_bytes(int heads, int64_t head_dim) {
   const size_t ring = kDecodeRingBytes;
-  const size_t states = sizeof(float) * kDecodeWarps * heads * (head_dim + 2);
+  const size_t states = sizeof(float) * (kDecodeWarps * heads * (head_dim + 2) + heads * (head_dim + 1));
   return std::max(ring, states);
 }
 
@@ -217,14 +237,16 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   const int pos = p.batch.positions[t];  // the token's own key; keys 0..pos are visible
   const int seq = p.batch.token_seq[t];
   const int begin = split * p.split_len;
-  if (begin > pos) return;  // past this token's length
-  const int end = min(pos + 1, begin + p.split_len);
+  // Past this token's length. A cluster's CTAs all take part in its merge: such a CTA runs no
+  // stage and offers an empty state.
+  if (begin > pos && !p.cluster) return;
+  const int end = begin > pos ? begin : min(pos + 1, begin + p.split_len);
   const int n_active = pos / p.split_len + 1;
   const bool fused = p.k_new != nullptr;
   // Fused, the token's own key comes from k_new / v_new and the cache supplies those before it.
-  const bool own_key = fused && pos < end;
+  const bool own_key = fused && pos >= begin && pos < end;
   const int cache_end = fused ? min(end, pos) : end;
-  const int n_stages = (cache_end - begin + stage_keys - 1) / stage_keys;
+  const int n_stages = max(0, (cache_end - begin + stage_keys - 1) / stage_keys);
   const int32_t* table = p.batch.block_tables + static_cast<int64_t>(seq) * p.batch.max_blocks;
   const int bs = static_cast<int>(p.kv.block_size);
   const KvT* kc = static_cast<const KvT*>(p.kv.k);
@@ -286,8 +308,6 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   // Head chunk 0's lanes that hold the new key also store it (no CTA reads that slot).
   const bool store_new = own_key && hchunk == 0 && warp == 0 && grp == 0;
   const int blk_own = store_new ? __ldg(table + pos / bs) : -1;
-  if (fused) pdl_wait();
-  pdl_launch_dependents();
 
   // The rows this CTA reads from the launch before: q of its heads and, in the split holding
   // the token's own key, k_new and v_new. Each goes once from global memory into the ring's
@@ -302,6 +322,19 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   float* k_s = q_s + GB * hd;                                          // [hd]
   float* v_s = k_s + hd;                                               // [hd]
   float* cs_s = v_s + hd;  // [hd / 2] cos, then [hd / 2] sin, of the pairs
+  // The rotation table depends on the position alone: it is built (double-precision sincos)
+  // before waiting for the launch that writes the rows.
+  if (rope) {
+#pragma unroll 1
+    for (int i = tid; i < half; i += kDecodeThreads) {
+      const RopeCosSin r = rope_cos_sin(pos, p.rope.inv_freq, i);
+      cs_s[i] = r.cs;
+      cs_s[half + i] = r.sn;
+    }
+    __syncthreads();
+  }
+  if (fused) pdl_wait();
+  pdl_launch_dependents();
   const int row_items = hd / 8;
   const int n_items = (hc + (own_key ? 2 : 0)) * row_items;
   float4 lo[kDecodeStagePasses], hi[kDecodeStagePasses];
@@ -324,15 +357,6 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
       lo[pass] = *reinterpret_cast<const float4*>(src + a);
       hi[pass] = *reinterpret_cast<const float4*>(src + b);
     }
-  }
-  if (rope) {  // while the rows are in flight
-#pragma unroll 1
-    for (int i = tid; i < half; i += kDecodeThreads) {
-      const RopeCosSin r = rope_cos_sin(pos, p.rope.inv_freq, i);
-      cs_s[i] = r.cs;
-      cs_s[half + i] = r.sn;
-    }
-    __syncthreads();
   }
   const float qscale = p.scale * 1.4426950408889634f;
 #pragma unroll
@@ -532,6 +556,8 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   float* red_acc = reinterpret_cast<float*>(smem);  // [warp][GB][hd]
   float* red_m = red_acc + kDecodeWarps * GB * hd;  // [warp][GB]
   float* red_l = red_m + kDecodeWarps * GB;         // [warp][GB]
+  float* cl_val = red_l + kDecodeWarps * GB;        // [GB][hd] this CTA's output (cluster)
+  float* cl_lse = cl_val + GB * hd;                 // [GB]
   if (grp == 0) {
 #pragma unroll
     for (int h = 0; h < GB; ++h) {
@@ -579,7 +605,10 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
       a += red_acc[(w * GB + h) * hd + d] * f;
     }
     const float val = sum > 0.0f ? a / sum : 0.0f;
-    if (n_active == 1) {
+    if (p.cluster) {
+      cl_val[o] = val;
+      if (d == 0) cl_lse[h] = sum > 0.0f ? mm + log2f(sum) : -INFINITY;
+    } else if (n_active == 1) {
       emit(o, val);
     } else {
       const int64_t slot =
@@ -587,6 +616,40 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
       p.part_out[slot * hd + d] = val;
       if (d == 0) p.part_lse[slot] = sum > 0.0f ? mm + log2f(sum) : -INFINITY;
     }
+  }
+  if (p.cluster) {
+    // The cluster's CTAs are its splits (rank = split). Each merges a share of the outputs,
+    // whole warps of 32 consecutive ones (the 8-bit copy's chunks), reading every split's
+    // state from its shared memory; the second barrier keeps each CTA's shared memory alive
+    // until all reads of it are done.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();
+    const int rank = static_cast<int>(cluster.block_rank());
+    for (int o = rank * kDecodeThreads + tid; o < n_out; o += p.n_splits * kDecodeThreads) {
+      const int h = o / hd;
+      // Every split's pair is read before any is merged: the remote reads overlap.
+      float ls[kDecodeMaxClusterSplits], vs[kDecodeMaxClusterSplits];
+#pragma unroll
+      for (int sp = 0; sp < kDecodeMaxClusterSplits; ++sp) {
+        if (sp < p.n_splits) {
+          ls[sp] = cluster.map_shared_rank(cl_lse, sp)[h];
+          vs[sp] = cluster.map_shared_rank(cl_val, sp)[o];
+        }
+      }
+      SplitMerge mg;
+#pragma unroll
+      for (int sp = 0; sp < kDecodeMaxClusterSplits; ++sp) {
+        if (sp < p.n_splits) mg.add(ls[sp], vs[sp]);
+      }
+      emit(o, mg.result());
+    }
+    cluster.sync();
+#else
+    __trap();  // never launched: the planner needs compute capability >= 9.0
+#endif
+    return;
   }
   if (n_active == 1) return;
 
@@ -610,17 +673,12 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
     const int h = o / hd, d = o - h * hd;
     const float* lse = p.part_lse + (slot0 + h) * p.n_splits;
     const float* src = p.part_out + (slot0 + h) * p.n_splits * hd + d;
-    float mm = -INFINITY, den = 0.0f, a = 0.0f;
+    SplitMerge mg;
 #pragma unroll 8
     for (int sp = 0; sp < n_active; ++sp) {
-      const float ls = __ldcg(lse + sp), val = __ldcg(src + static_cast<int64_t>(sp) * hd);
-      const float m_new = fmaxf(mm, ls);
-      const float f_old = merge_weight(mm, m_new), f_new = merge_weight(ls, m_new);
-      den = den * f_old + f_new;
-      a = a * f_old + val * f_new;
-      mm = m_new;
+      mg.add(__ldcg(lse + sp), __ldcg(src + static_cast<int64_t>(sp) * hd));
     }
-    emit(o, den > 0.0f ? a / den : 0.0f);
+    emit(o, mg.result());
   }
 }
 
@@ -845,15 +903,38 @@ DecodeSplit plan_decode_split(const DecodeShape& s) {
       decode_stage_keys(static_cast<int>(s.head_dim), decode_chunks_per_lane(heads));
   const int64_t ctas = s.n * s.n_head_kv * ceil_div(group, heads);
   // Split the key axis while the unsplit grid would leave SMs idle: about two CTAs per SM,
-  // each split whole ring stages (at least kDecodeMinSplitStages).
+  // each split whole ring stages.
   const int64_t target = 2 * static_cast<int64_t>(std::max(s.n_sms, 1));
-  const int64_t min_len = kDecodeMinSplitStages * stage;
-  if (ctas >= target || ctas > kDecodeMaxCounters || max_keys <= min_len) return r;
+  if (ctas >= target) return r;
   const int cap = s.max_splits > 0 ? std::min(s.max_splits, kDecodeMaxSplits) : kDecodeMaxSplits;
-  int64_t splits = std::min<int64_t>(
-      {ceil_div(target, ctas), ceil_div(max_keys, min_len), static_cast<int64_t>(cap)});
-  const int64_t len = ceil_div(ceil_div(max_keys, splits), stage) * stage;
-  splits = ceil_div(max_keys, len);
+  // Splits of `min_len` or more keys, at most `most` of them.
+  auto split_by = [&](int64_t min_len, int64_t most) {
+    int64_t splits = std::min<int64_t>({ceil_div(target, ctas), ceil_div(max_keys, min_len), most});
+    const int64_t len = ceil_div(ceil_div(max_keys, std::max<int64_t>(splits, 1)), stage) * stage;
+    return std::pair<int64_t, int64_t>{ceil_div(max_keys, len), len};
+  };
+  // Merging in a cluster costs two cluster barriers and reads of neighbours' shared memory, so
+  // its splits can be as short as one stage. Over global memory the merge is a chain of L2
+  // round trips (partials out, a fence, the ticket, partials in) that costs more than several
+  // stages, whose loads the ring overlaps: at least kDecodeMinSplitStages. A cluster serves
+  // whenever its splits are no longer than that minimum or global splits would not be more.
+  const int64_t min_len = kDecodeMinSplitStages * stage;
+  // Each CTA's fixed chain (block tables, q, RoPE, merges) costs several stages, so clusters
+  // split only grids that leave most SMs idle (batch 1-4 of Llama-3-8B's 8 KV heads); fuller
+  // grids measured slower split that way.
+  if (s.clusters && ctas * kDecodeClusterGridShare <= s.n_sms) {
+    const auto [splits, len] =
+        split_by(stage, std::min<int64_t>(cap, kDecodeMaxClusterSplits));
+    const auto [g_splits, g_len] = split_by(min_len, cap);
+    if (splits > 1 && (len <= min_len || g_splits <= splits)) {
+      r.n_splits = static_cast<int>(splits);
+      r.split_len = static_cast<int>(len);
+      r.cluster = true;
+      return r;
+    }
+  }
+  if (ctas > kDecodeMaxCounters || max_keys <= min_len) return r;
+  const auto [splits, len] = split_by(min_len, cap);
   if (splits <= 1) return r;
   r.n_splits = static_cast<int>(splits);
   r.split_len = static_cast<int>(len);
@@ -884,8 +965,12 @@ void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream) {
   const int64_t ctas = p.n * p.kv.n_head_kv * n_hchunks;
   TPNODE_CHECK(p.split_len >= 1 && p.n_splits >= 1 && p.n_splits <= kDecodeMaxSplits,
                "decode_attention: bad split {} x {}", p.n_splits, p.split_len);
-  TPNODE_CHECK(p.n_splits == 1 || (p.part_out != nullptr && p.part_lse != nullptr &&
-                                   p.counters != nullptr && ctas <= kDecodeMaxCounters),
+  TPNODE_CHECK(!p.cluster || p.n_splits <= kDecodeMaxClusterSplits,
+               "decode_attention: {} splits in one cluster (at most {})", p.n_splits,
+               kDecodeMaxClusterSplits);
+  TPNODE_CHECK(p.n_splits == 1 || p.cluster ||
+                   (p.part_out != nullptr && p.part_lse != nullptr && p.counters != nullptr &&
+                    ctas <= kDecodeMaxCounters),
                "decode_attention: {} splits of {} CTAs need partial buffers and counters",
                p.n_splits, ctas);
   TPNODE_CHECK((p.k_new == nullptr) == (p.v_new == nullptr),
@@ -909,8 +994,12 @@ void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream) {
   TPNODE_CHECK(smem <= kDecodeSmemLimit, "decode_attention: {} bytes of shared memory", smem);
   TPNODE_DISPATCH_KV(p.kv.dtype, KvT, {TPNODE_DISPATCH_DECODE_HEADS(heads, GB, {
                        constexpr int NC = decode_chunks_per_lane(GB);
-                       launch_pdl(decode_attention_kernel<KvT, GB, NC>, grid, dim3(kDecodeThreads),
-                                  smem, stream, p);
+                       launch_pdl(decode_attention_kernel<KvT, GB, NC>,
+                                  LaunchShape{.grid = grid,
+                                              .block = dim3(kDecodeThreads),
+                                              .cluster = dim3(1, 1, p.cluster ? grid.z : 1),
+                                              .smem = smem},
+                                  stream, p);
                      })})
 }
 

@@ -3,8 +3,11 @@
 //   decode_attention:   one CTA per (token, KV head, head chunk, key split). Lanes split a key
 //                       row's head_dim (coalesced 16-byte loads), warps split the keys, all
 //                       query heads of the chunk share each K/V read (GQA); K/V go through a
-//                       per-thread cp.async ring. Splits merge in the last CTA of their group
-//                       to finish (an atomic ticket), so there is no second launch. When every
+//                       per-thread cp.async ring. Splits merge without a second launch: the
+//                       splits of a (token, head chunk) form one thread-block cluster and merge
+//                       through distributed shared memory (Hopper), or, with more splits than a
+//                       cluster holds, in the last CTA of their group to finish (an atomic
+//                       ticket over partials in global memory). When every
 //                       token decodes alone it can also store this step's K/V (kv_store
 //                       fused), rotate q and the new key on the way in (RoPE fused), and write
 //                       the 8-bit copy of its output that the next quantized GEMV reads.
@@ -54,6 +57,8 @@ void kv_store(const KvStoreParams& p, cudaStream_t stream);
 // many counters and splits exist (plan_decode_split keeps within them).
 inline constexpr int64_t kDecodeMaxCounters = 4096;
 inline constexpr int kDecodeMaxSplits = 128;
+// Splits that merge inside one cluster: the portable cluster size.
+inline constexpr int kDecodeMaxClusterSplits = 8;
 
 // RoPE applied inside decode_attention: the rope kernel's inverse frequencies and style.
 struct DecodeRope {
@@ -72,6 +77,10 @@ struct DecodeAttentionParams {
   float scale = 1.0f;
   int n_splits = 1;              // key-axis splits per (token, KV head, head chunk)
   int split_len = 0;             // keys per split (n_splits * split_len >= every length)
+  // The splits of a (token, head chunk) are one cluster and merge in shared memory
+  // (n_splits <= kDecodeMaxClusterSplits, compute capability >= 9.0); the three buffers
+  // below are then unused.
+  bool cluster = false;
   float* part_out = nullptr;     // [n, n_head, n_splits, head_dim] when n_splits > 1
   float* part_lse = nullptr;     // [n, n_head, n_splits]
   uint32_t* counters = nullptr;  // [kDecodeMaxCounters], zero on entry, left zero
@@ -104,11 +113,13 @@ struct DecodeShape {
   int64_t max_keys = 0;  // max_blocks * block_size
   int n_sms = 1;
   int max_splits = 0;    // cap on the key splits (0: the planner's own)
+  bool clusters = false;  // the device runs thread-block clusters (compute capability >= 9.0)
 };
 struct DecodeSplit {
   int n_splits = 1;
   int split_len = 0;
-  int64_t part_out_floats = 0;  // part_out size when n_splits > 1, else 0
+  bool cluster = false;         // the splits merge in a cluster (no buffers needed)
+  int64_t part_out_floats = 0;  // part_out size when split over global memory, else 0
   int64_t part_lse_floats = 0;
 };
 DecodeSplit plan_decode_split(const DecodeShape& s);

@@ -76,11 +76,20 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 }
 
 __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
-  pdl_wait();
-  pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const int64_t n4 = p.n / 4;
   const int passes = static_cast<int>((n4 + blockDim.x - 1) / blockDim.x);
+  // The norm weights are no kernel's output: their loads go out before waiting for the launch
+  // before, and in parallel with x's, instead of after the sum of squares.
+  const float4* wv = reinterpret_cast<const float4*>(p.w);
+  float4 wr[kRegPasses];
+#pragma unroll
+  for (int j = 0; j < kRegPasses; ++j) {
+    const int64_t i = static_cast<int64_t>(j) * blockDim.x + threadIdx.x;
+    if (j < passes && i < n4) wr[j] = wv[i];
+  }
+  pdl_wait();
+  pdl_launch_dependents();
   const float4* x = reinterpret_cast<const float4*>(p.x + row * p.n);
   const float4* r = p.r ? reinterpret_cast<const float4*>(p.r + row * p.n) : nullptr;
   float4* xo = p.x_out ? reinterpret_cast<float4*>(p.x_out + row * p.n) : nullptr;
@@ -104,7 +113,6 @@ __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
   float total = 0.0f;
   for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += partial[w];
   const float inv = rsqrtf(total / static_cast<float>(p.n) + p.eps);
-  const float4* wv = reinterpret_cast<const float4*>(p.w);
   float4* y = reinterpret_cast<float4*>(p.y + row * p.n);
   // Every lane runs every pass, so the 8-lane shuffles of the quantization stay converged.
   for (int j = 0; j < passes; ++j) {
@@ -118,7 +126,7 @@ __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
     }
     float4 o{0.0f, 0.0f, 0.0f, 0.0f};
     if (i < n4) {
-      const float4 w = wv[i];
+      const float4 w = j < kRegPasses ? wr[j] : wv[i];
       o = {a.x * inv * w.x, a.y * inv * w.y, a.z * inv * w.z, a.w * inv * w.w};
       y[i] = o;
     }

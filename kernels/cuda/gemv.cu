@@ -7,7 +7,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_query.h"
 #include "kernels/cuda/dispatch.cuh"
-#include "kernels/cuda/float_convert.cuh"
+#include "kernels/cuda/gemv_float.h"
 #include "kernels/cuda/gemv_rows.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
@@ -196,9 +196,11 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(Gemv
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kSlots;
   const int64_t steps = first < groups ? (groups - first + stride - 1) / stride * iters : 0;
   const int part = lane % P::kParts;
-  pdl_wait();
-  pdl_launch_dependents();
-  if (steps == 0) return;  // uniform over a CTA when W > 1 (one slot)
+  if (steps == 0) {  // uniform over a CTA when W > 1 (one slot)
+    pdl_wait();
+    pdl_launch_dependents();
+    return;
+  }
 
   auto rows_of = [&](int64_t g, RowRef (&ref)[R], bool (&live)[R]) {
 #pragma unroll
@@ -214,7 +216,11 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(Gemv
   bool live[R];
   rows_of(g, ref, live);
   Raw cur[R][U];
+  // Weights are no kernel's output: the first step's loads go out before waiting for the
+  // launch that writes the activations.
   Step::load(cur, ref, lane, items, part);
+  pdl_wait();
+  pdl_launch_dependents();
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.0f;
@@ -357,64 +363,6 @@ void launch_geometry_index(const GemvGroupParams& p, int index, cudaStream_t str
   ((index == I ? launch_geometry<T, I>(p, stream) : void()), ...);
 }
 
-// Streams weights: no L1 allocation, so that x stays there.
-__device__ __forceinline__ int4 ld_stream(const int4* p) {
-  int4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.s32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-// One warp per row; each lane loads U 16-byte weight items before using any, so that a warp
-// keeps U * 512 bytes in flight (one item per lane left the HBM pipe mostly idle).
-template <TensorType T, int NC>
-__global__ void __launch_bounds__(kWarpsPerCta * 32) gemv_float_kernel(GemvParams p) {
-  constexpr int E = FloatElem<T>::kPer16B;
-  constexpr int U = NC <= 2 ? 4 : 2;
-  const int lane = threadIdx.x % 32;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerCta + threadIdx.x / 32;
-  if (row >= p.w.rows) return;
-  const int64_t k = p.w.cols;
-  const int4* __restrict__ wrow = reinterpret_cast<const int4*>(p.w.q + row * p.w.q_row_bytes);
-  float acc[NC];
-#pragma unroll
-  for (int c = 0; c < NC; ++c) acc[c] = 0.0f;
-  const int64_t items = k / E;
-  for (int64_t base = lane; base < items; base += 32 * U) {
-    int4 raw[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t it = base + 32 * u;
-      raw[u] = it < items ? ld_stream(wrow + it) : make_int4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t it = base + 32 * u;
-      if (it >= items) break;
-      float w[E];
-      unpack16<T>(raw[u], w);
-#pragma unroll
-      for (int c = 0; c < NC; ++c) {
-        if (c < p.m) {
-          const float4* x = reinterpret_cast<const float4*>(p.x + c * k + it * E);
-#pragma unroll
-          for (int v = 0; v < E / 4; ++v) {
-            const float4 xv = x[v];
-            acc[c] += w[4 * v] * xv.x + w[4 * v + 1] * xv.y + w[4 * v + 2] * xv.z +
-                      w[4 * v + 3] * xv.w;
-          }
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int c = 0; c < NC; ++c) {
-    const float v = warp_sum(acc[c]);
-    if (lane == 0 && c < p.m) p.y[c * p.w.rows + row] = v;
-  }
-}
-
 }  // namespace
 
 void quantize_acts(const QuantizeActsParams& p, cudaStream_t stream) {
@@ -503,7 +451,7 @@ GemvGroupParams stacked_gemv_group(const DeviceMatrix* mats, int n, float* y, Qu
 
 bool gemv_supports(const DeviceMatrix& w) {
   if (is_quantized(w.type)) return true;
-  return w.cols % 8 == 0;
+  return gemv_float_supports(w);
 }
 
 void gemv(const GemvParams& p, cudaStream_t stream) {
@@ -511,8 +459,6 @@ void gemv(const GemvParams& p, cudaStream_t stream) {
   TPNODE_CHECK(p.m >= 1 && p.m <= max_m, "gemv: batch {} outside 1..{}", p.m, max_m);
   TPNODE_CHECK(gemv_supports(p.w), "gemv: {} matrix with {} columns unsupported",
                weight_type_label(p.w.type), p.w.cols);
-  const unsigned grid = static_cast<unsigned>((p.w.rows + kWarpsPerCta - 1) / kWarpsPerCta);
-  const int threads = kWarpsPerCta * 32;
   if (is_quantized(p.w.type) && p.m >= 2) {
     gemv_mma(p, stream);
   } else if (is_quantized(p.w.type)) {
@@ -521,11 +467,8 @@ void gemv(const GemvParams& p, cudaStream_t stream) {
     gemv_group(g, stream);
     return;
   } else {
-    TPNODE_DISPATCH_FLOAT_TYPE(p.w.type, T, {
-      TPNODE_DISPATCH_GEMV_COLS(p.m, NC, {
-        gemv_float_kernel<T, NC><<<grid, threads, 0, stream>>>(p);
-      })
-    })
+    gemv_float(p, stream);  // checks its own launch
+    return;
   }
   TPNODE_CUDA_CHECK_LAUNCH();
 }

@@ -45,7 +45,7 @@ struct BenchOptions {
   int decode_steps = 32;
   int reps = 3;                       // timed prefill repetitions
   bool bf16_copies = true;            // CUDA: keep BF16 copies of quantized weights for GEMMs
-  bool pdl = false;                   // CUDA: programmatic dependent launch between kernels
+  bool pdl = true;                    // CUDA: programmatic dependent launch between kernels
   bool graphs = true;                 // CUDA: replay decode steps from CUDA graphs
   bool device_sampling = false;       // decode steps sample on the device (when it can)
   bool greedy_tokens = false;         // decode steps return argmax tokens, not logits
@@ -53,6 +53,7 @@ struct BenchOptions {
   int dq_gemm_max_batch = 128;        // CUDA: largest one on the dequantizing GEMM (0: off)
   bool gemv_stream = false;           // CUDA: batch-1 GEMVs stream weights through shared memory
   int decode_max_splits = 0;          // CUDA: cap on decode attention's key splits (0: planner)
+  bool decode_clusters = true;        // CUDA: decode attention's splits may merge in a cluster
 };
 
 using Clock = std::chrono::steady_clock;
@@ -198,6 +199,7 @@ int run_bench(const BenchOptions& o) {
     co.dq_gemm_max_batch = o.dq_gemm_max_batch;
     co.gemv_stream = o.gemv_stream;
     co.decode_max_splits = o.decode_max_splits;
+    co.decode_clusters = o.decode_clusters;
     backend = make_cuda_backend(co);
     status.show("measuring device copy bandwidth and BF16 GEMM rate");
     roof.copy_bw = cuda_measure_copy_bandwidth(*backend, uint64_t{2} << 30);
@@ -383,7 +385,9 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--context", o->context, "KV tokens per sequence before timed decode");
       sub.add_option("--decode-steps", o->decode_steps, "timed decode steps per batch size");
       sub.add_option("--reps", o->reps, "timed prefill repetitions (best is reported)");
-      sub.add_flag("--pdl", o->pdl, "programmatic dependent launch between decode kernels (experimental)");
+      sub.add_flag("--pdl,!--no-pdl", o->pdl,
+                   "programmatic dependent launch between decode kernels (default on; "
+                   "compute capability >= 9.0)");
       sub.add_option("--quant-gemv-max-batch", o->quant_gemv_max_batch,
                      "largest decode batch whose quantized matmuls run on int8 GEMVs (1..64)");
       sub.add_option("--dq-gemm-max-batch", o->dq_gemm_max_batch,
@@ -395,6 +399,9 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--decode-max-splits", o->decode_max_splits,
                      "cap on decode attention's key splits (0: as many as fill the GPU)")
           ->check(CLI::Range(0, 128));
+      sub.add_flag("!--decode-global-merge", o->decode_clusters,
+                   "decode attention's key splits always merge through global memory, never "
+                   "inside a thread-block cluster");
       sub.add_flag("!--no-graphs", o->graphs, "run decode steps op by op instead of CUDA graphs");
       sub.add_flag("--greedy-tokens", o->greedy_tokens,
                    "decode steps return argmax tokens instead of logits (device or distributed argmax)");

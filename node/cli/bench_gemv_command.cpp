@@ -1,5 +1,7 @@
-// tpnode bench-gemv: why the batch-1 decode GEMVs stop short of the copy rate. For each
-// Llama-3-8B Q4_K_M decode shape it times gemv_group and gemv_stream, and pure-read probes
+// tpnode bench-gemv: why the decode GEMVs stop short of the copy rate. For each Llama-3-8B
+// Q4_K_M decode shape it times gemv_group and gemv_stream, for each BF16 shape (Llama-3-70B
+// on two tensor-parallel ranks, Llama-3-8B on one GPU) every gemv_float_group geometry at
+// m = 1 and 2 against the one-warp-per-row kernel, and pure-read probes
 // over the same number of bytes: the GEMV's access pattern without the math (read_rows),
 // the same loads over a k-major tiled layout (read_rows_interleaved), and a copy-like
 // sweep (read_sweep); the fraction column is against the device copy rate measured at start.
@@ -26,9 +28,23 @@ struct GemvBenchCliOptions {
   int device = 0;
   std::vector<int> items = {1, 2, 4, 8};
   int rotate_mb = 256;
+  std::vector<std::string> sets = {"q4k-8b", "bf16-70b-tp2", "bf16-8b"};
 };
 
 #ifdef TPNODE_HAVE_CUDA
+
+std::vector<GemvBenchShape> shapes_of(const std::vector<std::string>& sets) {
+  std::vector<GemvBenchShape> out;
+  for (const std::string& set : sets) {
+    std::vector<GemvBenchShape> add;
+    if (set == "q4k-8b") add = llama3_8b_decode_shapes();
+    if (set == "bf16-70b-tp2") add = llama3_70b_tp2_bf16_shapes();
+    if (set == "bf16-8b") add = llama3_8b_bf16_shapes();
+    TPNODE_CHECK(!add.empty(), "bench-gemv: unknown shape set '{}'", set);
+    out.insert(out.end(), add.begin(), add.end());
+  }
+  return out;
+}
 
 // One status line on stderr, rewritten in place on a terminal.
 class Status {
@@ -58,6 +74,7 @@ int run_gemv_bench_command(const GemvBenchCliOptions& o) {
   std::unique_ptr<Backend> backend = make_cuda_backend(bo);
 
   GemvBenchOptions go;
+  go.shapes = shapes_of(o.sets);
   go.launches = o.launches;
   go.probe_items = o.items;
   go.rotate_bytes = static_cast<uint64_t>(o.rotate_mb) << 20;
@@ -73,13 +90,13 @@ int run_gemv_bench_command(const GemvBenchCliOptions& o) {
   std::printf("read_sweep over one %.0f MB buffer per launch (ramp and tail negligible): "
               "%.3f TB/s, frac %.3f\n\n",
               go.rotate_bytes / 1e6, r.sweep_bytes_per_s / 1e12, r.sweep_bytes_per_s / copy);
-  std::printf("%-34s %-27s %9s %7s %6s  %s\n", "shape", "kernel", "us", "TB/s", "frac",
+  std::printf("%-40s %-46s %9s %7s %6s  %s\n", "shape", "kernel", "us", "TB/s", "frac",
               "geometry");
   std::string last;
   for (const GemvBenchRow& row : r.rows) {
     if (!last.empty() && row.shape != last) std::printf("\n");
     last = row.shape;
-    std::printf("%-34s %-27s %9.2f %7.3f %6.3f  %s\n", row.shape.c_str(), row.kernel.c_str(),
+    std::printf("%-40s %-46s %9.2f %7.3f %6.3f  %s\n", row.shape.c_str(), row.kernel.c_str(),
                 row.us, row.bytes_per_s / 1e12, row.bytes_per_s / copy, row.detail.c_str());
   }
   return 0;
@@ -106,6 +123,11 @@ const RegisterCommand kRegister{Command{
                      "read_rows probes: 16-byte loads in flight per lane, each timed (1, 2, 4, 8)")
           ->delimiter(',')
           ->check(CLI::IsMember({1, 2, 4, 8}));
+      sub.add_option("--shapes", o->sets,
+                     "shape sets: q4k-8b (Llama-3-8B Q4_K_M), bf16-70b-tp2 (Llama-3-70B BF16, "
+                     "one of two TP ranks), bf16-8b (Llama-3-8B BF16)")
+          ->delimiter(',')
+          ->check(CLI::IsMember({"q4k-8b", "bf16-70b-tp2", "bf16-8b"}));
       sub.add_option("--rotate-mb", o->rotate_mb,
                      "each kernel rotates over copies of its data totalling at least this")
           ->check(CLI::Range(64, 16384));

@@ -327,7 +327,8 @@ struct QuantCase {
   int32_t max_blocks;             // block-table width: 16-key blocks
 };
 
-class CudaDecodeQuant : public ::testing::TestWithParam<QuantCase> {
+// The case, and whether the planner may merge splits inside a thread-block cluster.
+class CudaDecodeQuant : public ::testing::TestWithParam<std::tuple<QuantCase, bool>> {
  protected:
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gave 0)";
@@ -335,9 +336,14 @@ class CudaDecodeQuant : public ::testing::TestWithParam<QuantCase> {
 };
 
 // decode_attention with RoPE, the fused K/V store and the 8-bit copy, against quantize_acts of
-// its own F32 output: the copy must be bitwise equal (q, d and s), whole or split.
+// its own F32 output: the copy must be bitwise equal (q, d and s), whole or split (in a
+// cluster or over global memory); split or not, the output must match the unsplit launch.
 TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
-  const QuantCase c = GetParam();
+  const QuantCase c = std::get<0>(GetParam());
+  int major = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  const bool clusters = std::get<1>(GetParam());
+  if (clusters && major < 9) GTEST_SKIP() << "thread-block clusters need compute capability >= 9.0";
   const int64_t hd = c.head_dim, nh = c.n_head, nkv = c.n_head_kv, bs = 16;
   const auto n = static_cast<int64_t>(c.contexts.size());
   const int64_t n_blocks = n * c.max_blocks;
@@ -400,7 +406,11 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
                                                        .n_head_kv = nkv,
                                                        .head_dim = hd,
                                                        .max_keys = c.max_blocks * bs,
-                                                       .n_sms = n_sms});
+                                                       .n_sms = n_sms,
+                                                       .clusters = clusters});
+  if (clusters) {
+    EXPECT_TRUE(split.n_splits == 1 || split.cluster) << "the plan should merge in a cluster";
+  }
   DeviceBuffer part_out(split.part_out_floats * sizeof(float)),
       part_lse(split.part_lse_floats * sizeof(float)),
       counters(kc::kDecodeMaxCounters * sizeof(uint32_t));
@@ -418,9 +428,10 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
       .scale = 1.0f / std::sqrt(static_cast<float>(hd)),
       .n_splits = split.n_splits,
       .split_len = split.split_len,
-      .part_out = split.n_splits > 1 ? part_out.as<float>() : nullptr,
-      .part_lse = split.n_splits > 1 ? part_lse.as<float>() : nullptr,
-      .counters = split.n_splits > 1 ? counters.as<uint32_t>() : nullptr,
+      .cluster = split.cluster,
+      .part_out = split.part_out_floats > 0 ? part_out.as<float>() : nullptr,
+      .part_lse = split.part_out_floats > 0 ? part_lse.as<float>() : nullptr,
+      .counters = split.part_out_floats > 0 ? counters.as<uint32_t>() : nullptr,
       .k_new = k_new->as<float>(),
       .v_new = v_new->as<float>(),
       .rope = {.inv_freq = inv_freq->as<float>(), .style = RopeStyle::kNeox},
@@ -430,7 +441,8 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
                      .out = {.q = rq.as<int8_t>(), .d = rd.as<float>(), .s = rs.as<float>()}},
                     nullptr);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const std::string what = fmt::format("{} splits of {} keys", split.n_splits, split.split_len);
+  const std::string what = fmt::format("{} splits of {} keys{}", split.n_splits, split.split_len,
+                                       split.cluster ? " in a cluster" : "");
   const std::vector<float> f = download<float>(out, n_out);
   EXPECT_TRUE(std::all_of(f.begin(), f.end(), [](float x) { return std::isfinite(x); })) << what;
   EXPECT_EQ(download<int8_t>(aq, n_out), download<int8_t>(rq, n_out)) << what << ": q";
@@ -441,19 +453,47 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
   // The launch leaves its split counters at zero (graphs replay it).
   const std::vector<uint32_t> ctr = download<uint32_t>(counters, kc::kDecodeMaxCounters);
   EXPECT_TRUE(std::all_of(ctr.begin(), ctr.end(), [](uint32_t x) { return x == 0; })) << what;
+
+  // The same launch unsplit (the cache now also holds the new keys, which it stored: the
+  // unsplit launch stores the same values again) gives the same output within rounding.
+  if (split.n_splits > 1) {
+    DeviceBuffer whole(n_out * sizeof(float));
+    kc::DecodeAttentionParams w = d;
+    w.out = whole.as<float>();
+    w.n_splits = 1;
+    w.split_len = c.max_blocks * static_cast<int>(bs);
+    w.cluster = false;
+    w.quant = {};
+    kc::decode_attention(w, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<float> g = download<float>(whole, n_out);
+    double err = 0.0, ref = 0.0;
+    for (int64_t i = 0; i < n_out; ++i) {
+      err += (f[i] - g[i]) * static_cast<double>(f[i] - g[i]);
+      ref += g[i] * static_cast<double>(g[i]);
+    }
+    EXPECT_LT(err, 1e-10 * ref) << what << ": split against whole";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, CudaDecodeQuant,
-    ::testing::Values(
-        // Llama-3-8B at batch 1 and 3: split (1024 keys of capacity) and whole (64)
-        QuantCase{128, 32, 8, {129}, 64}, QuantCase{128, 32, 8, {1, 40, 700}, 64},
-        QuantCase{128, 32, 8, {1, 20, 60}, 4},
-        // 16 query heads per KV head (two CTAs each), head_dim 64; 1:1 groups
-        QuantCase{64, 16, 1, {300, 2}, 32}, QuantCase{64, 4, 4, {17}, 2}),
+    ::testing::Combine(
+        ::testing::Values(
+            // Llama-3-8B at batch 1 and 3: split (1024 keys of capacity) and whole (64)
+            QuantCase{128, 32, 8, {129}, 64}, QuantCase{128, 32, 8, {1, 40, 700}, 64},
+            QuantCase{128, 32, 8, {1, 20, 60}, 4},
+            // the benchmark's batch-1 shape: 129 keys in 256 of capacity (splits past the
+            // token's length, some empty in a cluster)
+            QuantCase{128, 32, 8, {129}, 16}, QuantCase{128, 32, 8, {33}, 16},
+            // 16 query heads per KV head (two CTAs each), head_dim 64; 1:1 groups
+            QuantCase{64, 16, 1, {300, 2}, 32}, QuantCase{64, 4, 4, {17}, 2}),
+        ::testing::Bool()),
     [](const auto& i) {
-      return fmt::format("hd{}_h{}kv{}_n{}_w{}", i.param.head_dim, i.param.n_head,
-                         i.param.n_head_kv, i.param.contexts.size(), i.param.max_blocks);
+      const QuantCase& c = std::get<0>(i.param);
+      return fmt::format("hd{}_h{}kv{}_n{}_ctx{}_w{}_{}", c.head_dim, c.n_head, c.n_head_kv,
+                         c.contexts.size(), c.contexts[0], c.max_blocks,
+                         std::get<1>(i.param) ? "cluster" : "global");
     });
 
 // ---- long contexts against a reference computed here ------------------------------------
@@ -646,11 +686,73 @@ TEST(DecodeSplitPlan, CoversCapacityAndSplitsOnlySmallGrids) {
       }
     }
   }
+  for (int64_t keys : {256, 4096}) EXPECT_FALSE(plan(1, 32, 8, 128, keys).cluster);
   EXPECT_TRUE(kc::decode_attention_supports(64, 8, 256));
   EXPECT_TRUE(kc::decode_attention_supports(32, 8, 512));
   EXPECT_FALSE(kc::decode_attention_supports(64, 8, 512));  // 8 heads per CTA: dim <= 256
   EXPECT_FALSE(kc::decode_attention_supports(32, 8, 100));  // not a multiple of 8
   EXPECT_FALSE(kc::decode_attention_supports(30, 8, 128));  // heads not a multiple of KV heads
+}
+
+// With clusters the splits may be one ring stage (32 keys here) long, up to a cluster's size;
+// longer contexts merge over global memory once that gives more splits.
+TEST(DecodeSplitPlan, ClusterSplitsForShortAndMidContexts) {
+  auto plan = [](int64_t n, int64_t keys, int max_splits = 0) {
+    return kc::plan_decode_split({.n = n, .n_head = 32, .n_head_kv = 8, .head_dim = 128,
+                                  .max_keys = keys, .n_sms = 132, .max_splits = max_splits,
+                                  .clusters = true});
+  };
+  const kc::DecodeSplit b1 = plan(1, 256);  // the benchmark's 129 keys, bucketed to 256
+  EXPECT_TRUE(b1.cluster);
+  EXPECT_EQ(b1.n_splits, 8);
+  EXPECT_EQ(b1.split_len, 32);
+  EXPECT_EQ(b1.part_out_floats, 0);
+  EXPECT_EQ(b1.part_lse_floats, 0);
+  const kc::DecodeSplit mid = plan(1, 2048);
+  EXPECT_TRUE(mid.cluster);
+  EXPECT_EQ(mid.n_splits, 8);
+  EXPECT_EQ(mid.split_len, 256);
+  const kc::DecodeSplit two = plan(1, 64);
+  EXPECT_TRUE(two.cluster);
+  EXPECT_EQ(two.n_splits, 2);
+  EXPECT_EQ(two.split_len, 32);
+  EXPECT_EQ(plan(1, 32).n_splits, 1);
+  // 4096 keys: 16 global splits of 256 beat 8 cluster splits of 512.
+  const kc::DecodeSplit g = plan(1, 4096);
+  EXPECT_FALSE(g.cluster);
+  EXPECT_EQ(g.n_splits, 16);
+  EXPECT_EQ(g.part_lse_floats, 32 * 16);
+  // ... unless the cap leaves no more than a cluster holds.
+  const kc::DecodeSplit capped = plan(1, 4096, 4);
+  EXPECT_TRUE(capped.cluster);
+  EXPECT_EQ(capped.n_splits, 4);
+  EXPECT_EQ(capped.split_len, 1024);
+  // Batch 4 (32 CTAs) splits in clusters: about two CTAs per SM; batch 8 (64 CTAs: more than
+  // one per four SMs) splits only over global memory, from 512 keys on; batch 64 never.
+  const kc::DecodeSplit b4 = plan(4, 256);
+  EXPECT_TRUE(b4.cluster);
+  EXPECT_EQ(b4.n_splits, 8);
+  EXPECT_EQ(b4.split_len, 32);
+  EXPECT_EQ(plan(8, 256).n_splits, 1);
+  const kc::DecodeSplit b8 = plan(8, 2048);
+  EXPECT_FALSE(b8.cluster);
+  EXPECT_EQ(b8.n_splits, 5);
+  EXPECT_EQ(plan(64, 256).n_splits, 1);
+  for (int64_t n : {1, 2, 3, 16}) {
+    for (int64_t keys : {1, 16, 33, 130, 256, 1500, 2048, 4096, 32768}) {
+      const kc::DecodeSplit s = plan(n, keys);
+      const std::string what = fmt::format("n {} keys {}", n, keys);
+      EXPECT_GE(static_cast<int64_t>(s.n_splits) * s.split_len, keys) << what;
+      if (s.n_splits > 1) {
+        EXPECT_LT(static_cast<int64_t>(s.n_splits - 1) * s.split_len, keys) << what;
+      }
+      if (s.cluster) {
+        EXPECT_LE(s.n_splits, kc::kDecodeMaxClusterSplits) << what;
+        EXPECT_EQ(s.split_len % 32, 0) << what;
+        EXPECT_EQ(s.part_out_floats, 0) << what;
+      }
+    }
+  }
 }
 
 // ---- timing ------------------------------------------------------------------------------

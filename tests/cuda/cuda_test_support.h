@@ -158,12 +158,12 @@ class CudaVsCpu : public ::testing::Test {
     cuda_ = make_cuda_backend(cuda_options());
     cpu_ = make_cpu_backend(cpu_options());
   }
-  // TPNODE_TEST_CUDA_PDL / _NO_GRAPHS / _GEMV_MAX=<n> switch features for bisecting a
+  // TPNODE_TEST_CUDA_NO_PDL / _NO_GRAPHS / _GEMV_MAX=<n> switch features for bisecting a
   // failure on the GPU machine (tests only; the backend itself reads no environment).
   virtual CudaBackendOptions cuda_options() const {
     CudaBackendOptions o;
     o.gpu_memory_fraction = 0.5;
-    if (std::getenv("TPNODE_TEST_CUDA_PDL")) o.pdl = true;
+    if (std::getenv("TPNODE_TEST_CUDA_NO_PDL")) o.pdl = false;
     if (std::getenv("TPNODE_TEST_CUDA_NO_GRAPHS")) o.use_cuda_graphs = false;
     if (const char* g = std::getenv("TPNODE_TEST_CUDA_GEMV_MAX")) o.quant_gemv_max_batch = std::atoi(g);
     return o;

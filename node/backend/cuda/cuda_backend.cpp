@@ -16,6 +16,7 @@
 #include "kernels/cuda/event_timer.h"
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/gemv.h"
+#include "kernels/cuda/gemv_float.h"
 #include "kernels/cuda/gemv_stream.h"
 #include "kernels/cuda/pdl.h"
 #include "kernels/cuda/quant_layout.h"
@@ -553,15 +554,26 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
   }
 }
 
-// Decode at batch 1: q/k/v (gate/up) in one GEMV launch when they share a quantized type.
+// Decode: q/k/v (gate/up) in one GEMV launch when they share a type and width: a quantized
+// type at batch 1, a float type up to kFloatGemvBestBatch.
 void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x, int64_t m) {
-  bool group = m == 1 && !outs.empty() && outs.size() <= static_cast<size_t>(kc::kMaxGemvGroup);
+  bool same = !outs.empty() && outs.size() <= static_cast<size_t>(kc::kMaxGemvGroup);
   for (const MatmulOut& o : outs) {
-    group = group && kc::is_quantized(o.w->type) && o.w->type == outs[0].w->type &&
-            o.w->cols == outs[0].w->cols;
+    same = same && o.w->type == outs[0].w->type && o.w->cols == outs[0].w->cols;
   }
-  if (group) {
+  const bool quant = same && kc::is_quantized(outs[0].w->type);
+  bool floats = same && !quant && m <= kc::kFloatGemvBestBatch;
+  for (const MatmulOut& o : outs) floats = floats && kc::gemv_float_supports(view(*o.w));
+  if (quant && m == 1) {
     gemv1(outs, x);
+  } else if (floats) {
+    kc::GemvFloatGroupParams p{.outs = {}, .n = static_cast<int>(outs.size()), .cols = outs[0].w->cols, .x = x, .m = m};
+    for (size_t i = 0; i < outs.size(); ++i) {
+      p.outs[i] = {view(*outs[i].w), outs[i].y};
+      p.total_rows += outs[i].w->rows;
+      wrote(outs[i].y, m * outs[i].w->rows * sizeof(float));
+    }
+    kc::gemv_float_group(p, stream_);
   } else {
     Backend::matmul_shared(outs, x, m);
   }
@@ -728,10 +740,12 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
          .head_dim = p.head_dim,
          .max_keys = static_cast<int64_t>(step_.max_blocks) * kv_shape_.block_size,
          .n_sms = prop_.multiProcessorCount,
-         .max_splits = opt_.decode_max_splits});
+         .max_splits = opt_.decode_max_splits,
+         .clusters = opt_.decode_clusters && prop_.major >= 9});
     d.n_splits = split.n_splits;
     d.split_len = split.split_len;
-    if (split.n_splits > 1) {
+    d.cluster = split.cluster;
+    if (split.n_splits > 1 && !split.cluster) {
       d.part_out = scratch_->attn_out.as<float>(split.part_out_floats);
       d.counters = attn_counters_;
       d.part_lse = scratch_->attn_lse.as<float>(split.part_lse_floats);

@@ -23,10 +23,10 @@ struct CudaBackendOptions {
   // Quantized weights also get a BF16 copy for prefill / large-batch GEMMs while the copies
   // fit in this fraction of the budget; without a copy the GEMM dequantizes into scratch.
   double bf16_copy_fraction = 0.5;
-  // Programmatic dependent launch between decode kernels (compute capability >= 9.0 only).
-  // Off by default: it gained ~2% and has not been re-measured since the test stall that was
-  // once suspected of it turned out to be the CPU thread pool (docs/BENCHMARKS.md).
-  bool pdl = false;
+  // Programmatic dependent launch between decode kernels (compute capability >= 9.0 only):
+  // a kernel's CTAs start while the previous one finishes and load their weights before
+  // waiting for its output (docs/BENCHMARKS.md has the measured gain).
+  bool pdl = true;
   // Quantized matmuls with at most this many rows (decode batches) read the quantized weights
   // on int8 tensor cores; larger ones run BF16 GEMMs, which are faster there (at most 64).
   int64_t quant_gemv_max_batch = 16;
@@ -40,6 +40,9 @@ struct CudaBackendOptions {
   bool gemv_stream = false;
   // Most key splits of decode attention (0: as many as fill the GPU, up to the kernel's cap).
   int decode_max_splits = 0;
+  // Decode attention's key splits may merge inside a thread-block cluster (compute capability
+  // >= 9.0); off: every split merges through global memory.
+  bool decode_clusters = true;
 };
 
 // Number of usable CUDA devices; 0 when there is no driver or no GPU (never throws).

@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gemv.h"
+#include "kernels/cuda/gemv_float.h"
 #include "kernels/cuda/event_timer.h"
 #include "kernels/cuda/gemv_stream.h"
 #include "kernels/cuda/quant_layout.h"
@@ -115,11 +116,18 @@ class GemvBench {
   // Activations, outputs, the probe sink and one arena the probes read (the largest
   // shape's rotation), filled with synthetic BF16 values.
   void alloc_shared() {
-    int64_t max_cols = 0, max_rows = 0;
+    int64_t max_cols = 0, max_rows = 0, max_m = 1;
     size_t arena = round_up(o_.rotate_bytes, kAlign);
     for (const GemvBenchShape& s : o_.shapes) {
       TPNODE_CHECK(!s.rows.empty() && s.rows.size() <= kc::kMaxGemvGroup && s.cols > 0,
                    "bench-gemv: shape {} needs 1 to {} matrices", s.name, kc::kMaxGemvGroup);
+      const int64_t batch_max = kc::is_quantized(s.type) ? 1 : kc::kFloatGemvBestBatch;
+      TPNODE_CHECK(!s.batches.empty(), "bench-gemv: shape {} has no batch", s.name);
+      for (int64_t m : s.batches) {
+        TPNODE_CHECK(m >= 1 && m <= batch_max, "bench-gemv: shape {} ({}): batch {} outside 1..{}",
+                     s.name, kc::weight_type_label(s.type), m, batch_max);
+        max_m = std::max(max_m, m);
+      }
       int64_t total = 0;
       for (int64_t r : s.rows) total += r;
       max_cols = std::max(max_cols, s.cols);
@@ -127,11 +135,11 @@ class GemvBench {
       const size_t stride = round_up(probe_row_bytes(s) * total, kAlign);
       arena = std::max(arena, stride * copies_for(stride));
     }
-    x_ = static_cast<float*>(b_.alloc(max_cols * sizeof(float)));
+    x_ = static_cast<float*>(b_.alloc(max_m * max_cols * sizeof(float)));
     xq_.q = static_cast<int8_t*>(b_.alloc(max_cols));
     xq_.d = static_cast<float*>(b_.alloc(max_cols / 32 * sizeof(float) + sizeof(float)));
     xq_.s = static_cast<float*>(b_.alloc(max_cols / 32 * sizeof(float) + sizeof(float)));
-    y_ = static_cast<float*>(b_.alloc(max_rows * sizeof(float)));
+    y_ = static_cast<float*>(b_.alloc(max_m * max_rows * sizeof(float)));
     sink_ = static_cast<uint64_t*>(b_.alloc(2 * sizeof(uint64_t)));
     TPNODE_CUDA_CHECK(cudaMemsetAsync(sink_, 0, 2 * sizeof(uint64_t), stream_));
     constexpr int64_t kArenaCols = 4096;  // BF16: 8 KB rows
@@ -168,19 +176,25 @@ class GemvBench {
     return static_cast<double>(arena_bytes_) / (us * 1e-6);
   }
 
-  void set_x(int64_t cols) {
+  // x [m, cols], and its first row quantized for the quantized GEMVs.
+  void set_x(int64_t cols, int64_t m) {
     std::mt19937 rng(7);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    std::vector<float> x(cols);
+    std::vector<float> x(m * cols);
     for (float& v : x) v = u(rng);
-    b_.copy_to_device(x_, x.data(), cols * sizeof(float));
-    kc::quantize_acts({.x = x_, .m = 1, .k = cols, .out = xq_}, stream_);
+    b_.copy_to_device(x_, x.data(), x.size() * sizeof(float));
+    if (cols % 32 == 0) kc::quantize_acts({.x = x_, .m = 1, .k = cols, .out = xq_}, stream_);
   }
 
   kc::GemvGroupParams group(const std::vector<Weight>& ws) const {
+    const std::vector<kc::DeviceMatrix> mats = matrices(ws);
+    return kc::stacked_gemv_group(mats.data(), static_cast<int>(mats.size()), y_, xq_);
+  }
+
+  static std::vector<kc::DeviceMatrix> matrices(const std::vector<Weight>& ws) {
     std::vector<kc::DeviceMatrix> mats;
     for (const Weight& w : ws) mats.push_back(kc::device_matrix(w.type, w.rows, w.cols, w.data));
-    return kc::stacked_gemv_group(mats.data(), static_cast<int>(mats.size()), y_, xq_);
+    return mats;
   }
 
   void time_shape(const GemvBenchShape& s, GemvBenchReport& report) {
@@ -193,25 +207,50 @@ class GemvBench {
     }
     const int copies = copies_for(bytes);
     say(fmt::format("{}: synthesising {} copies of {:.1f} MB", label, copies, bytes / 1e6));
-    std::vector<kc::GemvGroupParams> groups;
+    std::vector<std::vector<Weight>> sets;
     for (int c = 0; c < copies; ++c) {
       std::vector<Weight> set;
       for (int64_t r : s.rows) set.push_back(b_.synth_weight(s.type, r, s.cols, seed_++));
-      groups.push_back(group(set));
+      sets.push_back(std::move(set));
     }
-    set_x(s.cols);
     say(fmt::format("{}: timing", label));
-    const int n = o_.launches;
+    kc::ReadRowsShape geo;
+    std::string group_detail;
+    if (kc::is_quantized(s.type)) {
+      set_x(s.cols, 1);
+      std::vector<kc::GemvGroupParams> groups;
+      for (const std::vector<Weight>& set : sets) groups.push_back(group(set));
+      geo = probe_geometry(groups[0]);
+      group_detail = fmt::format("{} CTAs x {} rows, {} warp(s)/row",
+                                 (total_rows + kc::read_rows_per_cta(geo) - 1) / kc::read_rows_per_cta(geo),
+                                 kc::read_rows_per_cta(geo), geo.warps_per_row);
+      time_quant(label, s.type, groups, bytes, group_detail, report);
+    } else {
+      for (int64_t m : s.batches) {
+        set_x(s.cols, m);
+        std::vector<kc::GemvFloatGroupParams> groups;
+        for (const std::vector<Weight>& set : sets) {
+          const std::vector<kc::DeviceMatrix> mats = matrices(set);
+          groups.push_back(kc::stacked_gemv_float_group(mats.data(), static_cast<int>(mats.size()), x_, m, y_));
+        }
+        time_float(label, groups, bytes, report);
+      }
+      // The probes read rows as the one-warp-per-row kernel does.
+      geo.rows = total_rows;
+      group_detail = fmt::format("{} CTAs x {} rows, 1 warp/row", (total_rows + 3) / 4, 4);
+    }
+    time_probes(label, s, geo, group_detail, total_rows, report);
+  }
 
-    const kc::ReadRowsShape geo = probe_geometry(groups[0]);
+  void time_quant(const std::string& label, TensorType type,
+                  const std::vector<kc::GemvGroupParams>& groups, size_t bytes,
+                  const std::string& group_detail, GemvBenchReport& report) {
+    const int copies = static_cast<int>(groups.size());
+    const int n = o_.launches;
     const kc::GemvGeometry pick = kc::gemv_group_geometry(groups[0]);
-    const std::string group_detail =
-        fmt::format("{} CTAs x {} rows, {} warp(s)/row",
-                    (total_rows + kc::read_rows_per_cta(geo) - 1) / kc::read_rows_per_cta(geo),
-                    kc::read_rows_per_cta(geo), geo.warps_per_row);
     // The pick first, then every other compiled geometry.
     std::vector<kc::GemvGeometry> geometries{pick};
-    for (const kc::GemvGeometry& g : kc::gemv_group_geometries(s.type)) {
+    for (const kc::GemvGeometry& g : kc::gemv_group_geometries(type)) {
       if (g != pick) geometries.push_back(g);
     }
     for (size_t i = 0; i < geometries.size(); ++i) {
@@ -224,7 +263,36 @@ class GemvBench {
       add(report, {label, "gemv_stream", fmt::format("{} CTAs (persistent)", sms_), bytes,
                    timer_.us_per_launch(copies, n, [&](int c) { kc::gemv_stream(groups[c], stream_); })});
     }
+  }
 
+  // The pick, the one-warp-per-row kernel (the former float GEMV), then every other
+  // compiled geometry, at the groups' batch.
+  void time_float(const std::string& label, const std::vector<kc::GemvFloatGroupParams>& groups,
+                  size_t bytes, GemvBenchReport& report) {
+    const int copies = static_cast<int>(groups.size());
+    const int64_t m = groups[0].m;
+    const kc::GemvGeometry pick = kc::gemv_float_group_geometry(groups[0]);
+    const kc::GemvGeometry rowwise = kc::gemv_float_rowwise_geometry(m);
+    std::vector<kc::GemvGeometry> geometries{pick};
+    if (rowwise != pick) geometries.push_back(rowwise);
+    for (const kc::GemvGeometry& g : kc::gemv_float_group_geometries(m)) {
+      if (g != pick && g != rowwise) geometries.push_back(g);
+    }
+    for (size_t i = 0; i < geometries.size(); ++i) {
+      const kc::GemvGeometry g = geometries[i];
+      std::string kernel = fmt::format("gemv_float_group m={}", m);
+      if (g == rowwise) kernel += " 1 warp/row";
+      if (i > 0 && g != rowwise) kernel += " " + kc::gemv_geometry_label(g);
+      add(report, {label, kernel, i == 0 ? "pick: " + kc::gemv_geometry_label(g) : kc::gemv_geometry_label(g),
+                   bytes, timer_.us_per_launch(copies, o_.launches, [&](int c) {
+                     kc::gemv_float_group(groups[c], g, stream_);
+                   })});
+    }
+  }
+
+  void time_probes(const std::string& label, const GemvBenchShape& s, const kc::ReadRowsShape& geo,
+                   const std::string& group_detail, int64_t total_rows, GemvBenchReport& report) {
+    const int n = o_.launches;
     // The probes read the arena: copy c at c * stride.
     kc::ReadRowsShape rows = geo;
     rows.row_bytes = static_cast<int64_t>(probe_row_bytes(s));
@@ -275,6 +343,27 @@ std::vector<GemvBenchShape> llama3_8b_decode_shapes() {
       {"ffn_down", TensorType::kQ6_K, {4096}, 14336},
       {"q/k/v", TensorType::kQ4_K, {4096, 1024, 1024}, 4096},
       {"attn_output", TensorType::kQ4_K, {4096}, 4096},
+  };
+}
+
+std::vector<GemvBenchShape> llama3_70b_tp2_bf16_shapes() {
+  const TensorType t = TensorType::kBF16;
+  return {
+      {"q/k/v", t, {4096, 512, 512}, 8192, {1, 2}},
+      {"attn_output", t, {8192}, 4096, {1, 2}},
+      {"gate+up", t, {14336, 14336}, 8192, {1, 2}},
+      {"ffn_down", t, {8192}, 14336, {1, 2}},
+      {"output", t, {64128}, 8192, {1, 2}},
+  };
+}
+
+std::vector<GemvBenchShape> llama3_8b_bf16_shapes() {
+  const TensorType t = TensorType::kBF16;
+  return {
+      {"q/k/v", t, {4096, 1024, 1024}, 4096, {1, 2}},
+      {"attn_output", t, {4096}, 4096, {1, 2}},
+      {"gate+up", t, {14336, 14336}, 4096, {1, 2}},
+      {"ffn_down", t, {4096}, 14336, {1, 2}},
   };
 }
 

@@ -15,15 +15,22 @@
 
 namespace tpnode {
 
-// Matrices of one type and width sharing x, as one gemv_group launch takes them.
+// Matrices of one type and width sharing x, as one gemv_group (quantized) or
+// gemv_float_group (F32/F16/BF16) launch takes them.
 struct GemvBenchShape {
   std::string name;
   TensorType type = TensorType::kQ4_K;
   std::vector<int64_t> rows;  // per matrix, 1 to 3 of them
   int64_t cols = 0;
+  std::vector<int64_t> batches = {1};  // float types: each m (1..kFloatGemvBestBatch) timed
 };
 // The decode GEMVs of Llama-3-8B Q4_K_M: gate+up, ffn_down, q/k/v, attn_output.
 std::vector<GemvBenchShape> llama3_8b_decode_shapes();
+// The decode GEMVs of Llama-3-70B BF16 on one of two tensor-parallel ranks (q/k/v,
+// attn_output, gate+up, ffn_down, the output layer's vocabulary slice), at m = 1 and 2.
+std::vector<GemvBenchShape> llama3_70b_tp2_bf16_shapes();
+// Llama-3-8B BF16 on one GPU (q/k/v, attn_output, gate+up, ffn_down), at m = 1 and 2.
+std::vector<GemvBenchShape> llama3_8b_bf16_shapes();
 
 struct GemvBenchOptions {
   std::vector<GemvBenchShape> shapes = llama3_8b_decode_shapes();
@@ -35,7 +42,7 @@ struct GemvBenchOptions {
 
 struct GemvBenchRow {
   std::string shape;   // e.g. "gate+up Q4_K 2x14336x4096"
-  std::string kernel;  // e.g. "gemv_group", "read_rows U=4"
+  std::string kernel;  // e.g. "gemv_group", "gemv_float_group m=2", "read_rows U=4"
   std::string detail;  // geometry: CTAs, rows per CTA, ...
   uint64_t bytes = 0;  // read per launch
   double us = 0;       // per launch
