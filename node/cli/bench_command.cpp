@@ -263,9 +263,14 @@ int run_bench(const BenchOptions& o) {
               std::string(backend->name()).c_str());
 
   // Block tables: sequence s owns blocks [s * per_seq_blocks, (s + 1) * per_seq_blocks).
-  auto blocks_of = [&](int s) {
-    std::vector<int32_t> b(static_cast<size_t>(per_seq_blocks));
-    for (int64_t i = 0; i < per_seq_blocks; ++i) b[i] = static_cast<int32_t>(s * per_seq_blocks + i);
+  // The first blocks of sequence s's range, enough for `tokens` tokens: a sequence holds what
+  // it will use, as under the server, so that the block-table width (which decode attention
+  // plans its key splits from) follows the sequence, not the longest prefill of the run.
+  auto blocks_of = [&](int s, int64_t tokens) {
+    const int64_t n = std::clamp<int64_t>((tokens + eo.kv_block_size - 1) / eo.kv_block_size, 1,
+                                          per_seq_blocks);
+    std::vector<int32_t> b(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) b[i] = static_cast<int32_t>(s * per_seq_blocks + i);
     return b;
   };
   auto prompt = [&](int n, int salt) {
@@ -281,7 +286,7 @@ int run_bench(const BenchOptions& o) {
   std::vector<Row> rows;
   for (int p : o.prefills) {
     StepPlan plan;
-    plan.seqs = {SeqStep{.seq_id = 1, .n_past = 0, .tokens = prompt(p, 1), .blocks = blocks_of(0),
+    plan.seqs = {SeqStep{.seq_id = 1, .n_past = 0, .tokens = prompt(p, 1), .blocks = blocks_of(0, p),
                          .want_logits = true}};
     status.show("prefill {} tokens: warm-up", p);
     engine.step(plan);
@@ -305,6 +310,8 @@ int run_bench(const BenchOptions& o) {
     rows.push_back(row);
   }
 
+  // Each decode sequence's blocks cover its context, the two warm-up steps and the timed ones.
+  const int64_t decode_span = static_cast<int64_t>(o.context) + 2 + o.decode_steps;
   for (int b : o.batches) {
     // Fill each sequence's KV with `context` tokens, several sequences per step.
     StepPlan plan;
@@ -313,7 +320,7 @@ int run_bench(const BenchOptions& o) {
       plan.seqs.clear();
       for (int s = s0; s < std::min(b, s0 + per_step); ++s) {
         plan.seqs.push_back({.seq_id = static_cast<uint64_t>(s + 1), .n_past = 0,
-                             .tokens = prompt(o.context, s + 2), .blocks = blocks_of(s),
+                             .tokens = prompt(o.context, s + 2), .blocks = blocks_of(s, decode_span),
                              .want_logits = false});
       }
       status.show("decode batch {}: filling KV ({}/{} sequences)", b, s0, b);
@@ -322,7 +329,7 @@ int run_bench(const BenchOptions& o) {
     plan.seqs.clear();
     for (int s = 0; s < b; ++s) {
       plan.seqs.push_back({.seq_id = static_cast<uint64_t>(s + 1), .n_past = o.context,
-                           .tokens = {static_cast<int32_t>(s % hp.n_vocab)}, .blocks = blocks_of(s),
+                           .tokens = {static_cast<int32_t>(s % hp.n_vocab)}, .blocks = blocks_of(s, decode_span),
                            .want_logits = true});
       if (o.device_sampling) {
         // generate's defaults: the filters run, not just an argmax.
