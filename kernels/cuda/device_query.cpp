@@ -1,5 +1,6 @@
 #include "kernels/cuda/device_query.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include "kernels/cuda/cuda_check.h"
@@ -23,6 +24,20 @@ int current_device_sms(const char* who) {
     cache[dev].store(sms, std::memory_order_relaxed);
   }
   return sms;
+}
+
+int resident_ctas(const void* kernel, const ResidentQuery& q, PerDeviceCount& cache) {
+  const int dev = current_device(q.who);
+  int n = cache[dev].load(std::memory_order_relaxed);
+  if (n == 0) {
+    int per_sm = 0;
+    TPNODE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, q.threads, 0));
+    per_sm = std::max(per_sm, 1);
+    if (q.max_per_sm > 0) per_sm = std::min(per_sm, q.max_per_sm);
+    n = current_device_sms(q.who) * per_sm;
+    cache[dev].store(n, std::memory_order_relaxed);
+  }
+  return n;
 }
 
 void PerDeviceSetup::mark_done() {

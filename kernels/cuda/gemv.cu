@@ -1,7 +1,6 @@
 #include "kernels/cuda/gemv.h"
 
 #include <algorithm>
-#include <atomic>
 #include <utility>
 
 #include "kernels/cuda/cuda_check.h"
@@ -293,27 +292,18 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(Gemv
   }
 }
 
-// Resident CTAs of a kernel on the current device, asked once per kernel and device.
-template <typename K>
-int resident_ctas(K kernel) {
-  static std::atomic<int> cache[kMaxCachedDevices] = {};  // 0: not asked yet
-  const int dev = current_device("gemv_group");
-  int n = cache[dev].load(std::memory_order_relaxed);
-  if (n == 0) {
-    int per_sm = 0;
-    TPNODE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarpsPerCta * 32, 0));
-    n = current_device_sms("gemv_group") * std::max(per_sm, 1);
-    cache[dev].store(n, std::memory_order_relaxed);
-  }
-  return n;
-}
-
 template <TensorType T, int R, int W, int U>
 void launch_gemv1_pipelined(const GemvGroupParams& p, cudaStream_t stream) {
   constexpr int64_t kSlots = kWarpsPerCta / W;
   const int64_t groups = (p.total_rows + R - 1) / R;
-  const int64_t ctas = std::min<int64_t>((groups + kSlots - 1) / kSlots,
-                                         resident_ctas(gemv1_pipelined_kernel<T, R, W, U>));
+  // At most two CTAs per SM: what the engine ran with in every measurement so far (the grid
+  // size was once cached for all these kernels from the first one launched, the LM head's,
+  // whose registers allow two); more CTAs per SM have not been measured end to end.
+  static PerDeviceCount cache{};
+  const int64_t ctas = std::min<int64_t>(
+      (groups + kSlots - 1) / kSlots,
+      resident_ctas(reinterpret_cast<const void*>(gemv1_pipelined_kernel<T, R, W, U>),
+                    {.threads = kWarpsPerCta * 32, .max_per_sm = 2, .who = "gemv_group"}, cache));
   launch_pdl(gemv1_pipelined_kernel<T, R, W, U>, dim3(static_cast<unsigned>(ctas)),
              dim3(kWarpsPerCta * 32), 0, stream, p);
 }

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <atomic>
 #include <string>
 #include <utility>
 
@@ -11,6 +10,7 @@
 #include "kernels/cuda/device_query.h"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/float_convert.cuh"
+#include "kernels/cuda/gemv_rows.cuh"
 #include "kernels/cuda/pdl.cuh"
 
 namespace tpnode::cuda {
@@ -42,15 +42,7 @@ struct FloatRow {
   int64_t ldy;
 };
 __device__ __forceinline__ FloatRow float_group_row(const GemvFloatGroupParams& p, int64_t row) {
-  int part = 0;
-#pragma unroll
-  for (int i = 0; i + 1 < kMaxGemvGroup; ++i) {
-    if (part + 1 < p.n && row >= p.outs[part].w.rows) {
-      row -= p.outs[part].w.rows;
-      ++part;
-    }
-  }
-  const GemvOut& o = p.outs[part];
+  const GemvOut& o = p.outs[group_part(p.outs, p.n, row)];
   return {reinterpret_cast<const int4*>(o.w.q + row * o.w.q_row_bytes), o.y + row, o.w.rows};
 }
 
@@ -237,21 +229,6 @@ __global__ void __launch_bounds__(kThreads) gemv_float_pipelined_kernel(GemvFloa
   }
 }
 
-// Resident CTAs of a kernel on the current device, asked once per kernel and device.
-template <typename K>
-int resident_ctas(K kernel) {
-  static std::atomic<int> cache[kMaxCachedDevices] = {};  // 0: not asked yet
-  const int dev = current_device("gemv_float_group");
-  int n = cache[dev].load(std::memory_order_relaxed);
-  if (n == 0) {
-    int per_sm = 0;
-    TPNODE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
-    n = current_device_sms("gemv_float_group") * std::max(per_sm, 1);
-    cache[dev].store(n, std::memory_order_relaxed);
-  }
-  return n;
-}
-
 // The compiled pipelined geometries (rows per warp, items per lane).
 constexpr GemvGeometry kPipelined[] = {
     {1, 1, 4, 0, true}, {1, 1, 8, 0, true}, {2, 1, 2, 0, true},
@@ -270,7 +247,16 @@ void launch_pipelined(const GemvFloatGroupParams& p, cudaStream_t stream) {
   // As many row groups per warp as the resident warps need, spread over as few warps as
   // that allows: every warp then has (nearly) the same number of groups, and no last round
   // of a few warps runs alone at the end.
-  const int64_t max_warps = static_cast<int64_t>(resident_ctas(kernel)) * kWarpsPerCta;
+  // At most four CTAs per SM: what the engine ran with when measured (the count was once
+  // cached for all these kernels from the first one launched, the LM head's, whose registers
+  // allow four).
+  static PerDeviceCount cache{};
+  const int64_t max_warps =
+      static_cast<int64_t>(resident_ctas(reinterpret_cast<const void*>(kernel),
+                                         {.threads = kThreads, .max_per_sm = 4,
+                                          .who = "gemv_float_group"},
+                                         cache)) *
+      kWarpsPerCta;
   const int64_t per_warp = (groups + max_warps - 1) / max_warps;
   const int64_t warps = (groups + per_warp - 1) / per_warp;
   const int64_t ctas = (warps + kWarpsPerCta - 1) / kWarpsPerCta;

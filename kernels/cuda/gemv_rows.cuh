@@ -14,16 +14,21 @@ struct RowRef {
   float* y;          // its output
 };
 
-__device__ __forceinline__ RowRef group_row(const GemvGroupParams& p, int64_t row) {
+// The matrix (of n) that group row `row` falls in; `row` becomes the row within it.
+__device__ __forceinline__ int group_part(const GemvOut* outs, int n, int64_t& row) {
   int part = 0;
 #pragma unroll
   for (int i = 0; i + 1 < kMaxGemvGroup; ++i) {
-    if (part + 1 < p.n && row >= p.outs[part].w.rows) {
-      row -= p.outs[part].w.rows;
+    if (part + 1 < n && row >= outs[part].w.rows) {
+      row -= outs[part].w.rows;
       ++part;
     }
   }
-  const GemvOut& o = p.outs[part];
+  return part;
+}
+
+__device__ __forceinline__ RowRef group_row(const GemvGroupParams& p, int64_t row) {
+  const GemvOut& o = p.outs[group_part(p.outs, p.n, row)];
   return {o.w.q + row * o.w.q_row_bytes, o.w.s ? o.w.s + row * o.w.s_row_bytes : nullptr,
           o.y + row};
 }
