@@ -10,6 +10,7 @@
 #include "kernels/cuda/gemv_rows.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
+#include "kernels/cuda/quantize_chunk.cuh"
 
 namespace tpnode::cuda {
 namespace {
@@ -174,13 +175,64 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas) gemv1_kernel(GemvG
   }
 }
 
+// The RMSNorm in front of the GEMV (gemv_norm_group), run by every CTA over the whole row
+// before its first dot product: x (+ r) times the norm weights, quantized chunk by chunk into
+// the CTA's shared memory (the 8-bit copy of a row does not depend on the row's scale, so the
+// 1 / rms that the sum of squares gives scales the outputs instead). With r, the CTA that
+// is last to have read x writes x + r back (a ticket: every other CTA has read x by then).
+// Returns 1 / rms. All threads of the CTA call it; cols % kNormColsMultiple == 0.
+__device__ float norm_into_shared(const GemvNorm& norm, int64_t cols, const QuantActs& sq) {
+  const int n4 = static_cast<int>(cols / 4);
+  const float4* x4 = reinterpret_cast<const float4*>(norm.x);
+  const float4* r4 = reinterpret_cast<const float4*>(norm.r);
+  const float4* w4 = reinterpret_cast<const float4*>(norm.w);
+  float ss = 0.0f;
+  // Whole warps per pass (n4 is a multiple of the CTA's threads), so the 8-lane shuffles of
+  // the quantization stay converged; 8 consecutive lanes hold one 32-value chunk.
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    float4 a = x4[i];
+    if (r4 != nullptr) {
+      const float4 b = r4[i];
+      a = {a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w};
+    }
+    ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    const float4 w = w4[i];
+    quantize_chunk8(sq, i / 8, {a.x * w.x, a.y * w.y, a.z * w.z, a.w * w.w}, true);
+  }
+  __shared__ float partial[kWarpsPerCta];
+  __shared__ bool last;
+  ss = warp_sum(ss);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+  __syncthreads();  // every thread of the CTA has consumed its reads of x
+  if (threadIdx.x == 0 && r4 != nullptr) {
+    __threadfence();
+    const uint32_t ticket = atomicAdd(norm.counter, 1u);
+    last = ticket == gridDim.x - 1;
+    if (last) *norm.counter = 0u;  // every CTA has taken its ticket: left zero for the next launch
+  }
+  if (r4 != nullptr) __syncthreads();
+  float total = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarpsPerCta; ++w) total += partial[w];
+  if (r4 != nullptr && last) {
+    float4* xo = reinterpret_cast<float4*>(norm.x);
+    for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+      const float4 a = x4[i], b = r4[i];
+      xo[i] = {a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w};
+    }
+  }
+  return rsqrtf(total / static_cast<float>(cols) + norm.eps);
+}
+
 // The same work as gemv1_kernel, but a resident grid whose row groups (R rows for one warp,
 // or for a CTA's four warps when W = 4) follow one another per warp: the weights of a
 // warp's next step (next items of the row, or its next row group) are loaded before the
 // current step's dot products, so a warp keeps loads in flight while it computes instead of
-// alternating between waiting and computing.
-template <TensorType T, int R, int W, int U>
-__global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(GemvGroupParams p) {
+// alternating between waiting and computing. With kNorm, the RMSNorm in front of it runs in
+// the prologue (norm_into_shared) and x's 8-bit copy lives in dynamic shared memory.
+template <TensorType T, int R, int W, int U, bool kNorm>
+__global__ void __launch_bounds__(kWarpsPerCta * 32)
+    gemv1_pipelined_kernel(GemvGroupParams p, GemvNorm norm) {
   using P = quant::Policy<T>;
   constexpr int kLanes = 32 * W;
   using Step = LaneStep<T, R, U, kLanes>;
@@ -195,7 +247,8 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(Gemv
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kSlots;
   const int64_t steps = first < groups ? (groups - first + stride - 1) / stride * iters : 0;
   const int part = lane % P::kParts;
-  if (steps == 0) {  // uniform over a CTA when W > 1 (one slot)
+  // The norm's prologue needs every thread of the CTA.
+  if (!kNorm && steps == 0) {  // uniform over a CTA when W > 1 (one slot)
     pdl_wait();
     pdl_launch_dependents();
     return;
@@ -217,9 +270,20 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(Gemv
   Raw cur[R][U];
   // Weights are no kernel's output: the first step's loads go out before waiting for the
   // launch that writes the activations.
-  Step::load(cur, ref, lane, items, part);
+  if (steps > 0) Step::load(cur, ref, lane, items, part);
   pdl_wait();
   pdl_launch_dependents();
+  QuantActs xq = p.xq;
+  float out_scale = 1.0f;
+  if constexpr (kNorm) {
+    extern __shared__ int4 norm_smem[];
+    int8_t* q = reinterpret_cast<int8_t*>(norm_smem);
+    float* d = reinterpret_cast<float*>(q + p.cols);
+    xq = {q, d, d + p.cols / 32};
+    out_scale = norm_into_shared(norm, p.cols, xq);
+    __syncthreads();  // the 8-bit copy is complete
+    if (steps == 0) return;
+  }
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.0f;
@@ -244,7 +308,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(Gemv
       Step::load(nxt, nref, lane + kLanes * U * itn, items, part);
     }
     float v[R][U];
-    Step::dots(v, cur, p.xq, lane + kLanes * U * it, items, part);
+    Step::dots(v, cur, xq, lane + kLanes * U * it, items, part);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
 #pragma unroll
@@ -277,7 +341,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(Gemv
       }
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        if (lane == 0 && live[r]) *ref[r].y = sum[r];
+        if (lane == 0 && live[r]) *ref[r].y = kNorm ? sum[r] * out_scale : sum[r];
       }
     }
 #pragma unroll
@@ -292,20 +356,28 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) gemv1_pipelined_kernel(Gemv
   }
 }
 
-template <TensorType T, int R, int W, int U>
-void launch_gemv1_pipelined(const GemvGroupParams& p, cudaStream_t stream) {
+// Dynamic shared memory of the kNorm kernels: x's 8-bit copy (q, then d and s per chunk).
+size_t norm_smem_bytes(int64_t cols) {
+  return static_cast<size_t>(cols) + 2 * sizeof(float) * static_cast<size_t>(cols / 32);
+}
+
+template <TensorType T, int R, int W, int U, bool kNorm = false>
+void launch_gemv1_pipelined(const GemvGroupParams& p, cudaStream_t stream,
+                            const GemvNorm& norm = {}) {
   constexpr int64_t kSlots = kWarpsPerCta / W;
   const int64_t groups = (p.total_rows + R - 1) / R;
   // At most two CTAs per SM: what the engine ran with in every measurement so far (the grid
   // size was once cached for all these kernels from the first one launched, the LM head's,
-  // whose registers allow two); more CTAs per SM have not been measured end to end.
+  // whose registers allow two); more CTAs per SM have not been measured end to end. The
+  // norm's ticket also needs the whole grid resident.
   static PerDeviceCount cache{};
+  auto* kernel = gemv1_pipelined_kernel<T, R, W, U, kNorm>;
   const int64_t ctas = std::min<int64_t>(
       (groups + kSlots - 1) / kSlots,
-      resident_ctas(reinterpret_cast<const void*>(gemv1_pipelined_kernel<T, R, W, U>),
+      resident_ctas(reinterpret_cast<const void*>(kernel),
                     {.threads = kWarpsPerCta * 32, .max_per_sm = 2, .who = "gemv_group"}, cache));
-  launch_pdl(gemv1_pipelined_kernel<T, R, W, U>, dim3(static_cast<unsigned>(ctas)),
-             dim3(kWarpsPerCta * 32), 0, stream, p);
+  launch_pdl(kernel, dim3(static_cast<unsigned>(ctas)), dim3(kWarpsPerCta * 32),
+             kNorm ? norm_smem_bytes(p.cols) : 0, stream, p, norm);
 }
 
 template <TensorType T, int R, int W, int U, int MinCtas>
@@ -424,6 +496,47 @@ void gemv_group(const GemvGroupParams& p, const GemvGeometry& g, cudaStream_t st
 
 void gemv_group(const GemvGroupParams& p, cudaStream_t stream) {
   gemv_group(p, gemv_group_geometry(p), stream);
+}
+
+namespace {
+// The geometries compiled with the norm: the picks for the groups a norm feeds (q/k/v and
+// gate/up of Llama-3 shapes).
+constexpr GemvGeometry kNormGeometries[] = {kGeometries[10].g, kGeometries[6].g};
+}  // namespace
+
+bool gemv_norm_group_supports(const GemvGroupParams& p) {
+  if (p.n < 1 || p.n > kMaxGemvGroup || p.total_rows <= 0) return false;
+  const TensorType type = p.outs[0].w.type;
+  if (!has_all_geometries(type)) return false;
+  for (int i = 0; i < p.n; ++i) {
+    if (p.outs[i].w.type != type || p.outs[i].w.cols != p.cols) return false;
+  }
+  if (p.cols % kNormColsMultiple != 0 || p.cols > kNormMaxCols) return false;
+  const GemvGeometry g = gemv_group_geometry(p);
+  return g == kNormGeometries[0] || g == kNormGeometries[1];
+}
+
+void gemv_norm_group(const GemvGroupParams& p, const GemvNorm& norm, cudaStream_t stream) {
+  TPNODE_CHECK(gemv_norm_group_supports(p),
+               "gemv_norm_group: {} matrices of {} with {} columns, {} rows unsupported", p.n,
+               weight_type_label(p.outs[0].w.type), p.cols, p.total_rows);
+  TPNODE_CHECK(norm.x != nullptr && norm.w != nullptr && (norm.r == nullptr || norm.counter != nullptr),
+               "gemv_norm_group: x and w are needed, and a counter with r");
+  const GemvGeometry g = gemv_group_geometry(p);
+  TPNODE_DISPATCH_QUANT_TYPE(p.outs[0].w.type, T, {
+    if constexpr (has_all_geometries(T)) {
+      if (g == kNormGeometries[0]) {
+        launch_gemv1_pipelined<T, kNormGeometries[0].rows_per_warp,
+                               kNormGeometries[0].warps_per_row,
+                               kNormGeometries[0].items_per_lane, true>(p, stream, norm);
+      } else {
+        launch_gemv1_pipelined<T, kNormGeometries[1].rows_per_warp,
+                               kNormGeometries[1].warps_per_row,
+                               kNormGeometries[1].items_per_lane, true>(p, stream, norm);
+      }
+    }
+  })
+  TPNODE_CUDA_CHECK_LAUNCH();
 }
 
 GemvGroupParams stacked_gemv_group(const DeviceMatrix* mats, int n, float* y, QuantActs xq) {

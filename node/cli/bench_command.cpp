@@ -54,6 +54,7 @@ struct BenchOptions {
   bool gemv_stream = false;           // CUDA: batch-1 GEMVs stream weights through shared memory
   int decode_max_splits = 0;          // CUDA: cap on decode attention's key splits (0: planner)
   bool decode_clusters = true;        // CUDA: decode attention's splits may merge in a cluster
+  bool fuse_norm_gemv = false;        // CUDA: batch-1 RMSNorm inside the q/k/v, gate/up GEMV
 };
 
 using Clock = std::chrono::steady_clock;
@@ -200,6 +201,7 @@ int run_bench(const BenchOptions& o) {
     co.gemv_stream = o.gemv_stream;
     co.decode_max_splits = o.decode_max_splits;
     co.decode_clusters = o.decode_clusters;
+    co.fuse_norm_gemv = o.fuse_norm_gemv;
     backend = make_cuda_backend(co);
     status.show("measuring device copy bandwidth and BF16 GEMM rate");
     roof.copy_bw = cuda_measure_copy_bandwidth(*backend, uint64_t{2} << 30);
@@ -406,6 +408,8 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--decode-max-splits", o->decode_max_splits,
                      "cap on decode attention's key splits (0: as many as fill the GPU)")
           ->check(CLI::Range(0, 128));
+      sub.add_flag("--fuse-norm-gemv", o->fuse_norm_gemv,
+                   "batch 1: the RMSNorm runs inside the q/k/v and gate/up GEMVs (experimental)");
       sub.add_flag("!--decode-global-merge", o->decode_clusters,
                    "decode attention's key splits always merge through global memory, never "
                    "inside a thread-block cluster");

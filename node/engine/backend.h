@@ -153,6 +153,26 @@ class Backend {
     add(x, r, rows * n);
     rmsnorm(x, w, y, rows, n, eps);
   }
+  // The RMSNorm in front of a shared matmul: with r, x += r first; then y = rmsnorm(x) * w
+  // over rows of n.
+  struct NormIn {
+    float* x = nullptr;
+    const float* r = nullptr;  // may be null: no residual add
+    const float* w = nullptr;
+    float* y = nullptr;
+    int64_t n = 0;
+    float eps = 1e-5f;
+  };
+  // The norm of m rows, then matmul_shared(outs, y, m). A backend may fuse the two, in which
+  // case y holds unspecified values afterwards: nothing may read it but this call.
+  virtual void norm_matmul_shared(const NormIn& in, std::span<const MatmulOut> outs, int64_t m) {
+    if (in.r != nullptr) {
+      add_rmsnorm(in.x, in.r, in.w, in.y, m, in.n, in.eps);
+    } else {
+      rmsnorm(in.x, in.w, in.y, m, in.n, in.eps);
+    }
+    matmul_shared(outs, in.y, m);
+  }
   // y[m, n] += b[n]
   virtual void add_bias(float* y, const float* b, int64_t m, int64_t n) = 0;
   // Rotates q[n_tokens, n_head, head_dim] and k[n_tokens, n_head_kv, head_dim] in place

@@ -516,11 +516,16 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
   Scratch& s = m.s;
 
   b.embed(m.tok_embd, s.x);
-  b.rmsnorm(s.x, m.layers[0].attn_norm, s.h, T, E, hp.rms_eps);
+  // Each norm goes to the backend together with the matmuls it feeds (norm_matmul_shared), so
+  // that a backend can fold it into them; s.h is read by nothing else.
+  auto norm = [&](const float* r, const float* w) {
+    return Backend::NormIn{.x = s.x, .r = r, .w = w, .y = s.h, .n = E, .eps = hp.rms_eps};
+  };
+  Backend::NormIn attn_norm = norm(nullptr, m.layers[0].attn_norm);
   for (int64_t l = 0; l < hp.n_layer; ++l) {
     const LayerWeights& L = m.layers[static_cast<size_t>(l)];
     const Backend::MatmulOut qkv[] = {{&L.wq, s.q}, {&L.wk, s.k}, {&L.wv, s.v}};
-    b.matmul_shared(qkv, s.h, T);
+    b.norm_matmul_shared(attn_norm, qkv, T);
     if (L.bq) {
       b.add_bias(s.q, L.bq, T, q_cols);
       b.add_bias(s.k, L.bk, T, kv_cols);
@@ -531,17 +536,15 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
     b.attention(s.q, s.k, s.v, s.attn, m.attn);
     b.matmul(L.wo, s.attn, s.t, T);
     if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
-    b.add_rmsnorm(s.x, s.t, L.ffn_norm, s.h, T, E, hp.rms_eps);
 
     const Backend::MatmulOut gate_up[] = {{&L.gate, s.gate}, {&L.up, s.up}};
-    b.matmul_shared(gate_up, s.h, T);
+    b.norm_matmul_shared(norm(s.t, L.ffn_norm), gate_up, T);
     b.swiglu(s.gate, s.up, s.gate, T * shard.n_ff);
     b.matmul(L.down, s.gate, s.t, T);
     if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
     // The residual add meets the next layer's attention norm.
     if (l + 1 < hp.n_layer) {
-      b.add_rmsnorm(s.x, s.t, m.layers[static_cast<size_t>(l + 1)].attn_norm, s.h, T, E,
-                    hp.rms_eps);
+      attn_norm = norm(s.t, m.layers[static_cast<size_t>(l + 1)].attn_norm);
     } else {
       b.add(s.x, s.t, T * E);
     }

@@ -95,6 +95,7 @@ class CudaBackend final : public Backend {
                float eps) override;
   void matmul(const Weight& w, const float* x, float* y, int64_t m) override;
   void matmul_shared(std::span<const MatmulOut> outs, const float* x, int64_t m) override;
+  void norm_matmul_shared(const NormIn& in, std::span<const MatmulOut> outs, int64_t m) override;
   void add_rmsnorm(float* x, const float* r, const float* w, float* y, int64_t rows, int64_t n,
                    float eps) override;
   void run_rmsnorm(kc::RmsNormParams p);
@@ -391,9 +392,10 @@ void CudaBackend::init_kv_cache(const KvCacheShape& shape) {
                     shape.head_dim * 2;
   k_cache_ = mem_->alloc(kv_layer_bytes_ * shape.n_layer, "KV cache (K)");
   v_cache_ = mem_->alloc(kv_layer_bytes_ * shape.n_layer, "KV cache (V)");
-  // Split decode attention counts finished splits here; zero now, and every launch leaves
-  // them zero (the last split resets its counter), so graphs can replay them.
-  const size_t counter_bytes = kc::kDecodeMaxCounters * sizeof(uint32_t);
+  // Split decode attention counts finished splits here, and the norm folded into a GEMV its
+  // CTAs' tickets in the word after them; zero now, and every launch leaves them zero (the
+  // last split or CTA resets its counter), so graphs can replay them.
+  const size_t counter_bytes = (kc::kDecodeMaxCounters + 1) * sizeof(uint32_t);
   attn_counters_ = static_cast<uint32_t*>(mem_->alloc(counter_bytes, "attention split counters"));
   TPNODE_CUDA_CHECK(cudaMemsetAsync(attn_counters_, 0, counter_bytes, stream_));
   TPNODE_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -577,6 +579,38 @@ void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x,
   } else {
     Backend::matmul_shared(outs, x, m);
   }
+}
+
+// Batch 1 with the option: the norm runs inside the q/k/v (gate/up) GEMV when the group's
+// kernel has that variant (gemv_norm_group_supports); its float output y is not written.
+void CudaBackend::norm_matmul_shared(const NormIn& in, std::span<const MatmulOut> outs,
+                                     int64_t m) {
+  bool fuse = opt_.fuse_norm_gemv && m == 1 && attn_counters_ != nullptr && !outs.empty() &&
+              outs.size() <= static_cast<size_t>(kc::kMaxGemvGroup);
+  kc::GemvGroupParams p;
+  if (fuse) {
+    p.n = static_cast<int>(outs.size());
+    p.cols = in.n;
+    for (size_t i = 0; i < outs.size(); ++i) {
+      p.outs[i] = {view(*outs[i].w), outs[i].y};
+      p.total_rows += outs[i].w->rows;
+    }
+    fuse = kc::gemv_norm_group_supports(p);
+  }
+  if (!fuse) {
+    Backend::norm_matmul_shared(in, outs, m);
+    return;
+  }
+  for (const MatmulOut& o : outs) wrote(o.y, o.w->rows * sizeof(float));
+  if (in.r != nullptr) wrote(in.x, in.n * sizeof(float));
+  act_ = {};  // y's 8-bit copy was not written
+  kc::gemv_norm_group(p,
+                      {.x = in.x,
+                       .r = in.r,
+                       .w = in.w,
+                       .eps = in.eps,
+                       .counter = attn_counters_ + kc::kDecodeMaxCounters},
+                      stream_);
 }
 
 // Batch-1 quantized GEMVs of matrices of one type and width that share x, in one launch.

@@ -43,6 +43,10 @@ struct CudaBackendOptions {
   // Decode attention's key splits may merge inside a thread-block cluster (compute capability
   // >= 9.0); off: every split merges through global memory.
   bool decode_clusters = true;
+  // Batch 1: the RMSNorm in front of q/k/v and gate/up runs inside their GEMV (each CTA
+  // normalizes and quantizes the row itself) instead of as its own launch. Off by default:
+  // not yet measured.
+  bool fuse_norm_gemv = false;
 };
 
 // Number of usable CUDA devices; 0 when there is no driver or no GPU (never throws).

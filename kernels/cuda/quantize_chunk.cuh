@@ -1,0 +1,42 @@
+// The 8-bit copy of activations that quantized GEMVs read (QuantActs), one 32-value chunk
+// at a time: d = amax / 127, q = round(v / d), s = d * sum(q), as quantize_acts writes it.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/gemv.h"  // QuantActs
+
+namespace tpnode::cuda {
+
+// Quantizes the 32 values of a chunk held as float4 by 8 consecutive lanes (lane % 8 = part):
+// the same recipe as quantize_acts (d = amax / 127, q = round(v / d)).
+// Every lane of the warp must call it (full-mask shuffles); only lanes with `store` write.
+__device__ __forceinline__ void quantize_chunk8(const QuantActs& out, int64_t chunk, float4 v,
+                                                bool store) {
+  const int part = threadIdx.x % 8;
+  float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+  for (int o = 4; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float d = amax / 127.0f;
+  int q[4] = {0, 0, 0, 0};
+  if (amax > 0.0f) {
+    q[0] = __float2int_rn(v.x / d);
+    q[1] = __float2int_rn(v.y / d);
+    q[2] = __float2int_rn(v.z / d);
+    q[3] = __float2int_rn(v.w / d);
+  }
+  const int packed = (q[0] & 0xFF) | ((q[1] & 0xFF) << 8) | ((q[2] & 0xFF) << 16) |
+                     (static_cast<int>(static_cast<unsigned>(q[3]) << 24));
+  if (store) reinterpret_cast<int*>(out.q + chunk * 32)[part] = packed;
+  float sum = static_cast<float>(q[0] + q[1] + q[2] + q[3]);
+#pragma unroll
+  for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (store && part == 0) {
+    out.d[chunk] = d;
+    out.s[chunk] = d * sum;
+  }
+}
+
+}  // namespace tpnode::cuda
