@@ -702,41 +702,29 @@ TEST(DecodeSplitPlan, ClusterSplitsForShortAndMidContexts) {
                                   .max_keys = keys, .n_sms = 132, .max_splits = max_splits,
                                   .clusters = true});
   };
-  const kc::DecodeSplit b1 = plan(1, 256);  // the benchmark's 129 keys, bucketed to 256
-  EXPECT_TRUE(b1.cluster);
-  EXPECT_EQ(b1.n_splits, 8);
-  EXPECT_EQ(b1.split_len, 32);
+  // Whether the plan merges in a cluster, its splits and their length.
+  auto expect_plan = [](const kc::DecodeSplit& s, bool cluster, int splits, int len,
+                        const char* what) {
+    EXPECT_EQ(s.cluster, cluster) << what;
+    EXPECT_EQ(s.n_splits, splits) << what;
+    EXPECT_EQ(s.split_len, len) << what;
+  };
+  const kc::DecodeSplit b1 = plan(1, 256);
+  expect_plan(b1, true, 8, 32, "the benchmark's 129 keys, bucketed to 256");
   EXPECT_EQ(b1.part_out_floats, 0);
   EXPECT_EQ(b1.part_lse_floats, 0);
-  const kc::DecodeSplit mid = plan(1, 2048);
-  EXPECT_TRUE(mid.cluster);
-  EXPECT_EQ(mid.n_splits, 8);
-  EXPECT_EQ(mid.split_len, 256);
-  const kc::DecodeSplit two = plan(1, 64);
-  EXPECT_TRUE(two.cluster);
-  EXPECT_EQ(two.n_splits, 2);
-  EXPECT_EQ(two.split_len, 32);
+  expect_plan(plan(1, 2048), true, 8, 256, "2048 keys");
+  expect_plan(plan(1, 64), true, 2, 32, "64 keys");
   EXPECT_EQ(plan(1, 32).n_splits, 1);
-  // 4096 keys: 16 global splits of 256 beat 8 cluster splits of 512.
   const kc::DecodeSplit g = plan(1, 4096);
-  EXPECT_FALSE(g.cluster);
-  EXPECT_EQ(g.n_splits, 16);
+  expect_plan(g, false, 16, 256, "4096 keys: 16 global splits of 256 beat 8 in a cluster of 512");
   EXPECT_EQ(g.part_lse_floats, 32 * 16);
-  // ... unless the cap leaves no more than a cluster holds.
-  const kc::DecodeSplit capped = plan(1, 4096, 4);
-  EXPECT_TRUE(capped.cluster);
-  EXPECT_EQ(capped.n_splits, 4);
-  EXPECT_EQ(capped.split_len, 1024);
+  expect_plan(plan(1, 4096, 4), true, 4, 1024, "a cap that leaves no more than a cluster holds");
   // Batch 4 (32 CTAs) splits in clusters: about two CTAs per SM; batch 8 (64 CTAs: more than
   // one per four SMs) splits only over global memory, from 512 keys on; batch 64 never.
-  const kc::DecodeSplit b4 = plan(4, 256);
-  EXPECT_TRUE(b4.cluster);
-  EXPECT_EQ(b4.n_splits, 8);
-  EXPECT_EQ(b4.split_len, 32);
+  expect_plan(plan(4, 256), true, 8, 32, "batch 4");
   EXPECT_EQ(plan(8, 256).n_splits, 1);
-  const kc::DecodeSplit b8 = plan(8, 2048);
-  EXPECT_FALSE(b8.cluster);
-  EXPECT_EQ(b8.n_splits, 5);
+  expect_plan(plan(8, 2048), false, 5, 416, "batch 8, 2048 keys");
   EXPECT_EQ(plan(64, 256).n_splits, 1);
   for (int64_t n : {1, 2, 3, 16}) {
     for (int64_t keys : {1, 16, 33, 130, 256, 1500, 2048, 4096, 32768}) {
