@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/quantize_chunk.cuh"
 #include "kernels/cuda/rope.cuh"
 
 namespace tpnode::cuda {
@@ -173,26 +174,6 @@ struct SplitMerge {
   }
   __device__ float result() const { return den > 0.0f ? a / den : 0.0f; }
 };
-
-// One chunk of the 8-bit copy from the 32 lanes of a warp holding its values in order:
-// quantize_acts' recipe (d = amax / 127, q = round(v / d), s = d * sum(q)). The maximum is
-// exact in any order and so is the sum (at most 32 * 127 in magnitude), so the bits are the same.
-__device__ __forceinline__ void quantize_warp_chunk(const QuantActs& out, int64_t chunk, float v) {
-  const int lane = threadIdx.x % 32;
-  float amax = fabsf(v);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  const float d = amax / 127.0f;
-  const int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
-  out.q[chunk * 32 + lane] = static_cast<int8_t>(q);
-  float sum = static_cast<float>(q);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  if (lane == 0) {
-    out.d[chunk] = d;
-    out.s[chunk] = d * sum;
-  }
-}
 
 // Shared memory: the ring, reused after the key loop for the warps' states.
 constexpr size_t kDecodeRingBytes =
@@ -589,7 +570,7 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   auto emit = [&](int o, float val) {
     const int64_t idx = (t * p.n_head + h0) * hd + o;
     p.out[idx] = val;
-    if (quant) quantize_warp_chunk(p.quant, idx / 32, val);
+    if (quant) quantize_chunk32(p.quant, idx / 32, val);
   };
   const int n_out = hc * hd;
   for (int o = tid; o < n_out; o += kDecodeThreads) {

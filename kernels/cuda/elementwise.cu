@@ -6,6 +6,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
+#include "kernels/cuda/warp_reduce.cuh"
 #include "kernels/cuda/rope.cuh"
 
 namespace tpnode::cuda {
@@ -14,30 +15,6 @@ namespace {
 constexpr int kThreads = 256;
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Called by all 32 lanes of a warp holding the 32 values of chunk `chunk` in order.
-__device__ __forceinline__ void quantize_chunk(const QuantActs& out, int64_t chunk, float v) {
-  const int lane = threadIdx.x % 32;
-  const float amax = warp_max(fabsf(v));
-  const float d = amax / 127.0f;
-  const int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
-  out.q[chunk * 32 + lane] = static_cast<int8_t>(q);
-  const float sum = warp_sum(static_cast<float>(q));
-  if (lane == 0) {
-    out.d[chunk] = d;
-    out.s[chunk] = d * sum;
-  }
-}
 
 // One CTA per row, float4 per thread and pass; the row stays in registers between the sum
 // of squares and the scaling when it fits (kRegPasses passes), else it is read again.
@@ -167,7 +144,7 @@ __global__ void swiglu_kernel(SwigluParams p) {
     const float g = p.gate[i];
     const float v = g / (1.0f + __expf(-g)) * p.up[i];
     p.out[i] = v;
-    quantize_chunk(p.quant, i / 32, v);
+    quantize_chunk32(p.quant, i / 32, v);
     return;
   }
   if (i >= p.n) return;

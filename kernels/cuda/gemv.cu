@@ -11,22 +11,13 @@
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
+#include "kernels/cuda/warp_reduce.cuh"
 
 namespace tpnode::cuda {
 namespace {
 
 constexpr int kWarpsPerCta = 4;  // one output row per warp
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
 
 // One warp per chunk of 32 values.
 __global__ void quantize_acts_kernel(QuantizeActsParams p) {
@@ -36,16 +27,7 @@ __global__ void quantize_acts_kernel(QuantizeActsParams p) {
   const int lane = threadIdx.x % 32;
   const int64_t chunks = p.m * (p.k / 32);
   if (chunk >= chunks) return;
-  const float v = p.x[chunk * 32 + lane];
-  const float amax = warp_max(fabsf(v));
-  const float d = amax / 127.0f;
-  const int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
-  p.out.q[chunk * 32 + lane] = static_cast<int8_t>(q);
-  const float sum = warp_sum(static_cast<float>(q));
-  if (lane == 0) {
-    p.out.d[chunk] = d;
-    p.out.s[chunk] = d * sum;
-  }
+  quantize_chunk32(p.out, chunk, p.x[chunk * 32 + lane]);
 }
 
 // ---- quantized W, m = 1 ------------------------------------------------------------
@@ -289,12 +271,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32)
   for (int r = 0; r < R; ++r) acc[r] = 0.0f;
   int parity = 0;
   for (int64_t s = 0; s < steps; ++s) {
-    int64_t gn = g;
-    int itn = it + 1;
-    if (itn == iters) {
-      itn = 0;
-      gn = g + stride;
-    }
+    const auto [gn, itn] = next_walk_step({g, it}, iters, stride);
     RowRef nref[R];
     bool nlive[R];
 #pragma unroll

@@ -12,6 +12,7 @@
 #include "kernels/cuda/float_convert.cuh"
 #include "kernels/cuda/gemv_rows.cuh"
 #include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/warp_reduce.cuh"
 
 namespace tpnode::cuda {
 namespace {
@@ -19,11 +20,6 @@ namespace {
 constexpr int kWarpsPerCta = 4;
 constexpr int kThreads = kWarpsPerCta * 32;
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // Streams weights: no L1 allocation, so that x stays there.
 __device__ __forceinline__ int4 ld_stream(const int4* p) {
@@ -194,12 +190,7 @@ __global__ void __launch_bounds__(kThreads) gemv_float_pipelined_kernel(GemvFloa
     for (int c = 0; c < NC; ++c) acc[r][c] = 0.0f;
   }
   for (int64_t s = 0; s < steps; ++s) {
-    int64_t gn = g;
-    int itn = it + 1;
-    if (itn == iters) {
-      itn = 0;
-      gn = g + stride;
-    }
+    const auto [gn, itn] = next_walk_step({g, it}, iters, stride);
     int4 nxt[R][U];
     if (s + 1 < steps) {
       if (gn != g) rows_of(gn, w);

@@ -27,6 +27,16 @@ __device__ __forceinline__ int group_part(const GemvOut* outs, int n, int64_t& r
   return part;
 }
 
+// A warp's place in its walk over row groups (the pipelined GEMVs): group g, step `it` of a
+// row's `iters`; after a row's last step the walk moves `stride` groups on.
+struct WalkStep {
+  int64_t g;
+  int it;
+};
+__device__ __forceinline__ WalkStep next_walk_step(WalkStep w, int iters, int64_t stride) {
+  return w.it + 1 == iters ? WalkStep{w.g + stride, 0} : WalkStep{w.g, w.it + 1};
+}
+
 __device__ __forceinline__ RowRef group_row(const GemvGroupParams& p, int64_t row) {
   const GemvOut& o = p.outs[group_part(p.outs, p.n, row)];
   return {o.w.q + row * o.w.q_row_bytes, o.w.s ? o.w.s + row * o.w.s_row_bytes : nullptr,

@@ -32,6 +32,7 @@
 #include "kernels/cuda/gemv_rows.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
+#include "kernels/cuda/warp_reduce.cuh"
 
 namespace tpnode::cuda {
 namespace {
@@ -359,12 +360,6 @@ __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_
           dst),
       "l"(src), "r"(bytes), "r"(bar)
       : "memory");
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
 }
 
 // The 16-byte granules holding [p, p + len).

@@ -7,8 +7,24 @@
 #include <cstdint>
 
 #include "kernels/cuda/gemv.h"  // QuantActs
+#include "kernels/cuda/warp_reduce.cuh"
 
 namespace tpnode::cuda {
+
+// Quantizes the chunk whose 32 values the 32 lanes of a warp hold in order (lane i: value i).
+// The maximum is exact in any order and so is the sum (at most 32 * 127 in magnitude).
+__device__ __forceinline__ void quantize_chunk32(const QuantActs& out, int64_t chunk, float v) {
+  const int lane = threadIdx.x % 32;
+  const float amax = warp_max(fabsf(v));
+  const float d = amax / 127.0f;
+  const int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
+  out.q[chunk * 32 + lane] = static_cast<int8_t>(q);
+  const float sum = warp_sum(static_cast<float>(q));
+  if (lane == 0) {
+    out.d[chunk] = d;
+    out.s[chunk] = d * sum;
+  }
+}
 
 // Quantizes the 32 values of a chunk held as float4 by 8 consecutive lanes (lane % 8 = part):
 // the same recipe as quantize_acts (d = amax / 127, q = round(v / d)).
