@@ -154,6 +154,22 @@ class CudaBackend final : public Backend {
   kc::QuantActs act_buffers(int64_t n);
   Weight finish_weight(TensorType type, int64_t rows, int64_t cols, void* data);
   kc::DeviceMatrix view(const Weight& w) const;
+  // The GEMV group (GemvGroupParams or GemvFloatGroupParams) of matrices sharing x: their
+  // views and outputs one after the other, and their rows in all.
+  template <typename Group>
+  Group group_of(std::span<const MatmulOut> outs) const {
+    Group g{};
+    g.n = static_cast<int>(outs.size());
+    for (size_t i = 0; i < outs.size(); ++i) {
+      g.outs[i] = {view(*outs[i].w), outs[i].y};
+      g.total_rows += outs[i].w->rows;
+    }
+    return g;
+  }
+  // The outputs of matmuls over m rows are about to be written.
+  void wrote_outs(std::span<const MatmulOut> outs, int64_t m) {
+    for (const MatmulOut& o : outs) wrote(o.y, m * o.w->rows * sizeof(float));
+  }
   kc::PagedKv layer_kv(int64_t layer) const;
   kc::DeviceBatch device_batch() const;
   void gemm(const Weight& w, const float* x, float* y, int64_t m);
@@ -569,12 +585,11 @@ void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x,
   if (quant && m == 1) {
     gemv1(outs, x);
   } else if (floats) {
-    kc::GemvFloatGroupParams p{.outs = {}, .n = static_cast<int>(outs.size()), .cols = outs[0].w->cols, .x = x, .m = m};
-    for (size_t i = 0; i < outs.size(); ++i) {
-      p.outs[i] = {view(*outs[i].w), outs[i].y};
-      p.total_rows += outs[i].w->rows;
-      wrote(outs[i].y, m * outs[i].w->rows * sizeof(float));
-    }
+    auto p = group_of<kc::GemvFloatGroupParams>(outs);
+    p.cols = outs[0].w->cols;
+    p.x = x;
+    p.m = m;
+    wrote_outs(outs, m);
     kc::gemv_float_group(p, stream_);
   } else {
     Backend::matmul_shared(outs, x, m);
@@ -589,19 +604,15 @@ void CudaBackend::norm_matmul_shared(const NormIn& in, std::span<const MatmulOut
               outs.size() <= static_cast<size_t>(kc::kMaxGemvGroup);
   kc::GemvGroupParams p;
   if (fuse) {
-    p.n = static_cast<int>(outs.size());
+    p = group_of<kc::GemvGroupParams>(outs);
     p.cols = in.n;
-    for (size_t i = 0; i < outs.size(); ++i) {
-      p.outs[i] = {view(*outs[i].w), outs[i].y};
-      p.total_rows += outs[i].w->rows;
-    }
     fuse = kc::gemv_norm_group_supports(p);
   }
   if (!fuse) {
     Backend::norm_matmul_shared(in, outs, m);
     return;
   }
-  for (const MatmulOut& o : outs) wrote(o.y, o.w->rows * sizeof(float));
+  wrote_outs(outs, 1);
   if (in.r != nullptr) wrote(in.x, in.n * sizeof(float));
   act_ = {};  // y's 8-bit copy was not written
   kc::gemv_norm_group(p,
@@ -616,15 +627,10 @@ void CudaBackend::norm_matmul_shared(const NormIn& in, std::span<const MatmulOut
 // Batch-1 quantized GEMVs of matrices of one type and width that share x, in one launch.
 void CudaBackend::gemv1(std::span<const MatmulOut> outs, const float* x) {
   const int64_t k = outs[0].w->cols;
-  kc::GemvGroupParams p;
-  p.n = static_cast<int>(outs.size());
+  auto p = group_of<kc::GemvGroupParams>(outs);
   p.cols = k;
   p.xq = quantized(x, 1, k);
-  for (size_t i = 0; i < outs.size(); ++i) {
-    p.outs[i] = {view(*outs[i].w), outs[i].y};
-    p.total_rows += outs[i].w->rows;
-    wrote(outs[i].y, outs[i].w->rows * sizeof(float));
-  }
+  wrote_outs(outs, 1);
   if (opt_.gemv_stream && kc::gemv_stream_supports(p)) {
     kc::gemv_stream(p, stream_);
   } else {
