@@ -8,6 +8,7 @@
 #include <array>
 #include <atomic>
 
+#include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_query.h"
 #include "kernels/cuda/dispatch.cuh"
@@ -19,21 +20,27 @@ namespace {
 
 // ---- the work split ----------------------------------------------------------------------
 // A CTA of 8 warps computes one tile of y: 128 weight rows x the tokens of one token tile
-// (NB n-tiles of 8, at most 64 tokens), over a range of k stages of 256 values. Warp
-// (wr, wk) = (warp % 4, warp / 4) owns rows 32wr..32wr+31 (two 16-row MMA tiles: each decoded
-// weight feeds 2 * NB MMAs, and each 16-byte activation load feeds 4) and chunks 4wk..4wk+3
-// (32 values each) of every stage; the two k halves are added through shared memory at the
-// end. Per stage the CTA copies (cp.async, kStages-deep ring) the weights of its 128 rows and
-// x of its tokens into shared memory; each lane decodes the weight bytes of its own MMA
-// fragments straight into registers (FP32 scale arithmetic, one rounding to BF16).
+// (NB n-tiles of 8: 32 or 64 tokens), over a range of k stages of 256 values. Warp
+// (wr, wk) = (warp % 4, warp / 4) owns rows 32wr..32wr+31 (two 16-row MMA tiles) and chunks
+// 4wk..4wk+3 (32 values each) of every stage; the two k halves are added through shared
+// memory at the end. Per stage the CTA copies (cp.async, kStages-deep ring) the weights of its
+// 128 rows and x of its tokens into shared memory; each lane decodes the weight bytes of its
+// own MMA fragments straight into registers (FP32 scale arithmetic, one rounding to BF16).
 //
 // Fragments of mma.m16n8k16 (g = lane / 4, t = lane % 4): a0 = A[g][2t..2t+1],
 // a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]; b0 = B[2t..2t+1][g],
 // b1 = B[2t+8..][g]; c0/c1 = C[g][2t, 2t+1], c2/c3 = C[g+8][2t, 2t+1]. The k order inside a
-// 32-value chunk is free as long as A and B agree, so lane t takes values 8t..8t+7 of the
-// chunk for both operands: the first MMA gets values 8t..8t+3 (a0/b0 = 8t, 8t+1; a2/b1 =
-// 8t+2, 8t+3), the second 8t+4..8t+7; B is one 16-byte load of x[token][8t..8t+8) (as many
-// bytes per instruction as ldmatrix.x4, in the order the weight bytes come in).
+// 32-value chunk is free as long as A and B agree, so lane t decodes values 8t..8t+7 of the
+// chunk (eight adjacent quants): the first MMA gets values 8t..8t+3 (a0 = 8t, 8t+1; a2 =
+// 8t+2, 8t+3), the second 8t+4..8t+7. x comes in the matching chunk order (gemm_dq.h), so
+// the B operand of one MMA is two whole 16-byte pieces of it.
+//
+// With sm_90a the four warps of a k half are one warpgroup: per 16 values of k it issues one
+// m64nNk16 wgmma per 16-row tile index rt (A = the same registers the warp-level MMA takes;
+// warp wr supplies rows 32wr + 16rt..+16, B = x straight from shared memory through a
+// descriptor), asynchronously, while it decodes the next chunk into the other half of a
+// double-buffered register set. The accumulator layout is the warp-level one, n-tile by
+// n-tile, so the epilogue is shared.
 // Shapes with fewer tiles than SMs also split k over CTAs (the plan; see the epilogue).
 constexpr int kRowWarps = 4, kKWarps = 2;
 constexpr int kThreads = kRowWarps * kKWarps * 32;
@@ -42,6 +49,8 @@ constexpr int kTileRows = kRowWarps * kRT * 16;  // 128
 constexpr int kStageK = 256;                     // k values per stage
 constexpr int kMaxNB = 8;                        // n-tiles per CTA: 64 tokens
 constexpr int kXRowBytes = kStageK * 2;          // one token's BF16 values of a stage
+constexpr int kXGroupBytes = 8 * kXRowBytes;     // a stage of one 8-token group: 4 KB
+static_assert(kXGroupBytes == 16 * kThreads, "one 16-byte piece per thread and group");
 constexpr int kSmemBudget = 225 * 1024;          // of the 227 KB an sm_90 CTA may opt into
 static_assert(kTileRows == 128 && kThreads == 256);
 
@@ -62,6 +71,65 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define TPNODE_GEMM_DQ_WGMMA 1
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Descriptor of a K-major BF16 operand without swizzle: 8x8 core matrices of 128 contiguous
+// bytes; lbo = bytes between the two core matrices of a 16-value k step, sbo = bytes between
+// groups of 8 tokens.
+__device__ __forceinline__ uint64_t wg_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) |
+         (static_cast<uint64_t>((lbo & 0x3FFFF) >> 4) << 16) |
+         (static_cast<uint64_t>((sbo & 0x3FFFF) >> 4) << 32);
+}
+
+// D[64 x 8NB] += A[64 x 16] (registers) . B[16 x 8NB] (shared memory, K-major).
+template <int NB>
+struct Wgmma;
+#define TPNODE_D4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+template <>
+struct Wgmma<8> {
+  __device__ static void run(float (&d)[8][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                             uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+        "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+        : TPNODE_D4(0), TPNODE_D4(1), TPNODE_D4(2), TPNODE_D4(3), TPNODE_D4(4), TPNODE_D4(5),
+          TPNODE_D4(6), TPNODE_D4(7)
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b), "r"(1)
+        : "memory");
+  }
+};
+template <>
+struct Wgmma<4> {
+  __device__ static void run(float (&d)[4][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                             uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+        "{%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n"
+        : TPNODE_D4(0), TPNODE_D4(1), TPNODE_D4(2), TPNODE_D4(3)
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b), "r"(1)
+        : "memory");
+  }
+};
+#undef TPNODE_D4
+#else
+#define TPNODE_GEMM_DQ_WGMMA 0
+#endif
+
+#if !TPNODE_GEMM_DQ_WGMMA
 __device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
@@ -69,6 +137,7 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+#endif
 
 __device__ __forceinline__ uint2 ld_u64(const uint8_t* p) {
   return *reinterpret_cast<const uint2*>(p);
@@ -311,11 +380,13 @@ struct Dq<TensorType::kQ6_K> {
 
 // ---- shared-memory layout ---------------------------------------------------------------
 // A ring of kStages stages, each [128 rows][kQStride] quant bytes, [128 rows][kSBytes] scale
-// bytes, [8 NB tokens][512] BF16 activations; then per warp the (d, c) pairs of its chunks,
-// [4 kSubs][32 rows] float2. kQStride pads rows to 32 or 96 mod 128 bytes so that the 8-byte
-// loads of a half-warp (4 rows x 32 bytes) hit distinct banks; activation rows are unpadded
-// with 16-byte chunk j of token r stored at j ^ 4(r & 1), so that the 16-byte loads of a
-// quarter-warp (2 tokens x 64 bytes) hit distinct banks.
+// bytes, and the stage's BF16 activations as [NB token groups][32 pieces][8 tokens][16 bytes]
+// (piece = 8 values in chunk order: 8x8 core matrices, K-major, as wgmma reads them; the
+// warp-level loads of 4 bytes per lane are conflict-free too) - exactly the bytes of one
+// stage of the tile's groups in gemm_dq_acts' layout, so one bulk copy brings them; then per
+// warp the (d, c) pairs of its chunks, [4 kSubs][32 rows] float2. kQStride pads rows to 32
+// or 96 mod 128 bytes so that the 8-byte loads of a half-warp (4 rows x 32 bytes) hit
+// distinct banks.
 constexpr int padded_stride(int bytes) {
   int s = (bytes + 15) / 16 * 16;
   while (s % 128 != 32 && s % 128 != 96) s += 16;
@@ -340,7 +411,7 @@ struct Layout {
   static constexpr int kWChunks = P::kQBytes / 16, kWTotal = kTileRows * kWChunks;
   static constexpr int kWSlots = (kWTotal + kThreads - 1) / kThreads;
   static constexpr int kSChunks = P::kSBytes / 16, kSTotal = kTileRows * kSChunks;
-  static_assert(kStages >= 2, "a stage does not fit twice");
+  static_assert(kStages >= 3, "a stage does not fit three times");
   static_assert(kScaleOff >= kRedBytes);
   static_assert(kSOff % 16 == 0 && kXOff % 16 == 0 && kStageBytes % 16 == 0);
   static_assert(P::kQBytes % 16 == 0 && (P::kSBytes == 4 || P::kSBytes % 16 == 0));
@@ -356,6 +427,7 @@ struct KernelArgs {
   int n_stages = 0;  // cols / 256
   int splits = 1;
   int token_tiles = 1;  // gridDim.x
+  int groups = 0;  // 8-token groups of x (gemm_dq_acts_elems)
   float* partials = nullptr;
   unsigned* counters = nullptr;
 };
@@ -368,8 +440,8 @@ struct CopyPlan {
   using L = Layout<T, NB>;
   uint32_t w_src[L::kWSlots], w_dst[L::kWSlots];
   uint32_t s_src = 0, s_dst = 0;  // scale piece (16 bytes, or Q6_K's 4-byte word)
-  const __nv_bfloat16* x_src;     // token tok0 + warp, values 8 lane..
-  uint32_t x_dst;
+  const __nv_bfloat16* x_src;  // stage 0 of the tile's first group
+  int x_groups = 0;            // groups of the tile that hold tokens (<= NB)
 
   __device__ CopyPlan(const KernelArgs& a, int64_t row0, int tok0) {
     using P = Dq<T>;
@@ -393,11 +465,14 @@ struct CopyPlan {
                                     16 * j);
       s_dst = static_cast<uint32_t>(L::kSOff + r * P::kSBytes + 16 * j);
     }
-    x_src = a.x + static_cast<int64_t>(tok0 + warp) * a.w.cols + 8 * lane;
-    x_dst = static_cast<uint32_t>(L::kXOff + warp * kXRowBytes + 16 * (lane ^ ((warp & 1) << 2)));
+    x_src = a.x + static_cast<int64_t>(tok0 / 8) * kXGroupBytes / 2;
+    x_groups = min(NB, a.groups - tok0 / 8);
+    (void)lane;
+    (void)warp;
   }
 
-  // Starts the copy of weight stage `st` into `buf`.
+  // Starts the copy of weight stage `st` into `buf` (16-byte cp.async pieces: as fast as the
+  // kernel needs, where one bulk copy per 144-byte row was slower).
   __device__ void weights(const KernelArgs& a, int st, uint8_t* buf) const {
     using P = Dq<T>;
     const int tid = threadIdx.x;
@@ -419,16 +494,28 @@ struct CopyPlan {
     }
   }
 
-  // Starts the copy of stage `st` of x for the tile's n_tok tokens into `buf`.
-  __device__ void acts(const KernelArgs& a, int n_tok, int st, uint8_t* buf) const {
-    const int warp = threadIdx.x / 32;
-    const __nv_bfloat16* src = x_src + static_cast<int64_t>(st) * kStageK;
+  // Starts the copy of stage `st` of x (the tile's groups that hold tokens; the slots of the
+  // others keep stale values, which only reach y's columns that are not stored) into `buf`:
+  // one bulk copy counted on the stage's mbarrier `bar` with sm_90a, else 16-byte pieces.
+  __device__ void acts(const KernelArgs& a, int st, uint8_t* buf, uint32_t bar) const {
+    const __nv_bfloat16* src =
+        x_src + static_cast<int64_t>(st) * a.groups * (kXGroupBytes / 2);
+#if TPNODE_GEMM_DQ_WGMMA
+    if (threadIdx.x == 0) {
+      const uint32_t bytes = static_cast<uint32_t>(x_groups) * kXGroupBytes;
+      mbar_arrive_expect_tx(bar, bytes);
+      bulk_copy(smem_u32(buf + L::kXOff), src, bytes, bar);
+    }
+#else
+    (void)bar;
+    const int tid = threadIdx.x;
 #pragma unroll
     for (int k = 0; k < NB; ++k) {
-      if (warp + 8 * k < n_tok) {
-        cp_async16(buf + x_dst + 8 * k * kXRowBytes, src + static_cast<int64_t>(8 * k) * a.w.cols);
+      if (k < x_groups) {
+        cp_async16(buf + L::kXOff + k * kXGroupBytes + 16 * tid, src + k * (kXGroupBytes / 2) + 8 * tid);
       }
     }
+#endif
   }
 };
 
@@ -440,7 +527,9 @@ __device__ __forceinline__ void compute_stage(const uint8_t* buf, const float2* 
   using P = Dq<T>;
   using L = Layout<T, NB>;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const uint8_t* xrow = buf + L::kXOff + g * kXRowBytes;
+  // Word t of token g's row in a core matrix: B[k 2t..2t+1 of the piece][token 8nt + g].
+  const uint8_t* xlane = buf + L::kXOff + 16 * g + 4 * t;
+  constexpr int kPiece = 128, kGroup = kXGroupBytes;
   const float2* sc_lane = sc + P::sub(t) * 32 + g;
 #pragma unroll
   for (int pp = 0; pp < 2; ++pp) {
@@ -464,19 +553,71 @@ __device__ __forceinline__ void compute_stage(const uint8_t* buf, const float2* 
         }
       }
       const int c = 4 * wk + cl;  // chunk within the stage
-      const uint8_t* xb = xrow + 16 * ((4 * c + t) ^ ((g & 1) << 2));
+      const uint8_t* xb = xlane + 4 * c * kPiece;
 #pragma unroll
       for (int nt = 0; nt < NB; ++nt) {
-        const uint4 b = *reinterpret_cast<const uint4*>(xb + nt * 8 * kXRowBytes);
+        uint32_t b[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) b[j] = ld_u32(xb + j * kPiece + nt * kGroup);
 #pragma unroll
         for (int rt = 0; rt < kRT; ++rt) {
-          mma_bf16(acc[rt][nt], af[rt][0][0], af[rt][1][0], af[rt][0][1], af[rt][1][1], b.x, b.y);
-          mma_bf16(acc[rt][nt], af[rt][0][2], af[rt][1][2], af[rt][0][3], af[rt][1][3], b.z, b.w);
+          mma_bf16(acc[rt][nt], af[rt][0][0], af[rt][1][0], af[rt][0][1], af[rt][1][1], b[0], b[1]);
+          mma_bf16(acc[rt][nt], af[rt][0][2], af[rt][1][2], af[rt][0][3], af[rt][1][3], b[2], b[3]);
         }
       }
     }
   }
 }
+
+#if TPNODE_GEMM_DQ_WGMMA
+// compute_stage on warpgroup MMAs. Every chunk's four wgmmas are one commit group; before the
+// registers of chunk i are decoded again (chunk i + 2), the group of chunk i has finished.
+template <TensorType T, int NB>
+__device__ __forceinline__ void compute_stage_wg(const uint8_t* buf, const float2* sc, int wr,
+                                                 int wk, float (&acc)[kRT][NB][4]) {
+  using P = Dq<T>;
+  using L = Layout<T, NB>;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const uint32_t xs = smem_addr(buf + L::kXOff);
+  const float2* sc_lane = sc + P::sub(t) * 32 + g;
+  uint32_t af[2][kRT][2][4];
+#pragma unroll
+  for (int pp = 0; pp < 2; ++pp) {
+    typename P::Raw raw[kRT][2];
+#pragma unroll
+    for (int rt = 0; rt < kRT; ++rt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        raw[rt][h] = P::load(buf + (wr * 32 + rt * 16 + g + 8 * h) * L::kQStride, wk, pp, t);
+    }
+#pragma unroll
+    for (int hc = 0; hc < 2; ++hc) {
+      const int cl = P::chunk(pp, hc);
+      wg_wait<1>();  // the group that last read af[hc]
+#pragma unroll
+      for (int rt = 0; rt < kRT; ++rt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float2 dc = sc_lane[cl * P::kSubs * 32 + rt * 16 + 8 * h];
+          to_bf16<P::kWide>(P::ints(raw[rt][h], wk, pp, hc, t), dc, af[hc][rt][h]);
+        }
+      }
+      wg_fence();
+      const uint32_t piece0 = xs + 4 * (4 * wk + cl) * 128;
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const uint64_t b = wg_desc(piece0 + 2 * u * 128, 128, kXGroupBytes);
+#pragma unroll
+        for (int rt = 0; rt < kRT; ++rt) {
+          const uint32_t(&f)[2][4] = af[hc][rt];
+          Wgmma<NB>::run(acc[rt], f[0][2 * u], f[1][2 * u], f[0][2 * u + 1], f[1][2 * u + 1], b);
+        }
+      }
+      wg_commit();
+    }
+  }
+}
+#endif
 
 // Writes one 16-row tile of the warp: rows row_base + g (+8), tokens tok0 + 8nt + 2t (+1).
 template <int NB>
@@ -503,16 +644,20 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   constexpr int S = L::kStages;
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ int s_last;
+  __shared__ __align__(8) uint64_t s_bars[4];  // per ring buffer: its activations landed (sm_90a)
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int wr = warp % kRowWarps, wk = warp / kRowWarps;
   const int tt = static_cast<int>(blockIdx.x), split = static_cast<int>(blockIdx.z);
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTileRows;
   const int tok0 = tt * NB * 8;
-  const int n_tok = min(NB * 8, a.m - tok0);
   const int st0 = static_cast<int>(static_cast<int64_t>(a.n_stages) * split / a.splits);
   const int n_st =
       static_cast<int>(static_cast<int64_t>(a.n_stages) * (split + 1) / a.splits) - st0;
+  // Every CTA reads the same x: row tiles start at different stages of their range (and wrap
+  // around) so that they do not all ask the same L2 lines for it at once.
+  const int rot = static_cast<int>(static_cast<int64_t>(blockIdx.y) * n_st / gridDim.y);
+  auto stage_at = [&](int i) { return st0 + (i + rot) % n_st; };
   const CopyPlan<T, NB> copy(a, row0, tok0);
   float2* sc = reinterpret_cast<float2*>(smem + L::kScaleOff) + warp * L::kWarpScales;
   // The row whose scales this lane works out each stage, and (Q6_K) where its half sits in
@@ -521,16 +666,29 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   const int64_t sc_row_bytes =
       min(row0 + sc_row, a.w.rows - 1) * static_cast<int64_t>(a.w.s_row_bytes);
 
+  static_assert(S <= 4, "one mbarrier per ring buffer");
+  const uint32_t bars = smem_u32(s_bars);
+#if TPNODE_GEMM_DQ_WGMMA
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < S; ++i) mbar_init(bars + 8 * i, 1);
+    mbar_fence_init();
+  }
+  __syncthreads();
+#endif
   // The weights of the first stages are in flight before the previous kernel has finished;
   // x is its output.
+  // Stages in flight beyond the one computed. With four buffers, S - 2: the buffer of stage
+  // it - 1 may still be read by its last asynchronous MMAs while stage it is computed. With
+  // three, S - 1, and each stage's MMAs finish before the next stage's copies start.
+  constexpr int kAhead = S >= 4 ? S - 2 : S - 1;
 #pragma unroll
-  for (int s = 0; s < S - 1; ++s) {
-    if (s < n_st) copy.weights(a, st0 + s, smem + s * L::kStageBytes);
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < n_st) copy.weights(a, stage_at(s), smem + s * L::kStageBytes);
   }
   pdl_wait();
 #pragma unroll
-  for (int s = 0; s < S - 1; ++s) {
-    if (s < n_st) copy.acts(a, n_tok, st0 + s, smem + s * L::kStageBytes);
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < n_st) copy.acts(a, stage_at(s), smem + s * L::kStageBytes, bars + 8 * s);
     cp_async_commit();
   }
 
@@ -545,16 +703,23 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   }
 
   for (int it = 0; it < n_st; ++it) {
-    cp_async_wait<S - 2>();
-    __syncthreads();  // stage `it` landed for all threads; every warp is done with it - 1
-    const int nx = it + S - 1;
+    cp_async_wait<kAhead - 1>();
+#if TPNODE_GEMM_DQ_WGMMA
+    mbar_wait(bars + 8 * (it % S), (it / S) & 1);
+    if constexpr (kAhead == S - 1) wg_wait<0>();
+#endif
+    // Stage `it` landed for all threads; every warp is done with the buffer refilled below
+    // (stage it - 2 with four buffers: each warpgroup waited for its MMAs while computing
+    // it - 1; stage it - 1 with three).
+    __syncthreads();
+    const int nx = it + kAhead;
     if (nx < n_st) {
       uint8_t* nbuf = smem + (nx % S) * L::kStageBytes;
-      copy.weights(a, st0 + nx, nbuf);
-      copy.acts(a, n_tok, st0 + nx, nbuf);
+      copy.weights(a, stage_at(nx), nbuf);
+      copy.acts(a, stage_at(nx), nbuf, bars + 8 * (nx % S));
     }
     cp_async_commit();
-    const int st = st0 + it;
+    const int st = stage_at(it);
     const uint8_t* buf = smem + (it % S) * L::kStageBytes;
     {
       float2 dc[4 * P::kSubs];
@@ -564,8 +729,15 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
       for (int k = 0; k < 4 * P::kSubs; ++k) sc[k * 32 + lane] = dc[k];
     }
     __syncwarp();
+#if TPNODE_GEMM_DQ_WGMMA
+    compute_stage_wg<T, NB>(buf, sc, wr, wk, acc);
+#else
     compute_stage<T, NB>(buf, sc, wr, wk, acc);
+#endif
   }
+#if TPNODE_GEMM_DQ_WGMMA
+  wg_wait<0>();
+#endif
   cp_async_wait<0>();
   __syncthreads();  // the ring is free
   pdl_launch_dependents();
@@ -641,36 +813,54 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   if (threadIdx.x == 0) a.counters[tile] = 0;  // ready for the next launch
 }
 
+// One thread per 16-byte row of a core matrix of y ([stage][group][piece][token][8 values]):
+// piece j of a stage holds values 2(j % 4) + {0, 1, 8, 9, 16, 17, 24, 25} of chunk j / 4
+// (gemm_dq_chunk_source); tokens past m are zero.
+__global__ void gemm_dq_acts_kernel(GemmDqActsParams p, int64_t n_rows, int groups) {
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  pdl_wait();
+  if (o >= n_rows) return;
+  const int t8 = static_cast<int>(o % 8), j = static_cast<int>(o / 8 % 32);
+  const int64_t grp = o / 256 % groups, st = o / 256 / groups;
+  const int64_t n = grp * 8 + t8;
+  uint32_t out[4] = {0, 0, 0, 0};
+  if (n < p.m) {
+    const float* src = p.x + n * p.cols + st * kStageK + (j / 4) * kGemmDqChunk + 2 * (j % 4);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float2 v = *reinterpret_cast<const float2*>(src + 8 * q);
+      out[q] = pack_bf16(v.x, v.y);
+    }
+  }
+  reinterpret_cast<uint4*>(p.y)[o] = make_uint4(out[0], out[1], out[2], out[3]);
+}
+
 // ---- host side ------------------------------------------------------------------------------
+// Token tiles of 32 or 64 (the warpgroup MMA shapes m64n32k16 and m64n64k16).
 // clang-format off
 #define TPNODE_DISPATCH_DQ_TILES(nb, NB, ...)                                        \
   switch (nb) {                                                                      \
-    case 1: { constexpr int NB = 1; __VA_ARGS__ } break;                             \
-    case 2: { constexpr int NB = 2; __VA_ARGS__ } break;                             \
-    case 3: { constexpr int NB = 3; __VA_ARGS__ } break;                             \
     case 4: { constexpr int NB = 4; __VA_ARGS__ } break;                             \
-    case 5: { constexpr int NB = 5; __VA_ARGS__ } break;                             \
-    case 6: { constexpr int NB = 6; __VA_ARGS__ } break;                             \
-    case 7: { constexpr int NB = 7; __VA_ARGS__ } break;                             \
     case 8: { constexpr int NB = 8; __VA_ARGS__ } break;                             \
     default: TPNODE_THROW(ErrorKind::kUnsupported, "gemm_dq: {} column tiles", (nb)); \
   }
 // clang-format on
-static_assert(kMaxNB == 8, "TPNODE_DISPATCH_DQ_TILES covers 1..8");
+static_assert(kMaxNB == 8, "TPNODE_DISPATCH_DQ_TILES covers 4 and 8");
 
 constexpr TensorType kTypes[] = {TensorType::kQ4_0, TensorType::kQ4_1, TensorType::kQ5_0,
                                  TensorType::kQ5_1, TensorType::kQ8_0, TensorType::kQ4_K,
                                  TensorType::kQ5_K, TensorType::kQ6_K};
 
-// How the m tokens are cut into tiles of at most 64: as even as n-tiles allow.
+// How the m tokens are cut into tiles of at most 64: as even as can be, each a 32- or
+// 64-token MMA tile (tokens past m are computed and not stored).
 struct TokenTiling {
   int tiles = 1;
-  int nb = 1;  // n-tiles of 8 per tile
+  int nb = 4;  // n-tiles of 8 per tile
 };
 TokenTiling token_tiling(int64_t m) {
-  const int n8 = static_cast<int>((m + 7) / 8);
-  const int tiles = (n8 + kMaxNB - 1) / kMaxNB;
-  return {tiles, (n8 + tiles - 1) / tiles};
+  const int64_t tiles = (m + 8 * kMaxNB - 1) / (8 * kMaxNB);
+  const int64_t per_tile = (m + tiles - 1) / tiles;
+  return {static_cast<int>(tiles), per_tile <= 32 ? 4 : 8};
 }
 
 PerDeviceSetup g_setup("gemm_dq");  // shared-memory limits raised
@@ -720,7 +910,7 @@ GemmDqPlan gemm_dq_plan(const GemmDqParams& p) {
 void gemm_dq_init() {
   for (TensorType type : kTypes) {
     TPNODE_DISPATCH_QUANT_TYPE(type, T, {
-      for (int nb = 1; nb <= kMaxNB; ++nb) {
+      for (int nb : {4, 8}) {
         TPNODE_DISPATCH_DQ_TILES(nb, NB, {
           TPNODE_CUDA_CHECK(cudaFuncSetAttribute(gemm_dq_kernel<T, NB>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -730,6 +920,19 @@ void gemm_dq_init() {
     })
   }
   g_setup.mark_done();
+}
+
+void gemm_dq_acts(const GemmDqActsParams& p, cudaStream_t stream) {
+  TPNODE_CHECK(p.m >= 0 && p.cols % kStageK == 0, "gemm_dq_acts: {} x {} (cols % {} != 0)", p.m,
+               p.cols, kStageK);
+  TPNODE_CHECK(p.x != nullptr && p.y != nullptr && reinterpret_cast<uintptr_t>(p.x) % 8 == 0 &&
+                   reinterpret_cast<uintptr_t>(p.y) % 16 == 0,
+               "gemm_dq_acts: x must be 8-byte and y 16-byte aligned device pointers");
+  const int64_t n_rows = gemm_dq_acts_elems(p.m, p.cols) / 8;
+  if (n_rows == 0) return;
+  constexpr int kBlock = 256;
+  launch_pdl(gemm_dq_acts_kernel, dim3(static_cast<unsigned>((n_rows + kBlock - 1) / kBlock)),
+             dim3(kBlock), 0, stream, p, n_rows, static_cast<int>((p.m + 7) / 8));
 }
 
 void gemm_dq(const GemmDqParams& p, cudaStream_t stream) { gemm_dq(p, gemm_dq_plan(p), stream); }
@@ -766,6 +969,7 @@ void gemm_dq(const GemmDqParams& p, const GemmDqPlan& plan, cudaStream_t stream)
   a.n_stages = static_cast<int>(n_stages);
   a.splits = plan.k_splits;
   a.token_tiles = tk.tiles;
+  a.groups = static_cast<int>((p.m + 7) / 8);
   a.partials = p.ws.partials;
   a.counters = p.ws.counters;
   const int64_t row_tiles = (p.w.rows + kTileRows - 1) / kTileRows;

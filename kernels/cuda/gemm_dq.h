@@ -1,10 +1,11 @@
 // Quantized GEMM for decode batches y[m, rows] = x[m, cols] · Wᵀ with W dequantized to BF16 inside
-// the kernel (mma.sync m16n8k16, BF16 x BF16 -> F32): every weight byte is read from memory
-// once per 64 batch rows and its dequantization is shared by all of them, so the cost per
-// step is the weight bytes plus the tensor-core work, not a BF16 copy of the weights.
+// the kernel (BF16 x BF16 -> F32 on tensor cores: warpgroup MMAs, wgmma, where the build has
+// sm_90a; mma.sync m16n8k16 elsewhere): every weight byte is read from memory once per 64
+// batch rows and its dequantization is shared by all of them, so the cost per step is the
+// weight bytes plus the tensor-core work, not a BF16 copy of the weights.
 // W in the split layout (quant_layout.h) of Q4_K, Q6_K, Q5_K, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1;
-// x BF16. Results are bitwise repeatable for a given plan: fixed summation order, no float
-// atomics.
+// x BF16 in gemm_dq_acts' layout. Results are bitwise repeatable for a given plan: fixed
+// summation order, no float atomics.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -36,9 +37,31 @@ struct GemmDqWorkspaceSize {
 };
 GemmDqWorkspaceSize gemm_dq_workspace_size();
 
+// The activation layout gemm_dq reads: BF16 as [cols / 256 stages][ceil(m / 8) groups of 8
+// tokens][32 pieces][8 tokens][8 values], tokens past m zero. Piece j of a stage holds 8 values
+// of its 32-value chunk j / 4 in the order the MMA fragments take them: values 2i, 2i+1,
+// 2i+8, 2i+9, 2i+16, 2i+17, 2i+24, 2i+25 with i = j % 4. So one stage of a token tile is one
+// contiguous block that lands in shared memory as the 8x8 core matrices a tensor-core operand
+// is made of (one bulk copy per stage).
+inline constexpr int kGemmDqChunk = 32;
+inline int gemm_dq_chunk_source(int pos) {  // which value of its chunk position pos holds
+  const int j = pos / 8, i = pos % 8;
+  return 8 * (i / 2) + 2 * j + (i % 2);
+}
+inline int64_t gemm_dq_acts_elems(int64_t m, int64_t cols) { return (m + 7) / 8 * 8 * cols; }
+
+struct GemmDqActsParams {
+  const float* x = nullptr;     // [m, cols]
+  __nv_bfloat16* y = nullptr;   // gemm_dq_acts_elems(m, cols), 16-byte aligned
+  int64_t m = 0;
+  int64_t cols = 0;             // a multiple of 256
+};
+// Rounds x to BF16 (nearest even) into the layout above.
+void gemm_dq_acts(const GemmDqActsParams& p, cudaStream_t stream);
+
 struct GemmDqParams {
   DeviceMatrix w;                    // [rows, cols], quantized (gemm_dq_supports)
-  const __nv_bfloat16* x = nullptr;  // [m, cols], 16-byte aligned
+  const __nv_bfloat16* x = nullptr;  // gemm_dq_acts' layout of [m, cols], 16-byte aligned
   float* y = nullptr;                // [m, ldy]: columns [0, rows) written
   int64_t m = 0;                     // 1..kGemmDqMaxBatch
   int64_t ldy = 0;                   // row stride of y in elements; 0 = w.rows

@@ -51,6 +51,7 @@ struct BenchOptions {
   bool greedy_tokens = false;         // decode steps return argmax tokens, not logits
   int quant_gemv_max_batch = 16;      // CUDA: largest quantized matmul batch on int8 GEMVs
   int dq_gemm_max_batch = 128;        // CUDA: largest one on the dequantizing GEMM (0: off)
+  int dq_gemm_over_copies = 32;       // CUDA: batches up to this skip the BF16 copies
   bool gemv_stream = false;           // CUDA: batch-1 GEMVs stream weights through shared memory
   int decode_max_splits = 0;          // CUDA: cap on decode attention's key splits (0: planner)
   bool decode_clusters = true;        // CUDA: decode attention's splits may merge in a cluster
@@ -198,6 +199,7 @@ int run_bench(const BenchOptions& o) {
     co.use_cuda_graphs = o.graphs;
     co.quant_gemv_max_batch = o.quant_gemv_max_batch;
     co.dq_gemm_max_batch = o.dq_gemm_max_batch;
+    co.dq_gemm_over_copies_max_batch = o.dq_gemm_over_copies;
     co.gemv_stream = o.gemv_stream;
     co.decode_max_splits = o.decode_max_splits;
     co.decode_clusters = o.decode_clusters;
@@ -399,6 +401,10 @@ const RegisterCommand kRegister{Command{
                    "compute capability >= 9.0)");
       sub.add_option("--quant-gemv-max-batch", o->quant_gemv_max_batch,
                      "largest decode batch whose quantized matmuls run on int8 GEMVs (1..64)");
+      sub.add_option("--dq-gemm-over-copies", o->dq_gemm_over_copies,
+                     "decode batches up to this size dequantize inside the tensor-core GEMM even "
+                     "where a BF16 copy of the weights exists (0: never)")
+          ->check(CLI::Range(0, 128));
       sub.add_option("--dq-gemm-max-batch", o->dq_gemm_max_batch,
                      "largest decode batch whose quantized matmuls dequantize inside a "
                      "tensor-core GEMM when they have no BF16 copy (0..128; 0: off)");

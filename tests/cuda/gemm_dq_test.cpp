@@ -1,6 +1,7 @@
 // gemm_dq (weights dequantized to BF16 inside a tensor-core GEMM) for every supported type
 // against a host reference: the weights dequantized by the CPU library (kernels/cpu), the
-// products summed in double with the very BF16 activations the GPU reads.
+// products summed in double with the very BF16 activations the GPU reads. x reaches the kernel
+// through gemm_dq_acts (F32 -> BF16 in the kernel's layout), which has its own test below.
 //
 // Tolerance: the kernel rounds each weight once to BF16 (8 significant bits, relative error at
 // most 2^-8, the same as a BF16 copy of the weights); 4-6 bit values times a half scale are not
@@ -129,6 +130,18 @@ class GemmDqTest : public ::testing::Test {
     return mat;
   }
 
+  // x [m, k] as gemm_dq reads it, made on the device by gemm_dq_acts.
+  DeviceBuffer chunk_order_acts(const std::vector<float>& xf, int64_t m, int64_t k) {
+    DeviceBuffer xd(xf.size() * sizeof(float)), x(kc::gemm_dq_acts_elems(m, k) * 2);
+    EXPECT_EQ(cudaMemcpy(xd.as<float>(), xf.data(), xf.size() * sizeof(float),
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+    kc::gemm_dq_acts({.x = xd.as<float>(), .y = x.as<__nv_bfloat16>(), .m = m, .cols = k},
+                     stream_);
+    EXPECT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+    return x;
+  }
+
   struct Run {
     int64_t m = 0;
     int64_t ldy = 0;                       // 0 = rows
@@ -171,15 +184,9 @@ class GemmDqTest : public ::testing::Test {
     if (!r.workspace) what += " (no workspace)";
 
     const auto xf = cuda_random_floats(m * k, seed);
-    std::vector<uint16_t> xb(xf.size());
     std::vector<float> xr(xf.size());  // the BF16 values as floats
-    for (size_t i = 0; i < xf.size(); ++i) {
-      xb[i] = bf16_bits(xf[i]);
-      xr[i] = bf16_value(xb[i]);
-    }
-    DeviceBuffer x(xb.size() * 2);
-    ASSERT_EQ(cudaMemcpy(x.as<uint16_t>(), xb.data(), xb.size() * 2, cudaMemcpyHostToDevice),
-              cudaSuccess);
+    for (size_t i = 0; i < xf.size(); ++i) xr[i] = bf16_value(bf16_bits(xf[i]));
+    DeviceBuffer x = chunk_order_acts(xf, m, k);
     const auto got = run(mat, x, r);
 
     std::vector<float> g, ref;
@@ -280,6 +287,38 @@ TEST_F(GemmDqTest, LlamaFfnShapes) {
   check(up, 501, {.m = 64});
   const Matrix down = make_matrix(TensorType::kQ6_K, 4096, 14336, 502);
   for (int64_t m : {64, 128}) check(down, 503 + static_cast<uint32_t>(m), {.m = m});
+}
+
+// The layout written out: [stage of 256][group of 8 tokens][piece][token][8 values], piece j
+// of a stage holding values 2i, 2i+1, 2i+8, 2i+9, 2i+16, 2i+17, 2i+24, 2i+25 (i = j % 4) of
+// chunk j / 4, each rounded to BF16 (nearest even); tokens past m are zero.
+TEST_F(GemmDqTest, ActsLayout) {
+  constexpr int kOrder[32] = {0, 1, 8,  9,  16, 17, 24, 25, 2, 3, 10, 11, 18, 19, 26, 27,
+                              4, 5, 12, 13, 20, 21, 28, 29, 6, 7, 14, 15, 22, 23, 30, 31};
+  for (int pos = 0; pos < 32; ++pos) EXPECT_EQ(kc::gemm_dq_chunk_source(pos), kOrder[pos]);
+  const int64_t m = 11, k = 512, groups = 2;
+  ASSERT_EQ(kc::gemm_dq_acts_elems(m, k), groups * 8 * k);
+  std::vector<float> xf(m * k);
+  for (size_t i = 0; i < xf.size(); ++i) xf[i] = 1.0f + static_cast<float>(i % 997) / 1024.0f;
+  xf[5] = 1.0f + 3.0f / 256.0f;  // halfway between 1 + 1/128 and 1 + 2/128: rounds to even
+  const DeviceBuffer x = chunk_order_acts(xf, m, k);
+  std::vector<uint16_t> got(kc::gemm_dq_acts_elems(m, k));
+  ASSERT_EQ(cudaMemcpy(got.data(), x.as<uint16_t>(), got.size() * 2, cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  int bad = 0;
+  for (size_t o = 0; o < got.size(); ++o) {
+    const int64_t i = o % 8, tok8 = o / 8 % 8, piece = o / 64 % 32, grp = o / 2048 % groups,
+                  stage = o / 2048 / groups;
+    const int64_t tok = grp * 8 + tok8;
+    const int64_t col = stage * 256 + piece / 4 * 32 + kOrder[piece % 4 * 8 + i];
+    const uint16_t want = tok < m ? bf16_bits(xf[tok * k + col]) : 0;
+    if (got[o] != want && bad++ < 5) ADD_FAILURE() << "element " << o << ": " << got[o] << " want " << want;
+  }
+  EXPECT_EQ(bad, 0);
+  // x[0][5] sits at position 17 of chunk 0: piece 2, value 1 of token 0.
+  EXPECT_EQ(got[2 * 64 + 1], 0x3F82u) << "x[0][5] = 1 + 3/256 rounds to 1 + 2/128";
+  const kc::GemmDqActsParams odd{.x = nullptr, .y = nullptr, .m = 1, .cols = 96};
+  EXPECT_THROW(kc::gemm_dq_acts(odd, stream_), Error);
 }
 
 TEST_F(GemmDqTest, RejectsWhatItCannotRun) {

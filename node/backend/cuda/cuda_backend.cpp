@@ -129,6 +129,7 @@ class CudaBackend final : public Backend {
   struct ActCache {
     const void* x = nullptr;
     int64_t n = 0;
+    bool dq_layout = false;  // BF16 copies: gemm_dq's layout (gemm_dq_acts)
   };
   struct Scratches {
     explicit Scratches(kc::DeviceMemory& m)
@@ -175,7 +176,7 @@ class CudaBackend final : public Backend {
   void gemm(const Weight& w, const float* x, float* y, int64_t m);
   bool use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const;
   void gemv1(std::span<const MatmulOut> outs, const float* x);
-  const __nv_bfloat16* bf16_acts(const float* x, int64_t n);
+  const __nv_bfloat16* bf16_acts(const float* x, int64_t m, int64_t k, bool dq_layout = false);
   const float* rope_freqs(const RopeParams& p);
 
   CudaBackendOptions opt_;
@@ -564,7 +565,12 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
     kc::gemv(p, stream_);
   } else if (use_gemm_dq(w, dm, m)) {
     wrote(y, m * w.rows * sizeof(float));
-    kc::gemm_dq({.w = dm, .x = bf16_acts(x, m * w.cols), .y = y, .m = m, .ldy = 0, .ws = dq_ws_},
+    kc::gemm_dq({.w = dm,
+                 .x = bf16_acts(x, m, w.cols, /*dq_layout=*/true),
+                 .y = y,
+                 .m = m,
+                 .ldy = 0,
+                 .ws = dq_ws_},
                 stream_);
   } else {
     wrote(y, m * w.rows * sizeof(float));
@@ -646,26 +652,32 @@ void CudaBackend::add_rmsnorm(float* x, const float* r, const float* w, float* y
 }
 
 bool CudaBackend::use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const {
-  return w.aux == nullptr && m > quant_gemv_max_ && m <= opt_.dq_gemm_max_batch &&
-         kc::gemm_dq_supports(dm);
+  return (w.aux == nullptr || m <= opt_.dq_gemm_over_copies_max_batch) && m > quant_gemv_max_ &&
+         m <= opt_.dq_gemm_max_batch && kc::gemm_dq_supports(dm);
 }
 
 
-// x converted to BF16 for a GEMM, reusing the copy made for the previous matmul of the same
-// x (q, k and v; gate and up).
-const __nv_bfloat16* CudaBackend::bf16_acts(const float* x, int64_t n) {
+// x [m, k] converted to BF16 for a GEMM (row-major, or gemm_dq's layout), reusing the copy
+// made for the previous matmul of the same x (q, k and v; gate and up).
+const __nv_bfloat16* CudaBackend::bf16_acts(const float* x, int64_t m, int64_t k, bool dq_layout) {
   const uint64_t moves = mem_->scratch_moves();  // a regrown buffer lost its contents
-  auto* xb = scratch_->gemm_x.as<__nv_bfloat16>(n);
-  if (moves != mem_->scratch_moves() || bf16_act_.x != x || bf16_act_.n != n) {
-    kc::f32_to_bf16({.x = x, .y = xb, .n = n}, stream_);
-    bf16_act_ = {x, n};
+  const int64_t n = m * k;
+  auto* xb = scratch_->gemm_x.as<__nv_bfloat16>(dq_layout ? kc::gemm_dq_acts_elems(m, k) : n);
+  if (moves != mem_->scratch_moves() || bf16_act_.x != x || bf16_act_.n != n ||
+      bf16_act_.dq_layout != dq_layout) {
+    if (dq_layout) {
+      kc::gemm_dq_acts({.x = x, .y = xb, .m = m, .cols = k}, stream_);
+    } else {
+      kc::f32_to_bf16({.x = x, .y = xb, .n = n}, stream_);
+    }
+    bf16_act_ = {x, n, dq_layout};
   }
   return xb;
 }
 
 void CudaBackend::gemm(const Weight& w, const float* x, float* y, int64_t m) {
   const int64_t n = w.rows, k = w.cols;
-  const __nv_bfloat16* xb = bf16_acts(x, m * k);
+  const __nv_bfloat16* xb = bf16_acts(x, m, k);
   const __nv_bfloat16* wb = nullptr;
   if (w.type == TensorType::kBF16) wb = static_cast<const __nv_bfloat16*>(w.data);
   if (w.aux != nullptr) wb = static_cast<const __nv_bfloat16*>(w.aux);

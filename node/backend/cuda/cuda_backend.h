@@ -32,8 +32,13 @@ struct CudaBackendOptions {
   int64_t quant_gemv_max_batch = 16;
   // Quantized matmuls with more rows than that, up to this many (at most 128), of weights
   // without a BF16 copy dequantize inside a tensor-core GEMM (gemm_dq); 0: off (the GEMM then
-  // dequantizes the weights into a staging buffer first). Weights with a copy use cuBLASLt.
+  // dequantizes the weights into a staging buffer first). Weights with a copy use cuBLASLt
+  // above dq_gemm_over_copies_max_batch.
   int64_t dq_gemm_max_batch = 128;
+  // Decode batches up to this many rows run gemm_dq on the quantized bytes even where a BF16
+  // copy exists: on an H200 (8B Q4_K_M) it is faster up to batch 32 and slower at 64
+  // (docs/BENCHMARKS.md). 0: weights with a copy always use it.
+  int64_t dq_gemm_over_copies_max_batch = 32;
   // Batch-1 quantized GEMVs stream the weights through shared memory (gemv_stream, compute
   // capability >= 9.0) instead of loading them into registers (gemv_group). Off by default:
   // it is no faster on an H200 (docs/BENCHMARKS.md).
