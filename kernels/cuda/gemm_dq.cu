@@ -519,6 +519,39 @@ struct CopyPlan {
   }
 };
 
+// The lane's weight bytes of chunk pair pp for its four rows (two 16-row tiles, rows g, g + 8).
+template <TensorType T, int NB>
+__device__ __forceinline__ void load_pair(const uint8_t* buf, int wr, int wk, int pp,
+                                          typename Dq<T>::Raw (&raw)[kRT][2]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int rt = 0; rt < kRT; ++rt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      raw[rt][h] =
+          Dq<T>::load(buf + (wr * 32 + rt * 16 + g + 8 * h) * Layout<T, NB>::kQStride, wk, pp, t);
+    }
+  }
+}
+
+// The A registers of chunk (pp, hc) for both row tiles, from the bytes load_pair read and the
+// warp's (d, c) pairs sc.
+template <TensorType T>
+__device__ __forceinline__ void decode_chunk(const typename Dq<T>::Raw (&raw)[kRT][2],
+                                             const float2* sc, int wk, int pp, int hc,
+                                             uint32_t (&af)[kRT][2][4]) {
+  using P = Dq<T>;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const float2* sc_lane = sc + P::sub(t) * 32 + g + P::chunk(pp, hc) * P::kSubs * 32;
+#pragma unroll
+  for (int rt = 0; rt < kRT; ++rt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      to_bf16<P::kWide>(P::ints(raw[rt][h], wk, pp, hc, t), sc_lane[rt * 16 + 8 * h], af[rt][h]);
+    }
+  }
+}
+
 // One stage of the warp's MMAs: rows 32wr..+32 of the tile, chunks 4wk..4wk+3, NB n-tiles.
 // sc: the warp's (d, c) pairs for the stage.
 template <TensorType T, int NB>
@@ -530,29 +563,15 @@ __device__ __forceinline__ void compute_stage(const uint8_t* buf, const float2* 
   // Word t of token g's row in a core matrix: B[k 2t..2t+1 of the piece][token 8nt + g].
   const uint8_t* xlane = buf + L::kXOff + 16 * g + 4 * t;
   constexpr int kPiece = 128, kGroup = kXGroupBytes;
-  const float2* sc_lane = sc + P::sub(t) * 32 + g;
 #pragma unroll
   for (int pp = 0; pp < 2; ++pp) {
     typename P::Raw raw[kRT][2];
-#pragma unroll
-    for (int rt = 0; rt < kRT; ++rt) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-        raw[rt][h] = P::load(buf + (wr * 32 + rt * 16 + g + 8 * h) * L::kQStride, wk, pp, t);
-    }
+    load_pair<T, NB>(buf, wr, wk, pp, raw);
 #pragma unroll
     for (int hc = 0; hc < 2; ++hc) {
-      const int cl = P::chunk(pp, hc);
       uint32_t af[kRT][2][4];
-#pragma unroll
-      for (int rt = 0; rt < kRT; ++rt) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float2 dc = sc_lane[cl * P::kSubs * 32 + rt * 16 + 8 * h];
-          to_bf16<P::kWide>(P::ints(raw[rt][h], wk, pp, hc, t), dc, af[rt][h]);
-        }
-      }
-      const int c = 4 * wk + cl;  // chunk within the stage
+      decode_chunk<T>(raw, sc, wk, pp, hc, af);
+      const int c = 4 * wk + P::chunk(pp, hc);  // chunk within the stage
       const uint8_t* xb = xlane + 4 * c * kPiece;
 #pragma unroll
       for (int nt = 0; nt < NB; ++nt) {
@@ -577,33 +596,18 @@ __device__ __forceinline__ void compute_stage_wg(const uint8_t* buf, const float
                                                  int wk, float (&acc)[kRT][NB][4]) {
   using P = Dq<T>;
   using L = Layout<T, NB>;
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const uint32_t xs = smem_addr(buf + L::kXOff);
-  const float2* sc_lane = sc + P::sub(t) * 32 + g;
   uint32_t af[2][kRT][2][4];
 #pragma unroll
   for (int pp = 0; pp < 2; ++pp) {
     typename P::Raw raw[kRT][2];
-#pragma unroll
-    for (int rt = 0; rt < kRT; ++rt) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-        raw[rt][h] = P::load(buf + (wr * 32 + rt * 16 + g + 8 * h) * L::kQStride, wk, pp, t);
-    }
+    load_pair<T, NB>(buf, wr, wk, pp, raw);
 #pragma unroll
     for (int hc = 0; hc < 2; ++hc) {
-      const int cl = P::chunk(pp, hc);
       wg_wait<1>();  // the group that last read af[hc]
-#pragma unroll
-      for (int rt = 0; rt < kRT; ++rt) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float2 dc = sc_lane[cl * P::kSubs * 32 + rt * 16 + 8 * h];
-          to_bf16<P::kWide>(P::ints(raw[rt][h], wk, pp, hc, t), dc, af[hc][rt][h]);
-        }
-      }
+      decode_chunk<T>(raw, sc, wk, pp, hc, af[hc]);
       wg_fence();
-      const uint32_t piece0 = xs + 4 * (4 * wk + cl) * 128;
+      const uint32_t piece0 = xs + 4 * (4 * wk + P::chunk(pp, hc)) * 128;
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
         const uint64_t b = wg_desc(piece0 + 2 * u * 128, 128, kXGroupBytes);
