@@ -129,7 +129,8 @@ class CudaBackend final : public Backend {
   struct ActCache {
     const void* x = nullptr;
     int64_t n = 0;
-    bool dq_layout = false;  // BF16 copies: gemm_dq's layout (gemm_dq_acts)
+    bool dq_layout = false;  // BF16 copies: gemm_dq's layout (gemm_dq_acts), which depends
+    int64_t cols = 0;        // on the row length as well as on n
   };
   struct Scratches {
     explicit Scratches(kc::DeviceMemory& m)
@@ -664,13 +665,13 @@ const __nv_bfloat16* CudaBackend::bf16_acts(const float* x, int64_t m, int64_t k
   const int64_t n = m * k;
   auto* xb = scratch_->gemm_x.as<__nv_bfloat16>(dq_layout ? kc::gemm_dq_acts_elems(m, k) : n);
   if (moves != mem_->scratch_moves() || bf16_act_.x != x || bf16_act_.n != n ||
-      bf16_act_.dq_layout != dq_layout) {
+      bf16_act_.dq_layout != dq_layout || bf16_act_.cols != k) {
     if (dq_layout) {
       kc::gemm_dq_acts({.x = x, .y = xb, .m = m, .cols = k}, stream_);
     } else {
       kc::f32_to_bf16({.x = x, .y = xb, .n = n}, stream_);
     }
-    bf16_act_ = {x, n, dq_layout};
+    bf16_act_ = {x, n, dq_layout, k};
   }
   return xb;
 }
