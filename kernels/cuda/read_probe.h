@@ -33,10 +33,11 @@ void read_sweep(const ReadProbeBuffer& buf, const ReadSweepShape& shape, cudaStr
 
 // The buffer seen as `rows` rows of `row_bytes` (rows * row_bytes == bytes), read with the
 // geometry of the batch-1 GEMV (gemv_group): CTAs of 4 warps; `warps_per_row` warps (1 or 4)
-// share a row, each group of them owns `rows_per_warp` consecutive rows (1 or 2), CTA c
-// owning rows from c * rows_per_cta on. A row's lanes read 16-byte items t*16 + i*lanes*16
-// (t the lane within the row's lanes), `items_per_lane` (1, 2, 4 or 8) of each row issued
-// before any is used.
+// share a row, each group of them owns `rows_per_warp` consecutive rows (1 or 2; or 4 with one
+// warp per row, as the pipelined Q6_K GEMV, which spills a few registers at 8 items per lane),
+// CTA c owning rows from c * rows_per_cta on. A row's lanes read 16-byte items
+// t*16 + i*lanes*16 (t the lane within the row's lanes), `items_per_lane` (1, 2, 4 or 8) of
+// each row issued before any is used.
 struct ReadRowsShape {
   int64_t rows = 0;
   int64_t row_bytes = 0;  // a multiple of 16

@@ -111,8 +111,10 @@ TEST_F(ReadProbe, RowsReadEveryWordOnce) {
   uint32_t seed = 1;
   for (const Case& c : cases) {
     const Fold want = put(static_cast<size_t>(c.rows * c.row_bytes), seed++);
-    for (int r : {1, 2}) {
+    // Every geometry the probe has: 1 or 2 rows with 1 or 4 warps per row, 4 rows with 1.
+    for (int r : {1, 2, 4}) {
       for (int w : {1, 4}) {
+        if (r == 4 && w == 4) continue;
         for (int u : {1, 2, 4, 8}) {
           const kc::ReadRowsShape shape{.rows = c.rows, .row_bytes = c.row_bytes,
                                         .rows_per_warp = r, .warps_per_row = w,
@@ -147,6 +149,10 @@ TEST_F(ReadProbe, RejectsBadShapes) {
                              nullptr),
                Error);
   EXPECT_THROW(kc::read_rows(buffer(false), {.rows = 256, .row_bytes = 16, .rows_per_warp = 3},
+                             nullptr),
+               Error);
+  EXPECT_THROW(kc::read_rows(buffer(false),
+                             {.rows = 256, .row_bytes = 16, .rows_per_warp = 4, .warps_per_row = 4},
                              nullptr),
                Error);
 }
