@@ -16,6 +16,7 @@
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/gemv_float.h"
 #include "tests/cuda/cuda_test_support.h"
+#include "tests/cuda/gemv_reference.h"
 
 namespace tpnode::test {
 namespace {
@@ -55,14 +56,9 @@ struct FloatMatrix {
 
 // y [m, rows] of each matrix one after the other (the stacked group's layout), and per output
 // the sum of |w x| that bounds its rounding.
-struct FloatReference {
-  std::vector<double> y;
-  std::vector<double> mag;
-};
-
-FloatReference float_product(const std::vector<FloatMatrix>& mats, const std::vector<float>& x,
+ProductReference float_product(const std::vector<FloatMatrix>& mats, const std::vector<float>& x,
                              int64_t m, int64_t cols) {
-  FloatReference ref;
+  ProductReference ref;
   for (const FloatMatrix& mat : mats) {
     const TensorType type = mat.gpu.type;
     const size_t elem = gguf_block_bytes(type);
@@ -90,20 +86,9 @@ FloatReference float_product(const std::vector<FloatMatrix>& mats, const std::ve
 // Each output within 2e-5 of its sum |w x| (F32 accumulation over at most a few hundred
 // terms per lane; a dropped or repeated 8-element item is far outside), and the whole vector
 // within NMSE 1e-9.
-void expect_float_product(const FloatReference& ref, const std::vector<float>& got,
+void expect_float_product(const ProductReference& ref, const std::vector<float>& got,
                           const std::string& what) {
-  ASSERT_EQ(got.size(), ref.y.size()) << what;
-  int bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(got[i] - ref.y[i]);
-    if (!(err <= 2e-5 * ref.mag[i] + 1e-30) && bad++ < 5) {
-      ADD_FAILURE() << what << fmt::format(": y[{}] = {} want {} (sum |w x| = {})", i, got[i],
-                                           ref.y[i], ref.mag[i]);
-    }
-  }
-  EXPECT_EQ(bad, 0) << what;
-  const std::vector<float> y(ref.y.begin(), ref.y.end());
-  EXPECT_LT(nmse(got, y), 1e-9) << what << ": against the double-precision reference";
+  expect_product(ref, got, what, {.of_sum = 2e-5, .floor = 1e-30, .nmse = 1e-9});
 }
 
 class GemvFloat : public CudaVsCpu, public ::testing::WithParamInterface<TensorType> {
@@ -152,7 +137,7 @@ class GemvFloat : public CudaVsCpu, public ::testing::WithParamInterface<TensorT
       const kc::GemvFloatGroupParams p =
           kc::stacked_gemv_float_group(dms.data(), static_cast<int>(dms.size()), x_, m, y_);
       ASSERT_LE(m * p.total_rows, kMaxElems);
-      const FloatReference ref = float_product(mats, x, m, cols);
+      const ProductReference ref = float_product(mats, x, m, cols);
       const std::vector<kc::GemvGeometry> geometries = kc::gemv_float_group_geometries(m);
       ASSERT_GE(geometries.size(), 2u);
       for (const kc::GemvGeometry& g : geometries) {
