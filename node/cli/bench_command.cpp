@@ -56,9 +56,20 @@ struct BenchOptions {
   int decode_max_splits = 0;          // CUDA: cap on decode attention's key splits (0: planner)
   bool decode_clusters = true;        // CUDA: decode attention's splits may merge in a cluster
   bool fuse_norm_gemv = false;        // CUDA: batch-1 RMSNorm inside the q/k/v, gate/up GEMV
+  bool profile_decode = false;        // CUDA: a profiler records only the timed decode steps
 };
 
 using Clock = std::chrono::steady_clock;
+
+// --profile-decode: what `ncu --profile-from-start off` records (the timed decode steps).
+void profile_capture(const BenchOptions& o, const std::string& kind, bool on) {
+  if (!o.profile_decode || kind != "cuda") return;
+#ifdef TPNODE_HAVE_CUDA
+  cuda_profiler_capture(on);
+#else
+  (void)on;
+#endif
+}
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
@@ -349,6 +360,7 @@ int run_bench(const BenchOptions& o) {
       engine.step(plan);
       for (auto& sq : plan.seqs) ++sq.n_past;
     }
+    profile_capture(o, kind, true);
     const auto t0 = Clock::now();
     for (int i = 0; i < o.decode_steps; ++i) {
       if (i % 4 == 0) status.show("decode batch {}: step {}/{}", b, i, o.decode_steps);
@@ -356,6 +368,7 @@ int run_bench(const BenchOptions& o) {
       for (auto& sq : plan.seqs) ++sq.n_past;
     }
     const double per_step_s = seconds_since(t0) / o.decode_steps;
+    profile_capture(o, kind, false);
     status.done();
     Row row{fmt::format("decode batch {}{}", b,
                         o.device_sampling ? " +sampling" : o.greedy_tokens ? " +greedy" : ""),
@@ -416,6 +429,9 @@ const RegisterCommand kRegister{Command{
           ->check(CLI::Range(0, 128));
       sub.add_flag("--fuse-norm-gemv", o->fuse_norm_gemv,
                    "batch 1: the RMSNorm runs inside the q/k/v and gate/up GEMVs (experimental)");
+      sub.add_flag("--profile-decode", o->profile_decode,
+                   "CUDA: start and stop the profiler around the timed decode steps (for "
+                   "ncu/nsys with profiling from the start off)");
       sub.add_flag("!--decode-global-merge", o->decode_clusters,
                    "decode attention's key splits always merge through global memory, never "
                    "inside a thread-block cluster");

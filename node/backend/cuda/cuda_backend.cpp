@@ -1,6 +1,7 @@
 #include "node/backend/cuda/cuda_backend.h"
 
 #include <cuda_bf16.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 #include <spdlog/spdlog.h>
 
@@ -1022,6 +1023,14 @@ void* cuda_backend_stream(Backend& backend) {
 
 double cuda_measure_copy_bandwidth(Backend& backend, uint64_t bytes) {
   return dynamic_cast<CudaBackend&>(backend).measure_copy_bandwidth(bytes);
+}
+
+void cuda_profiler_capture(bool on) {
+  if (on) {
+    TPNODE_CUDA_CHECK(cudaProfilerStart());
+  } else {
+    TPNODE_CUDA_CHECK(cudaProfilerStop());
+  }
 }
 
 double cuda_measure_bf16_gemm_flops(Backend& backend, int64_t dim) {

@@ -78,6 +78,10 @@ void* cuda_backend_stream(Backend& backend);
 // Device-to-device copy bandwidth in bytes/s (read + write counted), measured on
 // `bytes`-sized buffers: the HBM roofline of memory-bound kernels.
 double cuda_measure_copy_bandwidth(Backend& backend, uint64_t bytes);
+// Starts (on) or stops what a profiler run with "profile from start off" records
+// (cudaProfilerStart / cudaProfilerStop): `ncu --profile-from-start off` then sees only the
+// work in between.
+void cuda_profiler_capture(bool on);
 // Dense BF16 GEMM rate in FLOP/s (m = n = k = `dim`, through cuBLASLt, random data).
 double cuda_measure_bf16_gemm_flops(Backend& backend, int64_t dim);
 
