@@ -1,6 +1,7 @@
 #include "kernels/cuda/gemm_lt.h"
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/event_timer.h"
 
 namespace tpnode::cuda {
 
@@ -70,11 +71,9 @@ int GemmLt::fastest(const Plan& p, const GemmArgs& a, const cublasLtMatmulAlgo_t
                     int n_algos, cudaStream_t stream) {
   constexpr int kWarmup = 2, kTimed = 5;
   const float alpha = 1.0f, beta = 0.0f;
-  cudaEvent_t start = nullptr, stop = nullptr;
-  TPNODE_CUDA_CHECK(cudaEventCreate(&start));
-  TPNODE_CUDA_CHECK(cudaEventCreate(&stop));
+  EventTimer timer(stream);
   int best = -1;
-  float best_ms = 0.0f;
+  double best_ms = 0.0;
   for (int i = 0; i < n_algos; ++i) {
     // An algorithm the heuristic offered may still refuse these pointers: skip it.
     auto once = [&] {
@@ -84,19 +83,14 @@ int GemmLt::fastest(const Plan& p, const GemmArgs& a, const cublasLtMatmulAlgo_t
     bool ok = true;
     for (int r = 0; r < kWarmup && ok; ++r) ok = once() == CUBLAS_STATUS_SUCCESS;
     if (!ok) continue;
-    TPNODE_CUDA_CHECK(cudaEventRecord(start, stream));
+    timer.start();
     for (int r = 0; r < kTimed && ok; ++r) ok = once() == CUBLAS_STATUS_SUCCESS;
-    TPNODE_CUDA_CHECK(cudaEventRecord(stop, stream));
-    TPNODE_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0.0f;
-    TPNODE_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    const double ms = timer.stop_ms();
     if (ok && (best < 0 || ms < best_ms)) {
       best = i;
       best_ms = ms;
     }
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
   return best;
 }
 
