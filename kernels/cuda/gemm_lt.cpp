@@ -1,11 +1,12 @@
 #include "kernels/cuda/gemm_lt.h"
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/event_timer.h"
 
 namespace tpnode::cuda {
 
-GemmLt::GemmLt(void* workspace, size_t workspace_bytes)
-    : workspace_(workspace), workspace_bytes_(workspace_bytes) {
+GemmLt::GemmLt(void* workspace, size_t workspace_bytes, bool autotune)
+    : workspace_(workspace), workspace_bytes_(workspace_bytes), autotune_(autotune) {
   TPNODE_CUBLAS_CHECK(cublasLtCreate(&handle_));
 }
 
@@ -21,7 +22,8 @@ GemmLt::~GemmLt() {
 
 // Column-major view: Y (n x m, ld n) = op(W) (n x k) · X (k x m), with W stored as the
 // column-major k x n matrix that the row-major [n, k] buffer is, hence op = transpose.
-const GemmLt::Plan& GemmLt::plan(int64_t m, int64_t n, int64_t k, int64_t ldy) {
+const GemmLt::Plan& GemmLt::plan(const GemmArgs& a, int64_t ldy, cudaStream_t stream) {
+  const int64_t m = a.m, n = a.n, k = a.k;
   const auto key = std::make_tuple(m, n, k, ldy);
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
@@ -39,10 +41,10 @@ const GemmLt::Plan& GemmLt::plan(int64_t m, int64_t n, int64_t k, int64_t ldy) {
   TPNODE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   TPNODE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_, sizeof(workspace_bytes_)));
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kAutotuneCandidates] = {};
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.w, p.x, p.y, p.y,
-                                                           pref, 1, &result, &found);
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+      handle_, p.op, p.w, p.x, p.y, p.y, pref, autotune_ ? kAutotuneCandidates : 1, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
     cublasLtMatrixLayoutDestroy(p.w);
@@ -53,13 +55,48 @@ const GemmLt::Plan& GemmLt::plan(int64_t m, int64_t n, int64_t k, int64_t ldy) {
     TPNODE_THROW(ErrorKind::kRuntime, "cuBLASLt has no BF16 algorithm for m={} n={} k={}", m, n,
                  k);
   }
-  p.algo = result.algo;
+  p.algo = results[0].algo;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  TPNODE_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (autotune_ && found > 1 && capture == cudaStreamCaptureStatusNone) {
+    cublasLtMatmulAlgo_t algos[kAutotuneCandidates];
+    for (int i = 0; i < found; ++i) algos[i] = results[i].algo;
+    const int best = fastest(p, a, algos, found, stream);
+    if (best >= 0) p.algo = algos[best];
+  }
   return plans_.emplace(key, p).first->second;
+}
+
+int GemmLt::fastest(const Plan& p, const GemmArgs& a, const cublasLtMatmulAlgo_t* algos,
+                    int n_algos, cudaStream_t stream) {
+  constexpr int kWarmup = 2, kTimed = 5;
+  const float alpha = 1.0f, beta = 0.0f;
+  EventTimer timer(stream);
+  int best = -1;
+  double best_ms = 0.0;
+  for (int i = 0; i < n_algos; ++i) {
+    // An algorithm the heuristic offered may still refuse these pointers: skip it.
+    auto once = [&] {
+      return cublasLtMatmul(handle_, p.op, &alpha, a.w, p.w, a.x, p.x, &beta, a.y, p.y, a.y, p.y,
+                            &algos[i], workspace_, workspace_bytes_, stream);
+    };
+    bool ok = true;
+    for (int r = 0; r < kWarmup && ok; ++r) ok = once() == CUBLAS_STATUS_SUCCESS;
+    if (!ok) continue;
+    timer.start();
+    for (int r = 0; r < kTimed && ok; ++r) ok = once() == CUBLAS_STATUS_SUCCESS;
+    const double ms = timer.stop_ms();
+    if (ok && (best < 0 || ms < best_ms)) {
+      best = i;
+      best_ms = ms;
+    }
+  }
+  return best;
 }
 
 void GemmLt::run(const GemmArgs& a, cudaStream_t stream) {
   if (a.m == 0 || a.n == 0) return;
-  const Plan& p = plan(a.m, a.n, a.k, a.ldy ? a.ldy : a.n);
+  const Plan& p = plan(a, a.ldy ? a.ldy : a.n, stream);
   const float alpha = 1.0f, beta = 0.0f;
   TPNODE_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, a.w, p.w, a.x, p.x, &beta, a.y, p.y,
                                      a.y, p.y, &p.algo, workspace_, workspace_bytes_, stream));

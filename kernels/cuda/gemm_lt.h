@@ -1,5 +1,8 @@
 // BF16 GEMM through cuBLASLt: y[m, n] (F32) = x[m, k] (BF16) · W[n, k]ᵀ (BF16), F32
-// accumulation. Plans (descriptors + the heuristic's algorithm) are cached per shape.
+// accumulation. Plans (descriptors + an algorithm) are cached per shape. The algorithm is the
+// heuristic's first, or with `autotune` the fastest of its first kAutotuneCandidates, timed on
+// the call's own buffers the first time a shape runs outside graph capture (that first call
+// waits for the GPU once per shape; a shape first met inside a capture keeps the first).
 #pragma once
 
 #include <cublasLt.h>
@@ -20,10 +23,12 @@ struct GemmArgs {
   int64_t ldy = 0;                   // 0 = n
 };
 
+inline constexpr int kAutotuneCandidates = 8;
+
 class GemmLt {
  public:
   // `workspace` is device memory of `workspace_bytes`, owned by the caller.
-  GemmLt(void* workspace, size_t workspace_bytes);
+  GemmLt(void* workspace, size_t workspace_bytes, bool autotune = false);
   ~GemmLt();
   GemmLt(const GemmLt&) = delete;
   GemmLt& operator=(const GemmLt&) = delete;
@@ -36,11 +41,15 @@ class GemmLt {
     cublasLtMatrixLayout_t w = nullptr, x = nullptr, y = nullptr;
     cublasLtMatmulAlgo_t algo{};
   };
-  const Plan& plan(int64_t m, int64_t n, int64_t k, int64_t ldy);
+  const Plan& plan(const GemmArgs& a, int64_t ldy, cudaStream_t stream);
+  // The fastest of `algos` for a on stream (the GPU is waited for); -1: none ran.
+  int fastest(const Plan& p, const GemmArgs& a, const cublasLtMatmulAlgo_t* algos, int n_algos,
+              cudaStream_t stream);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_;
   size_t workspace_bytes_;
+  bool autotune_;
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, Plan> plans_;
 };
 

@@ -69,6 +69,17 @@ TEST_P(CudaMatmul, GemmWithoutBf16Copy) {
   for (int64_t m : {17, 64, 128, 200}) check(*cuda, m, 200 + static_cast<uint32_t>(m));
 }
 
+// cuBLASLt with the fastest of several algorithms per shape (timed on first use) gives the
+// CPU result too, and the same bits on the second call (the plan is cached).
+TEST_P(CudaMatmul, GemmAutotune) {
+  CudaBackendOptions o = cuda_options();
+  o.gemm_autotune = true;
+  o.dq_gemm_max_batch = 0;  // every batch above the GEMV limit on cuBLASLt
+  o.dq_gemm_over_copies_max_batch = 0;
+  auto cuda = make_cuda_backend(o);
+  for (int64_t m : {17, 64, 200}) check(*cuda, m, 300 + static_cast<uint32_t>(m));
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Types, CudaMatmul,
     ::testing::Values(MatmulCase{TensorType::kF32, 131, 776, 1e-5},

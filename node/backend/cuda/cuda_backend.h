@@ -39,6 +39,9 @@ struct CudaBackendOptions {
   // copy exists: on an H200 (8B Q4_K_M) it is faster up to batch 32 and slower at 64
   // (docs/BENCHMARKS.md). 0: weights with a copy always use it.
   int64_t dq_gemm_over_copies_max_batch = 32;
+  // cuBLASLt GEMMs use the fastest of the heuristic's first candidates for each shape, timed
+  // the first time the shape runs (kernels/cuda/gemm_lt.h), instead of its first.
+  bool gemm_autotune = false;
   // Batch-1 quantized GEMVs stream the weights through shared memory (gemv_stream, compute
   // capability >= 9.0) instead of loading them into registers (gemv_group). Off by default:
   // it is no faster on an H200 (docs/BENCHMARKS.md).
