@@ -1,17 +1,25 @@
 #include "kernels/cuda/allreduce.h"
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/pdl.cuh"
 
 namespace tpnode::cuda {
 namespace {
 
-static_assert(kOneShotChunk % 4 == 0, "chunks hold whole float4s");
-static_assert(kOneShotThreads >= kAllReduceMaxRanks, "one thread per peer flag");
+// The flag way: large blocks, each pushing and summing chunks of 4 floats per thread.
+constexpr int kFlagThreads = 512;
+// LL: small blocks, so that a decode-sized message spreads over several SMs' stores.
+constexpr int kLlThreads = 128;
+static_assert(kFlagThreads >= kAllReduceMaxRanks, "one thread per peer flag");
 
 __device__ __forceinline__ uint64_t global_timer_ns() {
   uint64_t t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
+}
+
+__device__ __forceinline__ float4 add4(float4 a, float4 b) {
+  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
 }
 
 __device__ __forceinline__ void store_release_sys(uint32_t* p, uint32_t v) {
@@ -28,16 +36,64 @@ __device__ __forceinline__ uint32_t* flags_of(uint8_t* buffer) {
   return reinterpret_cast<uint32_t*>(buffer + OneShotLayout::flags_offset());
 }
 
-// Receive slot [half][src] of the rank that owns `buffer`.
+// Flag-way receive slot [half][src] of the rank that owns `buffer`.
 __device__ __forceinline__ float* slot(const OneShotParams& p, uint8_t* buffer, uint32_t half,
                                        int src) {
   float* recv = reinterpret_cast<float*>(buffer + OneShotLayout::recv_offset());
   return recv + (static_cast<int64_t>(half) * p.size + src) * p.capacity;
 }
 
-// Visits this thread's elements of chunk [base, end): float4s when `vec` (then base % 4 == 0
-// and every pointer is 16-byte aligned), single floats otherwise and for the tail.
-template <typename F4, typename F1>
+// LL receive slot [half][src] of the rank that owns `buffer`: ll_capacity words.
+__device__ __forceinline__ uint2* ll_slot(const OneShotParams& p, uint8_t* buffer, uint32_t half,
+                                          int src) {
+  const OneShotLayout layout{.size = p.size, .capacity = p.capacity};
+  uint2* recv = reinterpret_cast<uint2*>(buffer + layout.recv_ll_offset());
+  return recv + (static_cast<int64_t>(half) * p.size + src) * layout.ll_capacity();
+}
+
+// LL words go through L2 (volatile: never kept in L1), 8 or 16 bytes per store; each 8-byte
+// word lands whole, so its epoch vouches for its value.
+__device__ __forceinline__ void store_ll2(uint2* p, float a, float b, uint32_t epoch) {
+  asm volatile("st.volatile.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p),
+               "r"(__float_as_uint(a)), "r"(epoch), "r"(__float_as_uint(b)), "r"(epoch)
+               : "memory");
+}
+__device__ __forceinline__ void store_ll1(uint2* p, float a, uint32_t epoch) {
+  asm volatile("st.volatile.global.v2.u32 [%0], {%1, %2};" ::"l"(p), "r"(__float_as_uint(a)),
+               "r"(epoch)
+               : "memory");
+}
+__device__ __forceinline__ uint4 load_ll2(const uint2* p) {
+  uint4 v;
+  asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p)
+               : "memory");
+  return v;
+}
+__device__ __forceinline__ uint2 load_ll1(const uint2* p) {
+  uint2 v;
+  asm volatile("ld.volatile.global.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p) : "memory");
+  return v;
+}
+
+// Spins until `ready()` holds, looking at the host's abort word and the clock now and then.
+// Returns 0, or the kOneShot* code it gave up with.
+template <typename Ready>
+__device__ __forceinline__ int32_t wait_for(const OneShotParams& p, Ready ready) {
+  const uint64_t t0 = global_timer_ns();
+  for (uint32_t spins = 1;; ++spins) {
+    if (ready()) return 0;
+    if (spins % 1024 != 0) continue;
+    if (*p.abort != 0) return kOneShotAborted;
+    if (global_timer_ns() - t0 > p.timeout_ns) return kOneShotTimedOut;
+  }
+}
+
+// Visits this thread's elements of chunk [base, end) (chunks of 4 floats per thread): float4s
+// when `vec` (then base % 4 == 0 and every pointer is 16-byte aligned), single floats
+// otherwise and for the tail.
+template <int Threads, typename F4, typename F1>
 __device__ __forceinline__ void for_chunk(int64_t base, int64_t end, bool vec, F4 f4, F1 f1) {
   const int t = threadIdx.x;
   if (vec) {
@@ -48,40 +104,141 @@ __device__ __forceinline__ void for_chunk(int64_t base, int64_t end, bool vec, F
   } else {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      const int64_t i = base + t + static_cast<int64_t>(k) * kOneShotThreads;
+      const int64_t i = base + t + static_cast<int64_t>(k) * Threads;
       if (i < end) f1(i);
     }
   }
 }
 
-__device__ __forceinline__ float4 add4(float4 a, float4 b) {
-  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
-}
-
-__global__ void __launch_bounds__(kOneShotThreads) one_shot_kernel(OneShotParams p) {
-  const int64_t n_chunks = (p.n + kOneShotChunk - 1) / kOneShotChunk;
-  // A block with no chunk this call takes no part: its epoch stays, on every rank alike.
-  if (blockIdx.x >= n_chunks) return;
-  uint8_t* const own = p.buffers[p.rank];
+// This block's epoch for the call (thread 0 advances it; every thread gets it). The epochs are
+// only these kernels', and the previous call has completed (the PDL chain): readable before
+// waiting for the kernel that wrote the data.
+__device__ __forceinline__ uint32_t next_epoch(uint8_t* own) {
   __shared__ uint32_t s_epoch;
-  __shared__ int32_t s_failed;
   if (threadIdx.x == 0) {
     uint32_t* epochs = reinterpret_cast<uint32_t*>(own + OneShotLayout::epochs_offset());
     s_epoch = epochs[blockIdx.x] + 1;
     epochs[blockIdx.x] = s_epoch;
-    s_failed = 0;
   }
   __syncthreads();
-  const uint32_t epoch = s_epoch;
+  return s_epoch;
+}
+
+// Gathers the block's threads' failure codes; the first thread reports one to the host, which
+// marks the communicator failed (`data` is left partly summed). Returns the block's code.
+__device__ __forceinline__ int32_t report(const OneShotParams& p, int32_t failed) {
+  __shared__ int32_t s_failed;
+  if (threadIdx.x == 0) s_failed = 0;
+  __syncthreads();
+  if (failed != 0) s_failed = failed;  // any thread's code will do
+  __syncthreads();
+  const int32_t code = s_failed;
+  if (code != 0 && threadIdx.x == 0) {
+    *p.error = code;
+    __threadfence_system();
+  }
+  return code;
+}
+
+__global__ void __launch_bounds__(kLlThreads) one_shot_ll_kernel(OneShotParams p) {
+  constexpr int64_t kChunk = 4 * kLlThreads;
+  const int64_t n_chunks = (p.n + kChunk - 1) / kChunk;
+  // A block with no chunk this call takes no part: its epoch stays, on every rank alike.
+  if (blockIdx.x >= n_chunks) return;
+  uint8_t* const own = p.buffers[p.rank];
+  const uint32_t epoch = next_epoch(own);
   const uint32_t half = epoch & 1u;
   const bool vec = (reinterpret_cast<uintptr_t>(p.data) & 15u) == 0;
+  pdl_wait();
+  pdl_launch_dependents();
 
   // 1. Push this rank's elements into its slot at every peer.
   for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
-    const int64_t base = c * kOneShotChunk;
-    const int64_t end = min(base + kOneShotChunk, p.n);
-    for_chunk(
-        base, end, vec,
+    const int64_t base = c * kChunk;
+    for_chunk<kLlThreads>(
+        base, min(base + kChunk, p.n), vec,
+        [&](int64_t i) {
+          const float4 v = *reinterpret_cast<const float4*>(p.data + i);
+          for (int q = 0; q < p.size; ++q) {
+            if (q == p.rank) continue;
+            uint2* w = ll_slot(p, p.buffers[q], half, p.rank) + i;
+            store_ll2(w, v.x, v.y, epoch);
+            store_ll2(w + 2, v.z, v.w, epoch);
+          }
+        },
+        [&](int64_t i) {
+          const float v = p.data[i];
+          for (int q = 0; q < p.size; ++q) {
+            if (q != p.rank) store_ll1(ll_slot(p, p.buffers[q], half, p.rank) + i, v, epoch);
+          }
+        });
+  }
+
+  // 2. Sum in rank order as the peers' words arrive in this rank's memory.
+  int32_t failed = 0;
+  for (int64_t c = blockIdx.x; c < n_chunks && failed == 0; c += gridDim.x) {
+    const int64_t base = c * kChunk;
+    for_chunk<kLlThreads>(
+        base, min(base + kChunk, p.n), vec,
+        [&](int64_t i) {
+          float4* out = reinterpret_cast<float4*>(p.data + i);
+          const float4 mine = *out;
+          float4 acc = mine;
+          for (int r = 0; r < p.size && failed == 0; ++r) {
+            float4 v = mine;
+            if (r != p.rank) {
+              const uint2* w = ll_slot(p, own, half, r) + i;
+              uint4 lo, hi;
+              failed = wait_for(p, [&] {
+                lo = load_ll2(w);
+                hi = load_ll2(w + 2);
+                return lo.y == epoch && lo.w == epoch && hi.y == epoch && hi.w == epoch;
+              });
+              v = make_float4(__uint_as_float(lo.x), __uint_as_float(lo.z), __uint_as_float(hi.x),
+                              __uint_as_float(hi.z));
+            }
+            acc = r == 0 ? v : add4(acc, v);
+          }
+          if (failed == 0) *out = acc;
+        },
+        [&](int64_t i) {
+          const float mine = p.data[i];
+          float acc = mine;
+          for (int r = 0; r < p.size && failed == 0; ++r) {
+            float v = mine;
+            if (r != p.rank) {
+              const uint2* w = ll_slot(p, own, half, r) + i;
+              uint2 word;
+              failed = wait_for(p, [&] {
+                word = load_ll1(w);
+                return word.y == epoch;
+              });
+              v = __uint_as_float(word.x);
+            }
+            acc = r == 0 ? v : acc + v;
+          }
+          if (failed == 0) p.data[i] = acc;
+        });
+  }
+  report(p, failed);
+}
+
+__global__ void __launch_bounds__(kFlagThreads) one_shot_flag_kernel(OneShotParams p) {
+  constexpr int64_t kChunk = 4 * kFlagThreads;
+  const int64_t n_chunks = (p.n + kChunk - 1) / kChunk;
+  if (blockIdx.x >= n_chunks) return;
+  uint8_t* const own = p.buffers[p.rank];
+  const uint32_t epoch = next_epoch(own);
+  const uint32_t half = epoch & 1u;
+  const bool vec = (reinterpret_cast<uintptr_t>(p.data) & 15u) == 0;
+  pdl_wait();
+  pdl_launch_dependents();
+
+  // 1. Push this rank's elements into its slot at every peer.
+  for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
+    const int64_t base = c * kChunk;
+    for_chunk<kFlagThreads>(
+        base, min(base + kChunk, p.n), vec,
         [&](int64_t i) {
           const float4 v = *reinterpret_cast<const float4*>(p.data + i);
           for (int q = 0; q < p.size; ++q) {
@@ -101,39 +258,20 @@ __global__ void __launch_bounds__(kOneShotThreads) one_shot_kernel(OneShotParams
 
   // 2. Barrier with block blockIdx.x of every peer: thread q announces to peer q and waits
   // for peer q's announcement. Epochs only grow; a fast peer may already be one call ahead.
+  int32_t failed = 0;
   if (threadIdx.x < p.size && static_cast<int>(threadIdx.x) != p.rank) {
     const int q = threadIdx.x;
     store_release_sys(flags_of(p.buffers[q]) + blockIdx.x * kAllReduceMaxRanks + p.rank, epoch);
     const uint32_t* mine = flags_of(own) + blockIdx.x * kAllReduceMaxRanks + q;
-    const uint64_t t0 = global_timer_ns();
-    for (uint32_t spins = 1; static_cast<int32_t>(load_acquire_sys(mine) - epoch) < 0; ++spins) {
-      if (spins % 1024 != 0) continue;
-      if (*p.abort != 0) {
-        s_failed = kOneShotAborted;
-        break;
-      }
-      if (global_timer_ns() - t0 > p.timeout_ns) {
-        s_failed = kOneShotTimedOut;
-        break;
-      }
-    }
+    failed = wait_for(p, [&] { return static_cast<int32_t>(load_acquire_sys(mine) - epoch) >= 0; });
   }
-  __syncthreads();
-  if (s_failed != 0) {
-    // The host marks the communicator failed; `data` keeps this rank's partial sums.
-    if (threadIdx.x == 0) {
-      *p.error = s_failed;
-      __threadfence_system();
-    }
-    return;
-  }
+  if (report(p, failed) != 0) return;
 
   // 3. Sum in rank order; peers' data sits in this rank's memory, read past L1.
   for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
-    const int64_t base = c * kOneShotChunk;
-    const int64_t end = min(base + kOneShotChunk, p.n);
-    for_chunk(
-        base, end, vec,
+    const int64_t base = c * kChunk;
+    for_chunk<kFlagThreads>(
+        base, min(base + kChunk, p.n), vec,
         [&](int64_t i) {
           float4* out = reinterpret_cast<float4*>(p.data + i);
           const float4 mine = *out;
@@ -167,7 +305,12 @@ void one_shot_all_reduce(const OneShotParams& p, cudaStream_t stream) {
   for (int r = 0; r < p.size; ++r) {
     TPNODE_CHECK(p.buffers[r] != nullptr, "one-shot all-reduce: rank {}'s buffer is not mapped", r);
   }
-  one_shot_kernel<<<kOneShotBlocks, kOneShotThreads, 0, stream>>>(p);
+  const OneShotLayout layout{.size = p.size, .capacity = p.capacity};
+  if (p.n <= layout.ll_capacity()) {
+    launch_pdl(one_shot_ll_kernel, dim3(kOneShotBlocks), dim3(kLlThreads), 0, stream, p);
+  } else {
+    launch_pdl(one_shot_flag_kernel, dim3(kOneShotBlocks), dim3(kFlagThreads), 0, stream, p);
+  }
   TPNODE_CUDA_CHECK_LAUNCH();
 }
 

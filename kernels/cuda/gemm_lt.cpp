@@ -5,8 +5,8 @@
 
 namespace tpnode::cuda {
 
-GemmLt::GemmLt(void* workspace, size_t workspace_bytes, bool autotune)
-    : workspace_(workspace), workspace_bytes_(workspace_bytes), autotune_(autotune) {
+GemmLt::GemmLt(void* workspace, size_t workspace_bytes, int64_t autotune_max_m)
+    : workspace_(workspace), workspace_bytes_(workspace_bytes), autotune_max_m_(autotune_max_m) {
   TPNODE_CUBLAS_CHECK(cublasLtCreate(&handle_));
 }
 
@@ -24,6 +24,7 @@ GemmLt::~GemmLt() {
 // column-major k x n matrix that the row-major [n, k] buffer is, hence op = transpose.
 const GemmLt::Plan& GemmLt::plan(const GemmArgs& a, int64_t ldy, cudaStream_t stream) {
   const int64_t m = a.m, n = a.n, k = a.k;
+  const bool autotune = m <= autotune_max_m_;
   const auto key = std::make_tuple(m, n, k, ldy);
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
@@ -44,7 +45,7 @@ const GemmLt::Plan& GemmLt::plan(const GemmArgs& a, int64_t ldy, cudaStream_t st
   cublasLtMatmulHeuristicResult_t results[kAutotuneCandidates] = {};
   int found = 0;
   const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
-      handle_, p.op, p.w, p.x, p.y, p.y, pref, autotune_ ? kAutotuneCandidates : 1, results, &found);
+      handle_, p.op, p.w, p.x, p.y, p.y, pref, autotune ? kAutotuneCandidates : 1, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
     cublasLtMatrixLayoutDestroy(p.w);
@@ -58,7 +59,7 @@ const GemmLt::Plan& GemmLt::plan(const GemmArgs& a, int64_t ldy, cudaStream_t st
   p.algo = results[0].algo;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   TPNODE_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (autotune_ && found > 1 && capture == cudaStreamCaptureStatusNone) {
+  if (autotune && found > 1 && capture == cudaStreamCaptureStatusNone) {
     cublasLtMatmulAlgo_t algos[kAutotuneCandidates];
     for (int i = 0; i < found; ++i) algos[i] = results[i].algo;
     const int best = fastest(p, a, algos, found, stream);

@@ -1,8 +1,9 @@
 // BF16 GEMM through cuBLASLt: y[m, n] (F32) = x[m, k] (BF16) · W[n, k]ᵀ (BF16), F32
 // accumulation. Plans (descriptors + an algorithm) are cached per shape. The algorithm is the
-// heuristic's first, or with `autotune` the fastest of its first kAutotuneCandidates, timed on
-// the call's own buffers the first time a shape runs outside graph capture (that first call
-// waits for the GPU once per shape; a shape first met inside a capture keeps the first).
+// heuristic's first, or for shapes of at most autotune_max_m rows the fastest of its first
+// kAutotuneCandidates, timed on the call's own buffers the first time the shape runs outside
+// graph capture (that call waits for the GPU once; a shape first met inside a capture keeps
+// the heuristic's first).
 #pragma once
 
 #include <cublasLt.h>
@@ -28,7 +29,8 @@ inline constexpr int kAutotuneCandidates = 8;
 class GemmLt {
  public:
   // `workspace` is device memory of `workspace_bytes`, owned by the caller.
-  GemmLt(void* workspace, size_t workspace_bytes, bool autotune = false);
+  // With autotune_max_m > 0, shapes of at most that many rows (m) are autotuned.
+  GemmLt(void* workspace, size_t workspace_bytes, int64_t autotune_max_m = 0);
   ~GemmLt();
   GemmLt(const GemmLt&) = delete;
   GemmLt& operator=(const GemmLt&) = delete;
@@ -49,7 +51,7 @@ class GemmLt {
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_;
   size_t workspace_bytes_;
-  bool autotune_;
+  int64_t autotune_max_m_;
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, Plan> plans_;
 };
 

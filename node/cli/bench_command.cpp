@@ -52,7 +52,7 @@ struct BenchOptions {
   int quant_gemv_max_batch = 16;      // CUDA: largest quantized matmul batch on int8 GEMVs
   int dq_gemm_max_batch = 128;        // CUDA: largest one on the dequantizing GEMM (0: off)
   int dq_gemm_over_copies = 32;       // CUDA: batches up to this skip the BF16 copies
-  bool gemm_autotune = false;         // CUDA: time cuBLASLt's candidates per shape
+  bool gemm_autotune = true;          // CUDA: time cuBLASLt's candidates per decode shape
   bool gemv_stream = false;           // CUDA: batch-1 GEMVs stream weights through shared memory
   int decode_max_splits = 0;          // CUDA: cap on decode attention's key splits (0: planner)
   bool decode_clusters = true;        // CUDA: decode attention's splits may merge in a cluster
@@ -212,7 +212,7 @@ int run_bench(const BenchOptions& o) {
     co.quant_gemv_max_batch = o.quant_gemv_max_batch;
     co.dq_gemm_max_batch = o.dq_gemm_max_batch;
     co.dq_gemm_over_copies_max_batch = o.dq_gemm_over_copies;
-    co.gemm_autotune = o.gemm_autotune;
+    if (!o.gemm_autotune) co.gemm_autotune_max_rows = 0;
     co.gemv_stream = o.gemv_stream;
     co.decode_max_splits = o.decode_max_splits;
     co.decode_clusters = o.decode_clusters;
@@ -420,8 +420,9 @@ const RegisterCommand kRegister{Command{
                      "decode batches up to this size dequantize inside the tensor-core GEMM even "
                      "where a BF16 copy of the weights exists (0: never)")
           ->check(CLI::Range(0, 128));
-      sub.add_flag("--gemm-autotune", o->gemm_autotune,
-                   "cuBLASLt GEMMs use the fastest of the heuristic's first candidates per shape");
+      sub.add_flag("!--no-gemm-autotune", o->gemm_autotune,
+                   "decode-sized cuBLASLt GEMMs use the heuristic's first algorithm per shape "
+                   "instead of the fastest of its first candidates");
       sub.add_option("--dq-gemm-max-batch", o->dq_gemm_max_batch,
                      "largest decode batch whose quantized matmuls dequantize inside a "
                      "tensor-core GEMM when they have no BF16 copy (0..128; 0: off)");

@@ -73,7 +73,7 @@ TEST_P(CudaMatmul, GemmWithoutBf16Copy) {
 // CPU result too, and the same bits on the second call (the plan is cached).
 TEST_P(CudaMatmul, GemmAutotune) {
   CudaBackendOptions o = cuda_options();
-  o.gemm_autotune = true;
+  o.gemm_autotune_max_rows = 256;
   o.dq_gemm_max_batch = 0;  // every batch above the GEMV limit on cuBLASLt
   o.dq_gemm_over_copies_max_batch = 0;
   auto cuda = make_cuda_backend(o);

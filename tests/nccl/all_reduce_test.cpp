@@ -93,7 +93,8 @@ INSTANTIATE_TEST_SUITE_P(Sizes, AllReduce, ::testing::ValuesIn(cases()),
 using OneShot = GpuRanks;
 
 // Sizes, alignments and paths that change from call to call (the same sequence on every
-// rank): the epoch and two-half logic must keep every call separate.
+// rank; sizes on both sides of the one-shot's LL limit, so its two kernels alternate): the
+// epoch and two-half logic must keep every call separate.
 TEST_F(OneShot, ManyCallsOfChangingSizeAndAlignment) {
   if (!comm().one_shot_available()) GTEST_SKIP() << "one-shot all-reduce is off here";
   const int rank = comm().rank(), ranks = comm().size();

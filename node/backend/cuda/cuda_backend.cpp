@@ -263,7 +263,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   uploader_ = std::make_unique<kc::StepUploader>(*mem_, stream_);
   uploader_->reserve(static_cast<size_t>(options.max_batch_tokens) * 16 + 65536);
   gemm_ = std::make_unique<kc::GemmLt>(mem_->alloc(kGemmWorkspaceBytes, "cuBLASLt workspace"),
-                                       kGemmWorkspaceBytes, options.gemm_autotune);
+                                       kGemmWorkspaceBytes, options.gemm_autotune_max_rows);
   if (options.gemv_stream && prop_.major >= 9) kc::gemv_stream_init();  // outside any capture
   if (options.dq_gemm_max_batch > quant_gemv_max_) {
     kc::gemm_dq_init();  // shared-memory limits, set once outside any graph capture

@@ -39,9 +39,11 @@ struct CudaBackendOptions {
   // copy exists: on an H200 (8B Q4_K_M) it is faster up to batch 32 and slower at 64
   // (docs/BENCHMARKS.md). 0: weights with a copy always use it.
   int64_t dq_gemm_over_copies_max_batch = 32;
-  // cuBLASLt GEMMs use the fastest of the heuristic's first candidates for each shape, timed
-  // the first time the shape runs (kernels/cuda/gemm_lt.h), instead of its first.
-  bool gemm_autotune = false;
+  // cuBLASLt GEMMs of at most this many rows (decode batches) use the fastest of the
+  // heuristic's first candidates for their shape, timed the first time it runs
+  // (kernels/cuda/gemm_lt.h), instead of its first: on an H200 batch 64 gained 2%, while
+  // prefill of 2048 tokens lost 1% (docs/BENCHMARKS.md). 0: never.
+  int64_t gemm_autotune_max_rows = 128;
   // Batch-1 quantized GEMVs stream the weights through shared memory (gemv_stream, compute
   // capability >= 9.0) instead of loading them into registers (gemv_group). Off by default:
   // it is no faster on an H200 (docs/BENCHMARKS.md).
