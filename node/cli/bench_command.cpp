@@ -71,6 +71,7 @@ void profile_capture(const BenchOptions& o, const std::string& kind, bool on) {
   (void)on;
 #endif
 }
+
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
