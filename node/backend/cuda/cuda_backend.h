@@ -55,7 +55,7 @@ struct CudaBackendOptions {
   bool decode_clusters = true;
   // Batch 1: the RMSNorm in front of q/k/v and gate/up runs inside their GEMV (each CTA
   // normalizes and quantizes the row itself) instead of as its own launch. Off by default:
-  // not yet measured.
+  // slower on an H200 (docs/BENCHMARKS.md, sixth session).
   bool fuse_norm_gemv = false;
 };
 
