@@ -3,6 +3,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/float_convert.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
 
 namespace tpnode::cuda {
@@ -85,7 +86,10 @@ __global__ void gather_float_kernel(GatherRowsParams p) {
   p.out[i] = v;
 }
 
+// PDL: launched while the kernel before it (a norm, attention, SwiGLU) finishes.
 __global__ void f32_to_bf16_kernel(ToBf16Params p) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < p.n) p.y[i] = __float2bfloat16(p.x[i]);
 }
@@ -122,7 +126,7 @@ void gather_weight_rows(const GatherRowsParams& p, cudaStream_t stream) {
 
 void f32_to_bf16(const ToBf16Params& p, cudaStream_t stream) {
   if (p.n == 0) return;
-  f32_to_bf16_kernel<<<blocks_for(p.n), kThreads, 0, stream>>>(p);
+  launch_pdl(f32_to_bf16_kernel, dim3(blocks_for(p.n)), dim3(kThreads), 0, stream, p);
   TPNODE_CUDA_CHECK_LAUNCH();
 }
 

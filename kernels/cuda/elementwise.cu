@@ -78,6 +78,11 @@ __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
       const float4 w = j < kRegPasses ? wr[j] : wv[i];
       o = {a.x * inv * w.x, a.y * inv * w.y, a.z * inv * w.z, a.w * inv * w.w};
       y[i] = o;
+      if (p.y_bf16 != nullptr) {
+        auto* yb = reinterpret_cast<__nv_bfloat162*>(p.y_bf16 + row * p.n + 4 * i);
+        yb[0] = __floats2bfloat162_rn(o.x, o.y);
+        yb[1] = __floats2bfloat162_rn(o.z, o.w);
+      }
     }
     // n % 32 == 0: 8-lane groups are wholly inside or outside the row.
     if (p.quant.q != nullptr) quantize_chunk8(p.quant, (row * p.n + 4 * i) / 32, o, i < n4);
@@ -144,12 +149,15 @@ __global__ void swiglu_kernel(SwigluParams p) {
     const float g = p.gate[i];
     const float v = g / (1.0f + __expf(-g)) * p.up[i];
     p.out[i] = v;
+    if (p.out_bf16 != nullptr) p.out_bf16[i] = __float2bfloat16(v);
     quantize_chunk32(p.quant, i / 32, v);
     return;
   }
   if (i >= p.n) return;
   const float g = p.gate[i];
-  p.out[i] = g / (1.0f + __expf(-g)) * p.up[i];
+  const float v = g / (1.0f + __expf(-g)) * p.up[i];
+  p.out[i] = v;
+  if (p.out_bf16 != nullptr) p.out_bf16[i] = __float2bfloat16(v);
 }
 
 __global__ void add_kernel(AddParams p) {
@@ -184,6 +192,7 @@ void rmsnorm(const RmsNormParams& p, cudaStream_t stream) {
   TPNODE_CHECK((p.r == nullptr) || p.x_out == nullptr || p.x_out == p.x,
                "rmsnorm: the residual sum goes back into x or nowhere");
   if (p.n % 4 != 0) {
+    TPNODE_CHECK(p.y_bf16 == nullptr, "rmsnorm: the BF16 copy needs n % 4 == 0 (n = {})", p.n);
     launch_pdl(rmsnorm_scalar_kernel, dim3(static_cast<unsigned>(p.rows)), dim3(kThreads), 0,
                stream, p);
     TPNODE_CUDA_CHECK_LAUNCH();

@@ -3,6 +3,7 @@
 // (QuantActs) so the next GEMV needs no separate quantization pass.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -24,6 +25,9 @@ struct RmsNormParams {
   // (null, or x itself: the residual stream updated in place).
   const float* r = nullptr;  // [rows, n]
   float* x_out = nullptr;
+  // Optional BF16 copy of y (n % 4 == 0): what a BF16 GEMM after the norm reads, written here
+  // instead of by a conversion launch.
+  __nv_bfloat16* y_bf16 = nullptr;  // [rows, n]
 };
 void rmsnorm(const RmsNormParams& p, cudaStream_t stream);
 
@@ -46,6 +50,7 @@ struct SwigluParams {
   float* out = nullptr;         // [n]
   int64_t n = 0;
   QuantActs quant;              // optional; needs n % 32 == 0 (rows of a multiple of 32)
+  __nv_bfloat16* out_bf16 = nullptr;  // optional BF16 copy of out (for a BF16 GEMM next)
 };
 void swiglu(const SwigluParams& p, cudaStream_t stream);
 

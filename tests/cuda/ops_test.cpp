@@ -85,6 +85,41 @@ TEST_F(CudaOps, AddRmsNormUpdatesTheResidualAndFeedsTheNextMatmul) {
   }
 }
 
+// Batches past the GEMV and gemm_dq limits run BF16 GEMMs (here on the Q4_K weight's BF16
+// copy): RMSNorm and SwiGLU write the BF16 copy of their output that the GEMM reads, and a
+// later write to that output must drop the copy.
+TEST_F(CudaOps, NormAndSwigluWriteTheBf16CopyTheNextGemmReads) {
+  const int64_t rows = 40, n = 512, out = 96;
+  const BatchMeta batch = simple_batch(static_cast<int32_t>(rows), 0, 21, 1000);
+  cuda_->begin_step(batch);
+  cpu_->begin_step(batch);
+  const auto wrows = random_gguf_rows(TensorType::kQ4_K, out, n, 22);
+  const HostMatrix hm{TensorType::kQ4_K, wrows.data(), out, n, wrows.size() / out};
+  const Weight wg = cuda_->upload_weight(hm), wc = cpu_->upload_weight(hm);
+  const auto x = put(cuda_random_floats(rows * n, 23, 3.0f));
+  const auto g = put(cuda_random_floats(n, 24));
+  const auto other = put(cuda_random_floats(rows * n, 25));
+  const auto h = zeros(rows * n);
+  const auto y = zeros(rows * out);
+  auto matmul_matches = [&](const Pair& in, const char* what) {
+    cuda_->matmul(wg, in.gpu, y.gpu, rows);
+    cpu_->matmul(wc, in.cpu, y.cpu, rows);
+    EXPECT_LT(nmse(gpu(y, rows * out), cpu(y, rows * out)), 1e-3) << what;
+  };
+  cuda_->rmsnorm(x.gpu, g.gpu, h.gpu, rows, n, 1e-5f);
+  cpu_->rmsnorm(x.cpu, g.cpu, h.cpu, rows, n, 1e-5f);
+  matmul_matches(h, "norm, then GEMM");
+  cuda_->rmsnorm(x.gpu, g.gpu, h.gpu, rows, n, 1e-5f);
+  cpu_->rmsnorm(x.cpu, g.cpu, h.cpu, rows, n, 1e-5f);
+  cuda_->add(h.gpu, other.gpu, rows * n);  // h changes after its BF16 copy was written
+  cpu_->add(h.cpu, other.cpu, rows * n);
+  matmul_matches(h, "norm, add, then GEMM");
+  const auto up = put(cuda_random_floats(rows * n, 26));
+  cuda_->swiglu(h.gpu, up.gpu, h.gpu, rows * n);
+  cpu_->swiglu(h.cpu, up.cpu, h.cpu, rows * n);
+  matmul_matches(h, "SwiGLU, then GEMM");
+}
+
 TEST_F(CudaOps, MatmulSharedEqualsSeparateMatmuls) {
   // One grouped launch for same-type matrices (Q4_K, Q6_K), the plain loop for mixed ones.
   const int64_t n = 512;

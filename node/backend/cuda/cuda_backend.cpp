@@ -179,6 +179,7 @@ class CudaBackend final : public Backend {
   bool use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const;
   void gemv1(std::span<const MatmulOut> outs, const float* x);
   const __nv_bfloat16* bf16_acts(const float* x, int64_t m, int64_t k, bool dq_layout = false);
+  __nv_bfloat16* fused_bf16_out(int64_t m, int64_t k);
   const float* rope_freqs(const RopeParams& p);
 
   CudaBackendOptions opt_;
@@ -537,11 +538,22 @@ void CudaBackend::rmsnorm(const float* x, const float* w, float* y, int64_t rows
 
 void CudaBackend::run_rmsnorm(kc::RmsNormParams p) {
   wrote(p.y, p.rows * p.n * sizeof(float));
-  // Small batches feed a GEMV next: write the 8-bit copy on the way.
+  // Small batches feed a GEMV next: write the 8-bit copy on the way; large ones a BF16 GEMM.
   const bool fuse = p.n % 32 == 0 && p.rows <= quant_gemv_max_;
   if (fuse) p.quant = act_buffers(p.rows * p.n);
+  if (p.n % 4 == 0) p.y_bf16 = fused_bf16_out(p.rows, p.n);
   kc::rmsnorm(p, stream_);
   if (fuse) act_ = {p.y, p.rows * p.n};
+  if (p.y_bf16 != nullptr) bf16_act_ = {p.y, p.rows * p.n, false, p.n};
+}
+
+// Where an op whose output [m, k] feeds a cuBLASLt GEMM writes its BF16 copy (the buffer that
+// bf16_acts reads), or null for batches whose matmuls are GEMVs or gemm_dq (its own layout).
+// Weights without a BF16 copy use gemm_dq up to dq_gemm_max_batch; for them the copy is
+// wasted and bf16_acts converts again.
+__nv_bfloat16* CudaBackend::fused_bf16_out(int64_t m, int64_t k) {
+  if (m <= quant_gemv_max_ || m <= opt_.dq_gemm_over_copies_max_batch) return nullptr;
+  return scratch_->gemm_x.as<__nv_bfloat16>(m * k);
 }
 
 // x quantized to 8 bits for a quantized GEMV, reusing the copy an RMSNorm or SwiGLU wrote.
@@ -823,11 +835,14 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
 void CudaBackend::swiglu(const float* gate, const float* up, float* out, int64_t n) {
   wrote(out, n * sizeof(float));
   kc::SwigluParams p{.gate = gate, .up = up, .out = out, .n = n, .quant = {}};
-  // Decode-sized inputs feed a GEMV next (n = m * n_ff, m <= 16).
+  // Decode-sized inputs feed a GEMV next (n = m * n_ff, m <= 16), larger ones a BF16 GEMM.
   const bool fuse = n % 32 == 0 && n <= quant_gemv_max_ * std::max<int64_t>(max_cols_, 32);
   if (fuse) p.quant = act_buffers(n);
+  const int64_t m = step_.n_tokens, k = m > 0 ? n / m : 0;
+  if (m > 0 && n % m == 0) p.out_bf16 = fused_bf16_out(m, k);
   kc::swiglu(p, stream_);
   if (fuse) act_ = {out, n};
+  if (p.out_bf16 != nullptr) bf16_act_ = {out, n, false, k};
 }
 
 void CudaBackend::add(float* x, const float* y, int64_t n) {
