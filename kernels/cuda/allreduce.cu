@@ -90,38 +90,53 @@ __device__ __forceinline__ int32_t wait_for(const OneShotParams& p, Ready ready)
   }
 }
 
-// Visits this thread's elements of chunk [base, end) (chunks of 4 floats per thread): float4s
-// when `vec` (then base % 4 == 0 and every pointer is 16-byte aligned), single floats
-// otherwise and for the tail.
+// Visits this thread's elements of this block's chunks (4 floats per thread each; chunk c
+// belongs to block c % gridDim.x): float4s when `vec` (then every pointer is 16-byte aligned),
+// single floats otherwise and for a chunk's tail.
 template <int Threads, typename F4, typename F1>
-__device__ __forceinline__ void for_chunk(int64_t base, int64_t end, bool vec, F4 f4, F1 f1) {
+__device__ __forceinline__ void for_block_elements(int64_t n, bool vec, F4 f4, F1 f1) {
+  constexpr int64_t kChunk = 4 * Threads;
   const int t = threadIdx.x;
-  if (vec) {
-    const int64_t n4 = (end - base) / 4;
-    if (t < n4) f4(base + 4 * static_cast<int64_t>(t));
-    const int64_t tail = base + 4 * n4;
-    if (t < end - tail) f1(tail + t);
-  } else {
+  for (int64_t c = blockIdx.x; c * kChunk < n; c += gridDim.x) {
+    const int64_t base = c * kChunk, end = min(base + kChunk, n);
+    if (vec) {
+      const int64_t n4 = (end - base) / 4;
+      if (t < n4) f4(base + 4 * static_cast<int64_t>(t));
+      const int64_t tail = base + 4 * n4;
+      if (t < end - tail) f1(tail + t);
+    } else {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int64_t i = base + t + static_cast<int64_t>(k) * Threads;
-      if (i < end) f1(i);
+      for (int k = 0; k < 4; ++k) {
+        const int64_t i = base + t + static_cast<int64_t>(k) * Threads;
+        if (i < end) f1(i);
+      }
     }
   }
 }
 
-// This block's epoch for the call (thread 0 advances it; every thread gets it). The epochs are
-// only these kernels', and the previous call has completed (the PDL chain): readable before
-// waiting for the kernel that wrote the data.
-__device__ __forceinline__ uint32_t next_epoch(uint8_t* own) {
+// What a block knows at the start of a call, or false for a block with no chunk this call
+// (it takes no part: its epoch stays, on every rank alike). Thread 0 advances the block's
+// epoch. The epochs are only these kernels', and the previous call has completed (the PDL
+// chain): readable before waiting for the kernel that wrote the data, which this then does.
+struct BlockCall {
+  uint32_t epoch = 0;
+  uint32_t half = 0;  // receive slots [epoch % 2]
+  bool vec = false;   // data is 16-byte aligned
+};
+template <int Threads>
+__device__ __forceinline__ bool begin_call(const OneShotParams& p, BlockCall& call) {
+  if (static_cast<int64_t>(blockIdx.x) * 4 * Threads >= p.n) return false;
   __shared__ uint32_t s_epoch;
   if (threadIdx.x == 0) {
-    uint32_t* epochs = reinterpret_cast<uint32_t*>(own + OneShotLayout::epochs_offset());
+    uint32_t* epochs = reinterpret_cast<uint32_t*>(p.buffers[p.rank] + OneShotLayout::epochs_offset());
     s_epoch = epochs[blockIdx.x] + 1;
     epochs[blockIdx.x] = s_epoch;
   }
   __syncthreads();
-  return s_epoch;
+  call = {s_epoch, s_epoch & 1u, (reinterpret_cast<uintptr_t>(p.data) & 15u) == 0};
+  pdl_wait();
+  pdl_launch_dependents();
+  return true;
 }
 
 // Gathers the block's threads' failure codes; the first thread reports one to the host, which
@@ -141,117 +156,96 @@ __device__ __forceinline__ int32_t report(const OneShotParams& p, int32_t failed
 }
 
 __global__ void __launch_bounds__(kLlThreads) one_shot_ll_kernel(OneShotParams p) {
-  constexpr int64_t kChunk = 4 * kLlThreads;
-  const int64_t n_chunks = (p.n + kChunk - 1) / kChunk;
-  // A block with no chunk this call takes no part: its epoch stays, on every rank alike.
-  if (blockIdx.x >= n_chunks) return;
+  BlockCall call;
+  if (!begin_call<kLlThreads>(p, call)) return;
+  const uint32_t epoch = call.epoch;
   uint8_t* const own = p.buffers[p.rank];
-  const uint32_t epoch = next_epoch(own);
-  const uint32_t half = epoch & 1u;
-  const bool vec = (reinterpret_cast<uintptr_t>(p.data) & 15u) == 0;
-  pdl_wait();
-  pdl_launch_dependents();
 
   // 1. Push this rank's elements into its slot at every peer.
-  for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
-    const int64_t base = c * kChunk;
-    for_chunk<kLlThreads>(
-        base, min(base + kChunk, p.n), vec,
-        [&](int64_t i) {
-          const float4 v = *reinterpret_cast<const float4*>(p.data + i);
-          for (int q = 0; q < p.size; ++q) {
-            if (q == p.rank) continue;
-            uint2* w = ll_slot(p, p.buffers[q], half, p.rank) + i;
-            store_ll2(w, v.x, v.y, epoch);
-            store_ll2(w + 2, v.z, v.w, epoch);
-          }
-        },
-        [&](int64_t i) {
-          const float v = p.data[i];
-          for (int q = 0; q < p.size; ++q) {
-            if (q != p.rank) store_ll1(ll_slot(p, p.buffers[q], half, p.rank) + i, v, epoch);
-          }
-        });
-  }
+  for_block_elements<kLlThreads>(
+      p.n, call.vec,
+      [&](int64_t i) {
+        const float4 v = *reinterpret_cast<const float4*>(p.data + i);
+        for (int q = 0; q < p.size; ++q) {
+          if (q == p.rank) continue;
+          uint2* w = ll_slot(p, p.buffers[q], call.half, p.rank) + i;
+          store_ll2(w, v.x, v.y, epoch);
+          store_ll2(w + 2, v.z, v.w, epoch);
+        }
+      },
+      [&](int64_t i) {
+        const float v = p.data[i];
+        for (int q = 0; q < p.size; ++q) {
+          if (q != p.rank) store_ll1(ll_slot(p, p.buffers[q], call.half, p.rank) + i, v, epoch);
+        }
+      });
 
   // 2. Sum in rank order as the peers' words arrive in this rank's memory.
   int32_t failed = 0;
-  for (int64_t c = blockIdx.x; c < n_chunks && failed == 0; c += gridDim.x) {
-    const int64_t base = c * kChunk;
-    for_chunk<kLlThreads>(
-        base, min(base + kChunk, p.n), vec,
-        [&](int64_t i) {
-          float4* out = reinterpret_cast<float4*>(p.data + i);
-          const float4 mine = *out;
-          float4 acc = mine;
-          for (int r = 0; r < p.size && failed == 0; ++r) {
-            float4 v = mine;
-            if (r != p.rank) {
-              const uint2* w = ll_slot(p, own, half, r) + i;
-              uint4 lo, hi;
-              failed = wait_for(p, [&] {
-                lo = load_ll2(w);
-                hi = load_ll2(w + 2);
-                return lo.y == epoch && lo.w == epoch && hi.y == epoch && hi.w == epoch;
-              });
-              v = make_float4(__uint_as_float(lo.x), __uint_as_float(lo.z), __uint_as_float(hi.x),
-                              __uint_as_float(hi.z));
-            }
-            acc = r == 0 ? v : add4(acc, v);
+  for_block_elements<kLlThreads>(
+      p.n, call.vec,
+      [&](int64_t i) {
+        float4* out = reinterpret_cast<float4*>(p.data + i);
+        const float4 mine = *out;
+        float4 acc = mine;
+        for (int r = 0; r < p.size && failed == 0; ++r) {
+          float4 v = mine;
+          if (r != p.rank) {
+            const uint2* w = ll_slot(p, own, call.half, r) + i;
+            uint4 lo, hi;
+            failed = wait_for(p, [&] {
+              lo = load_ll2(w);
+              hi = load_ll2(w + 2);
+              return lo.y == epoch && lo.w == epoch && hi.y == epoch && hi.w == epoch;
+            });
+            v = make_float4(__uint_as_float(lo.x), __uint_as_float(lo.z), __uint_as_float(hi.x),
+                            __uint_as_float(hi.z));
           }
-          if (failed == 0) *out = acc;
-        },
-        [&](int64_t i) {
-          const float mine = p.data[i];
-          float acc = mine;
-          for (int r = 0; r < p.size && failed == 0; ++r) {
-            float v = mine;
-            if (r != p.rank) {
-              const uint2* w = ll_slot(p, own, half, r) + i;
-              uint2 word;
-              failed = wait_for(p, [&] {
-                word = load_ll1(w);
-                return word.y == epoch;
-              });
-              v = __uint_as_float(word.x);
-            }
-            acc = r == 0 ? v : acc + v;
+          acc = r == 0 ? v : add4(acc, v);
+        }
+        if (failed == 0) *out = acc;
+      },
+      [&](int64_t i) {
+        const float mine = p.data[i];
+        float acc = mine;
+        for (int r = 0; r < p.size && failed == 0; ++r) {
+          float v = mine;
+          if (r != p.rank) {
+            const uint2* w = ll_slot(p, own, call.half, r) + i;
+            uint2 word;
+            failed = wait_for(p, [&] {
+              word = load_ll1(w);
+              return word.y == epoch;
+            });
+            v = __uint_as_float(word.x);
           }
-          if (failed == 0) p.data[i] = acc;
-        });
-  }
+          acc = r == 0 ? v : acc + v;
+        }
+        if (failed == 0) p.data[i] = acc;
+      });
   report(p, failed);
 }
 
 __global__ void __launch_bounds__(kFlagThreads) one_shot_flag_kernel(OneShotParams p) {
-  constexpr int64_t kChunk = 4 * kFlagThreads;
-  const int64_t n_chunks = (p.n + kChunk - 1) / kChunk;
-  if (blockIdx.x >= n_chunks) return;
+  BlockCall call;
+  if (!begin_call<kFlagThreads>(p, call)) return;
   uint8_t* const own = p.buffers[p.rank];
-  const uint32_t epoch = next_epoch(own);
-  const uint32_t half = epoch & 1u;
-  const bool vec = (reinterpret_cast<uintptr_t>(p.data) & 15u) == 0;
-  pdl_wait();
-  pdl_launch_dependents();
 
   // 1. Push this rank's elements into its slot at every peer.
-  for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
-    const int64_t base = c * kChunk;
-    for_chunk<kFlagThreads>(
-        base, min(base + kChunk, p.n), vec,
-        [&](int64_t i) {
-          const float4 v = *reinterpret_cast<const float4*>(p.data + i);
-          for (int q = 0; q < p.size; ++q) {
-            if (q != p.rank) *reinterpret_cast<float4*>(slot(p, p.buffers[q], half, p.rank) + i) = v;
-          }
-        },
-        [&](int64_t i) {
-          const float v = p.data[i];
-          for (int q = 0; q < p.size; ++q) {
-            if (q != p.rank) slot(p, p.buffers[q], half, p.rank)[i] = v;
-          }
-        });
-  }
+  for_block_elements<kFlagThreads>(
+      p.n, call.vec,
+      [&](int64_t i) {
+        const float4 v = *reinterpret_cast<const float4*>(p.data + i);
+        for (int q = 0; q < p.size; ++q) {
+          if (q != p.rank) *reinterpret_cast<float4*>(slot(p, p.buffers[q], call.half, p.rank) + i) = v;
+        }
+      },
+      [&](int64_t i) {
+        const float v = p.data[i];
+        for (int q = 0; q < p.size; ++q) {
+          if (q != p.rank) slot(p, p.buffers[q], call.half, p.rank)[i] = v;
+        }
+      });
   // Every thread's pushes are visible system-wide before its block announces them.
   __threadfence_system();
   __syncthreads();
@@ -261,34 +255,31 @@ __global__ void __launch_bounds__(kFlagThreads) one_shot_flag_kernel(OneShotPara
   int32_t failed = 0;
   if (threadIdx.x < p.size && static_cast<int>(threadIdx.x) != p.rank) {
     const int q = threadIdx.x;
-    store_release_sys(flags_of(p.buffers[q]) + blockIdx.x * kAllReduceMaxRanks + p.rank, epoch);
+    store_release_sys(flags_of(p.buffers[q]) + blockIdx.x * kAllReduceMaxRanks + p.rank, call.epoch);
     const uint32_t* mine = flags_of(own) + blockIdx.x * kAllReduceMaxRanks + q;
-    failed = wait_for(p, [&] { return static_cast<int32_t>(load_acquire_sys(mine) - epoch) >= 0; });
+    failed = wait_for(p, [&] { return static_cast<int32_t>(load_acquire_sys(mine) - call.epoch) >= 0; });
   }
   if (report(p, failed) != 0) return;
 
   // 3. Sum in rank order; peers' data sits in this rank's memory, read past L1.
-  for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
-    const int64_t base = c * kChunk;
-    for_chunk<kFlagThreads>(
-        base, min(base + kChunk, p.n), vec,
-        [&](int64_t i) {
-          float4* out = reinterpret_cast<float4*>(p.data + i);
-          const float4 mine = *out;
-          float4 acc = p.rank == 0 ? mine : __ldcg(reinterpret_cast<const float4*>(slot(p, own, half, 0) + i));
-          for (int r = 1; r < p.size; ++r) {
-            acc = add4(acc, r == p.rank ? mine
-                                        : __ldcg(reinterpret_cast<const float4*>(slot(p, own, half, r) + i)));
-          }
-          *out = acc;
-        },
-        [&](int64_t i) {
-          const float mine = p.data[i];
-          float acc = p.rank == 0 ? mine : __ldcg(slot(p, own, half, 0) + i);
-          for (int r = 1; r < p.size; ++r) acc += r == p.rank ? mine : __ldcg(slot(p, own, half, r) + i);
-          p.data[i] = acc;
-        });
-  }
+  for_block_elements<kFlagThreads>(
+      p.n, call.vec,
+      [&](int64_t i) {
+        float4* out = reinterpret_cast<float4*>(p.data + i);
+        const float4 mine = *out;
+        float4 acc = p.rank == 0 ? mine : __ldcg(reinterpret_cast<const float4*>(slot(p, own, call.half, 0) + i));
+        for (int r = 1; r < p.size; ++r) {
+          acc = add4(acc, r == p.rank ? mine
+                                      : __ldcg(reinterpret_cast<const float4*>(slot(p, own, call.half, r) + i)));
+        }
+        *out = acc;
+      },
+      [&](int64_t i) {
+        const float mine = p.data[i];
+        float acc = p.rank == 0 ? mine : __ldcg(slot(p, own, call.half, 0) + i);
+        for (int r = 1; r < p.size; ++r) acc += r == p.rank ? mine : __ldcg(slot(p, own, call.half, r) + i);
+        p.data[i] = acc;
+      });
 }
 
 }  // namespace
