@@ -169,6 +169,39 @@ TEST_P(TpEngine, GreedyTokensEqualTheArgmaxOfTheLogits) {
   }
 }
 
+// The all-reduce folded into the RMSNorm after it (CudaBackendOptions::fold_all_reduce, on by
+// default; one-shot cases only) sums in the same order and normalizes with the same CTA shape:
+// the logits keep every bit against the unfolded path, over prefill and decode steps.
+TEST_P(TpEngine, FoldedAllReduceChangesNoBit) {
+  if (!GetParam().one_shot) GTEST_SKIP() << "only the one-shot all-reduce folds";
+  auto file = ModelFile::open(path_);
+  const HParams& hp = file->hparams();
+  open_rank();
+  if (IsSkipped()) return;
+  NcclCommunicator& comm = *comm_;
+  ASSERT_TRUE(backend_->folds_reduce(2, hp.n_embd));
+  CudaBackendOptions unfolded = backend_options_;
+  unfolded.fold_all_reduce = false;
+  std::unique_ptr<Backend> plain_backend = make_cuda_backend(unfolded);
+  // A communicator per backend: collectives run on their backend's stream.
+  NcclCommunicator plain_comm(host_comm(), default_comm_options(*plain_backend));
+  FileWeightSource src_a(*file), src_b(*file);
+  Engine folded(hp, src_a, *backend_, comm, small_engine());
+  Engine plain(hp, src_b, *plain_backend, plain_comm, small_engine());
+  StepPlan plan = prompts(hp.n_vocab, 1, 0);
+  for (int step = 0; step < 6; ++step) {
+    const std::vector<float> a = folded.step(plan);
+    const std::vector<float> b = plain.step(plan);
+    std::vector<int32_t> next(2, 0);
+    if (world().topology().rank == 0) {
+      ASSERT_EQ(a.size(), b.size());
+      EXPECT_TRUE(a == b) << "step " << step << ": folded and plain logits differ";
+      for (int s = 0; s < 2; ++s) next[s] = tsupport::argmax_row(b, s, static_cast<size_t>(hp.n_vocab));
+    }
+    advance(comm, plan, next);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Models, TpEngine,
     ::testing::Values(TpCase{"tests/fixtures/tiny_models/tiny-llama/hf", true},
