@@ -1,7 +1,12 @@
 #include "kernels/cuda/allreduce.h"
 
+#include <algorithm>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/quantize_chunk.cuh"
+#include "kernels/cuda/sum_squares.cuh"
+#include "kernels/cuda/warp_reduce.cuh"
 
 namespace tpnode::cuda {
 namespace {
@@ -282,7 +287,141 @@ __global__ void __launch_bounds__(kFlagThreads) one_shot_flag_kernel(OneShotPara
       });
 }
 
+constexpr int kNormThreads = 1024;
+constexpr int kNormPasses = static_cast<int>(kOneShotNormMaxCols / 4 / kNormThreads);
+
+__global__ void __launch_bounds__(kNormThreads) one_shot_rmsnorm_kernel(OneShotNormParams a) {
+  const OneShotParams& p = a.reduce;
+  const RmsNormParams& q = a.norm;
+  const int64_t row = blockIdx.x, base = row * q.n, n4 = q.n / 4;
+  const OneShotLayout layout{.size = p.size, .capacity = p.capacity};
+  // Words (row, 4i..4i+3) from rank src, in half h, of the rank that owns `buffer`.
+  auto words = [&](uint8_t* buffer, uint32_t h, int src, int64_t i) {
+    uint2* recv = reinterpret_cast<uint2*>(buffer + layout.recv_norm_offset());
+    return recv + ((static_cast<int64_t>(h) * p.size + src) * kOneShotNormMaxRows + row) * kOneShotNormMaxCols +
+           4 * i;
+  };
+  // The same CTA shape and passes as rmsnorm_kernel for this n, so the sums round alike.
+  const int t = threadIdx.x, nt = blockDim.x;
+  uint8_t* const own = p.buffers[p.rank];
+  // Block `row` keeps its own epoch in norm_epochs (the same calls on every rank, so the same
+  // epoch everywhere) and is the only writer of its row's words. The norm weights are no
+  // kernel's output either: both are read before waiting.
+  __shared__ uint32_t s_epoch;
+  if (t == 0) {
+    uint32_t* epochs = reinterpret_cast<uint32_t*>(own + layout.norm_epochs_offset());
+    s_epoch = epochs[blockIdx.x] + 1;
+    epochs[blockIdx.x] = s_epoch;
+  }
+  const float4* wv = reinterpret_cast<const float4*>(q.w);
+  float4 wr[kNormPasses];
+#pragma unroll
+  for (int j = 0; j < kNormPasses; ++j) {
+    const int64_t i = static_cast<int64_t>(j) * nt + t;
+    if (i < n4) wr[j] = wv[i];
+  }
+  __syncthreads();
+  const uint32_t epoch = s_epoch, half = epoch & 1u;
+  pdl_wait();
+  pdl_launch_dependents();
+
+  // 1. Push this rank's partial sums of the row to every peer.
+  const float4* r4 = reinterpret_cast<const float4*>(q.r + base);
+#pragma unroll
+  for (int j = 0; j < kNormPasses; ++j) {
+    const int64_t i = static_cast<int64_t>(j) * nt + t;
+    if (i >= n4) continue;
+    const float4 v = r4[i];
+    for (int peer = 0; peer < p.size; ++peer) {
+      if (peer == p.rank) continue;
+      uint2* w = words(p.buffers[peer], half, p.rank, i);
+      store_ll2(w, v.x, v.y, epoch);
+      store_ll2(w + 2, v.z, v.w, epoch);
+    }
+  }
+
+  // 2. Sum in rank order as the words arrive, add to the residual stream.
+  const float4* x4 = reinterpret_cast<const float4*>(q.x + base);
+  float4* xo = reinterpret_cast<float4*>(q.x_out + base);
+  float4 v[kNormPasses];
+  float ss = 0.0f;
+  int32_t failed = 0;
+#pragma unroll
+  for (int j = 0; j < kNormPasses; ++j) {
+    const int64_t i = static_cast<int64_t>(j) * nt + t;
+    v[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (i >= n4) continue;
+    const float4 mine = r4[i];
+    float4 acc = mine;
+    for (int r = 0; r < p.size && failed == 0; ++r) {
+      float4 part = mine;
+      if (r != p.rank) {
+        const uint2* w = words(own, half, r, i);
+        uint4 lo, hi;
+        failed = wait_for(p, [&] {
+          lo = load_ll2(w);
+          hi = load_ll2(w + 2);
+          return lo.y == epoch && lo.w == epoch && hi.y == epoch && hi.w == epoch;
+        });
+        part = make_float4(__uint_as_float(lo.x), __uint_as_float(lo.z), __uint_as_float(hi.x),
+                           __uint_as_float(hi.z));
+      }
+      acc = r == 0 ? part : add4(acc, part);
+    }
+    const float4 s = add4(x4[i], acc);
+    if (failed == 0) xo[i] = s;
+    v[j] = s;
+    ss = add_squares4(ss, s);
+  }
+  if (report(p, failed) != 0) return;
+
+  // 3. The norm of the row, as rmsnorm_kernel computes it.
+  __shared__ float partial[kNormThreads / 32];
+  ss = warp_sum(ss);
+  if (t % 32 == 0) partial[t / 32] = ss;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < nt / 32; ++w) total += partial[w];
+  const float inv = rsqrtf(total / static_cast<float>(q.n) + q.eps);
+  float4* y = reinterpret_cast<float4*>(q.y + base);
+#pragma unroll
+  for (int j = 0; j < kNormPasses; ++j) {
+    const int64_t i = static_cast<int64_t>(j) * nt + t;
+    if (static_cast<int64_t>(j) * nt >= n4) break;  // uniform: whole passes only
+    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (i < n4) {
+      const float4 a4 = v[j], w = wr[j];
+      o = make_float4(a4.x * inv * w.x, a4.y * inv * w.y, a4.z * inv * w.z, a4.w * inv * w.w);
+      y[i] = o;
+    }
+    if (q.quant.q != nullptr) quantize_chunk8(q.quant, (base + 4 * i) / 32, o, i < n4);
+  }
+}
+
 }  // namespace
+
+bool one_shot_rmsnorm_supports(int64_t rows, int64_t n) {
+  return rows >= 1 && rows <= kOneShotNormMaxRows && n % 4 == 0 && n <= kOneShotNormMaxCols &&
+         static_cast<size_t>(rows * n) * sizeof(float) <= kOneShotLlMaxBytes;
+}
+
+void one_shot_all_reduce_rmsnorm(const OneShotNormParams& p, cudaStream_t stream) {
+  const RmsNormParams& q = p.norm;
+  TPNODE_CHECK(one_shot_rmsnorm_supports(q.rows, q.n),
+               "one-shot all-reduce + RMSNorm: {} rows of {} are past its limits", q.rows, q.n);
+  TPNODE_CHECK(p.reduce.n == q.rows * q.n && p.reduce.data == q.r && q.r != nullptr &&
+                   q.x_out == q.x && q.y_bf16 == nullptr && (q.quant.q == nullptr || q.n % 32 == 0),
+               "one-shot all-reduce + RMSNorm: inconsistent parameters");
+  TPNODE_CHECK(p.reduce.size >= 2 && p.reduce.size <= kAllReduceMaxRanks && p.reduce.abort != nullptr &&
+                   p.reduce.error != nullptr && p.reduce.n <= p.reduce.capacity,
+               "one-shot all-reduce + RMSNorm: bad reduce plan");
+  // Whole warps, up to 1024 threads: rmsnorm's choice for this n.
+  const int64_t n4 = q.n / 4;
+  const int threads = static_cast<int>(std::min<int64_t>(kNormThreads, (n4 + 31) / 32 * 32));
+  launch_pdl(one_shot_rmsnorm_kernel, dim3(static_cast<unsigned>(q.rows)), dim3(threads), 0,
+             stream, p);
+  TPNODE_CUDA_CHECK_LAUNCH();
+}
 
 void one_shot_all_reduce(const OneShotParams& p, cudaStream_t stream) {
   if (p.n == 0) return;

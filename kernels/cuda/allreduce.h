@@ -16,6 +16,8 @@
 //           src's block b finished pushing plain floats into this rank
 //   recv    [2, size, capacity] f32: flag-way slot [epoch % 2][src]
 //   recv_ll [2, size, ll_capacity] LL words {f32, u32 epoch}: LL slot [epoch % 2][src]
+//   norm_epochs [kOneShotNormMaxRows] u32, recv_norm [2, size, kOneShotNormMaxRows,
+//           kOneShotNormMaxCols] LL words: the same for the all-reduce folded into RMSNorm
 // Two halves: a rank may push call k+1 while a slower peer still reads call k; it cannot push
 // call k+2 before it has the peer's data of call k+1, which the peer pushes only after its
 // call k has completed (stream order). So no closing barrier. Every rank makes the same calls
@@ -27,6 +29,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda/elementwise.h"  // RmsNormParams
+
 namespace tpnode::cuda {
 
 constexpr int kAllReduceMaxRanks = 8;
@@ -34,6 +38,13 @@ constexpr int kOneShotBlocks = 128;  // the most blocks either kernel runs
 // LL up to this size (measured on two H200s: 2.3 us at 16 KiB against 7.2 us the flag way;
 // even at 1 MiB, twice the bytes above).
 constexpr size_t kOneShotLlMaxBytes = size_t{512} << 10;
+
+// The all-reduce folded into RMSNorm (one_shot_all_reduce_rmsnorm) has receive slots and
+// epochs of its own, with a fixed place per (row, column) whatever the row length: a word's
+// place then always belongs to the same block, whose epochs only grow, so no old word can
+// carry the epoch a reader waits for.
+inline constexpr int64_t kOneShotNormMaxRows = 32;
+inline constexpr int64_t kOneShotNormMaxCols = 4 * 4 * 1024;
 
 // Codes the kernel writes to OneShotParams::error (host-mapped) when it gives up.
 constexpr int32_t kOneShotAborted = 1;   // the host raised `abort` (a peer was lost)
@@ -58,8 +69,15 @@ struct OneShotLayout {
   __host__ __device__ size_t recv_ll_offset() const {
     return recv_offset() + sizeof(float) * 2 * static_cast<size_t>(size) * capacity;
   }
-  size_t total_bytes() const {
+  __host__ __device__ size_t norm_epochs_offset() const {
     return recv_ll_offset() + kLlWordBytes * 2 * static_cast<size_t>(size) * ll_capacity();
+  }
+  __host__ __device__ size_t recv_norm_offset() const {
+    return (norm_epochs_offset() + sizeof(uint32_t) * kOneShotNormMaxRows + 255) / 256 * 256;
+  }
+  size_t total_bytes() const {
+    return recv_norm_offset() +
+           kLlWordBytes * 2 * static_cast<size_t>(size) * kOneShotNormMaxRows * kOneShotNormMaxCols;
   }
 };
 static_assert(OneShotLayout::recv_offset() % 32 == 0, "receive slots must allow float4 access");
@@ -79,5 +97,17 @@ struct OneShotParams {
 // Enqueues the all-reduce on `stream` (no host synchronisation; graph capturable; PDL). Every
 // rank must make the same sequence of calls with the same n.
 void one_shot_all_reduce(const OneShotParams& p, cudaStream_t stream);
+
+// The all-reduce folded into the residual add and RMSNorm after it, one CTA per row: x += the
+// sum over ranks of r (reduce.data, left as it was; the same rank-order sum as
+// one_shot_all_reduce, so the same bits), then y = rmsnorm(x) * w with the norm's optional
+// 8-bit copy. LL words only: rows * n * 4 <= kOneShotLlMaxBytes, rows <= kOneShotNormMaxRows,
+// n % 4 == 0 and n <= kOneShotNormMaxCols. Counts as one call in every rank's sequence.
+struct OneShotNormParams {
+  OneShotParams reduce;  // n = norm.rows * norm.n; data = norm.r
+  RmsNormParams norm;    // r and x_out = x set; the residual stream is updated in place
+};
+bool one_shot_rmsnorm_supports(int64_t rows, int64_t n);
+void one_shot_all_reduce_rmsnorm(const OneShotNormParams& p, cudaStream_t stream);
 
 }  // namespace tpnode::cuda

@@ -6,6 +6,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
+#include "kernels/cuda/sum_squares.cuh"
 #include "kernels/cuda/warp_reduce.cuh"
 #include "kernels/cuda/rope.cuh"
 
@@ -53,7 +54,7 @@ __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
       if (xo) xo[i] = a;
     }
     if (j < kRegPasses) v[j] = a;
-    ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    ss = add_squares4(ss, a);
   }
   __shared__ float partial[32];
   ss = warp_sum(ss);

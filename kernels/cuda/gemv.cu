@@ -11,6 +11,7 @@
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
+#include "kernels/cuda/sum_squares.cuh"
 #include "kernels/cuda/warp_reduce.cuh"
 
 namespace tpnode::cuda {
@@ -177,7 +178,7 @@ __device__ float norm_into_shared(const GemvNorm& norm, int64_t cols, const Quan
       const float4 b = r4[i];
       a = {a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w};
     }
-    ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    ss = add_squares4(ss, a);
     const float4 w = w4[i];
     quantize_chunk8(sq, i / 8, {a.x * w.x, a.y * w.y, a.z * w.z, a.w * w.w}, true);
   }

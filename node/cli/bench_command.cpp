@@ -57,6 +57,7 @@ struct BenchOptions {
   int decode_max_splits = 0;          // CUDA: cap on decode attention's key splits (0: planner)
   bool decode_clusters = true;        // CUDA: decode attention's splits may merge in a cluster
   bool fuse_norm_gemv = false;        // CUDA: batch-1 RMSNorm inside the q/k/v, gate/up GEMV
+  bool fold_all_reduce = true;        // CUDA TP: the one-shot all-reduce inside the next RMSNorm
   bool profile_decode = false;        // CUDA: a profiler records only the timed decode steps
 };
 
@@ -218,6 +219,7 @@ int run_bench(const BenchOptions& o) {
     co.decode_max_splits = o.decode_max_splits;
     co.decode_clusters = o.decode_clusters;
     co.fuse_norm_gemv = o.fuse_norm_gemv;
+    co.fold_all_reduce = o.fold_all_reduce;
     backend = make_cuda_backend(co);
     status.show("measuring device copy bandwidth and BF16 GEMM rate");
     roof.copy_bw = cuda_measure_copy_bandwidth(*backend, uint64_t{2} << 30);
@@ -438,6 +440,9 @@ const RegisterCommand kRegister{Command{
       sub.add_flag("--profile-decode", o->profile_decode,
                    "CUDA: start and stop the profiler around the timed decode steps (for "
                    "ncu/nsys with profiling from the start off)");
+      sub.add_flag("!--no-fold-all-reduce", o->fold_all_reduce,
+                   "tensor parallel: the all-reduce after a row-parallel matmul runs as its own "
+                   "launch instead of inside the residual add + RMSNorm after it");
       sub.add_flag("!--decode-global-merge", o->decode_clusters,
                    "decode attention's key splits always merge through global memory, never "
                    "inside a thread-block cluster");

@@ -162,10 +162,22 @@ class Backend {
     float* y = nullptr;
     int64_t n = 0;
     float eps = 1e-5f;
+    // With r: r holds this rank's partial sums, and the all-reduce of r over the ranks comes
+    // first (a Collective::device_reduce_plan; only for backends whose folds_reduce() said
+    // yes). r itself is left as it was.
+    const void* reduce = nullptr;
   };
+  // Whether norm_matmul_shared can run the all-reduce of its residual itself
+  // (NormIn::reduce) for m rows of n.
+  virtual bool folds_reduce(int64_t m, int64_t n) const {
+    (void)m;
+    (void)n;
+    return false;
+  }
   // The norm of m rows, then matmul_shared(outs, y, m). A backend may fuse the two, in which
   // case y holds unspecified values afterwards: nothing may read it but this call.
   virtual void norm_matmul_shared(const NormIn& in, std::span<const MatmulOut> outs, int64_t m) {
+    TPNODE_CHECK(in.reduce == nullptr, "backend {} cannot fold an all-reduce into a norm", name());
     if (in.r != nullptr) {
       add_rmsnorm(in.x, in.r, in.w, in.y, m, in.n, in.eps);
     } else {

@@ -24,6 +24,16 @@ class Collective {
     return true;
   }
 
+  // The all-reduce of n floats at `data`, for a backend op to run itself (Backend::NormIn::
+  // reduce) instead of a separate all_reduce_sum: the same sum, with the same bits. Null when
+  // this collective has no such form for n. The plan is the implementation's own (for
+  // NcclCommunicator, a kernels/cuda OneShotParams); it stays valid until the next call.
+  virtual const void* device_reduce_plan(float* data, size_t n) {
+    (void)data;
+    (void)n;
+    return nullptr;
+  }
+
   // Gathers counts[r] floats of host memory from each rank r into recv on rank 0, in rank
   // order. recv may be null on other ranks.
   virtual void gather_host(const float* send, size_t n, float* recv,

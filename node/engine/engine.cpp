@@ -522,6 +522,19 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
     return Backend::NormIn{.x = s.x, .r = r, .w = w, .y = s.h, .n = E, .eps = hp.rms_eps};
   };
   Backend::NormIn attn_norm = norm(nullptr, m.layers[0].attn_norm);
+  // The all-reduce of s.t (row-parallel partial sums), folded into the norm `n` that adds it
+  // to the residual when the backend and the collective can, else on its own.
+  auto reduce_into = [&](Backend::NormIn& n) {
+    if (!reduce) return;
+    const size_t count = static_cast<size_t>(T * E);
+    if (b.folds_reduce(T, E)) {
+      if (const void* plan = m.c.device_reduce_plan(s.t, count)) {
+        n.reduce = plan;
+        return;
+      }
+    }
+    m.c.all_reduce_sum(s.t, count);
+  };
   for (int64_t l = 0; l < hp.n_layer; ++l) {
     const LayerWeights& L = m.layers[static_cast<size_t>(l)];
     const Backend::MatmulOut qkv[] = {{&L.wq, s.q}, {&L.wk, s.k}, {&L.wv, s.v}};
@@ -535,17 +548,19 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
     m.attn.layer = l;
     b.attention(s.q, s.k, s.v, s.attn, m.attn);
     b.matmul(L.wo, s.attn, s.t, T);
-    if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
 
     const Backend::MatmulOut gate_up[] = {{&L.gate, s.gate}, {&L.up, s.up}};
-    b.norm_matmul_shared(norm(s.t, L.ffn_norm), gate_up, T);
+    Backend::NormIn ffn_norm = norm(s.t, L.ffn_norm);
+    reduce_into(ffn_norm);
+    b.norm_matmul_shared(ffn_norm, gate_up, T);
     b.swiglu(s.gate, s.up, s.gate, T * shard.n_ff);
     b.matmul(L.down, s.gate, s.t, T);
-    if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
-    // The residual add meets the next layer's attention norm.
+    // The residual add (and the all-reduce before it) meets the next layer's attention norm.
     if (l + 1 < hp.n_layer) {
       attn_norm = norm(s.t, m.layers[static_cast<size_t>(l + 1)].attn_norm);
+      reduce_into(attn_norm);
     } else {
+      if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
       b.add(s.x, s.t, T * E);
     }
   }

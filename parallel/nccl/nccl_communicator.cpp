@@ -108,6 +108,7 @@ struct NcclCommunicator::Impl {
   NcclCommunicatorOptions opt;
   cudaStream_t stream;
   std::unique_ptr<OneShotGroup> one_shot;
+  cuda::OneShotParams plan;  // the last device_reduce_plan
 
   std::mutex mu;  // comm (against abort while a call enqueues on it) and failure
   ncclComm_t comm = nullptr;
@@ -255,6 +256,17 @@ void NcclCommunicator::wait_for_nccl() {
     if (m.failed.load(std::memory_order_acquire)) check_usable();
     std::this_thread::yield();
   }
+}
+
+const void* NcclCommunicator::device_reduce_plan(float* data, size_t n) {
+  check_usable();
+  Impl& m = *impl_;
+  if (m.one_shot == nullptr || n == 0 || n * sizeof(float) > m.opt.one_shot_max_bytes ||
+      n * sizeof(float) > cuda::kOneShotLlMaxBytes || n > m.one_shot->capacity_floats()) {
+    return nullptr;
+  }
+  m.plan = m.one_shot->params(data, n);
+  return &m.plan;
 }
 
 bool NcclCommunicator::all_reduce_capturable(size_t n) const {

@@ -66,6 +66,8 @@ class NcclCommunicator final : public Communicator {
   int size() const override;
   // [n] device floats, in place, on the stream.
   bool all_reduce_capturable(size_t n) const override;
+  // The one-shot call as kernel parameters (a cuda::OneShotParams) for LL-sized messages.
+  const void* device_reduce_plan(float* data, size_t n) override;
   void all_reduce_sum(float* data, size_t n) override;
   // The same with the path forced (tests, benchmarks); kOneShot needs one_shot_available()
   // and n * 4 <= one_shot_capacity_bytes().

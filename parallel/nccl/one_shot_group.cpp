@@ -138,6 +138,10 @@ void OneShotGroup::release() {
 }
 
 void OneShotGroup::all_reduce(float* data, size_t n, cudaStream_t stream) {
+  cuda::one_shot_all_reduce(params(data, n), stream);
+}
+
+cuda::OneShotParams OneShotGroup::params(float* data, size_t n) const {
   cuda::OneShotParams p{.data = data,
                         .n = static_cast<int64_t>(n),
                         .rank = rank_,
@@ -148,7 +152,7 @@ void OneShotGroup::all_reduce(float* data, size_t n, cudaStream_t stream) {
                         .error = error_dev_,
                         .timeout_ns = timeout_ns_};
   for (int r = 0; r < size_; ++r) p.buffers[r] = mapped_[r];
-  cuda::one_shot_all_reduce(p, stream);
+  return p;
 }
 
 }  // namespace tpnode

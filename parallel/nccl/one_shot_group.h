@@ -32,6 +32,9 @@ class OneShotGroup {
   size_t capacity_floats() const { return static_cast<size_t>(layout_.capacity); }
   // In place on `stream`; n <= capacity_floats(). Same call sequence on every rank.
   void all_reduce(float* data, size_t n, cudaStream_t stream);
+  // The kernel parameters of that call, for a kernel that runs it itself
+  // (one_shot_all_reduce_rmsnorm).
+  cuda::OneShotParams params(float* data, size_t n) const;
 
   // Thread-safe: makes waiting kernels (now and later) give up. For the failure watchdog.
   void raise_abort() { *abort_ = 1; }

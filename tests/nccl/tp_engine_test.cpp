@@ -169,6 +169,68 @@ TEST_P(TpEngine, GreedyTokensEqualTheArgmaxOfTheLogits) {
   }
 }
 
+// Two tp engines, each on a backend of its own options and a communicator of its own (a
+// communicator's collectives run on its backend's stream), fed the same prompts and greedy
+// continuations: rank 0's logits must agree bit for bit at every step, prefill and decode.
+// On a mismatch the message says how many logits differ and by how much.
+void expect_same_bits(const std::string& path, const CudaBackendOptions& oa,
+                      const CudaBackendOptions& ob, bool one_shot) {
+  auto file = ModelFile::open(path);
+  const HParams& hp = file->hparams();
+  const size_t V = static_cast<size_t>(hp.n_vocab);
+  std::unique_ptr<Backend> ba = make_cuda_backend(oa), bb = make_cuda_backend(ob);
+  NcclCommunicatorOptions ca = default_comm_options(*ba), cb = default_comm_options(*bb);
+  if (!one_shot) ca.one_shot_max_bytes = cb.one_shot_max_bytes = 0;
+  NcclCommunicator comm_a(host_comm(), ca), comm_b(host_comm(), cb);
+  FileWeightSource src_a(*file), src_b(*file);
+  Engine a(hp, src_a, *ba, comm_a, small_engine());
+  Engine b(hp, src_b, *bb, comm_b, small_engine());
+  StepPlan plan = prompts(hp.n_vocab, 1, 0);
+  for (int step = 0; step < 6; ++step) {
+    const std::vector<float> la = a.step(plan);
+    const std::vector<float> lb = b.step(plan);
+    std::vector<int32_t> next(2, 0);
+    if (world().topology().rank == 0) {
+      ASSERT_EQ(la.size(), lb.size());
+      size_t differ = 0, first = la.size();
+      float diff = 0.0f;
+      for (size_t i = 0; i < la.size(); ++i) {
+        if (la[i] == lb[i]) continue;
+        ++differ;
+        first = std::min(first, i);
+        diff = std::max(diff, std::fabs(la[i] - lb[i]));
+      }
+      EXPECT_EQ(differ, 0u) << "step " << step << ": " << differ << " of " << la.size()
+                            << " logits differ (first at " << first << "), max |a - b| " << diff;
+      for (int s = 0; s < 2; ++s) next[s] = tsupport::argmax_row(lb, s, V);
+    }
+    advance(comm_a, plan, next);
+  }
+}
+
+// Two identical engines: the tp forward is deterministic over prefill and decode steps.
+TEST_P(TpEngine, TwoEnginesAgreeBitForBit) {
+  open_rank();
+  if (IsSkipped()) return;
+  CudaBackendOptions o = backend_options_;
+  o.fold_all_reduce = false;
+  expect_same_bits(path_, o, o, GetParam().one_shot);
+}
+
+// The all-reduce folded into the RMSNorm after it (CudaBackendOptions::fold_all_reduce, on by
+// default; one-shot cases only) sums in the same order and normalizes with the same
+// arithmetic: the logits keep every bit against the unfolded path.
+TEST_P(TpEngine, FoldedAllReduceChangesNoBit) {
+  if (!GetParam().one_shot) GTEST_SKIP() << "only the one-shot all-reduce folds";
+  open_rank();
+  if (IsSkipped()) return;
+  auto file = ModelFile::open(path_);
+  ASSERT_TRUE(backend_->folds_reduce(2, file->hparams().n_embd));
+  CudaBackendOptions unfolded = backend_options_;
+  unfolded.fold_all_reduce = false;
+  expect_same_bits(path_, backend_options_, unfolded, true);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Models, TpEngine,
     ::testing::Values(TpCase{"tests/fixtures/tiny_models/tiny-llama/hf", true},

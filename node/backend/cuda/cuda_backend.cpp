@@ -18,6 +18,7 @@
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/gemv_float.h"
+#include "kernels/cuda/allreduce.h"
 #include "kernels/cuda/gemv_stream.h"
 #include "kernels/cuda/pdl.h"
 #include "kernels/cuda/quant_layout.h"
@@ -97,9 +98,10 @@ class CudaBackend final : public Backend {
   void matmul(const Weight& w, const float* x, float* y, int64_t m) override;
   void matmul_shared(std::span<const MatmulOut> outs, const float* x, int64_t m) override;
   void norm_matmul_shared(const NormIn& in, std::span<const MatmulOut> outs, int64_t m) override;
+  bool folds_reduce(int64_t m, int64_t n) const override;
   void add_rmsnorm(float* x, const float* r, const float* w, float* y, int64_t rows, int64_t n,
                    float eps) override;
-  void run_rmsnorm(kc::RmsNormParams p);
+  void run_rmsnorm(kc::RmsNormParams p, const kc::OneShotParams* reduce = nullptr);
   kc::QuantActs quantized(const float* x, int64_t m, int64_t k);
   void add_bias(float* y, const float* b, int64_t m, int64_t n) override;
   void rope(float* q, float* k, const RopeParams& p) override;
@@ -536,13 +538,19 @@ void CudaBackend::rmsnorm(const float* x, const float* w, float* y, int64_t rows
   run_rmsnorm({.x = x, .w = w, .y = y, .rows = rows, .n = n, .eps = eps, .quant = {}});
 }
 
-void CudaBackend::run_rmsnorm(kc::RmsNormParams p) {
+// With `reduce`, p.r holds this rank's partial sums and the all-reduce of them runs first,
+// inside the norm's launch (folds_reduce).
+void CudaBackend::run_rmsnorm(kc::RmsNormParams p, const kc::OneShotParams* reduce) {
   wrote(p.y, p.rows * p.n * sizeof(float));
   // Small batches feed a GEMV next: write the 8-bit copy on the way; large ones a BF16 GEMM.
   const bool fuse = p.n % 32 == 0 && p.rows <= quant_gemv_max_;
   if (fuse) p.quant = act_buffers(p.rows * p.n);
-  if (p.n % 4 == 0) p.y_bf16 = fused_bf16_out(p.rows, p.n);
-  kc::rmsnorm(p, stream_);
+  if (p.n % 4 == 0 && reduce == nullptr) p.y_bf16 = fused_bf16_out(p.rows, p.n);
+  if (reduce != nullptr) {
+    kc::one_shot_all_reduce_rmsnorm({.reduce = *reduce, .norm = p}, stream_);
+  } else {
+    kc::rmsnorm(p, stream_);
+  }
   if (fuse) act_ = {p.y, p.rows * p.n};
   if (p.y_bf16 != nullptr) bf16_act_ = {p.y, p.rows * p.n, false, p.n};
 }
@@ -554,6 +562,10 @@ void CudaBackend::run_rmsnorm(kc::RmsNormParams p) {
 __nv_bfloat16* CudaBackend::fused_bf16_out(int64_t m, int64_t k) {
   if (m <= quant_gemv_max_ || m <= opt_.dq_gemm_over_copies_max_batch) return nullptr;
   return scratch_->gemm_x.as<__nv_bfloat16>(m * k);
+}
+
+bool CudaBackend::folds_reduce(int64_t m, int64_t n) const {
+  return opt_.fold_all_reduce && kc::one_shot_rmsnorm_supports(m, n);
 }
 
 // x quantized to 8 bits for a quantized GEMV, reusing the copy an RMSNorm or SwiGLU wrote.
@@ -620,6 +632,19 @@ void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x,
 // kernel has that variant (gemv_norm_group_supports); its float output y is not written.
 void CudaBackend::norm_matmul_shared(const NormIn& in, std::span<const MatmulOut> outs,
                                      int64_t m) {
+  if (in.reduce != nullptr) {
+    TPNODE_CHECK(in.r != nullptr && folds_reduce(m, in.n),
+                 "norm_matmul_shared: an all-reduce to fold without a residual or past the limits");
+    const auto* plan = static_cast<const kc::OneShotParams*>(in.reduce);
+    TPNODE_CHECK(plan->data == in.r && plan->n == m * in.n,
+                 "norm_matmul_shared: the all-reduce plan is for another buffer");
+    wrote(in.x, m * in.n * sizeof(float));
+    run_rmsnorm({.x = in.x, .w = in.w, .y = in.y, .rows = m, .n = in.n, .eps = in.eps, .quant = {},
+                 .r = in.r, .x_out = in.x},
+                plan);
+    matmul_shared(outs, in.y, m);
+    return;
+  }
   bool fuse = opt_.fuse_norm_gemv && m == 1 && attn_counters_ != nullptr && !outs.empty() &&
               outs.size() <= static_cast<size_t>(kc::kMaxGemvGroup);
   kc::GemvGroupParams p;

@@ -57,6 +57,10 @@ struct CudaBackendOptions {
   // normalizes and quantizes the row itself) instead of as its own launch. Off by default:
   // slower on an H200 (docs/BENCHMARKS.md, sixth session).
   bool fuse_norm_gemv = false;
+  // Tensor parallelism: the one-shot all-reduce of a row-parallel matmul's output runs inside
+  // the residual add + RMSNorm after it (Backend::folds_reduce) for decode-sized messages, one
+  // kernel instead of two.
+  bool fold_all_reduce = true;
 };
 
 // Number of usable CUDA devices; 0 when there is no driver or no GPU (never throws).
