@@ -98,6 +98,34 @@ __device__ __forceinline__ int32_t wait_for(const OneShotParams& p, Ready ready)
 // Visits this thread's elements of this block's chunks (4 floats per thread each; chunk c
 // belongs to block c % gridDim.x): float4s when `vec` (then every pointer is 16-byte aligned),
 // single floats otherwise and for a chunk's tail.
+// Rank r's four LL words at `w` once they carry `epoch`, as a float4 (`failed` turns non-zero
+// when the wait gives up).
+__device__ __forceinline__ float4 wait_ll4(const OneShotParams& p, const uint2* w, uint32_t epoch,
+                                           int32_t& failed) {
+  uint4 lo, hi;
+  failed = wait_for(p, [&] {
+    lo = load_ll2(w);
+    hi = load_ll2(w + 2);
+    return lo.y == epoch && lo.w == epoch && hi.y == epoch && hi.w == epoch;
+  });
+  return make_float4(__uint_as_float(lo.x), __uint_as_float(lo.z), __uint_as_float(hi.x),
+                     __uint_as_float(hi.z));
+}
+
+// The sum in rank order of this rank's `mine` and the peers' words for it, where `words(r)`
+// is where rank r's words lie in this rank's buffer: the same order, hence the same bits, on
+// every rank.
+template <typename Words>
+__device__ __forceinline__ float4 sum_ll4(const OneShotParams& p, float4 mine, uint32_t epoch,
+                                          Words words, int32_t& failed) {
+  float4 acc = mine;
+  for (int r = 0; r < p.size && failed == 0; ++r) {
+    const float4 v = r == p.rank ? mine : wait_ll4(p, words(r), epoch, failed);
+    acc = r == 0 ? v : add4(acc, v);
+  }
+  return acc;
+}
+
 template <int Threads, typename F4, typename F1>
 __device__ __forceinline__ void for_block_elements(int64_t n, bool vec, F4 f4, F1 f1) {
   constexpr int64_t kChunk = 4 * Threads;
@@ -191,23 +219,8 @@ __global__ void __launch_bounds__(kLlThreads) one_shot_ll_kernel(OneShotParams p
       p.n, call.vec,
       [&](int64_t i) {
         float4* out = reinterpret_cast<float4*>(p.data + i);
-        const float4 mine = *out;
-        float4 acc = mine;
-        for (int r = 0; r < p.size && failed == 0; ++r) {
-          float4 v = mine;
-          if (r != p.rank) {
-            const uint2* w = ll_slot(p, own, call.half, r) + i;
-            uint4 lo, hi;
-            failed = wait_for(p, [&] {
-              lo = load_ll2(w);
-              hi = load_ll2(w + 2);
-              return lo.y == epoch && lo.w == epoch && hi.y == epoch && hi.w == epoch;
-            });
-            v = make_float4(__uint_as_float(lo.x), __uint_as_float(lo.z), __uint_as_float(hi.x),
-                            __uint_as_float(hi.z));
-          }
-          acc = r == 0 ? v : add4(acc, v);
-        }
+        const float4 acc = sum_ll4(
+            p, *out, epoch, [&](int r) { return ll_slot(p, own, call.half, r) + i; }, failed);
         if (failed == 0) *out = acc;
       },
       [&](int64_t i) {
@@ -351,23 +364,8 @@ __global__ void __launch_bounds__(kNormThreads) one_shot_rmsnorm_kernel(OneShotN
     const int64_t i = static_cast<int64_t>(j) * nt + t;
     v[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (i >= n4) continue;
-    const float4 mine = r4[i];
-    float4 acc = mine;
-    for (int r = 0; r < p.size && failed == 0; ++r) {
-      float4 part = mine;
-      if (r != p.rank) {
-        const uint2* w = words(own, half, r, i);
-        uint4 lo, hi;
-        failed = wait_for(p, [&] {
-          lo = load_ll2(w);
-          hi = load_ll2(w + 2);
-          return lo.y == epoch && lo.w == epoch && hi.y == epoch && hi.w == epoch;
-        });
-        part = make_float4(__uint_as_float(lo.x), __uint_as_float(lo.z), __uint_as_float(hi.x),
-                           __uint_as_float(hi.z));
-      }
-      acc = r == 0 ? part : add4(acc, part);
-    }
+    const float4 acc =
+        sum_ll4(p, r4[i], epoch, [&](int r) { return words(own, half, r, i); }, failed);
     const float4 s = add4(x4[i], acc);
     if (failed == 0) xo[i] = s;
     v[j] = s;
