@@ -28,8 +28,9 @@ struct CudaBackendOptions {
   // waiting for its output (docs/BENCHMARKS.md has the measured gain).
   bool pdl = true;
   // Quantized matmuls with at most this many rows (decode batches) read the quantized weights
-  // on int8 tensor cores; larger ones run BF16 GEMMs, which are faster there (at most 64).
-  int64_t quant_gemv_max_batch = 16;
+  // on int8 tensor cores; larger ones run BF16 GEMMs (gemm_dq or cuBLASLt), which are faster
+  // there: on an H200 (8B Q4_K_M) from batch 9 on (docs/BENCHMARKS.md). At most 64.
+  int64_t quant_gemv_max_batch = 8;
   // Quantized matmuls with more rows than that, up to this many (at most 128), of weights
   // without a BF16 copy dequantize inside a tensor-core GEMM (gemm_dq); 0: off (the GEMM then
   // dequantizes the weights into a staging buffer first). Weights with a copy use cuBLASLt
