@@ -3,13 +3,14 @@
 // products summed in double with the very BF16 activations the GPU reads. x reaches the kernel
 // through gemm_dq_acts (F32 -> BF16 in the kernel's layout), which has its own test below.
 //
-// Tolerance: the kernel rounds each weight once to BF16 (8 significant bits, relative error at
-// most 2^-8, the same as a BF16 copy of the weights); 4-6 bit values times a half scale are not
-// exact in BF16. For random signs that gives an NMSE of ~3e-6 (measured in NumPy with this
-// file's weight distributions), so the NMSE bound is 1e-5 where at least 4096 outputs are
-// checked and 3e-5 for the small cases, whose NMSE is a ratio of few squares. Element by
-// element, |error| <= (2^-8 + k 2^-22) * sum |w x| (weight rounding plus FP32 accumulation) so
-// that a wrong row, column or scale shows wherever it lands.
+// Tolerance: the kernel rounds each weight to BF16 (8 significant bits, relative error at most
+// 2^-8, as a BF16 copy of the weights does); for every type but Q8_0 it also rounds each
+// sub-block's scale and additive constant to BF16 first (its packed decode). For random signs
+// that gives an NMSE of ~3e-6 with the one rounding and ~6e-6 with the packed decode (NumPy,
+// Q4_K-like blocks), so the NMSE bound is 1e-5 where at least 4096 outputs are checked and
+// 3e-5 for the small cases, whose NMSE is a ratio of few squares. Element by element,
+// |error| <= (2^-8 + k 2^-22) * sum |w x| (weight rounding plus FP32 accumulation) so that a
+// wrong row, column or scale shows wherever it lands.
 #include "kernels/cuda/gemm_dq.h"
 
 #include <cuda_runtime.h>
