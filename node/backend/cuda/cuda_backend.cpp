@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cuda/allreduce.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dequant.h"
@@ -18,7 +19,6 @@
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/gemv_float.h"
-#include "kernels/cuda/allreduce.h"
 #include "kernels/cuda/gemv_stream.h"
 #include "kernels/cuda/pdl.h"
 #include "kernels/cuda/quant_layout.h"
@@ -860,7 +860,8 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
 void CudaBackend::swiglu(const float* gate, const float* up, float* out, int64_t n) {
   wrote(out, n * sizeof(float));
   kc::SwigluParams p{.gate = gate, .up = up, .out = out, .n = n, .quant = {}};
-  // Decode-sized inputs feed a GEMV next (n = m * n_ff, m <= 16), larger ones a BF16 GEMM.
+  // Decode-sized inputs feed a GEMV next (n = m * n_ff, m <= quant_gemv_max_batch), larger
+  // ones a BF16 GEMM.
   const bool fuse = n % 32 == 0 && n <= quant_gemv_max_ * std::max<int64_t>(max_cols_, 32);
   if (fuse) p.quant = act_buffers(n);
   const int64_t m = step_.n_tokens, k = m > 0 ? n / m : 0;
