@@ -112,6 +112,19 @@ __device__ __forceinline__ float4 wait_ll4(const OneShotParams& p, const uint2* 
                      __uint_as_float(hi.z));
 }
 
+// This rank's float4 `v` as LL words to every peer, where `words(q)` is where they go in rank
+// q's buffer.
+template <typename Words>
+__device__ __forceinline__ void push_ll4(const OneShotParams& p, float4 v, uint32_t epoch,
+                                         Words words) {
+  for (int q = 0; q < p.size; ++q) {
+    if (q == p.rank) continue;
+    uint2* w = words(q);
+    store_ll2(w, v.x, v.y, epoch);
+    store_ll2(w + 2, v.z, v.w, epoch);
+  }
+}
+
 // The sum in rank order of this rank's `mine` and the peers' words for it, where `words(r)`
 // is where rank r's words lie in this rank's buffer: the same order, hence the same bits, on
 // every rank.
@@ -198,13 +211,8 @@ __global__ void __launch_bounds__(kLlThreads) one_shot_ll_kernel(OneShotParams p
   for_block_elements<kLlThreads>(
       p.n, call.vec,
       [&](int64_t i) {
-        const float4 v = *reinterpret_cast<const float4*>(p.data + i);
-        for (int q = 0; q < p.size; ++q) {
-          if (q == p.rank) continue;
-          uint2* w = ll_slot(p, p.buffers[q], call.half, p.rank) + i;
-          store_ll2(w, v.x, v.y, epoch);
-          store_ll2(w + 2, v.z, v.w, epoch);
-        }
+        push_ll4(p, *reinterpret_cast<const float4*>(p.data + i), epoch,
+                 [&](int q) { return ll_slot(p, p.buffers[q], call.half, p.rank) + i; });
       },
       [&](int64_t i) {
         const float v = p.data[i];
@@ -344,13 +352,7 @@ __global__ void __launch_bounds__(kNormThreads) one_shot_rmsnorm_kernel(OneShotN
   for (int j = 0; j < kNormPasses; ++j) {
     const int64_t i = static_cast<int64_t>(j) * nt + t;
     if (i >= n4) continue;
-    const float4 v = r4[i];
-    for (int peer = 0; peer < p.size; ++peer) {
-      if (peer == p.rank) continue;
-      uint2* w = words(p.buffers[peer], half, p.rank, i);
-      store_ll2(w, v.x, v.y, epoch);
-      store_ll2(w + 2, v.z, v.w, epoch);
-    }
+    push_ll4(p, r4[i], epoch, [&](int peer) { return words(p.buffers[peer], half, p.rank, i); });
   }
 
   // 2. Sum in rank order as the words arrive, add to the residual stream.
