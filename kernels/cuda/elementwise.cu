@@ -144,21 +144,15 @@ __global__ void swiglu_kernel(SwigluParams p) {
   pdl_wait();
   pdl_launch_dependents();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p.quant.q != nullptr) {
-    // n % 32 == 0 and the grid covers whole warps: a warp is one chunk, in or out as a whole.
-    if (i - threadIdx.x % 32 >= p.n) return;
-    const float g = p.gate[i];
-    const float v = g / (1.0f + __expf(-g)) * p.up[i];
-    p.out[i] = v;
-    if (p.out_bf16 != nullptr) p.out_bf16[i] = __float2bfloat16(v);
-    quantize_chunk32(p.quant, i / 32, v);
-    return;
-  }
-  if (i >= p.n) return;
+  // With the 8-bit copy, n % 32 == 0 and the grid covers whole warps: a warp is one chunk, in
+  // or out as a whole (the chunk's shuffles need every lane).
+  const bool quant = p.quant.q != nullptr;
+  if (quant ? i - threadIdx.x % 32 >= p.n : i >= p.n) return;
   const float g = p.gate[i];
   const float v = g / (1.0f + __expf(-g)) * p.up[i];
   p.out[i] = v;
   if (p.out_bf16 != nullptr) p.out_bf16[i] = __float2bfloat16(v);
+  if (quant) quantize_chunk32(p.quant, i / 32, v);
 }
 
 __global__ void add_kernel(AddParams p) {
