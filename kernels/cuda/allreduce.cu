@@ -5,8 +5,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
-#include "kernels/cuda/sum_squares.cuh"
-#include "kernels/cuda/warp_reduce.cuh"
+#include "kernels/cuda/rms_row.cuh"
 
 namespace tpnode::cuda {
 namespace {
@@ -376,13 +375,7 @@ __global__ void __launch_bounds__(kNormThreads) one_shot_rmsnorm_kernel(OneShotN
   if (report(p, failed) != 0) return;
 
   // 3. The norm of the row, as rmsnorm_kernel computes it.
-  __shared__ float partial[kNormThreads / 32];
-  ss = warp_sum(ss);
-  if (t % 32 == 0) partial[t / 32] = ss;
-  __syncthreads();
-  float total = 0.0f;
-  for (int w = 0; w < nt / 32; ++w) total += partial[w];
-  const float inv = rsqrtf(total / static_cast<float>(q.n) + q.eps);
+  const float inv = rms_inverse(ss, q.n, q.eps);
   float4* y = reinterpret_cast<float4*>(q.y + base);
 #pragma unroll
   for (int j = 0; j < kNormPasses; ++j) {
@@ -390,8 +383,7 @@ __global__ void __launch_bounds__(kNormThreads) one_shot_rmsnorm_kernel(OneShotN
     if (static_cast<int64_t>(j) * nt >= n4) break;  // uniform: whole passes only
     float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (i < n4) {
-      const float4 a4 = v[j], w = wr[j];
-      o = make_float4(a4.x * inv * w.x, a4.y * inv * w.y, a4.z * inv * w.z, a4.w * inv * w.w);
+      o = rms_scale4(v[j], inv, wr[j]);
       y[i] = o;
     }
     if (q.quant.q != nullptr) quantize_chunk8(q.quant, (base + 4 * i) / 32, o, i < n4);

@@ -6,7 +6,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
-#include "kernels/cuda/sum_squares.cuh"
+#include "kernels/cuda/rms_row.cuh"
 #include "kernels/cuda/warp_reduce.cuh"
 #include "kernels/cuda/rope.cuh"
 
@@ -56,13 +56,7 @@ __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
     if (j < kRegPasses) v[j] = a;
     ss = add_squares4(ss, a);
   }
-  __shared__ float partial[32];
-  ss = warp_sum(ss);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
-  __syncthreads();
-  float total = 0.0f;
-  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += partial[w];
-  const float inv = rsqrtf(total / static_cast<float>(p.n) + p.eps);
+  const float inv = rms_inverse(ss, p.n, p.eps);
   float4* y = reinterpret_cast<float4*>(p.y + row * p.n);
   // Every lane runs every pass, so the 8-lane shuffles of the quantization stay converged.
   for (int j = 0; j < passes; ++j) {
@@ -77,7 +71,7 @@ __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
     float4 o{0.0f, 0.0f, 0.0f, 0.0f};
     if (i < n4) {
       const float4 w = j < kRegPasses ? wr[j] : wv[i];
-      o = {a.x * inv * w.x, a.y * inv * w.y, a.z * inv * w.z, a.w * inv * w.w};
+      o = rms_scale4(a, inv, w);
       y[i] = o;
       if (p.y_bf16 != nullptr) {
         auto* yb = reinterpret_cast<__nv_bfloat162*>(p.y_bf16 + row * p.n + 4 * i);

@@ -11,7 +11,7 @@
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
-#include "kernels/cuda/sum_squares.cuh"
+#include "kernels/cuda/rms_row.cuh"
 #include "kernels/cuda/warp_reduce.cuh"
 
 namespace tpnode::cuda {
