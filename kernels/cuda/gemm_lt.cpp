@@ -68,19 +68,22 @@ const GemmLt::Plan& GemmLt::plan(const GemmArgs& a, int64_t ldy, cudaStream_t st
   return plans_.emplace(key, p).first->second;
 }
 
+cublasStatus_t GemmLt::matmul(const Plan& p, const GemmArgs& a, const cublasLtMatmulAlgo_t& algo,
+                              cudaStream_t stream) {
+  const float alpha = 1.0f, beta = 0.0f;
+  return cublasLtMatmul(handle_, p.op, &alpha, a.w, p.w, a.x, p.x, &beta, a.y, p.y, a.y, p.y,
+                        &algo, workspace_, workspace_bytes_, stream);
+}
+
 int GemmLt::fastest(const Plan& p, const GemmArgs& a, const cublasLtMatmulAlgo_t* algos,
                     int n_algos, cudaStream_t stream) {
   constexpr int kWarmup = 2, kTimed = 5;
-  const float alpha = 1.0f, beta = 0.0f;
   EventTimer timer(stream);
   int best = -1;
   double best_ms = 0.0;
   for (int i = 0; i < n_algos; ++i) {
     // An algorithm the heuristic offered may still refuse these pointers: skip it.
-    auto once = [&] {
-      return cublasLtMatmul(handle_, p.op, &alpha, a.w, p.w, a.x, p.x, &beta, a.y, p.y, a.y, p.y,
-                            &algos[i], workspace_, workspace_bytes_, stream);
-    };
+    auto once = [&] { return matmul(p, a, algos[i], stream); };
     bool ok = true;
     for (int r = 0; r < kWarmup && ok; ++r) ok = once() == CUBLAS_STATUS_SUCCESS;
     if (!ok) continue;
@@ -98,9 +101,7 @@ int GemmLt::fastest(const Plan& p, const GemmArgs& a, const cublasLtMatmulAlgo_t
 void GemmLt::run(const GemmArgs& a, cudaStream_t stream) {
   if (a.m == 0 || a.n == 0) return;
   const Plan& p = plan(a, a.ldy ? a.ldy : a.n, stream);
-  const float alpha = 1.0f, beta = 0.0f;
-  TPNODE_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, a.w, p.w, a.x, p.x, &beta, a.y, p.y,
-                                     a.y, p.y, &p.algo, workspace_, workspace_bytes_, stream));
+  TPNODE_CUBLAS_CHECK(matmul(p, a, p.algo, stream));
 }
 
 }  // namespace tpnode::cuda

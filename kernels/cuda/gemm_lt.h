@@ -44,6 +44,9 @@ class GemmLt {
     cublasLtMatmulAlgo_t algo{};
   };
   const Plan& plan(const GemmArgs& a, int64_t ldy, cudaStream_t stream);
+  // One product a with plan p and `algo`, on stream.
+  cublasStatus_t matmul(const Plan& p, const GemmArgs& a, const cublasLtMatmulAlgo_t& algo,
+                        cudaStream_t stream);
   // The fastest of `algos` for a on stream (the GPU is waited for); -1: none ran.
   int fastest(const Plan& p, const GemmArgs& a, const cublasLtMatmulAlgo_t* algos, int n_algos,
               cudaStream_t stream);
