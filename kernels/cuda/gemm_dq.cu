@@ -1,6 +1,4 @@
 // Dequantizing BF16 tensor-core GEMM (see gemm_dq.h).
-#include "kernels/cuda/gemm_dq.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -12,6 +10,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_query.h"
 #include "kernels/cuda/dispatch.cuh"
+#include "kernels/cuda/gemm_dq.h"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
 
@@ -51,7 +50,7 @@ constexpr int kMaxNB = 8;                        // n-tiles per CTA: 64 tokens
 constexpr int kXRowBytes = kStageK * 2;          // one token's BF16 values of a stage
 constexpr int kXGroupBytes = 8 * kXRowBytes;     // a stage of one 8-token group: 4 KB
 static_assert(kXGroupBytes == 16 * kThreads, "one 16-byte piece per thread and group");
-constexpr int kSmemBudget = 225 * 1024;          // of the 227 KB an sm_90 CTA may opt into
+constexpr int kSmemBudget = 225 * 1024;  // of the 227 KB an sm_90 CTA may opt into
 static_assert(kTileRows == 128 && kThreads == 256);
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
@@ -73,7 +72,9 @@ __device__ __forceinline__ void cp_async_wait() {
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define TPNODE_GEMM_DQ_WGMMA 1
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
 __device__ __forceinline__ void wg_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
@@ -171,11 +172,14 @@ __device__ __forceinline__ void to_bf16_wide(uint2 u, float2 dc, uint32_t (&a)[4
 }
 
 // Every other type (u < 128) decodes two values per bf16x2 register: 128 + u is exact as a
-// BF16 with byte u under the exponent byte 0x43, the 128 comes off exactly, then one BF16
-// multiply-add with d and c rounded to BF16 (three instructions per two weights where the FP32
-// way takes five; on an H200 decode steps of batches 9-32 ran 9% faster). So the weights are
-// not bit-identical to a BF16 copy: d and c carry a relative error of up to 2^-9 per sub-block
-// besides the final rounding (tests/cuda/gemm_dq_test.cpp bounds the result).
+// BF16 with byte u under the exponent byte 0x43, 128 + z comes off exactly (z = kCenter, half
+// the type's range, so u - z is small and signed), then one BF16 multiply-add with d and
+// c' = c + (128 + z) d rounded to BF16 (three instructions per two weights where the FP32 way
+// takes five; on an H200 decode steps of batches 9-32 ran 9% faster). Centring keeps both
+// roundings small: |u - z| <= z multiplies the error of d, and c' is the sub-block's offset
+// from its middle (zero for Q4_0, Q5_0, Q6_K) rather than its minimum, so the weights of
+// Q4_1-type blocks land at an NMSE of ~6e-6 against the exact dequantization where rounding
+// from u = 0 gave ~2e-5 (tests/cuda/gemm_dq_test.cpp bounds the result).
 __device__ __forceinline__ uint32_t bf16x2_bits(__nv_bfloat162 v) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
@@ -183,26 +187,31 @@ __device__ __forceinline__ __nv_bfloat162 bf16x2_of(uint32_t bits) {
   return *reinterpret_cast<const __nv_bfloat162*>(&bits);
 }
 // (d, c) as the scales stage them (c includes -128 d) into the bits of (d, d) and
-// (c + 128 d, c + 128 d), as the packed decode reads them.
+// (c + (128 + z) d, same), as the packed decode reads them.
+template <int kCenter>
 __device__ __forceinline__ float2 packed_scales(float2 dc) {
   const uint32_t d2 = bf16x2_bits(__floats2bfloat162_rn(dc.x, dc.x));
-  const float c = fmaf(128.0f, dc.x, dc.y);
+  const float c = fmaf(static_cast<float>(128 + kCenter), dc.x, dc.y);
   const uint32_t c2 = bf16x2_bits(__floats2bfloat162_rn(c, c));
   return make_float2(__uint_as_float(d2), __uint_as_float(c2));
 }
+template <int kCenter>
 __device__ __forceinline__ uint32_t packed_pair(uint32_t u, uint32_t sel, __nv_bfloat162 d2,
                                                 __nv_bfloat162 c2) {
+  static_assert(kCenter >= 0 && kCenter < 128, "128 + z must be an integer BF16 holds exactly");
   const __nv_bfloat162 v = bf16x2_of(__byte_perm(u, 0x43u, sel));  // (128 + u_i, 128 + u_j)
-  const __nv_bfloat162 k128 = bf16x2_of(0x43004300u);
-  return bf16x2_bits(__hfma2(__hsub2(v, k128), d2, c2));
+  constexpr uint32_t kOff = 0x4300u + kCenter;                     // 128 + z as a BF16
+  const __nv_bfloat162 off = bf16x2_of(kOff << 16 | kOff);
+  return bf16x2_bits(__hfma2(__hsub2(v, off), d2, c2));
 }
+template <int kCenter>
 __device__ __forceinline__ void to_bf16_packed(uint2 u, float2 dc2, uint32_t (&a)[4]) {
   const __nv_bfloat162 d2 = bf16x2_of(__float_as_uint(dc2.x));
   const __nv_bfloat162 c2 = bf16x2_of(__float_as_uint(dc2.y));
-  a[0] = packed_pair(u.x, 0x4140u, d2, c2);
-  a[1] = packed_pair(u.x, 0x4342u, d2, c2);
-  a[2] = packed_pair(u.y, 0x4140u, d2, c2);
-  a[3] = packed_pair(u.y, 0x4342u, d2, c2);
+  a[0] = packed_pair<kCenter>(u.x, 0x4140u, d2, c2);
+  a[1] = packed_pair<kCenter>(u.x, 0x4342u, d2, c2);
+  a[2] = packed_pair<kCenter>(u.y, 0x4140u, d2, c2);
+  a[3] = packed_pair<kCenter>(u.y, 0x4342u, d2, c2);
 }
 
 constexpr uint32_t kNib = 0x0F0F0F0Fu;
@@ -243,7 +252,7 @@ __device__ __forceinline__ void block_scales(const uint8_t* s, int wk, float mag
 // qs[j - 16]), so lane t reads qs[8(t&1)..+8) and shifts by 4 * (t >> 1).
 template <bool kMin>
 struct DqQ4 {
-  static constexpr int kQBytes = 8 * 16, kSBytes = kMin ? 32 : 16, kSubs = 1;
+  static constexpr int kQBytes = 8 * 16, kSBytes = kMin ? 32 : 16, kSubs = 1, kCenter = 8;
   static constexpr bool kWide = false;
   struct Raw {
     uint2 q[2];
@@ -272,7 +281,7 @@ struct Dq<TensorType::kQ4_1> : DqQ4<true> {};
 // Q5_0 / Q5_1: qh[4] (bit j: fifth bit of value j) then qs[16] as in Q4_0; 4-byte aligned.
 template <bool kMin>
 struct DqQ5 {
-  static constexpr int kQBytes = 8 * 20, kSBytes = kMin ? 32 : 16, kSubs = 1;
+  static constexpr int kQBytes = 8 * 20, kSBytes = kMin ? 32 : 16, kSubs = 1, kCenter = 16;
   static constexpr bool kWide = false;
   struct Raw {
     uint32_t qh[2], q0[2], q1[2];
@@ -308,7 +317,7 @@ struct Dq<TensorType::kQ5_1> : DqQ5<true> {};
 // Q8_0: qs[32] signed bytes; flipping the sign bit gives u = q + 128.
 template <>
 struct Dq<TensorType::kQ8_0> {
-  static constexpr int kQBytes = 8 * 32, kSBytes = 16, kSubs = 1;
+  static constexpr int kQBytes = 8 * 32, kSBytes = 16, kSubs = 1, kCenter = 0;
   static constexpr bool kWide = true;
   struct Raw {
     uint2 q[2];
@@ -334,7 +343,7 @@ struct Dq<TensorType::kQ8_0> {
 // nibbles); bit j of qh[l] is the fifth bit of value l of sub-block j.
 template <bool kQ5>
 struct DqK {
-  static constexpr int kQBytes = kQ5 ? 176 : 144, kSBytes = 0, kSubs = 1;
+  static constexpr int kQBytes = kQ5 ? 176 : 144, kSBytes = 0, kSubs = 1, kCenter = kQ5 ? 16 : 8;
   static constexpr int kQsOff = kQ5 ? 48 : 16;
   static constexpr bool kWide = false;
   struct Raw {
@@ -382,7 +391,7 @@ struct Dq<TensorType::kQ5_K> : DqK<true> {};
 // chunks of a pair share the ql bytes.
 template <>
 struct Dq<TensorType::kQ6_K> {
-  static constexpr int kQBytes = 208, kSBytes = 4, kSubs = 2;
+  static constexpr int kQBytes = 208, kSBytes = 4, kSubs = 2, kCenter = 32;
   static constexpr bool kWide = false;
   struct Raw {
     uint2 ql, qh;
@@ -459,7 +468,7 @@ struct KernelArgs {
   int n_stages = 0;  // cols / 256
   int splits = 1;
   int token_tiles = 1;  // gridDim.x
-  int groups = 0;  // 8-token groups of x (gemm_dq_acts_elems)
+  int groups = 0;       // 8-token groups of x (gemm_dq_acts_elems)
   float* partials = nullptr;
   unsigned* counters = nullptr;
 };
@@ -472,8 +481,8 @@ struct CopyPlan {
   using L = Layout<T, NB>;
   uint32_t w_src[L::kWSlots], w_dst[L::kWSlots];
   uint32_t s_src = 0, s_dst = 0;  // scale piece (16 bytes, or Q6_K's 4-byte word)
-  const __nv_bfloat16* x_src;  // stage 0 of the tile's first group
-  int x_groups = 0;            // groups of the tile that hold tokens (<= NB)
+  const __nv_bfloat16* x_src;     // stage 0 of the tile's first group
+  int x_groups = 0;               // groups of the tile that hold tokens (<= NB)
 
   __device__ CopyPlan(const KernelArgs& a, int64_t row0, int tok0) {
     using P = Dq<T>;
@@ -530,8 +539,7 @@ struct CopyPlan {
   // others keep stale values, which only reach y's columns that are not stored) into `buf`:
   // one bulk copy counted on the stage's mbarrier `bar` with sm_90a, else 16-byte pieces.
   __device__ void acts(const KernelArgs& a, int st, uint8_t* buf, uint32_t bar) const {
-    const __nv_bfloat16* src =
-        x_src + static_cast<int64_t>(st) * a.groups * (kXGroupBytes / 2);
+    const __nv_bfloat16* src = x_src + static_cast<int64_t>(st) * a.groups * (kXGroupBytes / 2);
 #if TPNODE_GEMM_DQ_WGMMA
     if (threadIdx.x == 0) {
       const uint32_t bytes = static_cast<uint32_t>(x_groups) * kXGroupBytes;
@@ -544,7 +552,8 @@ struct CopyPlan {
 #pragma unroll
     for (int k = 0; k < NB; ++k) {
       if (k < x_groups) {
-        cp_async16(buf + L::kXOff + k * kXGroupBytes + 16 * tid, src + k * (kXGroupBytes / 2) + 8 * tid);
+        cp_async16(buf + L::kXOff + k * kXGroupBytes + 16 * tid,
+                   src + k * (kXGroupBytes / 2) + 8 * tid);
       }
     }
 #endif
@@ -583,7 +592,7 @@ __device__ __forceinline__ void decode_chunk(const typename Dq<T>::Raw (&raw)[kR
       if constexpr (P::kWide) {
         to_bf16_wide(u, sc_lane[rt * 16 + 8 * h], af[rt][h]);
       } else {
-        to_bf16_packed(u, sc_lane[rt * 16 + 8 * h], af[rt][h]);
+        to_bf16_packed<P::kCenter>(u, sc_lane[rt * 16 + 8 * h], af[rt][h]);
       }
     }
   }
@@ -767,7 +776,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
       P::scales(buf + sc_row * L::kQStride, buf + L::kSOff + sc_row * P::kSBytes,
                 static_cast<int>((sc_row_bytes + 2 * st) & 2), wk, dc);
 #pragma unroll
-      for (int k = 0; k < 4 * P::kSubs; ++k) sc[k * 32 + lane] = P::kWide ? dc[k] : packed_scales(dc[k]);
+      for (int k = 0; k < 4 * P::kSubs; ++k)
+        sc[k * 32 + lane] = P::kWide ? dc[k] : packed_scales<P::kCenter>(dc[k]);
     }
     __syncwarp();
 #if TPNODE_GEMM_DQ_WGMMA
@@ -939,9 +949,8 @@ GemmDqPlan gemm_dq_plan(const GemmDqParams& p) {
   const int64_t n_stages = p.w.cols / kStageK;
   // One resident CTA per SM; each split keeps at least two stages for the pipeline to overlap,
   // and the CTA that adds the partial sums reads less than 128 KB of them.
-  int64_t s = std::min<int64_t>(
-      {kGemmDqMaxSplits, current_device_sms("gemm_dq") / tiles, n_stages / 2,
-       std::max(1, 32 / tk.nb)});
+  int64_t s = std::min<int64_t>({kGemmDqMaxSplits, current_device_sms("gemm_dq") / tiles,
+                                 n_stages / 2, std::max(1, 32 / tk.nb)});
   s = std::max<int64_t>(s, 1);
   while (s > 1 && !workspace_fits(p, static_cast<int>(s))) --s;
   plan.k_splits = static_cast<int>(s);
