@@ -707,7 +707,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   // Every CTA reads the same x: row tiles start at different stages of their range (and wrap
   // around) so that they do not all ask the same L2 lines for it at once.
   const int rot = static_cast<int>(static_cast<int64_t>(blockIdx.y) * n_st / gridDim.y);
-  auto stage_at = [&](int i) { return st0 + (i + rot) % n_st; };
+  auto stage_at = [&](int i) {  // i < n_st and rot < n_st: one wrap at most, no division
+    const int k = i + rot;
+    return st0 + (k >= n_st ? k - n_st : k);
+  };
   const CopyPlan<T, NB> copy(a, row0, tok0);
   float2* sc = reinterpret_cast<float2*>(smem + L::kScaleOff) + warp * L::kWarpScales;
   // The row whose scales this lane works out each stage, and (Q6_K) where its half sits in
@@ -762,6 +765,13 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
     // (stage it - 2 with four buffers: each warpgroup waited for its MMAs while computing
     // it - 1; stage it - 1 with three).
     __syncthreads();
+    const int st = stage_at(it);
+    const uint8_t* buf = smem + (it % S) * L::kStageBytes;
+    // The scales' shared-memory reads go out first: the refill's address work below hides
+    // their latency (every warp reaches this point together, so no other warp would).
+    float2 dc[4 * P::kSubs];
+    P::scales(buf + sc_row * L::kQStride, buf + L::kSOff + sc_row * P::kSBytes,
+              static_cast<int>((sc_row_bytes + 2 * st) & 2), wk, dc);
     const int nx = it + kAhead;
     if (nx < n_st) {
       uint8_t* nbuf = smem + (nx % S) * L::kStageBytes;
@@ -769,16 +779,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
       copy.acts(a, stage_at(nx), nbuf, bars + 8 * (nx % S));
     }
     cp_async_commit();
-    const int st = stage_at(it);
-    const uint8_t* buf = smem + (it % S) * L::kStageBytes;
-    {
-      float2 dc[4 * P::kSubs];
-      P::scales(buf + sc_row * L::kQStride, buf + L::kSOff + sc_row * P::kSBytes,
-                static_cast<int>((sc_row_bytes + 2 * st) & 2), wk, dc);
 #pragma unroll
-      for (int k = 0; k < 4 * P::kSubs; ++k)
-        sc[k * 32 + lane] = P::kWide ? dc[k] : packed_scales<P::kCenter>(dc[k]);
-    }
+    for (int k = 0; k < 4 * P::kSubs; ++k)
+      sc[k * 32 + lane] = P::kWide ? dc[k] : packed_scales<P::kCenter>(dc[k]);
     __syncwarp();
 #if TPNODE_GEMM_DQ_WGMMA
     compute_stage_wg<T, NB>(buf, sc, wr, wk, acc);
