@@ -635,23 +635,29 @@ __device__ __forceinline__ void compute_stage(const uint8_t* buf, const float2* 
 }
 
 #if TPNODE_GEMM_DQ_WGMMA
-// compute_stage on warpgroup MMAs. Every chunk's four wgmmas are one commit group; before the
-// registers of chunk i are decoded again (chunk i + 2), the group of chunk i has finished.
+// compute_stage on warpgroup MMAs. Every chunk's four wgmmas are one commit group, and each of
+// the stage's four chunks decodes into its own registers: before chunk c's registers are
+// decoded again (chunk c of the next stage), at most kWgInFlight groups are pending, so the
+// one that last read them has finished while the three after it may still run. One group in
+// flight made each chunk wait for the tensor cores' latency on the previous one.
+constexpr int kWgInFlight = 3;
 template <TensorType T, int NB>
 __device__ __forceinline__ void compute_stage_wg(const uint8_t* buf, const float2* sc, int wr,
                                                  int wk, float (&acc)[kRT][NB][4]) {
   using P = Dq<T>;
   using L = Layout<T, NB>;
   const uint32_t xs = smem_addr(buf + L::kXOff);
-  uint32_t af[2][kRT][2][4];
+  uint32_t af[4][kRT][2][4];
+  static_assert(kWgInFlight <= 3, "four chunks' registers: at most three groups pending");
 #pragma unroll
   for (int pp = 0; pp < 2; ++pp) {
     typename P::Raw raw[kRT][2];
     load_pair<T, NB>(buf, wr, wk, pp, raw);
 #pragma unroll
     for (int hc = 0; hc < 2; ++hc) {
-      wg_wait<1>();  // the group that last read af[hc]
-      decode_chunk<T>(raw, sc, wk, pp, hc, af[hc]);
+      uint32_t(&a)[kRT][2][4] = af[2 * pp + hc];
+      wg_wait<kWgInFlight>();  // the group that last read a
+      decode_chunk<T>(raw, sc, wk, pp, hc, a);
       wg_fence();
       const uint32_t piece0 = xs + 4 * (4 * wk + P::chunk(pp, hc)) * 128;
 #pragma unroll
@@ -659,7 +665,7 @@ __device__ __forceinline__ void compute_stage_wg(const uint8_t* buf, const float
         const uint64_t b = wg_desc(piece0 + 2 * u * 128, 128, kXGroupBytes);
 #pragma unroll
         for (int rt = 0; rt < kRT; ++rt) {
-          const uint32_t(&f)[2][4] = af[hc][rt];
+          const uint32_t(&f)[2][4] = a[rt];
           Wgmma<NB>::run(acc[rt], f[0][2 * u], f[1][2 * u], f[0][2 * u + 1], f[1][2 * u + 1], b);
         }
       }
