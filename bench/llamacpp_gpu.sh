@@ -329,6 +329,8 @@ run() {
     local devs
     devs="$(IFS=,; echo "${gpus[*]:0:ngpu}")"
     CUDA_VISIBLE_DEVICES="$devs" bench_one "${ngpu}gpu_layer" -sm layer
+    # With the llama.cpp of llama-cpp-python 0.3.36 this fails to load ("failed to load
+    # model"; its loader refuses split buffers, ggml-org/llama.cpp#27465); kept for a newer copy.
     CUDA_VISIBLE_DEVICES="$devs" bench_one "${ngpu}gpu_row" -sm row
     # llama.cpp's tensor-parallel mode (all-reduce through NCCL): the closest to tpnode's TP.
     CUDA_VISIBLE_DEVICES="$devs" bench_one "${ngpu}gpu_tensor" -sm tensor
