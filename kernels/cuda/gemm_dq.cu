@@ -1,4 +1,6 @@
 // Dequantizing BF16 tensor-core GEMM (see gemm_dq.h).
+#include "kernels/cuda/gemm_dq.h"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -10,7 +12,6 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_query.h"
 #include "kernels/cuda/dispatch.cuh"
-#include "kernels/cuda/gemm_dq.h"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
 
@@ -638,8 +639,8 @@ __device__ __forceinline__ void compute_stage(const uint8_t* buf, const float2* 
 // compute_stage on warpgroup MMAs. Every chunk's four wgmmas are one commit group, and each of
 // the stage's four chunks decodes into its own registers: before chunk c's registers are
 // decoded again (chunk c of the next stage), at most kWgInFlight groups are pending, so the
-// one that last read them has finished while the three after it may still run. One group in
-// flight made each chunk wait for the tensor cores' latency on the previous one.
+// one that last read them has finished while the three after it may still run (with one group
+// in flight batch 64 on gemm_dq was 1% slower; docs/BENCHMARKS.md, ninth session).
 constexpr int kWgInFlight = 3;
 template <TensorType T, int NB>
 __device__ __forceinline__ void compute_stage_wg(const uint8_t* buf, const float2* sc, int wr,
