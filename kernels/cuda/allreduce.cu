@@ -94,9 +94,6 @@ __device__ __forceinline__ int32_t wait_for(const OneShotParams& p, Ready ready)
   }
 }
 
-// Visits this thread's elements of this block's chunks (4 floats per thread each; chunk c
-// belongs to block c % gridDim.x): float4s when `vec` (then every pointer is 16-byte aligned),
-// single floats otherwise and for a chunk's tail.
 // Rank r's four LL words at `w` once they carry `epoch`, as a float4 (`failed` turns non-zero
 // when the wait gives up).
 __device__ __forceinline__ float4 wait_ll4(const OneShotParams& p, const uint2* w, uint32_t epoch,
@@ -138,6 +135,9 @@ __device__ __forceinline__ float4 sum_ll4(const OneShotParams& p, float4 mine, u
   return acc;
 }
 
+// Visits this thread's elements of this block's chunks (4 floats per thread each; chunk c
+// belongs to block c % gridDim.x): float4s when `vec` (then every pointer is 16-byte aligned),
+// single floats otherwise and for a chunk's tail.
 template <int Threads, typename F4, typename F1>
 __device__ __forceinline__ void for_block_elements(int64_t n, bool vec, F4 f4, F1 f1) {
   constexpr int64_t kChunk = 4 * Threads;

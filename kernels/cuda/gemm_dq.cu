@@ -159,9 +159,14 @@ __device__ __forceinline__ float wide_value(uint32_t u, int i, float2 dc) {
   return fmaf(__uint_as_float(__byte_perm(u, 0x47000000u, 0x7404u | (i << 4))), dc.x, dc.y);
 }
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+__device__ __forceinline__ uint32_t bf16x2_bits(__nv_bfloat162 v) {
   return *reinterpret_cast<const uint32_t*>(&v);
+}
+__device__ __forceinline__ __nv_bfloat162 bf16x2_of(uint32_t bits) {
+  return *reinterpret_cast<const __nv_bfloat162*>(&bits);
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  return bf16x2_bits(__floats2bfloat162_rn(lo, hi));
 }
 
 // The A registers of one row: value pairs (0,1), (2,3), (4,5), (6,7) of the lane's eight.
@@ -181,20 +186,13 @@ __device__ __forceinline__ void to_bf16_wide(uint2 u, float2 dc, uint32_t (&a)[4
 // from its middle (zero for Q4_0, Q5_0, Q6_K) rather than its minimum, so the weights of
 // Q4_1-type blocks land at an NMSE of ~6e-6 against the exact dequantization where rounding
 // from u = 0 gave ~2e-5 (tests/cuda/gemm_dq_test.cpp bounds the result).
-__device__ __forceinline__ uint32_t bf16x2_bits(__nv_bfloat162 v) {
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-__device__ __forceinline__ __nv_bfloat162 bf16x2_of(uint32_t bits) {
-  return *reinterpret_cast<const __nv_bfloat162*>(&bits);
-}
-// (d, c) as the scales stage them (c includes -128 d) into the bits of (d, d) and
+//
+// packed_scales: (d, c) as the scales stage them (c includes -128 d) into the bits of (d, d) and
 // (c + (128 + z) d, same), as the packed decode reads them.
 template <int kCenter>
 __device__ __forceinline__ float2 packed_scales(float2 dc) {
-  const uint32_t d2 = bf16x2_bits(__floats2bfloat162_rn(dc.x, dc.x));
   const float c = fmaf(static_cast<float>(128 + kCenter), dc.x, dc.y);
-  const uint32_t c2 = bf16x2_bits(__floats2bfloat162_rn(c, c));
-  return make_float2(__uint_as_float(d2), __uint_as_float(c2));
+  return make_float2(__uint_as_float(pack_bf16(dc.x, dc.x)), __uint_as_float(pack_bf16(c, c)));
 }
 template <int kCenter>
 __device__ __forceinline__ uint32_t packed_pair(uint32_t u, uint32_t sel, __nv_bfloat162 d2,
