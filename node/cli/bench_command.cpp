@@ -113,9 +113,12 @@ std::pair<TensorType, std::vector<std::pair<std::string, TensorType>>> bench_typ
     return {TensorType::kQ4_K,
             {{"ffn_down.weight", TensorType::kQ6_K}, {"output.weight", TensorType::kQ6_K}}};
   }
-  if (t == "q8_0") return {TensorType::kQ8_0, {}};
-  if (t == "bf16") return {TensorType::kBF16, {}};
-  TPNODE_THROW(ErrorKind::kInvalidInput, "--type {}: expected q4_k, q4_k_m, q8_0 or bf16", t);
+  // Any weight type by its name, every matrix of that type.
+  if (const std::optional<TensorType> type = tensor_type_from_name(t)) return {*type, {}};
+  TPNODE_THROW(ErrorKind::kInvalidInput,
+               "--type {}: expected q4_k_m or a weight type (f32, f16, bf16, q8_0, q4_0, q4_1, "
+               "q5_0, q5_1, q4_k, q5_k, q6_k)",
+               t);
 }
 
 // One status line, rewritten in place on a terminal.
@@ -402,7 +405,9 @@ const RegisterCommand kRegister{Command{
     [](CLI::App& sub) -> std::function<int()> {
       auto o = std::make_shared<BenchOptions>();
       sub.add_option("--shape", o->shape, "smollm2-135m, llama3-8b, llama3-70b or qwen2-7b");
-      sub.add_option("--type", o->type, "q4_k, q4_k_m, q8_0 or bf16 (synthetic weights)");
+      sub.add_option("--type", o->type,
+                     "q4_k_m (Q6_K ffn_down and output) or one weight type for every matrix: "
+                     "bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k (synthetic weights)");
       sub.add_option("-m,--model", o->model, "a model file instead of a shape");
       sub.add_option("--backend", o->backend, "auto, cpu or cuda")
           ->check(CLI::IsMember({"auto", "cpu", "cuda"}));

@@ -1,5 +1,6 @@
 #include "node/model/tensor_type.h"
 
+#include <algorithm>
 #include <array>
 
 #include "kernels/cpu/dequantize.h"
@@ -59,6 +60,14 @@ std::string_view type_name(TensorType type) {
     case TensorType::kQ8_K: return "Q8_K";
     default: return "unknown";
   }
+}
+
+std::optional<TensorType> tensor_type_from_name(std::string_view name) {
+  auto lower = [](char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; };
+  for (const auto& [t, traits] : kTraits) {
+    if (std::ranges::equal(traits.name, name, {}, lower, lower)) return t;
+  }
+  return std::nullopt;
 }
 
 size_t row_bytes(TensorType type, int64_t n) {

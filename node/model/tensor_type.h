@@ -40,6 +40,10 @@ std::optional<TensorType> tensor_type_from_gguf(uint32_t raw);
 
 std::string_view type_name(TensorType type);
 
+// The weight type named `name` as type_name spells it, in any case ("q4_1", "BF16"); nullopt
+// when no supported weight type has that name.
+std::optional<TensorType> tensor_type_from_name(std::string_view name);
+
 // Bytes of a row of n elements; throws when n is not a multiple of the block size.
 size_t row_bytes(TensorType type, int64_t n);
 

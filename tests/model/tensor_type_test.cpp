@@ -118,6 +118,18 @@ TEST(TensorType, UnsupportedTypes) {
   }
 }
 
+TEST(TensorType, FromNameInAnyCase) {
+  EXPECT_EQ(tensor_type_from_name("q4_1"), TensorType::kQ4_1);
+  EXPECT_EQ(tensor_type_from_name("Q4_1"), TensorType::kQ4_1);
+  EXPECT_EQ(tensor_type_from_name("q6_K"), TensorType::kQ6_K);
+  EXPECT_EQ(tensor_type_from_name("bf16"), TensorType::kBF16);
+  EXPECT_EQ(tensor_type_from_name("f32"), TensorType::kF32);
+  // Activation-only and unknown names.
+  for (const char* name : {"q8_1", "Q8_K", "q4_k_m", "q4", "", "q4_11", "bf16 "}) {
+    EXPECT_FALSE(tensor_type_from_name(name).has_value()) << name;
+  }
+}
+
 TEST(TensorType, RejectsPartialBlocks) {
   std::vector<uint8_t> buf(1024);
   std::vector<float> out(1024);
