@@ -645,7 +645,11 @@ __device__ __forceinline__ void compute_stage_wg(const uint8_t* buf, const float
                                                  int wk, float (&acc)[kRT][NB][4]) {
   using P = Dq<T>;
   using L = Layout<T, NB>;
-  const uint32_t xs = smem_addr(buf + L::kXOff);
+  // The B descriptors of the stage differ only in their start address (bits 0-13, in 16-byte
+  // units, far from overflowing: shared memory is below 256 KB), by compile-time offsets: one
+  // descriptor per stage, the others by adding a constant (warp-uniform, so no per-chunk
+  // address arithmetic and register-to-uniform moves).
+  const uint64_t desc0 = wg_desc(smem_addr(buf + L::kXOff) + 4 * 4 * wk * 128, 128, kXGroupBytes);
   uint32_t af[4][kRT][2][4];
   static_assert(kWgInFlight <= 3, "four chunks' registers: at most three groups pending");
 #pragma unroll
@@ -658,10 +662,9 @@ __device__ __forceinline__ void compute_stage_wg(const uint8_t* buf, const float
       wg_wait<kWgInFlight>();  // the group that last read a
       decode_chunk<T>(raw, sc, wk, pp, hc, a);
       wg_fence();
-      const uint32_t piece0 = xs + 4 * (4 * wk + P::chunk(pp, hc)) * 128;
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const uint64_t b = wg_desc(piece0 + 2 * u * 128, 128, kXGroupBytes);
+        const uint64_t b = desc0 + ((4 * P::chunk(pp, hc) + 2 * u) * 128 >> 4);
 #pragma unroll
         for (int rt = 0; rt < kRT; ++rt) {
           const uint32_t(&f)[2][4] = a[rt];
@@ -701,7 +704,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   __shared__ int s_last;
   __shared__ __align__(8) uint64_t s_bars[4];  // per ring buffer: its activations landed (sm_90a)
 
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  // The warp index broadcast from lane 0: the compiler then knows it (and what derives from it,
+  // like the MMA descriptors) is warp-uniform.
+  const int lane = threadIdx.x % 32, warp = __shfl_sync(0xffffffffu, threadIdx.x / 32, 0);
   const int wr = warp % kRowWarps, wk = warp / kRowWarps;
   const int tt = static_cast<int>(blockIdx.x), split = static_cast<int>(blockIdx.z);
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTileRows;
