@@ -63,7 +63,7 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
 }
-__device__ __forceinline__ void cp_async_commit() {
+[[maybe_unused]] __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
 template <int N>
@@ -702,7 +702,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   constexpr int S = L::kStages;
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ int s_last;
-  __shared__ __align__(8) uint64_t s_bars[4];  // per ring buffer: its activations landed (sm_90a)
+  // Per ring buffer (sm_90a): full, its stage landed (every thread's cp.async and the
+  // activations' bulk copy); empty, every warp is done reading it.
+  __shared__ __align__(8) uint64_t s_bars[4];
+  __shared__ __align__(8) uint64_t s_empty[4];
 
   // The warp index broadcast from lane 0: the compiler then knows it (and what derives from it,
   // like the MMA descriptors) is warp-uniform.
@@ -730,20 +733,28 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
       min(row0 + sc_row, a.w.rows - 1) * static_cast<int64_t>(a.w.s_row_bytes);
 
   static_assert(S <= 4, "one mbarrier per ring buffer");
-  const uint32_t bars = smem_u32(s_bars);
+  const uint32_t bars = smem_u32(s_bars), empties = smem_u32(s_empty);
 #if TPNODE_GEMM_DQ_WGMMA
   if (threadIdx.x == 0) {
-    for (int i = 0; i < S; ++i) mbar_init(bars + 8 * i, 1);
+    for (int i = 0; i < S; ++i) {
+      mbar_init(bars + 8 * i, kThreads + 1);  // every thread's copies, and the expect_tx
+      mbar_init(empties + 8 * i, kThreads / 32);
+    }
     mbar_fence_init();
   }
   __syncthreads();
+  // Stages in flight beyond the one computed: the refill at stage it reuses the buffer of
+  // stage it - 2, which every warp released while computing it - 1, so warps only wait for
+  // each other when one falls a stage behind (no barrier per stage).
+  constexpr int kAhead = S - 2;
+#else
+  // With four buffers, S - 2: the buffer of stage it - 1 may still be read by its last
+  // asynchronous MMAs while stage it is computed. With three, S - 1, and each stage's MMAs
+  // finish before the next stage's copies start.
+  constexpr int kAhead = S >= 4 ? S - 2 : S - 1;
 #endif
   // The weights of the first stages are in flight before the previous kernel has finished;
   // x is its output.
-  // Stages in flight beyond the one computed. With four buffers, S - 2: the buffer of stage
-  // it - 1 may still be read by its last asynchronous MMAs while stage it is computed. With
-  // three, S - 1, and each stage's MMAs finish before the next stage's copies start.
-  constexpr int kAhead = S >= 4 ? S - 2 : S - 1;
 #pragma unroll
   for (int s = 0; s < kAhead; ++s) {
     if (s < n_st) copy.weights(a, stage_at(s), smem + s * L::kStageBytes);
@@ -752,7 +763,11 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
 #pragma unroll
   for (int s = 0; s < kAhead; ++s) {
     if (s < n_st) copy.acts(a, stage_at(s), smem + s * L::kStageBytes, bars + 8 * s);
+#if TPNODE_GEMM_DQ_WGMMA
+    if (s < n_st) cp_async_mbar_arrive(bars + 8 * s);
+#else
     cp_async_commit();
+#endif
   }
 
   float acc[kRT][NB][4];
@@ -766,15 +781,15 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   }
 
   for (int it = 0; it < n_st; ++it) {
-    cp_async_wait<kAhead - 1>();
 #if TPNODE_GEMM_DQ_WGMMA
-    mbar_wait(bars + 8 * (it % S), (it / S) & 1);
-    if constexpr (kAhead == S - 1) wg_wait<0>();
-#endif
+    mbar_wait(bars + 8 * (it % S), (it / S) & 1);  // stage `it` landed, every thread's part
+#else
+    cp_async_wait<kAhead - 1>();
     // Stage `it` landed for all threads; every warp is done with the buffer refilled below
     // (stage it - 2 with four buffers: each warpgroup waited for its MMAs while computing
     // it - 1; stage it - 1 with three).
     __syncthreads();
+#endif
     const int st = stage_at(it);
     const uint8_t* buf = smem + (it % S) * L::kStageBytes;
     // The scales' shared-memory reads go out first: the refill's address work below hides
@@ -784,17 +799,36 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
               static_cast<int>((sc_row_bytes + 2 * st) & 2), wk, dc);
     const int nx = it + kAhead;
     if (nx < n_st) {
-      uint8_t* nbuf = smem + (nx % S) * L::kStageBytes;
+      const int nb = nx % S;
+      uint8_t* nbuf = smem + nb * L::kStageBytes;
+#if TPNODE_GEMM_DQ_WGMMA
+      // The buffer's previous stage (nx - S) was released by every warp: the k-th release of
+      // buffer nb completes its empty barrier's phase k.
+      if (nx >= S) mbar_wait(empties + 8 * nb, ((nx - S) / S) & 1);
+#endif
       copy.weights(a, stage_at(nx), nbuf);
-      copy.acts(a, stage_at(nx), nbuf, bars + 8 * (nx % S));
+      copy.acts(a, stage_at(nx), nbuf, bars + 8 * nb);
+#if TPNODE_GEMM_DQ_WGMMA
+      cp_async_mbar_arrive(bars + 8 * nb);
+#endif
     }
+#if !TPNODE_GEMM_DQ_WGMMA
     cp_async_commit();
+#endif
 #pragma unroll
     for (int k = 0; k < 4 * P::kSubs; ++k)
       sc[k * 32 + lane] = P::kWide ? dc[k] : packed_scales<P::kCenter>(dc[k]);
     __syncwarp();
 #if TPNODE_GEMM_DQ_WGMMA
+    // Stages up to n_st - 2 are released (only those are refilled: nx - S <= n_st - 1 - S).
     compute_stage_wg<T, NB>(buf, sc, wr, wk, acc);
+    // The fourth chunk waited until at most three groups were pending, all of this stage: the
+    // previous stage's MMAs are done, and this warp's reads of its shared memory long
+    // finished. Stages up to n_st - 2 are released; only those are refilled.
+    if (it >= 1) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empties + 8 * ((it - 1) % S));
+    }
 #else
     compute_stage<T, NB>(buf, sc, wr, wk, acc);
 #endif
