@@ -733,26 +733,41 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
       min(row0 + sc_row, a.w.rows - 1) * static_cast<int64_t>(a.w.s_row_bytes);
 
   static_assert(S <= 4, "one mbarrier per ring buffer");
+  // Stages in flight beyond the one computed. With four buffers, S - 2: the refill at stage it
+  // reuses the buffer of stage it - 2, whose last asynchronous MMAs finished while it - 1 was
+  // computed. With three, S - 1, and each stage's MMAs finish before the next stage's copies
+  // start.
+  constexpr int kAhead = S >= 4 ? S - 2 : S - 1;
+  // With four buffers (sm_90a) the ring runs on full/empty mbarriers instead of a barrier per
+  // stage: full, the stage landed (every thread's cp.async and the activations' bulk copy);
+  // empty, every warp released it (after computing the stage after it). So warps only wait for
+  // each other when one falls a stage behind. With three buffers a refill would wait for the
+  // release of the stage just before, which is a barrier per stage again.
+#if TPNODE_GEMM_DQ_WGMMA
+  constexpr bool kRing = S >= 4;
+#else
+  constexpr bool kRing = false;
+#endif
   const uint32_t bars = smem_u32(s_bars), empties = smem_u32(s_empty);
 #if TPNODE_GEMM_DQ_WGMMA
   if (threadIdx.x == 0) {
     for (int i = 0; i < S; ++i) {
-      mbar_init(bars + 8 * i, kThreads + 1);  // every thread's copies, and the expect_tx
-      mbar_init(empties + 8 * i, kThreads / 32);
+      mbar_init(bars + 8 * i, kRing ? kThreads + 1 : 1);  // copies (ring) and the expect_tx
+      if constexpr (kRing) mbar_init(empties + 8 * i, kThreads / 32);
     }
     mbar_fence_init();
   }
   __syncthreads();
-  // Stages in flight beyond the one computed: the refill at stage it reuses the buffer of
-  // stage it - 2, which every warp released while computing it - 1, so warps only wait for
-  // each other when one falls a stage behind (no barrier per stage).
-  constexpr int kAhead = S - 2;
-#else
-  // With four buffers, S - 2: the buffer of stage it - 1 may still be read by its last
-  // asynchronous MMAs while stage it is computed. With three, S - 1, and each stage's MMAs
-  // finish before the next stage's copies start.
-  constexpr int kAhead = S >= 4 ? S - 2 : S - 1;
 #endif
+  // Arrives on the full barrier of buffer b once this thread's copies issued so far landed
+  // (ring), or closes the cp.async group of the stage.
+  auto copies_issued = [&](int b) {
+    if constexpr (kRing) {
+      cp_async_mbar_arrive(bars + 8 * b);
+    } else {
+      cp_async_commit();
+    }
+  };
   // The weights of the first stages are in flight before the previous kernel has finished;
   // x is its output.
 #pragma unroll
@@ -763,11 +778,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
 #pragma unroll
   for (int s = 0; s < kAhead; ++s) {
     if (s < n_st) copy.acts(a, stage_at(s), smem + s * L::kStageBytes, bars + 8 * s);
-#if TPNODE_GEMM_DQ_WGMMA
-    if (s < n_st) cp_async_mbar_arrive(bars + 8 * s);
-#else
-    cp_async_commit();
-#endif
+    if (!kRing || s < n_st) copies_issued(s);
   }
 
   float acc[kRT][NB][4];
@@ -781,19 +792,23 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   }
 
   for (int it = 0; it < n_st; ++it) {
+    if constexpr (kRing) {
+      mbar_wait(bars + 8 * (it % S), (it / S) & 1);  // stage `it` landed, every thread's part
+    } else {
+      cp_async_wait<kAhead - 1>();
 #if TPNODE_GEMM_DQ_WGMMA
-    mbar_wait(bars + 8 * (it % S), (it / S) & 1);  // stage `it` landed, every thread's part
-#else
-    cp_async_wait<kAhead - 1>();
-    // Stage `it` landed for all threads; every warp is done with the buffer refilled below
-    // (stage it - 2 with four buffers: each warpgroup waited for its MMAs while computing
-    // it - 1; stage it - 1 with three).
-    __syncthreads();
+      mbar_wait(bars + 8 * (it % S), (it / S) & 1);
+      if constexpr (kAhead == S - 1) wg_wait<0>();
 #endif
+      // Stage `it` landed for all threads; every warp is done with the buffer refilled below
+      // (stage it - 2 with four buffers: each warpgroup waited for its MMAs while computing
+      // it - 1; stage it - 1 with three).
+      __syncthreads();
+    }
     const int st = stage_at(it);
     const uint8_t* buf = smem + (it % S) * L::kStageBytes;
     // The scales' shared-memory reads go out first: the refill's address work below hides
-    // their latency (every warp reaches this point together, so no other warp would).
+    // their latency.
     float2 dc[4 * P::kSubs];
     P::scales(buf + sc_row * L::kQStride, buf + L::kSOff + sc_row * P::kSBytes,
               static_cast<int>((sc_row_bytes + 2 * st) & 2), wk, dc);
@@ -801,33 +816,30 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
     if (nx < n_st) {
       const int nb = nx % S;
       uint8_t* nbuf = smem + nb * L::kStageBytes;
-#if TPNODE_GEMM_DQ_WGMMA
-      // The buffer's previous stage (nx - S) was released by every warp: the k-th release of
-      // buffer nb completes its empty barrier's phase k.
-      if (nx >= S) mbar_wait(empties + 8 * nb, ((nx - S) / S) & 1);
-#endif
+      // Ring: the buffer's previous stage (nx - S) was released by every warp; the k-th
+      // release of buffer nb completes its empty barrier's phase k.
+      if constexpr (kRing) {
+        if (nx >= S) mbar_wait(empties + 8 * nb, ((nx - S) / S) & 1);
+      }
       copy.weights(a, stage_at(nx), nbuf);
       copy.acts(a, stage_at(nx), nbuf, bars + 8 * nb);
-#if TPNODE_GEMM_DQ_WGMMA
-      cp_async_mbar_arrive(bars + 8 * nb);
-#endif
+      if constexpr (kRing) copies_issued(nb);
     }
-#if !TPNODE_GEMM_DQ_WGMMA
-    cp_async_commit();
-#endif
+    if constexpr (!kRing) copies_issued(0);
 #pragma unroll
     for (int k = 0; k < 4 * P::kSubs; ++k)
       sc[k * 32 + lane] = P::kWide ? dc[k] : packed_scales<P::kCenter>(dc[k]);
     __syncwarp();
 #if TPNODE_GEMM_DQ_WGMMA
-    // Stages up to n_st - 2 are released (only those are refilled: nx - S <= n_st - 1 - S).
     compute_stage_wg<T, NB>(buf, sc, wr, wk, acc);
     // The fourth chunk waited until at most three groups were pending, all of this stage: the
     // previous stage's MMAs are done, and this warp's reads of its shared memory long
-    // finished. Stages up to n_st - 2 are released; only those are refilled.
-    if (it >= 1) {
-      __syncwarp();
-      if (lane == 0) mbar_arrive(empties + 8 * ((it - 1) % S));
+    // finished. Stages up to n_st - 2 are released: only those are refilled.
+    if constexpr (kRing) {
+      if (it >= 1) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(empties + 8 * ((it - 1) % S));
+      }
     }
 #else
     compute_stage<T, NB>(buf, sc, wr, wk, acc);
