@@ -63,7 +63,7 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
 }
-[[maybe_unused]] __device__ __forceinline__ void cp_async_commit() {
+__device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
 template <int N>
@@ -702,8 +702,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   constexpr int S = L::kStages;
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ int s_last;
-  // Per ring buffer (sm_90a): full, its stage landed (every thread's cp.async and the
-  // activations' bulk copy); empty, every warp is done reading it.
+  // Per ring buffer (sm_90a): full, its activations' bulk copy landed (with the mbarrier ring
+  // below, every thread's cp.async too); empty (ring), every warp is done reading it.
   __shared__ __align__(8) uint64_t s_bars[4];
   __shared__ __align__(8) uint64_t s_empty[4];
 
@@ -763,15 +763,6 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   }
   __syncthreads();
 #endif
-  // Arrives on the full barrier of buffer b once this thread's copies issued so far landed
-  // (ring), or closes the cp.async group of the stage.
-  auto copies_issued = [&](int b) {
-    if constexpr (kRing) {
-      cp_async_mbar_arrive(bars + 8 * b);
-    } else {
-      cp_async_commit();
-    }
-  };
   // The weights of the first stages are in flight before the previous kernel has finished;
   // x is its output.
 #pragma unroll
@@ -782,7 +773,13 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
 #pragma unroll
   for (int s = 0; s < kAhead; ++s) {
     if (s < n_st) copy.acts(a, stage_at(s), smem + s * L::kStageBytes, bars + 8 * s);
-    if (!kRing || s < n_st) copies_issued(s);
+    // Ring: the full barrier counts this thread's copies once they landed; else they close
+    // the stage's cp.async group.
+    if constexpr (kRing) {
+      if (s < n_st) cp_async_mbar_arrive(bars + 8 * s);
+    } else {
+      cp_async_commit();
+    }
   }
 
   float acc[kRT][NB][4];
@@ -827,9 +824,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
       }
       copy.weights(a, stage_at(nx), nbuf);
       copy.acts(a, stage_at(nx), nbuf, bars + 8 * nb);
-      if constexpr (kRing) copies_issued(nb);
+      if constexpr (kRing) cp_async_mbar_arrive(bars + 8 * nb);
     }
-    if constexpr (!kRing) copies_issued(0);
+    if constexpr (!kRing) cp_async_commit();
 #pragma unroll
     for (int k = 0; k < 4 * P::kSubs; ++k)
       sc[k * 32 + lane] = P::kWide ? dc[k] : packed_scales<P::kCenter>(dc[k]);
