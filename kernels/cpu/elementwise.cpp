@@ -77,11 +77,11 @@ void bf16_to_f32_row(const uint16_t* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
 }
 
-void add(float* x, const float* y, int64_t n, ThreadPool& pool) {
+void add(const float* x, const float* y, float* out, int64_t n, ThreadPool& pool) {
   pool.parallel_for(
       n,
       [=](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) x[i] += y[i];
+        for (int64_t i = begin; i < end; ++i) out[i] = x[i] + y[i];
       },
       kElementGrain);
 }

@@ -98,14 +98,14 @@ struct OneShotParams {
 // rank must make the same sequence of calls with the same n.
 void one_shot_all_reduce(const OneShotParams& p, cudaStream_t stream);
 
-// The all-reduce folded into the residual add and RMSNorm after it, one CTA per row: x += the
-// sum over ranks of r (reduce.data, left as it was; the same rank-order sum as
-// one_shot_all_reduce, so the same bits), then y = rmsnorm(x) * w with the norm's optional
+// The all-reduce folded into the residual add and RMSNorm after it, one CTA per row: x_out =
+// x + the sum over ranks of r (reduce.data, left as it was; the same rank-order sum as
+// one_shot_all_reduce, so the same bits), then y = rmsnorm(x_out) * w with the norm's optional
 // 8-bit copy. LL words only: rows * n * 4 <= kOneShotLlMaxBytes, rows <= kOneShotNormMaxRows,
 // n % 4 == 0 and n <= kOneShotNormMaxCols. Counts as one call in every rank's sequence.
 struct OneShotNormParams {
   OneShotParams reduce;  // n = norm.rows * norm.n; data = norm.r
-  RmsNormParams norm;    // r and x_out = x set; the residual stream is updated in place
+  RmsNormParams norm;    // r and x_out set (x_out may be x)
 };
 bool one_shot_rmsnorm_supports(int64_t rows, int64_t n);
 void one_shot_all_reduce_rmsnorm(const OneShotNormParams& p, cudaStream_t stream);

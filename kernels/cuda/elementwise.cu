@@ -153,7 +153,7 @@ __global__ void add_kernel(AddParams p) {
   pdl_wait();
   pdl_launch_dependents();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < p.n) p.x[i] += p.y[i];
+  if (i < p.n) p.out[i] = p.x[i] + p.y[i];
 }
 
 __global__ void bias_kernel(BiasParams p) {
@@ -178,8 +178,6 @@ void rmsnorm(const RmsNormParams& p, cudaStream_t stream) {
   if (p.rows == 0) return;
   TPNODE_CHECK(p.quant.q == nullptr || p.n % 32 == 0,
                "rmsnorm: quantized output needs n % 32 == 0 (n = {})", p.n);
-  TPNODE_CHECK((p.r == nullptr) || p.x_out == nullptr || p.x_out == p.x,
-               "rmsnorm: the residual sum goes back into x or nowhere");
   if (p.n % 4 != 0) {
     TPNODE_CHECK(p.y_bf16 == nullptr, "rmsnorm: the BF16 copy needs n % 4 == 0 (n = {})", p.n);
     launch_pdl(rmsnorm_scalar_kernel, dim3(static_cast<unsigned>(p.rows)), dim3(kThreads), 0,

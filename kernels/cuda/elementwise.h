@@ -22,7 +22,7 @@ struct RmsNormParams {
   float eps = 1e-5f;
   QuantActs quant;           // optional (q == null: off); needs n % 32 == 0
   // Optional residual add first: x + r is what gets normalised, and is written to x_out
-  // (null, or x itself: the residual stream updated in place).
+  // (null: nowhere; x itself: in place; or another buffer, which must not partly overlap x).
   const float* r = nullptr;  // [rows, n]
   float* x_out = nullptr;
   // Optional BF16 copy of y (n % 4 == 0): what a BF16 GEMM after the norm reads, written here
@@ -55,8 +55,9 @@ struct SwigluParams {
 void swiglu(const SwigluParams& p, cudaStream_t stream);
 
 struct AddParams {
-  float* x = nullptr;        // [n] in place: x += y
+  const float* x = nullptr;  // [n]
   const float* y = nullptr;  // [n]
+  float* out = nullptr;      // [n] x + y; may be x
   int64_t n = 0;
 };
 void add(const AddParams& p, cudaStream_t stream);

@@ -161,58 +161,77 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas) gemv1_kernel(GemvG
 // The RMSNorm in front of the GEMV (gemv_norm_group), run by every CTA over the whole row
 // before its first dot product: x (+ r) times the norm weights, quantized chunk by chunk into
 // the CTA's shared memory (the 8-bit copy of a row does not depend on the row's scale, so the
-// 1 / rms that the sum of squares gives scales the outputs instead). With r, the CTA that
-// is last to have read x writes x + r back (a ticket: every other CTA has read x by then).
-// Returns 1 / rms. All threads of the CTA call it; cols % kNormColsMultiple == 0.
-__device__ float norm_into_shared(const GemvNorm& norm, int64_t cols, const QuantActs& sq) {
-  const int n4 = static_cast<int>(cols / 4);
-  const float4* x4 = reinterpret_cast<const float4*>(norm.x);
-  const float4* r4 = reinterpret_cast<const float4*>(norm.r);
-  const float4* w4 = reinterpret_cast<const float4*>(norm.w);
-  float ss = 0.0f;
-  // Whole warps per pass (n4 is a multiple of the CTA's threads), so the 8-lane shuffles of
-  // the quantization stay converged; 8 consecutive lanes hold one 32-value chunk.
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    float4 a = x4[i];
-    if (r4 != nullptr) {
-      const float4 b = r4[i];
-      a = {a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w};
-    }
-    ss = add_squares4(ss, a);
-    const float4 w = w4[i];
-    quantize_chunk8(sq, i / 8, {a.x * w.x, a.y * w.y, a.z * w.z, a.w * w.w}, true);
-  }
-  __shared__ float partial[kWarpsPerCta];
-  __shared__ bool last;
-  ss = warp_sum(ss);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
-  __syncthreads();  // every thread of the CTA has consumed its reads of x
-  if (threadIdx.x == 0 && r4 != nullptr) {
-    __threadfence();
-    const uint32_t ticket = atomicAdd(norm.counter, 1u);
-    last = ticket == gridDim.x - 1;
-    if (last) *norm.counter = 0u;  // every CTA has taken its ticket: left zero for the next launch
-  }
-  if (r4 != nullptr) __syncthreads();
-  float total = 0.0f;
+// 1 / rms that the sum of squares gives scales the outputs instead). A pass is one float4 per
+// thread; with r, CTA c writes passes c, c + gridDim.x, ... of x + r to x_out. The loads of
+// kNormBatch passes go out together (one trip to L2 per batch, not one per pass), the norm
+// weights' first batch before pdl_wait (they are no kernel's output).
+constexpr int kNormBatch = 8;
+static_assert(kNormColsMultiple == 4 * kWarpsPerCta * 32, "a pass is one float4 per thread");
+
+struct NormPrologue {
+  float4 w[kNormBatch];
+
+  __device__ static int passes(int64_t cols) { return static_cast<int>(cols / (4 * blockDim.x)); }
+
+  __device__ void load_weights(const GemvNorm& norm, int first, int passes) {
+    const float4* w4 = reinterpret_cast<const float4*>(norm.w);
 #pragma unroll
-  for (int w = 0; w < kWarpsPerCta; ++w) total += partial[w];
-  if (r4 != nullptr && last) {
-    float4* xo = reinterpret_cast<float4*>(norm.x);
-    for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-      const float4 a = x4[i], b = r4[i];
-      xo[i] = {a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w};
+    for (int j = 0; j < kNormBatch; ++j) {
+      if (first + j < passes) w[j] = w4[(first + j) * blockDim.x + threadIdx.x];
     }
   }
-  return rsqrtf(total / static_cast<float>(cols) + norm.eps);
-}
+
+  // Returns 1 / rms. All threads of the CTA call it; cols % kNormColsMultiple == 0.
+  __device__ float run(const GemvNorm& norm, int64_t cols, const QuantActs& sq) {
+    const int np = passes(cols);
+    const float4* x4 = reinterpret_cast<const float4*>(norm.x);
+    const float4* r4 = reinterpret_cast<const float4*>(norm.r);
+    float4* xo = reinterpret_cast<float4*>(norm.x_out);
+    float ss = 0.0f;
+    for (int b = 0; b < np; b += kNormBatch) {
+      if (b > 0) load_weights(norm, b, np);
+      float4 a[kNormBatch], rr[kNormBatch];
+#pragma unroll
+      for (int j = 0; j < kNormBatch; ++j) {
+        const int i = (b + j) * blockDim.x + threadIdx.x;
+        if (b + j < np) {
+          a[j] = x4[i];
+          if (r4 != nullptr) rr[j] = r4[i];
+        }
+      }
+      // b + j < np is uniform over the CTA: the 8-lane shuffles of the quantization stay
+      // converged (8 consecutive lanes hold one 32-value chunk).
+#pragma unroll
+      for (int j = 0; j < kNormBatch; ++j) {
+        if (b + j >= np) break;
+        const int i = (b + j) * blockDim.x + threadIdx.x;
+        float4 v = a[j];
+        if (r4 != nullptr) {
+          v = {v.x + rr[j].x, v.y + rr[j].y, v.z + rr[j].z, v.w + rr[j].w};
+          if ((b + j) % static_cast<int>(gridDim.x) == static_cast<int>(blockIdx.x)) xo[i] = v;
+        }
+        ss = add_squares4(ss, v);
+        const float4 wj = w[j];
+        quantize_chunk8(sq, i / 8, {v.x * wj.x, v.y * wj.y, v.z * wj.z, v.w * wj.w}, true);
+      }
+    }
+    __shared__ float partial[kWarpsPerCta];
+    ss = warp_sum(ss);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+    __syncthreads();
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarpsPerCta; ++w) total += partial[w];
+    return rsqrtf(total / static_cast<float>(cols) + norm.eps);
+  }
+};
 
 // The same work as gemv1_kernel, but a resident grid whose row groups (R rows for one warp,
 // or for a CTA's four warps when W = 4) follow one another per warp: the weights of a
 // warp's next step (next items of the row, or its next row group) are loaded before the
 // current step's dot products, so a warp keeps loads in flight while it computes instead of
 // alternating between waiting and computing. With kNorm, the RMSNorm in front of it runs in
-// the prologue (norm_into_shared) and x's 8-bit copy lives in dynamic shared memory.
+// the prologue (NormPrologue) and x's 8-bit copy lives in dynamic shared memory.
 template <TensorType T, int R, int W, int U, bool kNorm>
 __global__ void __launch_bounds__(kWarpsPerCta * 32)
     gemv1_pipelined_kernel(GemvGroupParams p, GemvNorm norm) {
@@ -254,6 +273,8 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32)
   // Weights are no kernel's output: the first step's loads go out before waiting for the
   // launch that writes the activations.
   if (steps > 0) Step::load(cur, ref, lane, items, part);
+  [[maybe_unused]] NormPrologue pro;
+  if constexpr (kNorm) pro.load_weights(norm, 0, NormPrologue::passes(p.cols));
   pdl_wait();
   pdl_launch_dependents();
   QuantActs xq = p.xq;
@@ -263,8 +284,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32)
     int8_t* q = reinterpret_cast<int8_t*>(norm_smem);
     float* d = reinterpret_cast<float*>(q + p.cols);
     xq = {q, d, d + p.cols / 32};
-    out_scale = norm_into_shared(norm, p.cols, xq);
-    __syncthreads();  // the 8-bit copy is complete
+    out_scale = pro.run(norm, p.cols, xq);  // its barrier also completes the 8-bit copy
     if (steps == 0) return;
   }
   float acc[R];
@@ -346,8 +366,7 @@ void launch_gemv1_pipelined(const GemvGroupParams& p, cudaStream_t stream,
   const int64_t groups = (p.total_rows + R - 1) / R;
   // At most two CTAs per SM: what the engine ran with in every measurement so far (the grid
   // size was once cached for all these kernels from the first one launched, the LM head's,
-  // whose registers allow two); more CTAs per SM have not been measured end to end. The
-  // norm's ticket also needs the whole grid resident.
+  // whose registers allow two); more CTAs per SM have not been measured end to end.
   static PerDeviceCount cache{};
   auto* kernel = gemv1_pipelined_kernel<T, R, W, U, kNorm>;
   const int64_t ctas = std::min<int64_t>(
@@ -477,9 +496,10 @@ void gemv_group(const GemvGroupParams& p, cudaStream_t stream) {
 }
 
 namespace {
-// The geometries compiled with the norm: the picks for the groups a norm feeds (q/k/v and
-// gate/up of Llama-3 shapes).
-constexpr GemvGeometry kNormGeometries[] = {kGeometries[10].g, kGeometries[6].g};
+// The geometry compiled with the norm: the pick for large groups (gate/up of Llama-3 shapes:
+// two rows of two items per warp). With q/k/v's (four rows per warp) the norm measured slower
+// inside the GEMV than as its own launch on an H200 (docs/BENCHMARKS.md, eleventh session).
+constexpr GemvGeometry kNormGeometry = kGeometries[6].g;
 }  // namespace
 
 bool gemv_norm_group_supports(const GemvGroupParams& p) {
@@ -490,28 +510,20 @@ bool gemv_norm_group_supports(const GemvGroupParams& p) {
     if (p.outs[i].w.type != type || p.outs[i].w.cols != p.cols) return false;
   }
   if (p.cols % kNormColsMultiple != 0 || p.cols > kNormMaxCols) return false;
-  const GemvGeometry g = gemv_group_geometry(p);
-  return g == kNormGeometries[0] || g == kNormGeometries[1];
+  return gemv_group_geometry(p) == kNormGeometry;
 }
 
 void gemv_norm_group(const GemvGroupParams& p, const GemvNorm& norm, cudaStream_t stream) {
   TPNODE_CHECK(gemv_norm_group_supports(p),
                "gemv_norm_group: {} matrices of {} with {} columns, {} rows unsupported", p.n,
                weight_type_label(p.outs[0].w.type), p.cols, p.total_rows);
-  TPNODE_CHECK(norm.x != nullptr && norm.w != nullptr && (norm.r == nullptr || norm.counter != nullptr),
-               "gemv_norm_group: x and w are needed, and a counter with r");
-  const GemvGeometry g = gemv_group_geometry(p);
+  TPNODE_CHECK(norm.x != nullptr && norm.w != nullptr &&
+                   (norm.r == nullptr || (norm.x_out != nullptr && norm.x_out != norm.x)),
+               "gemv_norm_group: x and w are needed, and with r an x_out other than x");
   TPNODE_DISPATCH_QUANT_TYPE(p.outs[0].w.type, T, {
     if constexpr (has_all_geometries(T)) {
-      if (g == kNormGeometries[0]) {
-        launch_gemv1_pipelined<T, kNormGeometries[0].rows_per_warp,
-                               kNormGeometries[0].warps_per_row,
-                               kNormGeometries[0].items_per_lane, true>(p, stream, norm);
-      } else {
-        launch_gemv1_pipelined<T, kNormGeometries[1].rows_per_warp,
-                               kNormGeometries[1].warps_per_row,
-                               kNormGeometries[1].items_per_lane, true>(p, stream, norm);
-      }
+      launch_gemv1_pipelined<T, kNormGeometry.rows_per_warp, kNormGeometry.warps_per_row,
+                             kNormGeometry.items_per_lane, true>(p, stream, norm);
     }
   })
   TPNODE_CUDA_CHECK_LAUNCH();

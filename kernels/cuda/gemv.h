@@ -88,19 +88,20 @@ GemvGroupParams stacked_gemv_group(const DeviceMatrix* mats, int n, float* y, Qu
 
 // The RMSNorm folded into the batch-1 group GEMV: outs[i].y = W_i · (rmsnorm(x [+ r]) * w).
 // Every CTA normalizes and quantizes the whole row into its shared memory before its dot
-// products (p.xq is unused); with r, x += r is written back. The unfused equivalent is
-// rmsnorm (with its 8-bit copy) and then gemv_group.
+// products (p.xq is unused); with r, x + r is written to x_out, a slice by each of the first
+// CTAs. The unfused equivalent is rmsnorm (with its 8-bit copy) and then gemv_group.
 struct GemvNorm {
-  float* x = nullptr;           // [cols] F32
-  const float* r = nullptr;     // [cols] residual to add first, or null
-  const float* w = nullptr;     // [cols] norm weights
+  const float* x = nullptr;   // [cols] F32
+  const float* r = nullptr;   // [cols] residual to add first, or null
+  float* x_out = nullptr;     // [cols] x + r, with r; not x (the other CTAs still read x)
+  const float* w = nullptr;   // [cols] norm weights
   float eps = 1e-5f;
-  uint32_t* counter = nullptr;  // a device word, with r: zero on entry, left zero
 };
 inline constexpr int64_t kNormColsMultiple = 512;  // whole passes of a CTA over the row
 inline constexpr int64_t kNormMaxCols = 16384;     // the 8-bit copy fits shared memory
-// Q4_K or Q6_K weights whose picked geometry (gemv_group_geometry) is a pipelined one that
-// is compiled with the norm, cols a multiple of kNormColsMultiple up to kNormMaxCols.
+// Q4_K or Q6_K weights whose picked geometry (gemv_group_geometry) is the one compiled with
+// the norm (large groups: two rows of two items per warp, e.g. gate/up), cols a multiple of
+// kNormColsMultiple up to kNormMaxCols.
 bool gemv_norm_group_supports(const GemvGroupParams& p);
 void gemv_norm_group(const GemvGroupParams& p, const GemvNorm& norm, cudaStream_t stream);
 

@@ -147,17 +147,14 @@ class Backend {
   virtual void matmul_shared(std::span<const MatmulOut> outs, const float* x, int64_t m) {
     for (const MatmulOut& o : outs) matmul(*o.w, x, o.y, m);
   }
-  // x += r, then y = rmsnorm(x) * w: the residual add fused with the norm that follows it.
-  virtual void add_rmsnorm(float* x, const float* r, const float* w, float* y, int64_t rows,
-                           int64_t n, float eps) {
-    add(x, r, rows * n);
-    rmsnorm(x, w, y, rows, n, eps);
-  }
-  // The RMSNorm in front of a shared matmul: with r, x += r first; then y = rmsnorm(x) * w
-  // over rows of n.
+  // The RMSNorm in front of a shared matmul: with r, x_out = x + r first and y =
+  // rmsnorm(x_out) * w, else y = rmsnorm(x) * w; over rows of n.
   struct NormIn {
-    float* x = nullptr;
+    const float* x = nullptr;
     const float* r = nullptr;  // may be null: no residual add
+    // Where x + r goes: x itself, or another buffer, which lets a backend fold the norm into
+    // the matmuls' kernel (all its CTAs read x while one writes x + r, in no order).
+    float* x_out = nullptr;
     const float* w = nullptr;
     float* y = nullptr;
     int64_t n = 0;
@@ -167,6 +164,13 @@ class Backend {
     // yes). r itself is left as it was.
     const void* reduce = nullptr;
   };
+  // x_out = x + r, then y = rmsnorm(x_out) * w: the residual add fused with the norm that
+  // follows it (in.r and in.x_out set, in.reduce null).
+  virtual void add_rmsnorm(const NormIn& in, int64_t rows) {
+    TPNODE_CHECK(in.r != nullptr && in.x_out != nullptr, "add_rmsnorm: no residual or no x_out");
+    add(in.x, in.r, in.x_out, rows * in.n);
+    rmsnorm(in.x_out, in.w, in.y, rows, in.n, in.eps);
+  }
   // Whether norm_matmul_shared can run the all-reduce of its residual itself
   // (NormIn::reduce) for m rows of n.
   virtual bool folds_reduce(int64_t m, int64_t n) const {
@@ -179,7 +183,7 @@ class Backend {
   virtual void norm_matmul_shared(const NormIn& in, std::span<const MatmulOut> outs, int64_t m) {
     TPNODE_CHECK(in.reduce == nullptr, "backend {} cannot fold an all-reduce into a norm", name());
     if (in.r != nullptr) {
-      add_rmsnorm(in.x, in.r, in.w, in.y, m, in.n, in.eps);
+      add_rmsnorm(in, m);
     } else {
       rmsnorm(in.x, in.w, in.y, m, in.n, in.eps);
     }
@@ -197,8 +201,8 @@ class Backend {
                          const AttentionParams& p) = 0;
   // out[i] = silu(gate[i]) * up[i]; out may be gate (the engine does that)
   virtual void swiglu(const float* gate, const float* up, float* out, int64_t n) = 0;
-  // x[i] += y[i]
-  virtual void add(float* x, const float* y, int64_t n) = 0;
+  // out[i] = x[i] + y[i]; out may be x
+  virtual void add(const float* x, const float* y, float* out, int64_t n) = 0;
   // out[j, :] = x[batch.logit_rows[j], :]
   virtual void gather_rows(const float* x, float* out, int64_t row_len) = 0;
 

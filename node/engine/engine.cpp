@@ -33,7 +33,10 @@ struct LayerWeights {
 
 // Activations for the largest step, allocated once.
 struct Scratch {
-  float* x = nullptr;       // [tokens, n_embd] residual stream
+  // [tokens, n_embd] the residual stream, in x and x2 by turns: each residual add writes
+  // the other buffer (Backend::NormIn::x_out), so a backend may fold it into a kernel.
+  float* x = nullptr;
+  float* x2 = nullptr;
   float* h = nullptr;       // [tokens, n_embd] normed input
   float* q = nullptr;       // [tokens, n_head * head_dim]
   float* k = nullptr;       // [tokens, n_head_kv * head_dim]
@@ -201,6 +204,7 @@ Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
 
   const int64_t T = options_.max_batch_tokens, S = options_.max_seqs;
   m.s.x = alloc_f32(backend, T * E);
+  m.s.x2 = alloc_f32(backend, T * E);
   m.s.h = alloc_f32(backend, T * E);
   m.s.q = alloc_f32(backend, T * q_rows);
   m.s.k = alloc_f32(backend, T * kv_rows);
@@ -515,11 +519,17 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
   const bool reduce = m.c.size() > 1;
   Scratch& s = m.s;
 
-  b.embed(m.tok_embd, s.x);
+  float* x = s.x;  // the residual stream now; a residual add moves it to the other buffer
+  b.embed(m.tok_embd, x);
   // Each norm goes to the backend together with the matmuls it feeds (norm_matmul_shared), so
   // that a backend can fold it into them; s.h is read by nothing else.
   auto norm = [&](const float* r, const float* w) {
-    return Backend::NormIn{.x = s.x, .r = r, .w = w, .y = s.h, .n = E, .eps = hp.rms_eps};
+    Backend::NormIn in{.x = x, .r = r, .w = w, .y = s.h, .n = E, .eps = hp.rms_eps};
+    if (r != nullptr) {
+      x = x == s.x ? s.x2 : s.x;
+      in.x_out = x;
+    }
+    return in;
   };
   Backend::NormIn attn_norm = norm(nullptr, m.layers[0].attn_norm);
   // The all-reduce of s.t (row-parallel partial sums), folded into the norm `n` that adds it
@@ -561,13 +571,13 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
       reduce_into(attn_norm);
     } else {
       if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
-      b.add(s.x, s.t, T * E);
+      b.add(x, s.t, x, T * E);
     }
   }
 
   const int64_t n_rows = static_cast<int64_t>(m.meta.logit_rows.size());
   if (n_rows == 0) return;
-  b.gather_rows(s.x, s.last, E);
+  b.gather_rows(x, s.last, E);
   b.rmsnorm(s.last, m.output_norm, s.normed, n_rows, E, hp.rms_eps);
   b.matmul(m.output, s.normed, s.logits, n_rows);
 }

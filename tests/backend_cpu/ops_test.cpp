@@ -64,8 +64,12 @@ TEST(CpuOps, AddAndBias) {
   const auto y = test::random_floats(m * n, 6);
   const auto b = test::random_floats(n, 7);
   const auto x0 = x;
-  backend.add(x.data(), y.data(), m * n);
-  for (int64_t i = 0; i < m * n; ++i) ASSERT_EQ(x[i], x0[i] + y[i]);
+  std::vector<float> sum(static_cast<size_t>(m * n));
+  backend.add(x.data(), y.data(), sum.data(), m * n);
+  ASSERT_EQ(x, x0);
+  for (int64_t i = 0; i < m * n; ++i) ASSERT_EQ(sum[i], x0[i] + y[i]);
+  backend.add(x.data(), y.data(), x.data(), m * n);
+  ASSERT_EQ(x, sum);
   backend.add_bias(x.data(), b.data(), m, n);
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t c = 0; c < n; ++c) ASSERT_EQ(x[r * n + c], (x0[r * n + c] + y[r * n + c]) + b[c]);

@@ -60,7 +60,9 @@ class GraphShapedBackend final : public Backend {
   void swiglu(const float* g, const float* u, float* o, int64_t n) override {
     in_.swiglu(g, u, o, n);
   }
-  void add(float* x, const float* y, int64_t n) override { in_.add(x, y, n); }
+  void add(const float* x, const float* y, float* out, int64_t n) override {
+    in_.add(x, y, out, n);
+  }
   void gather_rows(const float* x, float* out, int64_t n) override { in_.gather_rows(x, out, n); }
 
   bool decode_graphs() const override { return true; }

@@ -53,8 +53,8 @@ TEST_F(CudaOps, RmsNormThenQuantizedMatmulUsesFreshActivations) {
   const auto other = put(cuda_random_floats(rows * n, 6));
   cuda_->rmsnorm(x.gpu, g.gpu, h.gpu, rows, n, 1e-5f);
   cpu_->rmsnorm(x.cpu, g.cpu, h.cpu, rows, n, 1e-5f);
-  cuda_->add(h.gpu, other.gpu, rows * n);  // h changes after its 8-bit copy was made
-  cpu_->add(h.cpu, other.cpu, rows * n);
+  cuda_->add(h.gpu, other.gpu, h.gpu, rows * n);  // h changes after its 8-bit copy was made
+  cpu_->add(h.cpu, other.cpu, h.cpu, rows * n);
   cuda_->matmul(wg, h.gpu, y.gpu, rows);
   cpu_->matmul(wc, h.cpu, y.cpu, rows);
   EXPECT_LT(nmse(gpu(y, rows * out), cpu(y, rows * out)), 1e-3);
@@ -67,9 +67,17 @@ TEST_F(CudaOps, AddRmsNormUpdatesTheResidualAndFeedsTheNextMatmul) {
     const auto r = put(cuda_random_floats(rows * n, 12));
     const auto w = put(cuda_random_floats(n, 13));
     const auto y = zeros(rows * n);
-    cuda_->add_rmsnorm(x.gpu, r.gpu, w.gpu, y.gpu, rows, n, 1e-5f);
-    cpu_->add(x.cpu, r.cpu, rows * n);
+    const auto x0 = gpu(x, rows * n);
+    // Out of place first (x stays as it was), then in place.
+    const auto sum = zeros(rows * n);
+    Backend::NormIn in{.x = x.gpu, .r = r.gpu, .x_out = sum.gpu, .w = w.gpu, .y = y.gpu, .n = n};
+    cuda_->add_rmsnorm(in, rows);
+    EXPECT_EQ(gpu(x, rows * n), x0);
+    in.x_out = x.gpu;
+    cuda_->add_rmsnorm(in, rows);
+    cpu_->add(x.cpu, r.cpu, x.cpu, rows * n);
     cpu_->rmsnorm(x.cpu, w.cpu, y.cpu, rows, n, 1e-5f);
+    EXPECT_EQ(gpu(sum, rows * n), gpu(x, rows * n)) << rows << "x" << n;
     EXPECT_LT(nmse(gpu(x, rows * n), cpu(x, rows * n)), 1e-12) << rows << "x" << n;
     EXPECT_LT(nmse(gpu(y, rows * n), cpu(y, rows * n)), 1e-10) << rows << "x" << n;
     if (n % 256 != 0 || rows > 16) continue;
@@ -111,8 +119,8 @@ TEST_F(CudaOps, NormAndSwigluWriteTheBf16CopyTheNextGemmReads) {
   matmul_matches(h, "norm, then GEMM");
   cuda_->rmsnorm(x.gpu, g.gpu, h.gpu, rows, n, 1e-5f);
   cpu_->rmsnorm(x.cpu, g.cpu, h.cpu, rows, n, 1e-5f);
-  cuda_->add(h.gpu, other.gpu, rows * n);  // h changes after its BF16 copy was written
-  cpu_->add(h.cpu, other.cpu, rows * n);
+  cuda_->add(h.gpu, other.gpu, h.gpu, rows * n);  // h changes after its BF16 copy was written
+  cpu_->add(h.cpu, other.cpu, h.cpu, rows * n);
   matmul_matches(h, "norm, add, then GEMM");
   const auto up = put(cuda_random_floats(rows * n, 26));
   cuda_->swiglu(h.gpu, up.gpu, h.gpu, rows * n);
@@ -166,8 +174,8 @@ TEST_F(CudaOps, SwigluInPlaceAddBias) {
   const auto b = put(cuda_random_floats(1001, 9));
   cuda_->add_bias(g.gpu, b.gpu, 3, 1001);
   cpu_->add_bias(g.cpu, b.cpu, 3, 1001);
-  cuda_->add(g.gpu, u.gpu, n);
-  cpu_->add(g.cpu, u.cpu, n);
+  cuda_->add(g.gpu, u.gpu, g.gpu, n);
+  cpu_->add(g.cpu, u.cpu, g.cpu, n);
   EXPECT_LT(nmse(gpu(g, n), cpu(g, n)), 1e-10);
 }
 

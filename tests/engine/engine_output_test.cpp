@@ -62,7 +62,9 @@ class SamplingCpuBackend final : public Backend {
   void swiglu(const float* gate, const float* up, float* out, int64_t n) override {
     inner_->swiglu(gate, up, out, n);
   }
-  void add(float* x, const float* y, int64_t n) override { inner_->add(x, y, n); }
+  void add(const float* x, const float* y, float* out, int64_t n) override {
+    inner_->add(x, y, out, n);
+  }
   void gather_rows(const float* x, float* out, int64_t row_len) override {
     inner_->gather_rows(x, out, row_len);
   }

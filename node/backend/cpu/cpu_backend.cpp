@@ -270,9 +270,9 @@ void CpuBackend::swiglu(const float* gate, const float* up, float* out, int64_t 
   cpu::swiglu(gate, up, out, n, pool_);
 }
 
-void CpuBackend::add(float* x, const float* y, int64_t n) {
+void CpuBackend::add(const float* x, const float* y, float* out, int64_t n) {
   TPNODE_CHECK(n >= 0, "add: negative size {}", n);
-  cpu::add(x, y, n, pool_);
+  cpu::add(x, y, out, n, pool_);
 }
 
 void CpuBackend::gather_rows(const float* x, float* out, int64_t row_len) {

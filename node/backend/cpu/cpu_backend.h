@@ -53,7 +53,7 @@ class CpuBackend final : public Backend {
   void attention(const float* q, const float* k, const float* v, float* out,
                  const AttentionParams& p) override;
   void swiglu(const float* gate, const float* up, float* out, int64_t n) override;
-  void add(float* x, const float* y, int64_t n) override;
+  void add(const float* x, const float* y, float* out, int64_t n) override;
   void gather_rows(const float* x, float* out, int64_t row_len) override;
 
  private:

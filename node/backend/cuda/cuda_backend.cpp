@@ -99,8 +99,7 @@ class CudaBackend final : public Backend {
   void matmul_shared(std::span<const MatmulOut> outs, const float* x, int64_t m) override;
   void norm_matmul_shared(const NormIn& in, std::span<const MatmulOut> outs, int64_t m) override;
   bool folds_reduce(int64_t m, int64_t n) const override;
-  void add_rmsnorm(float* x, const float* r, const float* w, float* y, int64_t rows, int64_t n,
-                   float eps) override;
+  void add_rmsnorm(const NormIn& in, int64_t rows) override;
   void run_rmsnorm(kc::RmsNormParams p, const kc::OneShotParams* reduce = nullptr);
   kc::QuantActs quantized(const float* x, int64_t m, int64_t k);
   void add_bias(float* y, const float* b, int64_t m, int64_t n) override;
@@ -108,7 +107,7 @@ class CudaBackend final : public Backend {
   void attention(const float* q, const float* k, const float* v, float* out,
                  const AttentionParams& p) override;
   void swiglu(const float* gate, const float* up, float* out, int64_t n) override;
-  void add(float* x, const float* y, int64_t n) override;
+  void add(const float* x, const float* y, float* out, int64_t n) override;
   void gather_rows(const float* x, float* out, int64_t row_len) override;
 
   bool decode_graphs() const override { return true; }
@@ -414,10 +413,9 @@ void CudaBackend::init_kv_cache(const KvCacheShape& shape) {
                     shape.head_dim * 2;
   k_cache_ = mem_->alloc(kv_layer_bytes_ * shape.n_layer, "KV cache (K)");
   v_cache_ = mem_->alloc(kv_layer_bytes_ * shape.n_layer, "KV cache (V)");
-  // Split decode attention counts finished splits here, and the norm folded into a GEMV its
-  // CTAs' tickets in the word after them; zero now, and every launch leaves them zero (the
-  // last split or CTA resets its counter), so graphs can replay them.
-  const size_t counter_bytes = (kc::kDecodeMaxCounters + 1) * sizeof(uint32_t);
+  // Split decode attention counts finished splits here; zero now, and every launch leaves them
+  // zero (the last split resets its counter), so graphs can replay them.
+  const size_t counter_bytes = kc::kDecodeMaxCounters * sizeof(uint32_t);
   attn_counters_ = static_cast<uint32_t*>(mem_->alloc(counter_bytes, "attention split counters"));
   TPNODE_CUDA_CHECK(cudaMemsetAsync(attn_counters_, 0, counter_bytes, stream_));
   TPNODE_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -629,24 +627,25 @@ void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x,
 }
 
 // Batch 1 with the option: the norm runs inside the q/k/v (gate/up) GEMV when the group's
-// kernel has that variant (gemv_norm_group_supports); its float output y is not written.
+// kernel has that variant (gemv_norm_group_supports) and a residual add writes another buffer
+// than it reads; the norm's float output y is not written.
 void CudaBackend::norm_matmul_shared(const NormIn& in, std::span<const MatmulOut> outs,
                                      int64_t m) {
   if (in.reduce != nullptr) {
-    TPNODE_CHECK(in.r != nullptr && folds_reduce(m, in.n),
+    TPNODE_CHECK(in.r != nullptr && in.x_out != nullptr && folds_reduce(m, in.n),
                  "norm_matmul_shared: an all-reduce to fold without a residual or past the limits");
     const auto* plan = static_cast<const kc::OneShotParams*>(in.reduce);
     TPNODE_CHECK(plan->data == in.r && plan->n == m * in.n,
                  "norm_matmul_shared: the all-reduce plan is for another buffer");
-    wrote(in.x, m * in.n * sizeof(float));
+    wrote(in.x_out, m * in.n * sizeof(float));
     run_rmsnorm({.x = in.x, .w = in.w, .y = in.y, .rows = m, .n = in.n, .eps = in.eps, .quant = {},
-                 .r = in.r, .x_out = in.x},
+                 .r = in.r, .x_out = in.x_out},
                 plan);
     matmul_shared(outs, in.y, m);
     return;
   }
-  bool fuse = opt_.fuse_norm_gemv && m == 1 && attn_counters_ != nullptr && !outs.empty() &&
-              outs.size() <= static_cast<size_t>(kc::kMaxGemvGroup);
+  bool fuse = opt_.fuse_norm_gemv && m == 1 && (in.r == nullptr || in.x_out != in.x) &&
+              !outs.empty() && outs.size() <= static_cast<size_t>(kc::kMaxGemvGroup);
   kc::GemvGroupParams p;
   if (fuse) {
     p = group_of<kc::GemvGroupParams>(outs);
@@ -658,14 +657,9 @@ void CudaBackend::norm_matmul_shared(const NormIn& in, std::span<const MatmulOut
     return;
   }
   wrote_outs(outs, 1);
-  if (in.r != nullptr) wrote(in.x, in.n * sizeof(float));
+  if (in.r != nullptr) wrote(in.x_out, in.n * sizeof(float));
   act_ = {};  // y's 8-bit copy was not written
-  kc::gemv_norm_group(p,
-                      {.x = in.x,
-                       .r = in.r,
-                       .w = in.w,
-                       .eps = in.eps,
-                       .counter = attn_counters_ + kc::kDecodeMaxCounters},
+  kc::gemv_norm_group(p, {.x = in.x, .r = in.r, .x_out = in.x_out, .w = in.w, .eps = in.eps},
                       stream_);
 }
 
@@ -683,11 +677,11 @@ void CudaBackend::gemv1(std::span<const MatmulOut> outs, const float* x) {
   }
 }
 
-void CudaBackend::add_rmsnorm(float* x, const float* r, const float* w, float* y, int64_t rows,
-                              int64_t n, float eps) {
-  wrote(x, rows * n * sizeof(float));
-  run_rmsnorm({.x = x, .w = w, .y = y, .rows = rows, .n = n, .eps = eps, .quant = {}, .r = r,
-               .x_out = x});
+void CudaBackend::add_rmsnorm(const NormIn& in, int64_t rows) {
+  TPNODE_CHECK(in.r != nullptr && in.x_out != nullptr, "add_rmsnorm: no residual or no x_out");
+  wrote(in.x_out, rows * in.n * sizeof(float));
+  run_rmsnorm({.x = in.x, .w = in.w, .y = in.y, .rows = rows, .n = in.n, .eps = in.eps,
+               .quant = {}, .r = in.r, .x_out = in.x_out});
 }
 
 bool CudaBackend::use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const {
@@ -871,9 +865,9 @@ void CudaBackend::swiglu(const float* gate, const float* up, float* out, int64_t
   if (p.out_bf16 != nullptr) bf16_act_ = {out, n, false, k};
 }
 
-void CudaBackend::add(float* x, const float* y, int64_t n) {
-  wrote(x, n * sizeof(float));
-  kc::add({.x = x, .y = y, .n = n}, stream_);
+void CudaBackend::add(const float* x, const float* y, float* out, int64_t n) {
+  wrote(out, n * sizeof(float));
+  kc::add({.x = x, .y = y, .out = out, .n = n}, stream_);
 }
 
 void CudaBackend::gather_rows(const float* x, float* out, int64_t row_len) {

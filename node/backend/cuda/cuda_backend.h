@@ -54,10 +54,10 @@ struct CudaBackendOptions {
   // Decode attention's key splits may merge inside a thread-block cluster (compute capability
   // >= 9.0); off: every split merges through global memory.
   bool decode_clusters = true;
-  // Batch 1: the RMSNorm in front of q/k/v and gate/up runs inside their GEMV (each CTA
-  // normalizes and quantizes the row itself) instead of as its own launch. Off by default:
-  // slower on an H200 (docs/BENCHMARKS.md, sixth session).
-  bool fuse_norm_gemv = false;
+  // Batch 1: the RMSNorm in front of a large group (gate/up) runs inside its GEMV (each CTA
+  // normalizes and quantizes the row itself) instead of as its own launch, where
+  // gemv_norm_group_supports (docs/BENCHMARKS.md, eleventh session).
+  bool fuse_norm_gemv = true;
   // Tensor parallelism: the one-shot all-reduce of a row-parallel matmul's output runs inside
   // the residual add + RMSNorm after it (Backend::folds_reduce) for decode-sized messages, one
   // kernel instead of two.
