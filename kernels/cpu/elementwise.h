@@ -18,7 +18,7 @@ void fp16_to_f32_row(const uint16_t* src, float* dst, int64_t n);
 void f32_to_fp16_row(const float* src, uint16_t* dst, int64_t n);
 void bf16_to_f32_row(const uint16_t* src, float* dst, int64_t n);
 
-// x[i] += y[i], i < n
+// out[i] = x[i] + y[i], i < n (out may be x)
 void add(const float* x, const float* y, float* out, int64_t n, ThreadPool& pool);
 // y[r, c] += b[c]   y: [m, n], b: [n]
 void add_bias(float* y, const float* b, int64_t m, int64_t n, ThreadPool& pool);

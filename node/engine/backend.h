@@ -153,7 +153,7 @@ class Backend {
     const float* x = nullptr;
     const float* r = nullptr;  // may be null: no residual add
     // Where x + r goes: x itself, or another buffer, which lets a backend fold the norm into
-    // the matmuls' kernel (all its CTAs read x while one writes x + r, in no order).
+    // the matmuls' kernel (all its CTAs read x while some write x + r, in no order).
     float* x_out = nullptr;
     const float* w = nullptr;
     float* y = nullptr;

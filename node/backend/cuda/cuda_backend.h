@@ -55,8 +55,8 @@ struct CudaBackendOptions {
   // >= 9.0); off: every split merges through global memory.
   bool decode_clusters = true;
   // Batch 1: the RMSNorm in front of a large group (gate/up) runs inside its GEMV (each CTA
-  // normalizes and quantizes the row itself) instead of as its own launch, where
-  // gemv_norm_group_supports (docs/BENCHMARKS.md, eleventh session).
+  // normalizes and quantizes the row itself) instead of as its own launch, for the groups
+  // that gemv_norm_group_supports accepts (docs/BENCHMARKS.md, eleventh session).
   bool fuse_norm_gemv = true;
   // Tensor parallelism: the one-shot all-reduce of a row-parallel matmul's output runs inside
   // the residual add + RMSNorm after it (Backend::folds_reduce) for decode-sized messages, one
