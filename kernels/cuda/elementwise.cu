@@ -21,10 +21,6 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1)
 // of squares and the scaling when it fits (kRegPasses passes), else it is read again.
 constexpr int kRegPasses = 4;
 
-__device__ __forceinline__ float4 add4(float4 a, float4 b) {
-  return {a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w};
-}
-
 __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
   const int64_t row = blockIdx.x;
   const int64_t n4 = p.n / 4;

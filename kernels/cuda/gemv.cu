@@ -207,7 +207,7 @@ struct NormPrologue {
         const int i = (b + j) * blockDim.x + threadIdx.x;
         float4 v = a[j];
         if (r4 != nullptr) {
-          v = {v.x + rr[j].x, v.y + rr[j].y, v.z + rr[j].z, v.w + rr[j].w};
+          v = add4(v, rr[j]);
           if ((b + j) % static_cast<int>(gridDim.x) == static_cast<int>(blockIdx.x)) xo[i] = v;
         }
         ss = add_squares4(ss, v);

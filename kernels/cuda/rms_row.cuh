@@ -10,6 +10,11 @@
 
 namespace tpnode::cuda {
 
+// a + b, element by element: the residual add in front of a norm.
+__device__ __forceinline__ float4 add4(float4 a, float4 b) {
+  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
 __device__ __forceinline__ float add_squares4(float ss, float4 a) {
   float t = __fmul_rn(a.x, a.x);
   t = __fmaf_rn(a.y, a.y, t);

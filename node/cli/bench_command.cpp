@@ -407,7 +407,8 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--shape", o->shape, "smollm2-135m, llama3-8b, llama3-70b or qwen2-7b");
       sub.add_option("--type", o->type,
                      "q4_k_m (Q6_K ffn_down and output) or one weight type for every matrix: "
-                     "bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k (synthetic weights)");
+                     "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k "
+                     "(synthetic weights)");
       sub.add_option("-m,--model", o->model, "a model file instead of a shape");
       sub.add_option("--backend", o->backend, "auto, cpu or cuda")
           ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
