@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/ll_words.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
 #include "kernels/cuda/rms_row.cuh"
@@ -51,18 +52,8 @@ __device__ __forceinline__ uint2* ll_slot(const OneShotParams& p, uint8_t* buffe
   return recv + (static_cast<int64_t>(half) * p.size + src) * layout.ll_capacity();
 }
 
-// LL words go through L2 (volatile: never kept in L1), 8 or 16 bytes per store; each 8-byte
-// word lands whole, so its epoch vouches for its value.
-__device__ __forceinline__ void store_ll2(uint2* p, float a, float b, uint32_t epoch) {
-  asm volatile("st.volatile.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p),
-               "r"(__float_as_uint(a)), "r"(epoch), "r"(__float_as_uint(b)), "r"(epoch)
-               : "memory");
-}
-__device__ __forceinline__ void store_ll1(uint2* p, float a, uint32_t epoch) {
-  asm volatile("st.volatile.global.v2.u32 [%0], {%1, %2};" ::"l"(p), "r"(__float_as_uint(a)),
-               "r"(epoch)
-               : "memory");
-}
+// LL words go through L2 (volatile: never kept in L1), 8 or 16 bytes per store
+// (ll_words.cuh); each 8-byte word lands whole, so its epoch vouches for its value.
 __device__ __forceinline__ uint4 load_ll2(const uint2* p) {
   uint4 v;
   asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -341,12 +332,13 @@ __global__ void __launch_bounds__(kNormThreads) one_shot_rmsnorm_kernel(OneShotN
   pdl_wait();
   pdl_launch_dependents();
 
-  // 1. Push this rank's partial sums of the row to every peer.
+  // 1. Push this rank's partial sums of the row to every peer (unless the GEMV that wrote
+  // them did).
   const float4* r4 = reinterpret_cast<const float4*>(q.r + base);
 #pragma unroll
   for (int j = 0; j < kNormPasses; ++j) {
     const int64_t i = static_cast<int64_t>(j) * nt + t;
-    if (i >= n4) continue;
+    if (i >= n4 || a.pushed) continue;
     push_ll4(p, r4[i], epoch, [&](int peer) { return words(p.buffers[peer], half, p.rank, i); });
   }
 
@@ -393,8 +385,26 @@ bool one_shot_rmsnorm_supports(int64_t rows, int64_t n) {
          static_cast<size_t>(rows * n) * sizeof(float) <= kOneShotLlMaxBytes;
 }
 
+GemvLlPush one_shot_norm_push(const OneShotParams& reduce) {
+  TPNODE_CHECK(reduce.size >= 2 && reduce.size <= kAllReduceMaxRanks && reduce.n <= kOneShotNormMaxCols,
+               "one_shot_norm_push: {} ranks, a row of {}", reduce.size, reduce.n);
+  const OneShotLayout layout{.size = reduce.size, .capacity = reduce.capacity};
+  GemvLlPush push;
+  // Row 0's words from this rank in half 0 of each peer's buffer (one_shot_rmsnorm_kernel's
+  // `words`), and row 0's epoch in this rank's buffer.
+  for (int q = 0; q < reduce.size; ++q) {
+    if (q == reduce.rank) continue;
+    push.dst[push.peers++] = reinterpret_cast<uint2*>(reduce.buffers[q] + layout.recv_norm_offset()) +
+                             static_cast<int64_t>(reduce.rank) * kOneShotNormMaxRows * kOneShotNormMaxCols;
+  }
+  push.half_stride = static_cast<int64_t>(reduce.size) * kOneShotNormMaxRows * kOneShotNormMaxCols;
+  push.epoch = reinterpret_cast<const uint32_t*>(reduce.buffers[reduce.rank] + layout.norm_epochs_offset());
+  return push;
+}
+
 void one_shot_all_reduce_rmsnorm(const OneShotNormParams& p, cudaStream_t stream) {
   const RmsNormParams& q = p.norm;
+  TPNODE_CHECK(!p.pushed || q.rows == 1, "one-shot all-reduce + RMSNorm: a GEMV's push is one row");
   TPNODE_CHECK(one_shot_rmsnorm_supports(q.rows, q.n),
                "one-shot all-reduce + RMSNorm: {} rows of {} are past its limits", q.rows, q.n);
   TPNODE_CHECK(p.reduce.n == q.rows * q.n && p.reduce.data == q.r && q.r != nullptr &&

@@ -30,6 +30,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/elementwise.h"  // RmsNormParams
+#include "kernels/cuda/gemv.h"         // GemvLlPush
 
 namespace tpnode::cuda {
 
@@ -106,7 +107,14 @@ void one_shot_all_reduce(const OneShotParams& p, cudaStream_t stream);
 struct OneShotNormParams {
   OneShotParams reduce;  // n = norm.rows * norm.n; data = norm.r
   RmsNormParams norm;    // r and x_out set (x_out may be x)
+  // The GEMV that wrote r has already sent it to the peers (GemvLlPush from
+  // one_shot_norm_push); one row only.
+  bool pushed = false;
 };
+static_assert(kGemvMaxPeers == kAllReduceMaxRanks - 1, "a GEMV's LL push reaches every peer");
+// The LL push for a batch-1 GEMV whose output `reduce.data` (one row of reduce.n) the folded
+// norm reduces next.
+GemvLlPush one_shot_norm_push(const OneShotParams& reduce);
 bool one_shot_rmsnorm_supports(int64_t rows, int64_t n);
 void one_shot_all_reduce_rmsnorm(const OneShotNormParams& p, cudaStream_t stream);
 

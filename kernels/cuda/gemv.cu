@@ -8,6 +8,7 @@
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/gemv_float.h"
 #include "kernels/cuda/gemv_rows.cuh"
+#include "kernels/cuda/ll_words.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
@@ -19,6 +20,19 @@ namespace {
 
 constexpr int kWarpsPerCta = 4;  // one output row per warp
 
+
+// The epoch of this launch's LL push (0 without one); read before pdl_wait (GemvLlPush).
+__device__ __forceinline__ uint32_t push_epoch(const GemvLlPush& push) {
+  return push.peers > 0 ? *push.epoch + 1 : 0u;
+}
+
+// Output `row` of the group: its value to y, and with a push to every peer as an LL word.
+__device__ __forceinline__ void write_out(const GemvGroupParams& p, float* y, int64_t row,
+                                          float v, uint32_t epoch) {
+  *y = v;
+  const int64_t half = (epoch & 1u) ? p.push.half_stride : 0;
+  for (int q = 0; q < p.push.peers; ++q) store_ll1(p.push.dst[q] + half + row, v, epoch);
+}
 
 // One warp per chunk of 32 values.
 __global__ void quantize_acts_kernel(QuantizeActsParams p) {
@@ -107,6 +121,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas) gemv1_kernel(GemvG
       }
     }
   }
+  const uint32_t epoch = push_epoch(p.push);
   pdl_wait();
   pdl_launch_dependents();
 
@@ -154,7 +169,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas) gemv1_kernel(GemvG
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    if (threadIdx.x % kLanes == 0 && live[r]) *ref[r].y = sum[r];
+    if (threadIdx.x % kLanes == 0 && live[r]) write_out(p, ref[r].y, row0 + r, sum[r], epoch);
   }
 }
 
@@ -273,6 +288,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32)
   // Weights are no kernel's output: the first step's loads go out before waiting for the
   // launch that writes the activations.
   if (steps > 0) Step::load(cur, ref, lane, items, part);
+  const uint32_t epoch = push_epoch(p.push);
   [[maybe_unused]] NormPrologue pro;
   if constexpr (kNorm) pro.load_weights(norm, 0, NormPrologue::passes(p.cols));
   pdl_wait();
@@ -339,7 +355,9 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32)
       }
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        if (lane == 0 && live[r]) *ref[r].y = kNorm ? sum[r] * out_scale : sum[r];
+        if (lane == 0 && live[r]) {
+          write_out(p, ref[r].y, g * R + r, kNorm ? sum[r] * out_scale : sum[r], epoch);
+        }
       }
     }
 #pragma unroll
@@ -479,6 +497,9 @@ void gemv_group(const GemvGroupParams& p, const GemvGeometry& g, cudaStream_t st
     total += w.rows;
   }
   TPNODE_CHECK(total == p.total_rows, "gemv_group: total_rows {} != {}", p.total_rows, total);
+  TPNODE_CHECK(p.push.peers == 0 || (p.n == 1 && p.push.peers <= kGemvMaxPeers && p.push.epoch),
+               "gemv_group: an LL push needs one matrix, at most {} peers and the epoch word",
+               kGemvMaxPeers);
   if (total == 0) return;
   int index = -1;
   for (int i = 0; i < kGeometryCount; ++i) {

@@ -50,12 +50,25 @@ struct GemvOut {
   DeviceMatrix w;
   float* y = nullptr;
 };
+// A batch-1 GEMV's outputs also sent to the peer ranks as LL words of the one-shot all-reduce
+// folded into the norm after it (allreduce.h), so that the norm only waits for them: output
+// row e goes to dst[q] + e in half 0, dst[q] + half_stride + e in half 1, with the epoch of
+// the norm's next call, *epoch + 1 (read before pdl_wait: the norm's previous call is complete
+// by then, and its next one starts only after this launch).
+inline constexpr int kGemvMaxPeers = 7;
+struct GemvLlPush {
+  uint2* dst[kGemvMaxPeers] = {};
+  int peers = 0;  // 0: no push
+  int64_t half_stride = 0;
+  const uint32_t* epoch = nullptr;
+};
 struct GemvGroupParams {
   GemvOut outs[kMaxGemvGroup];
   int n = 0;
   int64_t cols = 0;
   int64_t total_rows = 0;  // sum of outs[i].w.rows
   QuantActs xq;            // x quantized, [cols]
+  GemvLlPush push;         // one matrix (n == 1) only
 };
 void gemv_group(const GemvGroupParams& p, cudaStream_t stream);
 

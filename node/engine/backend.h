@@ -171,6 +171,14 @@ class Backend {
     add(in.x, in.r, in.x_out, rows * in.n);
     rmsnorm(in.x_out, in.w, in.y, rows, in.n, in.eps);
   }
+  // y[m, w.rows] = x · Wᵀ, whose all-reduce `reduce` (a Collective::device_reduce_plan over
+  // y, or null) the norm after it folds (NormIn::reduce): a backend may start sending y to the
+  // other ranks from the matmul's own launch.
+  virtual void matmul_reduced(const Weight& w, const float* x, float* y, int64_t m,
+                              const void* reduce) {
+    (void)reduce;
+    matmul(w, x, y, m);
+  }
   // Whether norm_matmul_shared can run the all-reduce of its residual itself
   // (NormIn::reduce) for m rows of n.
   virtual bool folds_reduce(int64_t m, int64_t n) const {

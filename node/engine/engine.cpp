@@ -532,18 +532,20 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
     return in;
   };
   Backend::NormIn attn_norm = norm(nullptr, m.layers[0].attn_norm);
-  // The all-reduce of s.t (row-parallel partial sums), folded into the norm `n` that adds it
-  // to the residual when the backend and the collective can, else on its own.
-  auto reduce_into = [&](Backend::NormIn& n) {
+  // The all-reduce of s.t (row-parallel partial sums): folded into the norm that adds it to
+  // the residual when the backend and the collective can (a plan, known before the matmul
+  // that writes s.t), else on its own after that matmul.
+  const size_t count = static_cast<size_t>(T * E);
+  auto fold_plan = [&]() -> const void* {
+    return reduce && b.folds_reduce(T, E) ? m.c.device_reduce_plan(s.t, count) : nullptr;
+  };
+  auto reduce_into = [&](Backend::NormIn& n, const void* plan) {
     if (!reduce) return;
-    const size_t count = static_cast<size_t>(T * E);
-    if (b.folds_reduce(T, E)) {
-      if (const void* plan = m.c.device_reduce_plan(s.t, count)) {
-        n.reduce = plan;
-        return;
-      }
+    if (plan != nullptr) {
+      n.reduce = plan;
+    } else {
+      m.c.all_reduce_sum(s.t, count);
     }
-    m.c.all_reduce_sum(s.t, count);
   };
   for (int64_t l = 0; l < hp.n_layer; ++l) {
     const LayerWeights& L = m.layers[static_cast<size_t>(l)];
@@ -557,19 +559,22 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
     // RoPE runs inside attention (m.attn.rope), where a backend can fold it into the kernel.
     m.attn.layer = l;
     b.attention(s.q, s.k, s.v, s.attn, m.attn);
-    b.matmul(L.wo, s.attn, s.t, T);
+    const void* plan = fold_plan();
+    b.matmul_reduced(L.wo, s.attn, s.t, T, plan);
 
     const Backend::MatmulOut gate_up[] = {{&L.gate, s.gate}, {&L.up, s.up}};
     Backend::NormIn ffn_norm = norm(s.t, L.ffn_norm);
-    reduce_into(ffn_norm);
+    reduce_into(ffn_norm, plan);
     b.norm_matmul_shared(ffn_norm, gate_up, T);
     b.swiglu(s.gate, s.up, s.gate, T * shard.n_ff);
-    b.matmul(L.down, s.gate, s.t, T);
     // The residual add (and the all-reduce before it) meets the next layer's attention norm.
     if (l + 1 < hp.n_layer) {
+      plan = fold_plan();
+      b.matmul_reduced(L.down, s.gate, s.t, T, plan);
       attn_norm = norm(s.t, m.layers[static_cast<size_t>(l + 1)].attn_norm);
-      reduce_into(attn_norm);
+      reduce_into(attn_norm, plan);
     } else {
+      b.matmul(L.down, s.gate, s.t, T);
       if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
       b.add(x, s.t, x, T * E);
     }

@@ -96,11 +96,14 @@ class CudaBackend final : public Backend {
   void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
                float eps) override;
   void matmul(const Weight& w, const float* x, float* y, int64_t m) override;
+  void matmul_reduced(const Weight& w, const float* x, float* y, int64_t m,
+                      const void* reduce) override;
   void matmul_shared(std::span<const MatmulOut> outs, const float* x, int64_t m) override;
   void norm_matmul_shared(const NormIn& in, std::span<const MatmulOut> outs, int64_t m) override;
   bool folds_reduce(int64_t m, int64_t n) const override;
   void add_rmsnorm(const NormIn& in, int64_t rows) override;
-  void run_rmsnorm(kc::RmsNormParams p, const kc::OneShotParams* reduce = nullptr);
+  void run_rmsnorm(kc::RmsNormParams p, const kc::OneShotParams* reduce = nullptr,
+                   bool pushed = false);
   kc::QuantActs quantized(const float* x, int64_t m, int64_t k);
   void add_bias(float* y, const float* b, int64_t m, int64_t n) override;
   void rope(float* q, float* k, const RopeParams& p) override;
@@ -195,6 +198,9 @@ class CudaBackend final : public Backend {
   int64_t max_cols_ = 0;
   ActCache act_;
   ActCache bf16_act_;  // which x the BF16 copy in scratch_->gemm_x holds
+  // The output a batch-1 GEMV last sent to the peers itself (matmul_reduced), for the folded
+  // norm that reduces it next; null after that norm.
+  const float* pushed_ = nullptr;
   // Quantized matmuls of up to this many rows run as GEMVs (int8 tensor cores), not GEMMs.
   int64_t quant_gemv_max_ = kc::kGemvMaxBatch;
   kc::GemmDqWorkspace dq_ws_;  // k-split partial sums and counters of gemm_dq
@@ -300,6 +306,11 @@ CudaBackend::~CudaBackend() {
 
 void CudaBackend::wrote(const void* p, size_t bytes) {
   const auto* b = static_cast<const uint8_t*>(p);
+  // What the peers hold of a pushed output is stale once anything writes it again.
+  if (pushed_ != nullptr && b <= reinterpret_cast<const uint8_t*>(pushed_) &&
+      reinterpret_cast<const uint8_t*>(pushed_) < b + bytes) {
+    pushed_ = nullptr;
+  }
   for (ActCache* c : {&act_, &bf16_act_}) {
     if (c->x == nullptr) continue;
     const auto* a = static_cast<const uint8_t*>(c->x);
@@ -441,6 +452,7 @@ kc::DeviceBatch CudaBackend::device_batch() const {
 }
 
 void CudaBackend::begin_step(const BatchMeta& b) {
+  pushed_ = nullptr;
   if (capturing_) {
     // The last capture was left open by an exception: close and discard it.
     capturing_ = false;
@@ -538,14 +550,15 @@ void CudaBackend::rmsnorm(const float* x, const float* w, float* y, int64_t rows
 
 // With `reduce`, p.r holds this rank's partial sums and the all-reduce of them runs first,
 // inside the norm's launch (folds_reduce).
-void CudaBackend::run_rmsnorm(kc::RmsNormParams p, const kc::OneShotParams* reduce) {
+void CudaBackend::run_rmsnorm(kc::RmsNormParams p, const kc::OneShotParams* reduce,
+                              bool pushed) {
   wrote(p.y, p.rows * p.n * sizeof(float));
   // Small batches feed a GEMV next: write the 8-bit copy on the way; large ones a BF16 GEMM.
   const bool fuse = p.n % 32 == 0 && p.rows <= quant_gemv_max_;
   if (fuse) p.quant = act_buffers(p.rows * p.n);
   if (p.n % 4 == 0 && reduce == nullptr) p.y_bf16 = fused_bf16_out(p.rows, p.n);
   if (reduce != nullptr) {
-    kc::one_shot_all_reduce_rmsnorm({.reduce = *reduce, .norm = p}, stream_);
+    kc::one_shot_all_reduce_rmsnorm({.reduce = *reduce, .norm = p, .pushed = pushed}, stream_);
   } else {
     kc::rmsnorm(p, stream_);
   }
@@ -602,6 +615,27 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
   }
 }
 
+// Batch 1 on the int8 GEMV: each output also goes to the peers as the LL word that the folded
+// norm's all-reduce waits for (GemvLlPush), so that norm sends nothing itself.
+void CudaBackend::matmul_reduced(const Weight& w, const float* x, float* y, int64_t m,
+                                 const void* reduce) {
+  const auto* plan = static_cast<const kc::OneShotParams*>(reduce);
+  const bool push = plan != nullptr && m == 1 && kc::is_quantized(w.type) && !opt_.gemv_stream &&
+                    plan->data == y && plan->n == w.rows && folds_reduce(1, w.rows);
+  if (!push) {
+    matmul(w, x, y, m);
+    return;
+  }
+  const MatmulOut one{&w, y};
+  auto p = group_of<kc::GemvGroupParams>(std::span<const MatmulOut>(&one, 1));
+  p.cols = w.cols;
+  p.xq = quantized(x, 1, w.cols);
+  p.push = kc::one_shot_norm_push(*plan);
+  wrote(y, w.rows * sizeof(float));
+  kc::gemv_group(p, stream_);
+  pushed_ = y;
+}
+
 // Decode: q/k/v (gate/up) in one GEMV launch when they share a type and width: a quantized
 // type at batch 1, a float type up to kFloatGemvBestBatch.
 void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x, int64_t m) {
@@ -638,9 +672,11 @@ void CudaBackend::norm_matmul_shared(const NormIn& in, std::span<const MatmulOut
     TPNODE_CHECK(plan->data == in.r && plan->n == m * in.n,
                  "norm_matmul_shared: the all-reduce plan is for another buffer");
     wrote(in.x_out, m * in.n * sizeof(float));
+    const bool pushed = pushed_ == in.r && m == 1;
+    pushed_ = nullptr;
     run_rmsnorm({.x = in.x, .w = in.w, .y = in.y, .rows = m, .n = in.n, .eps = in.eps, .quant = {},
                  .r = in.r, .x_out = in.x_out},
-                plan);
+                plan, pushed);
     matmul_shared(outs, in.y, m);
     return;
   }
