@@ -58,6 +58,7 @@ struct BenchOptions {
   bool decode_clusters = true;        // CUDA: decode attention's splits may merge in a cluster
   bool fuse_norm_gemv = true;         // CUDA: batch-1 RMSNorm inside the gate/up GEMV
   bool fold_all_reduce = true;        // CUDA TP: the one-shot all-reduce inside the next RMSNorm
+  bool gemv_push = true;              // CUDA TP: batch-1 o/down GEMVs send their outputs to the peers
   bool profile_decode = false;        // CUDA: a profiler records only the timed decode steps
 };
 
@@ -223,6 +224,7 @@ int run_bench(const BenchOptions& o) {
     co.decode_clusters = o.decode_clusters;
     co.fuse_norm_gemv = o.fuse_norm_gemv;
     co.fold_all_reduce = o.fold_all_reduce;
+    co.gemv_push = o.gemv_push;
     backend = make_cuda_backend(co);
     status.show("measuring device copy bandwidth and BF16 GEMM rate");
     roof.copy_bw = cuda_measure_copy_bandwidth(*backend, uint64_t{2} << 30);
@@ -450,6 +452,9 @@ const RegisterCommand kRegister{Command{
       sub.add_flag("!--no-fold-all-reduce", o->fold_all_reduce,
                    "tensor parallel: the all-reduce after a row-parallel matmul runs as its own "
                    "launch instead of inside the residual add + RMSNorm after it");
+      sub.add_flag("!--no-gemv-push", o->gemv_push,
+                   "tensor parallel, batch 1: the folded all-reduce sends the o/down GEMV's "
+                   "outputs to the peers itself instead of the GEMV sending each as it is made");
       sub.add_flag("!--decode-global-merge", o->decode_clusters,
                    "decode attention's key splits always merge through global memory, never "
                    "inside a thread-block cluster");

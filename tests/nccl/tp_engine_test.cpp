@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <memory>
 
 #include "node/engine/single_rank_collective.h"
@@ -169,22 +170,24 @@ TEST_P(TpEngine, GreedyTokensEqualTheArgmaxOfTheLogits) {
   }
 }
 
+using SourceFactory = std::function<std::unique_ptr<WeightSource>()>;
+
 // Two tp engines, each on a backend of its own options and a communicator of its own (a
-// communicator's collectives run on its backend's stream), fed the same prompts and greedy
-// continuations: rank 0's logits must agree bit for bit at every step, prefill and decode.
-// On a mismatch the message says how many logits differ and by how much.
-void expect_same_bits(const std::string& path, const CudaBackendOptions& oa,
-                      const CudaBackendOptions& ob, bool one_shot, size_t n_seqs = 2) {
-  auto file = ModelFile::open(path);
-  const HParams& hp = file->hparams();
+// communicator's collectives run on its backend's stream), fed the same prompts (the first
+// `n_seqs` of prompts()) and greedy continuations: rank 0's logits must agree bit for bit at
+// every step, prefill and decode. On a mismatch the message says how many logits differ and
+// by how much.
+void expect_same_bits(const HParams& hp, const SourceFactory& make_source,
+                      const CudaBackendOptions& oa, const CudaBackendOptions& ob, bool one_shot,
+                      size_t n_seqs = 2) {
   const size_t V = static_cast<size_t>(hp.n_vocab);
   std::unique_ptr<Backend> ba = make_cuda_backend(oa), bb = make_cuda_backend(ob);
   NcclCommunicatorOptions ca = default_comm_options(*ba), cb = default_comm_options(*bb);
   if (!one_shot) ca.one_shot_max_bytes = cb.one_shot_max_bytes = 0;
   NcclCommunicator comm_a(host_comm(), ca), comm_b(host_comm(), cb);
-  FileWeightSource src_a(*file), src_b(*file);
-  Engine a(hp, src_a, *ba, comm_a, small_engine());
-  Engine b(hp, src_b, *bb, comm_b, small_engine());
+  std::unique_ptr<WeightSource> src_a = make_source(), src_b = make_source();
+  Engine a(hp, *src_a, *ba, comm_a, small_engine());
+  Engine b(hp, *src_b, *bb, comm_b, small_engine());
   StepPlan plan = prompts(hp.n_vocab, 1, 0);
   plan.seqs.resize(n_seqs);
   for (int step = 0; step < 6; ++step) {
@@ -207,6 +210,15 @@ void expect_same_bits(const std::string& path, const CudaBackendOptions& oa,
     }
     advance(comm_a, plan, next);
   }
+}
+
+// The same over a model file's weights.
+void expect_same_bits(const std::string& path, const CudaBackendOptions& oa,
+                      const CudaBackendOptions& ob, bool one_shot) {
+  auto file = ModelFile::open(path);
+  expect_same_bits(
+      file->hparams(), [&] { return std::make_unique<FileWeightSource>(*file); }, oa, ob,
+      one_shot);
 }
 
 // Two identical engines: the tp forward is deterministic over prefill and decode steps.
@@ -232,18 +244,40 @@ TEST_P(TpEngine, FoldedAllReduceChangesNoBit) {
   expect_same_bits(path_, backend_options_, unfolded, true);
 }
 
-// One sequence decoding alone on a quantized model (Q4_1 attn_output): its batch-1 int8 GEMV
-// sends its outputs to the peer itself (GemvLlPush) and the folded norm only waits for them;
-// the logits keep every bit against the unfolded path, prefill and decode.
+// One sequence decoding alone: its batch-1 attn_output and ffn_down int8 GEMVs send their
+// outputs to the peer themselves (CudaBackendOptions::gemv_push) and the folded norm only
+// waits for them. Synthetic weights in two quantized layouts (Q4_K with Q6_K ffn_down, as in
+// Q4_K_M, and Q8_0) whose row-parallel halves keep whole blocks: the logits keep every bit
+// against the unfolded all-reduce followed by its own norm, prefill and decode.
 TEST_P(TpEngine, BatchOneGemvPushChangesNoBit) {
   if (!GetParam().one_shot) GTEST_SKIP() << "only the one-shot all-reduce folds";
   if (std::string(GetParam().model).find("tiny-llama") == std::string::npos) GTEST_SKIP() << "run once";
-  const std::string gguf = std::string(TPNODE_SOURCE_DIR) + "/tests/fixtures/model_files/tiny_llama.gguf";
   open_rank();
   if (IsSkipped()) return;
+  HParams hp;
+  hp.arch = "llama";
+  hp.name = "gemv push test";
+  hp.n_layer = 2;
+  hp.n_embd = 512;
+  hp.n_head = 8;
+  hp.n_head_kv = 2;
+  hp.head_dim = 64;
+  hp.n_ff = 1024;
+  hp.n_vocab = 512;
+  hp.n_ctx_train = 4096;
+  ASSERT_TRUE(backend_->folds_reduce(1, hp.n_embd));
   CudaBackendOptions unfolded = backend_options_;
   unfolded.fold_all_reduce = false;
-  expect_same_bits(gguf, backend_options_, unfolded, true, 1);
+  using Overrides = std::vector<std::pair<std::string, TensorType>>;
+  const std::pair<TensorType, Overrides> layouts[] = {
+      {TensorType::kQ4_K, {{"ffn_down.weight", TensorType::kQ6_K}}}, {TensorType::kQ8_0, {}}};
+  for (const auto& layout : layouts) {
+    SCOPED_TRACE(std::string(type_name(layout.first)));
+    expect_same_bits(
+        hp,
+        [&] { return std::make_unique<SyntheticWeightSource>(hp, layout.first, 7, layout.second); },
+        backend_options_, unfolded, true, 1);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

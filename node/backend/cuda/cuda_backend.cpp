@@ -620,8 +620,9 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
 void CudaBackend::matmul_reduced(const Weight& w, const float* x, float* y, int64_t m,
                                  const void* reduce) {
   const auto* plan = static_cast<const kc::OneShotParams*>(reduce);
-  const bool push = plan != nullptr && m == 1 && kc::is_quantized(w.type) && !opt_.gemv_stream &&
-                    plan->data == y && plan->n == w.rows && folds_reduce(1, w.rows);
+  const bool push = opt_.gemv_push && plan != nullptr && m == 1 && kc::is_quantized(w.type) &&
+                    !opt_.gemv_stream && plan->data == y && plan->n == w.rows &&
+                    folds_reduce(1, w.rows);
   if (!push) {
     matmul(w, x, y, m);
     return;

@@ -62,6 +62,9 @@ struct CudaBackendOptions {
   // the residual add + RMSNorm after it (Backend::folds_reduce) for decode-sized messages, one
   // kernel instead of two.
   bool fold_all_reduce = true;
+  // With fold_all_reduce, a batch-1 int8 GEMV whose output that norm reduces next (o, down)
+  // sends each output to the peers itself as the all-reduce's LL word, so the norm only waits.
+  bool gemv_push = true;
 };
 
 // Number of usable CUDA devices; 0 when there is no driver or no GPU (never throws).
