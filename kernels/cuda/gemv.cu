@@ -414,7 +414,12 @@ constexpr GeometryEntry kGeometries[] = {
     {{2, 1, 2, 0, false}, false}, {{1, 4, 1, 0, false}, false},
     {{2, 1, 1, 0, true}, false},  {{2, 1, 2, 0, true}, false},  {{1, 1, 2, 0, true}, false},
     {{1, 4, 1, 0, true}, false},  {{1, 4, 2, 0, true}, false},  {{4, 1, 1, 0, true}, false},
+    {{3, 1, 2, 0, true}, false},
 };
+// gemv_group_geometry's picks for the types with every geometry (pipelined, resident grids).
+constexpr int kLongRowsGeometry = 10;  // four rows of one item per warp
+constexpr int kLargeGroupGeometry = 6;  // two rows of two items
+constexpr int kQ4kGroupGeometry = 11;  // three rows of two items
 constexpr int kGeometryCount = sizeof(kGeometries) / sizeof(kGeometries[0]);
 
 
@@ -459,9 +464,14 @@ GemvGeometry gemv_group_geometry(const GemvGroupParams& p) {
   if (has_all_geometries(type)) {
     // Types whose work items load into registers (Raw) gain from loading a step ahead: the
     // resident grid, four rows per warp for long rows and mid-sized groups, two rows of two
-    // items each for large groups; small matrices keep the one-shot grid (bench-gemv).
-    if (items > 64 || (p.total_rows > 4096 && p.total_rows < 8192)) return kGeometries[10].g;
-    if (p.total_rows >= 8192) return kGeometries[6].g;
+    // items each for large groups, three rows of two for large Q4_K groups (on an H200 Llama-3
+    // gate+up took 18.7 us against 24.8 with two rows; q/k/v, 6.1 us against 8.0 with four
+    // rows on its own, made no difference to the decode step); small matrices keep the
+    // one-shot grid (bench-gemv).
+    if (items > 64) return kGeometries[kLongRowsGeometry].g;
+    if (type == TensorType::kQ4_K && p.total_rows >= 8192) return kGeometries[kQ4kGroupGeometry].g;
+    if (p.total_rows > 4096 && p.total_rows < 8192) return kGeometries[kLongRowsGeometry].g;
+    if (p.total_rows >= 8192) return kGeometries[kLargeGroupGeometry].g;
   }
   // Long rows (more than 64 work items, e.g. ffn_down's) are shared by the CTA's four warps.
   // Short rows go two to a warp (more bytes in flight per warp, fewer CTAs) unless that
@@ -517,21 +527,29 @@ void gemv_group(const GemvGroupParams& p, cudaStream_t stream) {
 }
 
 namespace {
-// The geometry compiled with the norm: the pick for large groups (gate/up of Llama-3 shapes:
-// two rows of two items per warp). With q/k/v's (four rows per warp) the norm measured slower
-// inside the GEMV than as its own launch on an H200 (docs/BENCHMARKS.md, eleventh session).
-constexpr GemvGeometry kNormGeometry = kGeometries[6].g;
+// The norm is compiled into the picks for large groups (gate/up of Llama-3 shapes) only, and
+// serves groups of at least kNormMinRows: fused into q/k/v the step measured slower than with
+// the norm as its own launch on an H200 (docs/BENCHMARKS.md, eleventh session).
+constexpr int64_t kNormMinRows = 8192;
+
+template <TensorType T, int I>
+void launch_norm_geometry(const GemvGroupParams& p, const GemvNorm& norm, cudaStream_t stream) {
+  constexpr GemvGeometry g = kGeometries[I].g;
+  launch_gemv1_pipelined<T, g.rows_per_warp, g.warps_per_row, g.items_per_lane, true>(p, stream,
+                                                                                      norm);
+}
 }  // namespace
 
 bool gemv_norm_group_supports(const GemvGroupParams& p) {
-  if (p.n < 1 || p.n > kMaxGemvGroup || p.total_rows <= 0) return false;
+  if (p.n < 1 || p.n > kMaxGemvGroup || p.total_rows < kNormMinRows) return false;
   const TensorType type = p.outs[0].w.type;
   if (!has_all_geometries(type)) return false;
   for (int i = 0; i < p.n; ++i) {
     if (p.outs[i].w.type != type || p.outs[i].w.cols != p.cols) return false;
   }
   if (p.cols % kNormColsMultiple != 0 || p.cols > kNormMaxCols) return false;
-  return gemv_group_geometry(p) == kNormGeometry;
+  const GemvGeometry g = gemv_group_geometry(p);
+  return g == kGeometries[kLargeGroupGeometry].g || g == kGeometries[kQ4kGroupGeometry].g;
 }
 
 void gemv_norm_group(const GemvGroupParams& p, const GemvNorm& norm, cudaStream_t stream) {
@@ -541,10 +559,14 @@ void gemv_norm_group(const GemvGroupParams& p, const GemvNorm& norm, cudaStream_
   TPNODE_CHECK(norm.x != nullptr && norm.w != nullptr &&
                    (norm.r == nullptr || (norm.x_out != nullptr && norm.x_out != norm.x)),
                "gemv_norm_group: x and w are needed, and with r an x_out other than x");
+  const bool three_rows = gemv_group_geometry(p) == kGeometries[kQ4kGroupGeometry].g;
   TPNODE_DISPATCH_QUANT_TYPE(p.outs[0].w.type, T, {
     if constexpr (has_all_geometries(T)) {
-      launch_gemv1_pipelined<T, kNormGeometry.rows_per_warp, kNormGeometry.warps_per_row,
-                             kNormGeometry.items_per_lane, true>(p, stream, norm);
+      if (three_rows) {
+        launch_norm_geometry<T, kQ4kGroupGeometry>(p, norm, stream);
+      } else {
+        launch_norm_geometry<T, kLargeGroupGeometry>(p, norm, stream);
+      }
     }
   })
   TPNODE_CUDA_CHECK_LAUNCH();

@@ -149,10 +149,11 @@ TEST_P(NormGemv, MatchesHostNormThenProduct) {
 INSTANTIATE_TEST_SUITE_P(
     Shapes, NormGemv,
     ::testing::Values(
-        // Llama-3-8B gate/up (two rows of two items per warp)
+        // Llama-3-8B gate/up at TP1 and TP2 (Q4_K: three rows of two items per warp)
         NormCase{TensorType::kQ4_K, {14336, 14336}, 4096, true},
         NormCase{TensorType::kQ4_K, {14336, 14336}, 4096, false},
-        // Q6_K, odd group sizes, rows of 1, 2, 4 and 8 passes of the CTA
+        NormCase{TensorType::kQ4_K, {7168, 7168}, 4096, true},
+        // Q6_K (two rows of two items), odd group sizes, rows of 1, 2, 4 and 8 passes of the CTA
         NormCase{TensorType::kQ6_K, {5000, 4000, 7}, 1024, true},
         NormCase{TensorType::kQ4_K, {8192, 3}, 2048, true},
         NormCase{TensorType::kQ6_K, {9001}, 512, false}),
@@ -170,8 +171,9 @@ TEST(NormGemvChecks, SupportsOnlyThePipelinedPicks) {
     return p;
   };
   EXPECT_TRUE(kc::gemv_norm_group_supports(group(TensorType::kQ4_K, {14336, 14336}, 4096)));
-  // Groups whose pick is another geometry (q/k/v's four rows per warp; long rows; too few
-  // rows); a type without the pipelined geometries; widths off the CTA's passes.
+  EXPECT_TRUE(kc::gemv_norm_group_supports(group(TensorType::kQ6_K, {9001}, 512)));
+  // Groups of fewer rows than the norm serves (q/k/v), whose pick is another geometry (long
+  // rows; small groups); a type without the pipelined geometries; widths off the CTA's passes.
   EXPECT_FALSE(kc::gemv_norm_group_supports(group(TensorType::kQ4_K, {4096, 1024, 1024}, 4096)));
   EXPECT_FALSE(kc::gemv_norm_group_supports(group(TensorType::kQ4_K, {14336, 14336}, 8192)));
   EXPECT_FALSE(kc::gemv_norm_group_supports(group(TensorType::kQ4_K, {576, 192, 192}, 512)));
