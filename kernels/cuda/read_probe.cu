@@ -161,12 +161,14 @@ void dispatch_rows(const ReadProbeBuffer& buf, const ReadRowsShape& shape, cudaS
     dispatch_items<1, kRowsCtaWarps, kInterleaved>(buf, shape, stream);
   } else if (r == 2 && w == kRowsCtaWarps) {
     dispatch_items<2, kRowsCtaWarps, kInterleaved>(buf, shape, stream);
+  } else if (r == 3 && w == 1) {
+    dispatch_items<3, 1, kInterleaved>(buf, shape, stream);
   } else if (r == 4 && w == 1) {
     dispatch_items<4, 1, kInterleaved>(buf, shape, stream);
   } else {
     TPNODE_THROW(ErrorKind::kUnsupported,
                  "read_rows: rows_per_warp {} and warps_per_row {} (1 or 2 rows with 1 or {} "
-                 "warps per row, or 4 rows with 1)",
+                 "warps per row, or 3 or 4 rows with 1)",
                  r, w, kRowsCtaWarps);
   }
 }

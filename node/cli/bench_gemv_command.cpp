@@ -38,6 +38,7 @@ std::vector<GemvBenchShape> shapes_of(const std::vector<std::string>& sets) {
   for (const std::string& set : sets) {
     std::vector<GemvBenchShape> add;
     if (set == "q4k-8b") add = llama3_8b_decode_shapes();
+    if (set == "q4k-8b-tp2") add = llama3_8b_tp2_decode_shapes();
     if (set == "bf16-70b-tp2") add = llama3_70b_tp2_bf16_shapes();
     if (set == "bf16-8b") add = llama3_8b_bf16_shapes();
     TPNODE_CHECK(!add.empty(), "bench-gemv: unknown shape set '{}'", set);
@@ -124,10 +125,11 @@ const RegisterCommand kRegister{Command{
           ->delimiter(',')
           ->check(CLI::IsMember({1, 2, 4, 8}));
       sub.add_option("--shapes", o->sets,
-                     "shape sets: q4k-8b (Llama-3-8B Q4_K_M), bf16-70b-tp2 (Llama-3-70B BF16, "
-                     "one of two TP ranks), bf16-8b (Llama-3-8B BF16)")
+                     "shape sets: q4k-8b (Llama-3-8B Q4_K_M), q4k-8b-tp2 (the same and its output "
+                     "layer, one of two TP ranks), bf16-70b-tp2 (Llama-3-70B BF16, one of two TP "
+                     "ranks), bf16-8b (Llama-3-8B BF16)")
           ->delimiter(',')
-          ->check(CLI::IsMember({"q4k-8b", "bf16-70b-tp2", "bf16-8b"}));
+          ->check(CLI::IsMember({"q4k-8b", "q4k-8b-tp2", "bf16-70b-tp2", "bf16-8b"}));
       sub.add_option("--rotate-mb", o->rotate_mb,
                      "each kernel rotates over copies of its data totalling at least this")
           ->check(CLI::Range(64, 16384));

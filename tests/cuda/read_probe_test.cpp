@@ -111,10 +111,10 @@ TEST_F(ReadProbe, RowsReadEveryWordOnce) {
   uint32_t seed = 1;
   for (const Case& c : cases) {
     const Fold want = put(static_cast<size_t>(c.rows * c.row_bytes), seed++);
-    // Every geometry the probe has: 1 or 2 rows with 1 or 4 warps per row, 4 rows with 1.
-    for (int r : {1, 2, 4}) {
+    // Every geometry the probe has: 1 or 2 rows with 1 or 4 warps per row, 3 or 4 rows with 1.
+    for (int r : {1, 2, 3, 4}) {
       for (int w : {1, 4}) {
-        if (r == 4 && w == 4) continue;
+        if (r >= 3 && w == 4) continue;
         for (int u : {1, 2, 4, 8}) {
           const kc::ReadRowsShape shape{.rows = c.rows, .row_bytes = c.row_bytes,
                                         .rows_per_warp = r, .warps_per_row = w,
@@ -148,7 +148,11 @@ TEST_F(ReadProbe, RejectsBadShapes) {
   EXPECT_THROW(kc::read_rows(buffer(false), {.rows = 4, .row_bytes = 1024, .items_per_lane = 3},
                              nullptr),
                Error);
-  EXPECT_THROW(kc::read_rows(buffer(false), {.rows = 256, .row_bytes = 16, .rows_per_warp = 3},
+  EXPECT_THROW(kc::read_rows(buffer(false), {.rows = 256, .row_bytes = 16, .rows_per_warp = 5},
+                             nullptr),
+               Error);
+  EXPECT_THROW(kc::read_rows(buffer(false),
+                             {.rows = 256, .row_bytes = 16, .rows_per_warp = 3, .warps_per_row = 4},
                              nullptr),
                Error);
   EXPECT_THROW(kc::read_rows(buffer(false),

@@ -346,6 +346,16 @@ std::vector<GemvBenchShape> llama3_8b_decode_shapes() {
   };
 }
 
+std::vector<GemvBenchShape> llama3_8b_tp2_decode_shapes() {
+  return {
+      {"gate+up", TensorType::kQ4_K, {7168, 7168}, 4096},
+      {"ffn_down", TensorType::kQ6_K, {4096}, 7168},
+      {"q/k/v", TensorType::kQ4_K, {2048, 512, 512}, 4096},
+      {"attn_output", TensorType::kQ4_K, {4096}, 2048},
+      {"output", TensorType::kQ6_K, {64128}, 4096},
+  };
+}
+
 std::vector<GemvBenchShape> llama3_70b_tp2_bf16_shapes() {
   const TensorType t = TensorType::kBF16;
   return {

@@ -26,6 +26,8 @@ struct GemvBenchShape {
 };
 // The decode GEMVs of Llama-3-8B Q4_K_M: gate+up, ffn_down, q/k/v, attn_output.
 std::vector<GemvBenchShape> llama3_8b_decode_shapes();
+// The same on one of two tensor-parallel ranks, with the output layer's vocabulary slice.
+std::vector<GemvBenchShape> llama3_8b_tp2_decode_shapes();
 // The decode GEMVs of Llama-3-70B BF16 on one of two tensor-parallel ranks (q/k/v,
 // attn_output, gate+up, ffn_down, the output layer's vocabulary slice), at m = 1 and 2.
 std::vector<GemvBenchShape> llama3_70b_tp2_bf16_shapes();
