@@ -464,12 +464,12 @@ GemvGeometry gemv_group_geometry(const GemvGroupParams& p) {
   if (has_all_geometries(type)) {
     // Types whose work items load into registers (Raw) gain from loading a step ahead: the
     // resident grid, four rows per warp for long rows and mid-sized groups, two rows of two
-    // items each for large groups, three rows of two for large Q4_K groups (on an H200 Llama-3
-    // gate+up took 18.7 us against 24.8 with two rows; q/k/v, 6.1 us against 8.0 with four
-    // rows on its own, made no difference to the decode step); small matrices keep the
-    // one-shot grid (bench-gemv).
+    // items each for large groups; Q4_K groups of 3072 rows or more take three rows of two
+    // (on an H200 Llama-3-8B's gate+up 18.7 us against 24.8 with two rows, attn_output 4.7
+    // against 5.2, and the TP1 decode step 3% shorter); small matrices keep the one-shot grid
+    // (bench-gemv). Q6_K's output layer was slower on three rows.
     if (items > 64) return kGeometries[kLongRowsGeometry].g;
-    if (type == TensorType::kQ4_K && p.total_rows >= 8192) return kGeometries[kQ4kGroupGeometry].g;
+    if (type == TensorType::kQ4_K && p.total_rows >= 3072) return kGeometries[kQ4kGroupGeometry].g;
     if (p.total_rows > 4096 && p.total_rows < 8192) return kGeometries[kLongRowsGeometry].g;
     if (p.total_rows >= 8192) return kGeometries[kLargeGroupGeometry].g;
   }
