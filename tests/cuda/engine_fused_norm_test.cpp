@@ -19,21 +19,6 @@
 namespace tpnode::test {
 namespace {
 
-HParams small_llama() {
-  HParams hp;
-  hp.arch = "llama";
-  hp.name = "fused-norm test";
-  hp.n_layer = 2;
-  hp.n_embd = 512;
-  hp.n_head = 8;
-  hp.n_head_kv = 2;
-  hp.head_dim = 64;
-  hp.n_ff = 4096;
-  hp.n_vocab = 512;
-  hp.n_ctx_train = 4096;
-  return hp;
-}
-
 // SyntheticWeightSource's names, shapes and types, with the values made on the host (GGUF
 // rows from a per-name seed, norm weights near 1), so that both backends get the same model.
 class HostRowsSource final : public WeightSource {
@@ -67,7 +52,7 @@ class HostRowsSource final : public WeightSource {
 class CudaEngineFusedNorm : public CudaVsCpu {};
 
 TEST_F(CudaEngineFusedNorm, DecodeMatchesCpuAndTakesTheFusedKernel) {
-  const HParams hp = small_llama();
+  const HParams hp = tsupport::small_llama("fused-norm test", 4096);
   CudaBackendOptions off = cuda_options();
   off.fuse_norm_gemv = false;
   off.gpu_memory_fraction = 0.25;

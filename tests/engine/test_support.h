@@ -12,6 +12,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "node/engine/single_rank_collective.h"
@@ -41,6 +42,23 @@ inline std::vector<float> read_f32(const std::filesystem::path& p) {
 }
 
 // The id of the largest logit in row `row` of logits laid out [rows][n] (ties: the lowest id).
+// A two-layer Llama of 512 wide, 8 heads over 2 KV heads of 64, vocabulary 512, whose
+// matrices split into whole 256-value blocks over two ranks, for synthetic weights of any type.
+inline HParams small_llama(std::string name, int64_t n_ff) {
+  HParams hp;
+  hp.arch = "llama";
+  hp.name = std::move(name);
+  hp.n_layer = 2;
+  hp.n_embd = 512;
+  hp.n_head = 8;
+  hp.n_head_kv = 2;
+  hp.head_dim = 64;
+  hp.n_ff = n_ff;
+  hp.n_vocab = 512;
+  hp.n_ctx_train = 4096;
+  return hp;
+}
+
 inline int32_t argmax_row(const std::vector<float>& logits, size_t row, size_t n) {
   const auto first = logits.begin() + static_cast<std::ptrdiff_t>(row * n);
   return static_cast<int32_t>(std::max_element(first, first + static_cast<std::ptrdiff_t>(n)) - first);

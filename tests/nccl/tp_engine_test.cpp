@@ -254,17 +254,7 @@ TEST_P(TpEngine, BatchOneGemvPushChangesNoBit) {
   if (std::string(GetParam().model).find("tiny-llama") == std::string::npos) GTEST_SKIP() << "run once";
   open_rank();
   if (IsSkipped()) return;
-  HParams hp;
-  hp.arch = "llama";
-  hp.name = "gemv push test";
-  hp.n_layer = 2;
-  hp.n_embd = 512;
-  hp.n_head = 8;
-  hp.n_head_kv = 2;
-  hp.head_dim = 64;
-  hp.n_ff = 1024;
-  hp.n_vocab = 512;
-  hp.n_ctx_train = 4096;
+  const HParams hp = tsupport::small_llama("gemv push test", 1024);
   ASSERT_TRUE(backend_->folds_reduce(1, hp.n_embd));
   CudaBackendOptions unfolded = backend_options_;
   unfolded.fold_all_reduce = false;
