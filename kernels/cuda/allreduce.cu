@@ -386,19 +386,23 @@ bool one_shot_rmsnorm_supports(int64_t rows, int64_t n) {
 }
 
 GemvLlPush one_shot_norm_push(const OneShotParams& reduce) {
-  TPNODE_CHECK(reduce.size >= 2 && reduce.size <= kAllReduceMaxRanks && reduce.n <= kOneShotNormMaxCols,
+  TPNODE_CHECK(reduce.size >= 2 && reduce.size <= kAllReduceMaxRanks &&
+                   reduce.n <= kOneShotNormMaxCols,
                "one_shot_norm_push: {} ranks, a row of {}", reduce.size, reduce.n);
   const OneShotLayout layout{.size = reduce.size, .capacity = reduce.capacity};
+  constexpr int64_t kRankWords = int64_t{kOneShotNormMaxRows} * kOneShotNormMaxCols;
   GemvLlPush push;
   // Row 0's words from this rank in half 0 of each peer's buffer (one_shot_rmsnorm_kernel's
   // `words`), and row 0's epoch in this rank's buffer.
   for (int q = 0; q < reduce.size; ++q) {
     if (q == reduce.rank) continue;
-    push.dst[push.peers++] = reinterpret_cast<uint2*>(reduce.buffers[q] + layout.recv_norm_offset()) +
-                             static_cast<int64_t>(reduce.rank) * kOneShotNormMaxRows * kOneShotNormMaxCols;
+    push.dst[push.peers++] =
+        reinterpret_cast<uint2*>(reduce.buffers[q] + layout.recv_norm_offset()) +
+        reduce.rank * kRankWords;
   }
-  push.half_stride = static_cast<int64_t>(reduce.size) * kOneShotNormMaxRows * kOneShotNormMaxCols;
-  push.epoch = reinterpret_cast<const uint32_t*>(reduce.buffers[reduce.rank] + layout.norm_epochs_offset());
+  push.half_stride = reduce.size * kRankWords;
+  push.epoch = reinterpret_cast<const uint32_t*>(reduce.buffers[reduce.rank] +
+                                                 layout.norm_epochs_offset());
   return push;
 }
 

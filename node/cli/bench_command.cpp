@@ -58,7 +58,7 @@ struct BenchOptions {
   bool decode_clusters = true;        // CUDA: decode attention's splits may merge in a cluster
   bool fuse_norm_gemv = true;         // CUDA: batch-1 RMSNorm inside the gate/up GEMV
   bool fold_all_reduce = true;        // CUDA TP: the one-shot all-reduce inside the next RMSNorm
-  bool gemv_push = true;              // CUDA TP: batch-1 o/down GEMVs send their outputs to the peers
+  bool gemv_push = true;              // CUDA TP: batch-1 o/down GEMVs push their outputs
   bool profile_decode = false;        // CUDA: a profiler records only the timed decode steps
 };
 

@@ -251,7 +251,9 @@ TEST_P(TpEngine, FoldedAllReduceChangesNoBit) {
 // against the unfolded all-reduce followed by its own norm, prefill and decode.
 TEST_P(TpEngine, BatchOneGemvPushChangesNoBit) {
   if (!GetParam().one_shot) GTEST_SKIP() << "only the one-shot all-reduce folds";
-  if (std::string(GetParam().model).find("tiny-llama") == std::string::npos) GTEST_SKIP() << "run once";
+  if (std::string(GetParam().model).find("tiny-llama") == std::string::npos) {
+    GTEST_SKIP() << "run once";
+  }
   open_rank();
   if (IsSkipped()) return;
   const HParams hp = tsupport::small_llama("gemv push test", 1024);
