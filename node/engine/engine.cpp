@@ -575,7 +575,7 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
       reduce_into(attn_norm, plan);
     } else {
       b.matmul(L.down, s.gate, s.t, T);
-      if (reduce) m.c.all_reduce_sum(s.t, static_cast<size_t>(T * E));
+      if (reduce) m.c.all_reduce_sum(s.t, count);
       b.add(x, s.t, x, T * E);
     }
   }

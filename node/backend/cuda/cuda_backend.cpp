@@ -181,7 +181,8 @@ class CudaBackend final : public Backend {
   kc::DeviceBatch device_batch() const;
   void gemm(const Weight& w, const float* x, float* y, int64_t m);
   bool use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const;
-  void gemv1(std::span<const MatmulOut> outs, const float* x);
+  // Batch 1 on the int8 GEMV (or gemv_stream); with a push, also to the peers (GemvLlPush).
+  void gemv1(std::span<const MatmulOut> outs, const float* x, const kc::GemvLlPush& push = {});
   const __nv_bfloat16* bf16_acts(const float* x, int64_t m, int64_t k, bool dq_layout = false);
   __nv_bfloat16* fused_bf16_out(int64_t m, int64_t k);
   const float* rope_freqs(const RopeParams& p);
@@ -628,12 +629,7 @@ void CudaBackend::matmul_reduced(const Weight& w, const float* x, float* y, int6
     return;
   }
   const MatmulOut one{&w, y};
-  auto p = group_of<kc::GemvGroupParams>(std::span<const MatmulOut>(&one, 1));
-  p.cols = w.cols;
-  p.xq = quantized(x, 1, w.cols);
-  p.push = kc::one_shot_norm_push(*plan);
-  wrote(y, w.rows * sizeof(float));
-  kc::gemv_group(p, stream_);
+  gemv1(std::span<const MatmulOut>(&one, 1), x, kc::one_shot_norm_push(*plan));
   pushed_ = y;
 }
 
@@ -701,13 +697,15 @@ void CudaBackend::norm_matmul_shared(const NormIn& in, std::span<const MatmulOut
 }
 
 // Batch-1 quantized GEMVs of matrices of one type and width that share x, in one launch.
-void CudaBackend::gemv1(std::span<const MatmulOut> outs, const float* x) {
+void CudaBackend::gemv1(std::span<const MatmulOut> outs, const float* x,
+                        const kc::GemvLlPush& push) {
   const int64_t k = outs[0].w->cols;
   auto p = group_of<kc::GemvGroupParams>(outs);
   p.cols = k;
   p.xq = quantized(x, 1, k);
+  p.push = push;
   wrote_outs(outs, 1);
-  if (opt_.gemv_stream && kc::gemv_stream_supports(p)) {
+  if (push.peers == 0 && opt_.gemv_stream && kc::gemv_stream_supports(p)) {
     kc::gemv_stream(p, stream_);
   } else {
     kc::gemv_group(p, stream_);
