@@ -292,13 +292,15 @@ template <>
 struct Policy<TensorType::kQ6_K> {
   static constexpr int kBlock = 256, kQBytes = 208, kSBytes = 2, kParts = 4;
   struct Raw {
-    int4 la, lb, hv, sc;
+    int4 la, lb, hv;
+    int2 sc;  // the half's 8 scale bytes
     float d;
   };
   __device__ static Raw load(const uint8_t* qb, const uint8_t* sb, int p) {
     const int n = p >> 1, j = p & 1;
     return {ld_i128(qb + 64 * n + 16 * j), ld_i128(qb + 64 * n + 32 + 16 * j),
-            ld_i128(qb + 128 + 32 * n + 16 * j), ld_i128(qb + 192), ld_half(sb)};
+            ld_i128(qb + 128 + 32 * n + 16 * j),
+            *reinterpret_cast<const int2*>(qb + 192 + 8 * n), ld_half(sb)};
   }
   __device__ static float dot(const Raw& r, int p, ActView a) {
     const int n = p >> 1, j = p & 1;
@@ -310,9 +312,8 @@ struct Policy<TensorType::kQ6_K> {
     int qhx[4] = {r.hv.x, r.hv.y, r.hv.z, r.hv.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) qhx[i] ^= static_cast<int>(0xAAAAAAAAu);
-    // Scale of group g: byte 8n + j + 2g of the 16 scale bytes.
-    const int sw[4] = {r.sc.x, r.sc.y, r.sc.z, r.sc.w};
-    const int w0 = n ? sw[2] : sw[0], w1 = n ? sw[3] : sw[1];
+    // Scale of group g: byte j + 2g of the half's 8 scale bytes.
+    const int w0 = r.sc.x, w1 = r.sc.y;
     float acc = 0.0f;
 #pragma unroll
     for (int g = 0; g < 4; ++g) {
