@@ -247,8 +247,8 @@ struct NormPrologue {
 // current step's dot products, so a warp keeps loads in flight while it computes instead of
 // alternating between waiting and computing. With kNorm, the RMSNorm in front of it runs in
 // the prologue (NormPrologue) and x's 8-bit copy lives in dynamic shared memory.
-template <TensorType T, int R, int W, int U, bool kNorm>
-__global__ void __launch_bounds__(kWarpsPerCta * 32)
+template <TensorType T, int R, int W, int U, bool kNorm, int MinCtas>
+__global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas > 0 ? MinCtas : 1)
     gemv1_pipelined_kernel(GemvGroupParams p, GemvNorm norm) {
   using P = quant::Policy<T>;
   constexpr int kLanes = 32 * W;
@@ -377,20 +377,25 @@ size_t norm_smem_bytes(int64_t cols) {
   return static_cast<size_t>(cols) + 2 * sizeof(float) * static_cast<size_t>(cols / 32);
 }
 
-template <TensorType T, int R, int W, int U, bool kNorm = false>
+// MinCtas > 0: the grid holds that many CTAs per SM (registers capped to fit), else two.
+template <TensorType T, int R, int W, int U, int MinCtas, bool kNorm = false>
 void launch_gemv1_pipelined(const GemvGroupParams& p, cudaStream_t stream,
                             const GemvNorm& norm = {}) {
   constexpr int64_t kSlots = kWarpsPerCta / W;
   const int64_t groups = (p.total_rows + R - 1) / R;
-  // At most two CTAs per SM: what the engine ran with in every measurement so far (the grid
-  // size was once cached for all these kernels from the first one launched, the LM head's,
-  // whose registers allow two); more CTAs per SM have not been measured end to end.
+  // At most two CTAs per SM unless the geometry asks for more: what the picks run with (the
+  // grid size was once cached for all these kernels from the first one launched, the LM
+  // head's, whose registers allow two). Q4_K's two rows of two at three CTAs per SM matched
+  // three rows at two in bench-gemv and lost 0.7% of the TP1 step (docs/BENCHMARKS.md).
   static PerDeviceCount cache{};
-  auto* kernel = gemv1_pipelined_kernel<T, R, W, U, kNorm>;
+  auto* kernel = gemv1_pipelined_kernel<T, R, W, U, kNorm, MinCtas>;
   const int64_t ctas = std::min<int64_t>(
       (groups + kSlots - 1) / kSlots,
       resident_ctas(reinterpret_cast<const void*>(kernel),
-                    {.threads = kWarpsPerCta * 32, .max_per_sm = 2, .who = "gemv_group"}, cache));
+                    {.threads = kWarpsPerCta * 32,
+                     .max_per_sm = MinCtas > 0 ? MinCtas : 2,
+                     .who = "gemv_group"},
+                    cache));
   launch_pdl(kernel, dim3(static_cast<unsigned>(ctas)), dim3(kWarpsPerCta * 32),
              kNorm ? norm_smem_bytes(p.cols) : 0, stream, p, norm);
 }
@@ -414,11 +419,10 @@ constexpr GeometryEntry kGeometries[] = {
     {{2, 1, 2, 0, false}, false}, {{1, 4, 1, 0, false}, false},
     {{2, 1, 1, 0, true}, false},  {{2, 1, 2, 0, true}, false},  {{1, 1, 2, 0, true}, false},
     {{1, 4, 1, 0, true}, false},  {{1, 4, 2, 0, true}, false},  {{4, 1, 1, 0, true}, false},
-    {{3, 1, 2, 0, true}, false},
+    {{3, 1, 2, 0, true}, false},  {{2, 1, 2, 3, true}, false},
 };
 // gemv_group_geometry's picks for the types with every geometry (pipelined, resident grids).
 constexpr int kLongRowsGeometry = 10;  // four rows of one item per warp
-constexpr int kLargeGroupGeometry = 6;  // two rows of two items
 constexpr int kQ4kGroupGeometry = 11;  // three rows of two items
 constexpr int kGeometryCount = sizeof(kGeometries) / sizeof(kGeometries[0]);
 
@@ -433,7 +437,8 @@ void launch_geometry(const GemvGroupParams& p, cudaStream_t stream) {
   if constexpr (!kGeometries[I].all_types && !has_all_geometries(T)) {
     TPNODE_CHECK(false, "gemv_group: geometry {} not compiled for {}", I, weight_type_label(T));
   } else if constexpr (g.pipelined) {
-    launch_gemv1_pipelined<T, g.rows_per_warp, g.warps_per_row, g.items_per_lane>(p, stream);
+    launch_gemv1_pipelined<T, g.rows_per_warp, g.warps_per_row, g.items_per_lane,
+                           g.min_ctas_per_sm>(p, stream);
   } else {
     launch_gemv1<T, g.rows_per_warp, g.warps_per_row, g.items_per_lane, g.min_ctas_per_sm>(p, stream);
   }
@@ -463,15 +468,15 @@ GemvGeometry gemv_group_geometry(const GemvGroupParams& p) {
   const int64_t items = p.cols / l.block_size * (l.block_size == 256 ? 4 : 1);
   if (has_all_geometries(type)) {
     // Types whose work items load into registers (Raw) gain from loading a step ahead: the
-    // resident grid, four rows per warp for long rows and mid-sized groups, two rows of two
-    // items each for large groups; Q4_K groups of 3072 rows or more take three rows of two
-    // (on an H200 Llama-3-8B's gate+up 18.7 us against 24.8 with two rows, attn_output 4.7
-    // against 5.2, and the TP1 decode step 3% shorter); small matrices keep the one-shot grid
-    // (bench-gemv). Q6_K's output layer was slower on three rows.
+    // resident grid, four rows of one item per warp for long rows and groups of more than
+    // 4096 rows; Q4_K groups of 3072 rows or more take three rows of two (on an H200
+    // Llama-3-8B's gate+up 18.7 us against 24.8 with two rows of two, attn_output 4.7 against
+    // 5.2, and the TP1 decode step 3% shorter); small matrices keep the one-shot grid
+    // (bench-gemv). Q6_K's output layer: four rows of one 55.5 us, two rows of two 62.7, three
+    // rows of two 59.2 (one TP2 rank's vocabulary slice).
     if (items > 64) return kGeometries[kLongRowsGeometry].g;
     if (type == TensorType::kQ4_K && p.total_rows >= 3072) return kGeometries[kQ4kGroupGeometry].g;
-    if (p.total_rows > 4096 && p.total_rows < 8192) return kGeometries[kLongRowsGeometry].g;
-    if (p.total_rows >= 8192) return kGeometries[kLargeGroupGeometry].g;
+    if (p.total_rows > 4096) return kGeometries[kLongRowsGeometry].g;
   }
   // Long rows (more than 64 work items, e.g. ffn_down's) are shared by the CTA's four warps.
   // Short rows go two to a warp (more bytes in flight per warp, fewer CTAs) unless that
@@ -535,8 +540,8 @@ constexpr int64_t kNormMinRows = 8192;
 template <TensorType T, int I>
 void launch_norm_geometry(const GemvGroupParams& p, const GemvNorm& norm, cudaStream_t stream) {
   constexpr GemvGeometry g = kGeometries[I].g;
-  launch_gemv1_pipelined<T, g.rows_per_warp, g.warps_per_row, g.items_per_lane, true>(p, stream,
-                                                                                      norm);
+  launch_gemv1_pipelined<T, g.rows_per_warp, g.warps_per_row, g.items_per_lane,
+                         g.min_ctas_per_sm, true>(p, stream, norm);
 }
 }  // namespace
 
@@ -549,7 +554,7 @@ bool gemv_norm_group_supports(const GemvGroupParams& p) {
   }
   if (p.cols % kNormColsMultiple != 0 || p.cols > kNormMaxCols) return false;
   const GemvGeometry g = gemv_group_geometry(p);
-  return g == kGeometries[kLargeGroupGeometry].g || g == kGeometries[kQ4kGroupGeometry].g;
+  return g == kGeometries[kLongRowsGeometry].g || g == kGeometries[kQ4kGroupGeometry].g;
 }
 
 void gemv_norm_group(const GemvGroupParams& p, const GemvNorm& norm, cudaStream_t stream) {
@@ -565,7 +570,7 @@ void gemv_norm_group(const GemvGroupParams& p, const GemvNorm& norm, cudaStream_
       if (three_rows) {
         launch_norm_geometry<T, kQ4kGroupGeometry>(p, norm, stream);
       } else {
-        launch_norm_geometry<T, kLargeGroupGeometry>(p, norm, stream);
+        launch_norm_geometry<T, kLongRowsGeometry>(p, norm, stream);
       }
     }
   })

@@ -112,9 +112,9 @@ struct GemvNorm {
 };
 inline constexpr int64_t kNormColsMultiple = 512;  // whole passes of a CTA over the row
 inline constexpr int64_t kNormMaxCols = 16384;     // the 8-bit copy fits shared memory
-// Q4_K or Q6_K weights whose picked geometry (gemv_group_geometry) is the one compiled with
-// the norm (large groups: two rows of two items per warp, e.g. gate/up), cols a multiple of
-// kNormColsMultiple up to kNormMaxCols.
+// Q4_K or Q6_K groups of at least 8192 rows (e.g. gate/up), whose picked geometries
+// (gemv_group_geometry) are compiled with the norm, cols a multiple of kNormColsMultiple up to
+// kNormMaxCols.
 bool gemv_norm_group_supports(const GemvGroupParams& p);
 void gemv_norm_group(const GemvGroupParams& p, const GemvNorm& norm, cudaStream_t stream);
 

@@ -56,7 +56,7 @@ struct BenchOptions {
   bool gemv_stream = false;           // CUDA: batch-1 GEMVs stream weights through shared memory
   int decode_max_splits = 0;          // CUDA: cap on decode attention's key splits (0: planner)
   bool decode_clusters = true;        // CUDA: decode attention's splits may merge in a cluster
-  bool fuse_norm_gemv = true;         // CUDA: batch-1 RMSNorm inside the gate/up GEMV
+  bool fuse_norm_gemv = false;        // CUDA: batch-1 RMSNorm inside the gate/up GEMV
   bool fold_all_reduce = true;        // CUDA TP: the one-shot all-reduce inside the next RMSNorm
   bool gemv_push = true;              // CUDA TP: batch-1 o/down GEMVs push their outputs
   bool profile_decode = false;        // CUDA: a profiler records only the timed decode steps
@@ -443,9 +443,9 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--decode-max-splits", o->decode_max_splits,
                      "cap on decode attention's key splits (0: as many as fill the GPU)")
           ->check(CLI::Range(0, 128));
-      sub.add_flag("!--no-fuse-norm-gemv", o->fuse_norm_gemv,
-                   "batch 1: the RMSNorm before gate/up runs as its own launch instead of inside "
-                   "their GEMV");
+      sub.add_flag("--fuse-norm-gemv", o->fuse_norm_gemv,
+                   "batch 1: the RMSNorm before gate/up runs inside their GEMV instead of as its "
+                   "own launch");
       sub.add_flag("--profile-decode", o->profile_decode,
                    "CUDA: start and stop the profiler around the timed decode steps (for "
                    "ncu/nsys with profiling from the start off)");

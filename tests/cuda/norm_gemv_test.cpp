@@ -153,10 +153,12 @@ INSTANTIATE_TEST_SUITE_P(
         NormCase{TensorType::kQ4_K, {14336, 14336}, 4096, true},
         NormCase{TensorType::kQ4_K, {14336, 14336}, 4096, false},
         NormCase{TensorType::kQ4_K, {7168, 7168}, 4096, true},
-        // Q6_K (two rows of two items), odd group sizes, rows of 1, 2, 4 and 8 passes of the CTA
+        // Q6_K (four rows of one item), odd group sizes, rows of 1, 2, 4 and 8 passes of the CTA
         NormCase{TensorType::kQ6_K, {5000, 4000, 7}, 1024, true},
         NormCase{TensorType::kQ4_K, {8192, 3}, 2048, true},
-        NormCase{TensorType::kQ6_K, {9001}, 512, false}),
+        NormCase{TensorType::kQ6_K, {9001}, 512, false},
+        // Q4_K rows of more than 64 work items (four rows of one item per warp)
+        NormCase{TensorType::kQ4_K, {8192}, 4608, true}),
     case_name);
 
 TEST(NormGemvChecks, SupportsOnlyThePipelinedPicks) {
@@ -172,10 +174,10 @@ TEST(NormGemvChecks, SupportsOnlyThePipelinedPicks) {
   };
   EXPECT_TRUE(kc::gemv_norm_group_supports(group(TensorType::kQ4_K, {14336, 14336}, 4096)));
   EXPECT_TRUE(kc::gemv_norm_group_supports(group(TensorType::kQ6_K, {9001}, 512)));
-  // Groups of fewer rows than the norm serves (q/k/v), whose pick is another geometry (long
-  // rows; small groups); a type without the pipelined geometries; widths off the CTA's passes.
+  EXPECT_TRUE(kc::gemv_norm_group_supports(group(TensorType::kQ4_K, {14336, 14336}, 8192)));
+  // Groups of fewer rows than the norm serves (q/k/v), whose pick is another geometry (small
+  // groups); a type without the pipelined geometries; widths off the CTA's passes.
   EXPECT_FALSE(kc::gemv_norm_group_supports(group(TensorType::kQ4_K, {4096, 1024, 1024}, 4096)));
-  EXPECT_FALSE(kc::gemv_norm_group_supports(group(TensorType::kQ4_K, {14336, 14336}, 8192)));
   EXPECT_FALSE(kc::gemv_norm_group_supports(group(TensorType::kQ4_K, {576, 192, 192}, 512)));
   EXPECT_FALSE(kc::gemv_norm_group_supports(group(TensorType::kQ8_0, {14336, 14336}, 4096)));
   EXPECT_FALSE(kc::gemv_norm_group_supports(group(TensorType::kQ4_K, {14336, 14336}, 4352)));

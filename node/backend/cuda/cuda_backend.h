@@ -56,8 +56,10 @@ struct CudaBackendOptions {
   bool decode_clusters = true;
   // Batch 1: the RMSNorm in front of a large group (gate/up) runs inside its GEMV (each CTA
   // normalizes and quantizes the row itself) instead of as its own launch, for the groups
-  // that gemv_norm_group_supports accepts (docs/BENCHMARKS.md, eleventh session).
-  bool fuse_norm_gemv = true;
+  // that gemv_norm_group_supports accepts. Off by default: with gate/up on three rows per warp
+  // the TP1 step is ~1% shorter with the norm as its own launch (docs/BENCHMARKS.md,
+  // thirteenth session; it had won in the eleventh).
+  bool fuse_norm_gemv = false;
   // Tensor parallelism: the one-shot all-reduce of a row-parallel matmul's output runs inside
   // the residual add + RMSNorm after it (Backend::folds_reduce) for decode-sized messages, one
   // kernel instead of two.
