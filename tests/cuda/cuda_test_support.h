@@ -195,4 +195,15 @@ class CudaVsCpu : public ::testing::Test {
   std::unique_ptr<Backend> cpu_;
 };
 
+// CudaVsCpu with the batch-1 RMSNorm inside the gate/up GEMV (CudaBackendOptions::
+// fuse_norm_gemv, off by default).
+class CudaVsCpuFusedNorm : public CudaVsCpu {
+ protected:
+  CudaBackendOptions cuda_options() const override {
+    CudaBackendOptions o = CudaVsCpu::cuda_options();
+    o.fuse_norm_gemv = true;
+    return o;
+  }
+};
+
 }  // namespace tpnode::test

@@ -49,14 +49,7 @@ class HostRowsSource final : public WeightSource {
   SyntheticWeightSource shapes_;
 };
 
-class CudaEngineFusedNorm : public CudaVsCpu {
- protected:
-  CudaBackendOptions cuda_options() const override {
-    CudaBackendOptions o = CudaVsCpu::cuda_options();
-    o.fuse_norm_gemv = true;
-    return o;
-  }
-};
+class CudaEngineFusedNorm : public CudaVsCpuFusedNorm {};
 
 TEST_F(CudaEngineFusedNorm, DecodeMatchesCpuAndTakesTheFusedKernel) {
   const HParams hp = tsupport::small_llama("fused-norm test", 4096);

@@ -188,14 +188,7 @@ TEST(NormGemvChecks, SupportsOnlyThePipelinedPicks) {
 // The backend with the option: norm_matmul_shared on the GPU against the CPU backend's norm and
 // matmuls (which run unfused), x + r equal; in place (x_out = x) it falls back to the unfused
 // kernels, with the same results.
-class NormGemvBackend : public CudaVsCpu {
- protected:
-  CudaBackendOptions cuda_options() const override {
-    CudaBackendOptions o = CudaVsCpu::cuda_options();
-    o.fuse_norm_gemv = true;
-    return o;
-  }
-};
+class NormGemvBackend : public CudaVsCpuFusedNorm {};
 
 TEST_F(NormGemvBackend, MatchesCpuNormMatmulShared) {
   constexpr int64_t kCols = 4096;
