@@ -41,7 +41,6 @@ inline std::vector<float> read_f32(const std::filesystem::path& p) {
   return v;
 }
 
-// The id of the largest logit in row `row` of logits laid out [rows][n] (ties: the lowest id).
 // A two-layer Llama of 512 wide, 8 heads over 2 KV heads of 64, vocabulary 512, whose
 // matrices split into whole 256-value blocks over two ranks, for synthetic weights of any type.
 inline HParams small_llama(std::string name, int64_t n_ff) {
@@ -59,6 +58,7 @@ inline HParams small_llama(std::string name, int64_t n_ff) {
   return hp;
 }
 
+// The id of the largest logit in row `row` of logits laid out [rows][n] (ties: the lowest id).
 inline int32_t argmax_row(const std::vector<float>& logits, size_t row, size_t n) {
   const auto first = logits.begin() + static_cast<std::ptrdiff_t>(row * n);
   return static_cast<int32_t>(std::max_element(first, first + static_cast<std::ptrdiff_t>(n)) - first);
