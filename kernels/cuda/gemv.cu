@@ -45,6 +45,44 @@ __global__ void quantize_acts_kernel(QuantizeActsParams p) {
   quantize_chunk32(p.out, chunk, p.x[chunk * 32 + lane]);
 }
 
+// One warp per 256-value group: lane i holds values 8i..8i+7, so chunk c is lanes 4c..4c+3.
+__global__ void quantize_acts256_kernel(QuantizeActsParams p) {
+  pdl_wait();
+  pdl_launch_dependents();
+  const int64_t group = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (group >= p.m * (p.k / 256)) return;
+  const float4* src = reinterpret_cast<const float4*>(p.x + group * 256 + lane * 8);
+  const float4 a = src[0], b = src[1];
+  const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
+  amax = warp_max(amax);
+  const float d = amax / 127.0f;
+  int q[8];
+  int sum = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    q[i] = amax > 0.0f ? __float2int_rn(v[i] / d) : 0;
+    sum += q[i];
+  }
+  int2 packed{0, 0};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    packed.x |= (q[i] & 0xFF) << (8 * i);
+    packed.y |= (q[4 + i] & 0xFF) << (8 * i);
+  }
+  reinterpret_cast<int2*>(p.out.q + group * 256)[lane] = packed;
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  if (lane % 4 == 0) {
+    const int64_t chunk = group * 8 + lane / 4;
+    p.out.d[chunk] = d;
+    p.out.s[chunk] = d * static_cast<float>(sum);
+  }
+}
+
 // ---- quantized W, m = 1 ------------------------------------------------------------
 // A warp owns R consecutive rows of the group (rows of several matrices sharing x, e.g.
 // q/k/v, counted one after the other). Its lanes take a row's work items (slices of
@@ -453,10 +491,21 @@ void launch_geometry_index(const GemvGroupParams& p, int index, cudaStream_t str
 }  // namespace
 
 void quantize_acts(const QuantizeActsParams& p, cudaStream_t stream) {
-  TPNODE_CHECK(p.k % 32 == 0, "quantize_acts: k = {} is not a multiple of 32", p.k);
+  TPNODE_CHECK(p.out.group == 32 || p.out.group == 256, "quantize_acts: groups of {} (32 or 256)",
+               p.out.group);
+  TPNODE_CHECK(p.k % p.out.group == 0, "quantize_acts: k = {} is not a multiple of {}", p.k,
+               p.out.group);
   const int64_t chunks = p.m * (p.k / 32);
   if (chunks == 0) return;
   constexpr int kThreads = 256;
+  if (p.out.group == 256) {
+    TPNODE_CHECK(reinterpret_cast<uintptr_t>(p.x) % 16 == 0, "quantize_acts: x not 16-byte aligned");
+    const int64_t grid = (chunks / 8 * 32 + kThreads - 1) / kThreads;
+    launch_pdl(quantize_acts256_kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), 0,
+               stream, p);
+    TPNODE_CUDA_CHECK_LAUNCH();
+    return;
+  }
   const int64_t grid = (chunks * 32 + kThreads - 1) / kThreads;
   launch_pdl(quantize_acts_kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), 0, stream, p);
   TPNODE_CUDA_CHECK_LAUNCH();

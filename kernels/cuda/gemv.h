@@ -20,16 +20,21 @@ inline constexpr int64_t kGemvMaxBatch = 16;
 inline constexpr int64_t kFloatGemvBestBatch = 2;
 
 // x quantized in chunks of 32: q [m][k] int8, d and s [m][k/32] (s = d * sum(q)).
+// x[m, k] in 8 bits: q [m, k], per 32-value chunk the scale d and s = d * sum(q). With
+// group = 256 every chunk of a 256-value group shares the group's d (amax over the group), so
+// that K-quant products can add a block's integer dot products before one conversion
+// (gemv_mma); the layout is the same, so every reader of group 32 reads group 256 as well.
 struct QuantActs {
   int8_t* q = nullptr;
   float* d = nullptr;
   float* s = nullptr;
+  int group = 32;  // 32 or 256
 };
 
 struct QuantizeActsParams {
   const float* x = nullptr;  // [m, k]
   int64_t m = 0;
-  int64_t k = 0;             // a multiple of 32
+  int64_t k = 0;             // a multiple of out.group
   QuantActs out;
 };
 void quantize_acts(const QuantizeActsParams& p, cudaStream_t stream);

@@ -42,6 +42,27 @@ __device__ __forceinline__ void mma_s8(int (&d)[4], int a0, int a1, int a2, int 
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// d = A(16x8, f16) * B(8x8, f16) in f32: a0 = {A[g][2t], A[g][2t+1]}, a1 = rows g + 8,
+// b = {B[2t][g], B[2t+1][g]}; d as mma_s8's.
+__device__ __forceinline__ void mma_f16_k8(float (&d)[4], unsigned a0, unsigned a1, unsigned b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(b));
+}
+
+// Two chunks' integer activation sums (s / d of staged {d, s} pairs) as f16: exact up to
+// 2048 in magnitude, within one of the sum up to the 32 * 127 a chunk can reach.
+__device__ __forceinline__ unsigned sum_pair(float2 c0, float2 c1) {
+  // s = d * sum rounded once: the quotient is within 1e-6 of the integer, so a fast
+  // division rounds back to it exactly.
+  const float s0 = c0.x > 0.0f ? rintf(__fdividef(c0.y, c0.x)) : 0.0f;
+  const float s1 = c1.x > 0.0f ? rintf(__fdividef(c1.y, c1.x)) : 0.0f;
+  const __half2 h = __floats2half2_rn(s0, s1);
+  return *reinterpret_cast<const unsigned*>(&h);
+}
+
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
@@ -178,17 +199,33 @@ struct MmaK {
     }
     return v;
   }
+  // The 6-bit scale and min of chunk c (header bytes 4..15).
+  __device__ static int2 sc_mn(const Regs& r, int c) {
+    if (c < 4) return {byte_of(r.hdr, 4 + c) & 63, byte_of(r.hdr, 8 + c) & 63};
+    return {(byte_of(r.hdr, 8 + c) & 0xF) | ((byte_of(r.hdr, c) >> 6) << 4),
+            (byte_of(r.hdr, 8 + c) >> 4) | ((byte_of(r.hdr, 4 + c) >> 6) << 4)};
+  }
   __device__ static float2 scale(const Regs& r, int c) {
-    // Scale bytes are header bytes 4..15.
-    int sc, mn;
+    const int2 sm = sc_mn(r, c);
+    return {half_lo(r.hdr.x) * sm.x, -half_hi(r.hdr.x) * sm.y};
+  }
+  // Block accumulation: the block's d and dmin, chunk c's integer scale, and the 6-bit
+  // mins of chunks c and c + 1 (c even, at run time) as an f16 pair.
+  __device__ static float block_d(const Regs& r) { return half_lo(r.hdr.x); }
+  __device__ static float block_dmin(const Regs& r) { return half_hi(r.hdr.x); }
+  __device__ static int int_scale(const Regs& r, int c) { return sc_mn(r, c).x; }
+  __device__ static unsigned mins_pair(const Regs& r, int c) {
+    const int sh = 8 * (c & 3);  // chunks c, c + 1 lie in one half: bytes at shifts sh, sh + 8
+    int m0, m1;
     if (c < 4) {
-      sc = byte_of(r.hdr, 4 + c) & 63;
-      mn = byte_of(r.hdr, 8 + c) & 63;
+      m0 = (r.hdr.z >> sh) & 63;
+      m1 = (r.hdr.z >> (sh + 8)) & 63;
     } else {
-      sc = (byte_of(r.hdr, 8 + c) & 0xF) | ((byte_of(r.hdr, c) >> 6) << 4);
-      mn = (byte_of(r.hdr, 8 + c) >> 4) | ((byte_of(r.hdr, 4 + c) >> 6) << 4);
+      m0 = ((r.hdr.w >> (sh + 4)) & 0xF) | (((r.hdr.z >> (sh + 6)) & 3) << 4);
+      m1 = ((r.hdr.w >> (sh + 12)) & 0xF) | (((r.hdr.z >> (sh + 14)) & 3) << 4);
     }
-    return {half_lo(r.hdr.x) * sc, -half_hi(r.hdr.x) * mn};
+    const __half2 h = __floats2half2_rn(static_cast<float>(m0), static_cast<float>(m1));
+    return *reinterpret_cast<const unsigned*>(&h);
   }
 };
 template <>
@@ -227,7 +264,14 @@ struct Mma<TensorType::kQ6_K> {
   __device__ static int sc(const Regs& r, int c, int half) {
     return static_cast<int8_t>(byte_of(r.sc, 8 * (c / 4) + 2 * (c % 4) + half));
   }
+  __device__ static float block_d(const Regs& r) { return r.d; }
 };
+
+// Types whose 256-value blocks can add their chunks' integer dot products before one
+// conversion, given activations that share a scale per 256 values (QuantActs::group 256).
+template <TensorType T>
+constexpr bool kBlockAccumulates =
+    T == TensorType::kQ4_K || T == TensorType::kQ5_K || T == TensorType::kQ6_K;
 
 // Groups loaded per warp and step: enough bytes in flight without spilling.
 template <TensorType T, int RT>
@@ -293,7 +337,11 @@ __device__ void stage_acts(const MmaArgs& a, int64_t k0, int n, uint8_t* smem) {
 }
 
 // minBlocks = 1: without it ptxas caps some variants near 128 registers and spills.
-template <TensorType T, int NB, int RT>
+// kBlockAcc (K-quants, activations in 256-value groups): a block's chunks add their integer
+// dot products times the chunk's integer scale, and the sum is converted once per block;
+// per chunk only the min term stays in floats. Converting every chunk's MMA result (I2F runs
+// at a quarter of the FMA rate) is what bounds the per-chunk path at large batches.
+template <TensorType T, int NB, int RT, bool kBlockAcc>
 __global__ void __launch_bounds__(kThreads, 1) gemv_mma_kernel(MmaArgs a) {
   using P = Mma<T>;
   using Tile = ActTile<NB>;
@@ -361,14 +409,37 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_mma_kernel(MmaArgs a) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (g0 + u >= tg1) break;
+        // The block's integer sums (block accumulation only).
+        int tot[RT][kBlockAcc ? NB : 1][4];
+        if constexpr (kBlockAcc) {
+#pragma unroll
+          for (int rt = 0; rt < RT; ++rt) {
+#pragma unroll
+            for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+              for (int i = 0; i < 4; ++i) tot[rt][nt][i] = 0;
+            }
+          }
+        }
 #pragma unroll
         for (int c = 0; c < P::kChunks; ++c) {
           const int chunk = (g0 + u - tg0) * P::kChunks + c;  // within the tile
           int2 af[RT][2];
+          // Block accumulation: chunk c's integer scales of rows g and g + 8 (two per row for
+          // Q6_K's halves), shared by every column tile.
+          int isc[RT][2][2];
 #pragma unroll
           for (int rt = 0; rt < RT; ++rt) {
 #pragma unroll
-            for (int h = 0; h < 2; ++h) af[rt][h] = P::frag(r[u][rt][h], c, t);
+            for (int h = 0; h < 2; ++h) {
+              af[rt][h] = P::frag(r[u][rt][h], c, t);
+              if constexpr (kBlockAcc && P::kHalves == 1) {
+                isc[rt][h][0] = P::int_scale(r[u][rt][h], c);
+              } else if constexpr (kBlockAcc) {
+                isc[rt][h][0] = P::sc(r[u][rt][h], c, 0);
+                isc[rt][h][1] = P::sc(r[u][rt][h], c, 1);
+              }
+            }
           }
           const int8_t* bq = xq_s + gid * Tile::kStride + chunk * 32 + 8 * t;
           const float4* bs = xs_s + (chunk * Tile::kCols + 2 * t) / 2;
@@ -380,7 +451,28 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_mma_kernel(MmaArgs a) {
             for (int rt = 0; rt < RT; ++rt) {
               float* o = acc[rt][nt];
               const int2 a0 = af[rt][0], a1 = af[rt][1];
-              if constexpr (P::kHalves == 1) {
+              if constexpr (kBlockAcc) {
+                int* s = tot[rt][nt];
+                if constexpr (P::kHalves == 1) {
+                  int d[4];
+                  mma_s8(d, a0.x, a1.x, a0.y, a1.y, b.x, b.y);
+                  s[0] += d[0] * isc[rt][0][0];
+                  s[1] += d[1] * isc[rt][0][0];
+                  s[2] += d[2] * isc[rt][1][0];
+                  s[3] += d[3] * isc[rt][1][0];
+                } else {
+                  const bool first = t < 2;
+                  int lo[4], hi[4];
+                  mma_s8(lo, first ? a0.x : 0, first ? a1.x : 0, first ? a0.y : 0,
+                         first ? a1.y : 0, b.x, b.y);
+                  mma_s8(hi, first ? 0 : a0.x, first ? 0 : a1.x, first ? 0 : a0.y,
+                         first ? 0 : a1.y, b.x, b.y);
+                  s[0] += lo[0] * isc[rt][0][0] + hi[0] * isc[rt][0][1];
+                  s[1] += lo[1] * isc[rt][0][0] + hi[1] * isc[rt][0][1];
+                  s[2] += lo[2] * isc[rt][1][0] + hi[2] * isc[rt][1][1];
+                  s[3] += lo[3] * isc[rt][1][0] + hi[3] * isc[rt][1][1];
+                }
+              } else if constexpr (P::kHalves == 1) {
                 int d[4];
                 mma_s8(d, a0.x, a1.x, a0.y, a1.y, b.x, b.y);
                 const float2 w0 = P::scale(r[u][rt][0], c), w1 = P::scale(r[u][rt][1], c);
@@ -412,6 +504,42 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_mma_kernel(MmaArgs a) {
                 o[2] += (r1.d * xs.x) * static_cast<float>(lo[2] * s1l + hi[2] * s1h);
                 o[3] += (r1.d * xs.z) * static_cast<float>(lo[3] * s1l + hi[3] * s1h);
               }
+            }
+          }
+        }
+        if constexpr (kBlockAcc) {
+          // Every chunk of the block has the same activation scale xd: the first chunk's.
+          // y += xd * (d * sum + min term), the min term -dmin * sum_c mn_c * sum(q_x in c)
+          // as one f16 MMA over the block's 8 chunks (A = the 6-bit mins, B = the chunks'
+          // integer activation sums: exact products, sums far below 2^24).
+          const int chunk0 = (g0 + u - tg0) * P::kChunks;
+          const float4* bs = xs_s + (chunk0 * Tile::kCols + 2 * t) / 2;
+          const float2* bm = reinterpret_cast<const float2*>(xs_s) + (chunk0 + 2 * t) * Tile::kCols + gid;
+#pragma unroll
+          for (int rt = 0; rt < RT; ++rt) {
+            const float d0 = P::block_d(r[u][rt][0]), d1 = P::block_d(r[u][rt][1]);
+            unsigned am0 = 0, am1 = 0;
+            float dm0 = 0.0f, dm1 = 0.0f;
+            if constexpr (P::kHalves == 1) {
+              am0 = P::mins_pair(r[u][rt][0], 2 * t);
+              am1 = P::mins_pair(r[u][rt][1], 2 * t);
+              dm0 = P::block_dmin(r[u][rt][0]);
+              dm1 = P::block_dmin(r[u][rt][1]);
+            }
+#pragma unroll
+            for (int nt = 0; nt < NB; ++nt) {
+              const float4 xs = bs[nt * 4];
+              float* o = acc[rt][nt];
+              const int* s = tot[rt][nt];
+              float mt[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+              if constexpr (P::kHalves == 1) {
+                const float2 c0 = bm[nt * 8], c1 = bm[nt * 8 + Tile::kCols];
+                mma_f16_k8(mt, am0, am1, sum_pair(c0, c1));
+              }
+              o[0] += xs.x * (d0 * static_cast<float>(s[0]) - dm0 * mt[0]);
+              o[1] += xs.z * (d0 * static_cast<float>(s[1]) - dm0 * mt[1]);
+              o[2] += xs.x * (d1 * static_cast<float>(s[2]) - dm1 * mt[2]);
+              o[3] += xs.z * (d1 * static_cast<float>(s[3]) - dm1 * mt[3]);
             }
           }
         }
@@ -484,7 +612,7 @@ DeviceFacts device_facts() {
   return {sms, major >= 9};
 }
 
-template <TensorType T, int NB, int RT>
+template <TensorType T, int NB, int RT, bool kBlockAcc>
 void launch(const MmaArgs& a, int64_t row_ctas, cudaStream_t stream) {
   constexpr int smem = kSmemBytes<NB, RT>;
   static_assert(smem <= 48 * 1024, "no opt-in shared memory needed");
@@ -500,7 +628,7 @@ void launch(const MmaArgs& a, int64_t row_ctas, cudaStream_t stream) {
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = a.splits > 1 ? 1 : 0;
-  TPNODE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_mma_kernel<T, NB, RT>, a));
+  TPNODE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_mma_kernel<T, NB, RT, kBlockAcc>, a));
 }
 
 // Column tiles of 8: NB = ceil(m / 8), each a compile-time constant.
@@ -519,6 +647,12 @@ void launch(const MmaArgs& a, int64_t row_ctas, cudaStream_t stream) {
 
 }  // namespace
 
+bool gemv_mma_block_accumulates(const GemvParams& p) {
+  const TensorType t = p.w.type;
+  return p.xq.group == 256 &&
+         (t == TensorType::kQ4_K || t == TensorType::kQ5_K || t == TensorType::kQ6_K);
+}
+
 GemvMmaPlan gemv_mma_plan(const GemvParams& p) {
   const DeviceFacts dev = device_facts();
   const int64_t block = split_layout(p.w.type).block_size;
@@ -528,6 +662,9 @@ GemvMmaPlan gemv_mma_plan(const GemvParams& p) {
   GemvMmaPlan plan;
   const int64_t big_ctas = (p.w.rows + 127) / 128;
   plan.row_tiles_per_warp = 2 * big_ctas >= dev.sms ? 2 : 1;
+  // Block accumulation keeps a second set of accumulators (the block's integer sums): two
+  // row tiles of more than four column tiles would not fit the registers.
+  if (gemv_mma_block_accumulates(p) && p.m > 32) plan.row_tiles_per_warp = 1;
   const int64_t row_ctas = (p.w.rows + 64 * plan.row_tiles_per_warp - 1) / (64 * plan.row_tiles_per_warp);
   // Split k over the CTAs of a cluster while the row tiles alone leave SMs idle (small
   // matrices, batches 2-16): the partial tiles add up through distributed shared memory.
@@ -567,12 +704,23 @@ void gemv_mma(const GemvParams& p, const GemvMmaPlan& plan, cudaStream_t stream)
   const int64_t rows_per_cta = 64 * plan.row_tiles_per_warp;
   const int64_t row_ctas = (p.w.rows + rows_per_cta - 1) / rows_per_cta;
   const int nb = static_cast<int>((p.m + 7) / 8);
+  const bool block_acc = gemv_mma_block_accumulates(p);
   TPNODE_DISPATCH_QUANT_TYPE(p.w.type, T, {
     TPNODE_DISPATCH_MMA_TILES(nb, NB, {
+      if constexpr (kBlockAccumulates<T>) {
+        if (block_acc) {
+          if (plan.row_tiles_per_warp == 1) {
+            launch<T, NB, 1, true>(a, row_ctas, stream);
+          } else {
+            launch<T, NB, 2, true>(a, row_ctas, stream);
+          }
+          return;
+        }
+      }
       if (plan.row_tiles_per_warp == 1) {
-        launch<T, NB, 1>(a, row_ctas, stream);
+        launch<T, NB, 1, false>(a, row_ctas, stream);
       } else {
-        launch<T, NB, 2>(a, row_ctas, stream);
+        launch<T, NB, 2, false>(a, row_ctas, stream);
       }
     })
   })

@@ -26,6 +26,12 @@ struct GemvMmaPlan {
 // The plan gemv_mma uses for this shape on the current device: enough CTAs to fill the SMs.
 GemvMmaPlan gemv_mma_plan(const GemvParams& p);
 
+// Whether gemv_mma adds each 256-value block's chunk products in integers before converting
+// them (Q4_K, Q5_K, Q6_K with activations quantized in groups of 256, QuantActs::group): one
+// conversion per block instead of per chunk, for batches where the tensor cores, not the
+// weight reads, would otherwise wait on the scale arithmetic.
+bool gemv_mma_block_accumulates(const GemvParams& p);
+
 // Needs a quantized p.w, p.m in 2..kGemvMmaMaxBatch, p.xq from quantize_acts (16-byte aligned).
 void gemv_mma(const GemvParams& p, cudaStream_t stream);
 void gemv_mma(const GemvParams& p, const GemvMmaPlan& plan, cudaStream_t stream);

@@ -50,6 +50,7 @@ struct BenchOptions {
   bool device_sampling = false;       // decode steps sample on the device (when it can)
   bool greedy_tokens = false;         // decode steps return argmax tokens, not logits
   int quant_gemv_max_batch = 8;       // CUDA: largest quantized matmul batch on int8 GEMVs
+  int kquant_mma_max_batch = 8;       // CUDA: largest K-quant one on block-summed int8 MMAs
   int dq_gemm_max_batch = 128;        // CUDA: largest one on the dequantizing GEMM (0: off)
   int dq_gemm_over_copies = 32;       // CUDA: batches up to this skip the BF16 copies
   bool gemm_autotune = true;          // CUDA: time cuBLASLt's candidates per decode shape
@@ -217,6 +218,7 @@ int run_bench(const BenchOptions& o) {
     co.use_cuda_graphs = o.graphs;
     co.quant_gemv_max_batch = o.quant_gemv_max_batch;
     co.dq_gemm_max_batch = o.dq_gemm_max_batch;
+    co.kquant_mma_max_batch = o.kquant_mma_max_batch;
     co.dq_gemm_over_copies_max_batch = o.dq_gemm_over_copies;
     if (!o.gemm_autotune) co.gemm_autotune_max_rows = 0;
     co.gemv_stream = o.gemv_stream;
@@ -427,6 +429,10 @@ const RegisterCommand kRegister{Command{
                    "compute capability >= 9.0)");
       sub.add_option("--quant-gemv-max-batch", o->quant_gemv_max_batch,
                      "largest decode batch whose quantized matmuls run on int8 GEMVs (1..64)");
+      sub.add_option("--kquant-mma-max-batch", o->kquant_mma_max_batch,
+                     "largest decode batch whose Q4_K/Q5_K/Q6_K matmuls run on int8 tensor cores "
+                     "with activations in 256-value groups (0 or 1: off)")
+          ->check(CLI::Range(0, 64));
       sub.add_option("--dq-gemm-over-copies", o->dq_gemm_over_copies,
                      "decode batches up to this size dequantize inside the tensor-core GEMM even "
                      "where a BF16 copy of the weights exists (0: never)")

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 
 #include "kernels/cuda/gemv.h"
@@ -63,6 +64,8 @@ class GemvMma : public CudaVsCpu, public ::testing::WithParamInterface<TensorTyp
   }
 
   // y = x · Wᵀ on the GPU (quantize_acts, then gemv_mma with `plan`, or the default plan).
+  // With group 256 the activations share a scale per 256 values (K-quants then add each
+  // block's chunks in integers).
   std::vector<float> run(const Matrix& mat, int64_t m, const kc::GemvMmaPlan* plan) {
     const std::vector<float> poison(m * mat.rows, NAN);
     cuda_->copy_to_device(y_.gpu, poison.data(), poison.size() * sizeof(float));
@@ -98,6 +101,7 @@ class GemvMma : public CudaVsCpu, public ::testing::WithParamInterface<TensorTyp
     std::vector<float> d(m * kc_n);
     cuda_->copy_to_host(q.data(), xq_.q, q.size());
     cuda_->copy_to_host(d.data(), xq_.d, d.size() * sizeof(float));
+    if (xq_.group == 256) check_groups256(xh, q, d, m, k);
     int bad = 0;
     for (int64_t r = 0; r < mat.rows; ++r) {
       // Large matrices: every 7th row (all 16-row tiles, both fragment halves) and the last.
@@ -127,6 +131,29 @@ class GemvMma : public CudaVsCpu, public ::testing::WithParamInterface<TensorTyp
     // Bitwise repeatable.
     const auto again = run(mat, m, plan);
     EXPECT_EQ(0, std::memcmp(got.data(), again.data(), got.size() * sizeof(float))) << what;
+  }
+
+  // quantize_acts in groups of 256: every chunk of a group has the group's d = amax / 127,
+  // and q = round(x / d) (to within one step: the host divides in its own rounding).
+  static void check_groups256(const std::vector<float>& x, const std::vector<int8_t>& q,
+                              const std::vector<float>& d, int64_t m, int64_t k) {
+    int bad = 0;
+    for (int64_t g = 0; g < m * k / 256; ++g) {
+      float amax = 0.0f;
+      for (int64_t i = 256 * g; i < 256 * g + 256; ++i) amax = std::max(amax, std::fabs(x[i]));
+      for (int64_t c = 8 * g; c < 8 * g + 8; ++c) {
+        if (d[c] != amax / 127.0f && bad++ < 5) {
+          ADD_FAILURE() << fmt::format("group {} chunk {}: d = {} want {}", g, c, d[c], amax / 127.0f);
+        }
+      }
+      for (int64_t i = 256 * g; i < 256 * g + 256; ++i) {
+        const double want = amax > 0.0f ? x[i] / (amax / 127.0) : 0.0;
+        if (!(std::fabs(q[i] - want) <= 0.5 + 1e-3) && bad++ < 5) {
+          ADD_FAILURE() << fmt::format("q[{}] = {} want {}", i, q[i], want);
+        }
+      }
+    }
+    EXPECT_EQ(bad, 0);
   }
 
   cudaStream_t stream_ = nullptr;
@@ -172,6 +199,32 @@ TEST_P(GemvMma, EveryPlan) {
         const kc::GemvMmaPlan plan{.row_tiles_per_warp = rt, .k_splits = splits};
         for (int64_t m : {3, 16, 40, 64}) check(mat, m, seed++, &plan);
       }
+    }
+  }
+}
+
+// Activations in 256-value groups: K-quants add each block's chunk products in integers
+// (gemv_mma_block_accumulates), other types read the group's scale per chunk as before.
+TEST_P(GemvMma, Groups256) {
+  const bool k_quant = gguf_block_size(GetParam()) == 256;
+  if (!k_quant) GTEST_SKIP() << "groups of 256 need rows of whole 256-value blocks";
+  xq_.group = 256;
+  uint32_t seed = 4000;
+  for (int64_t rows : {40, 1024, 4096}) {
+    const Matrix mat = make_matrix(rows, seed++);
+    for (int64_t m : {2, 9, 17, 33, 64}) check(mat, m, seed++, nullptr);
+  }
+  const Matrix narrow = make_matrix(272, seed++, 512);
+  for (int64_t m : {3, 40}) check(narrow, m, seed++, nullptr);
+  int major = 0, dev = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
+  const Matrix mat = make_matrix(1024, seed++);
+  for (int rt : {1, 2}) {
+    for (int splits : {1, 2, 4, 8}) {
+      if (splits > 1 && major < 9) continue;
+      const kc::GemvMmaPlan plan{.row_tiles_per_warp = rt, .k_splits = splits};
+      for (int64_t m : {5, 24, 64}) check(mat, m, seed++, &plan);
     }
   }
 }

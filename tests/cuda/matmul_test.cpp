@@ -69,6 +69,16 @@ TEST_P(CudaMatmul, GemmWithoutBf16Copy) {
   for (int64_t m : {17, 64, 128, 200}) check(*cuda, m, 200 + static_cast<uint32_t>(m));
 }
 
+// K-quant batches on int8 tensor cores with activations in 256-value groups (gemv_mma's block
+// accumulation) up to the largest limit, 64, and past it; the CPU result as every path.
+// (Default options take it for batches 2-8 in the tests above.)
+TEST_P(CudaMatmul, KQuantBlockMma) {
+  CudaBackendOptions o = cuda_options();
+  o.kquant_mma_max_batch = 64;
+  auto cuda = make_cuda_backend(o);
+  for (int64_t m : {2, 9, 16, 33, 64, 65}) check(*cuda, m, 400 + static_cast<uint32_t>(m));
+}
+
 // cuBLASLt with the fastest of several algorithms per shape (timed on first use) gives the
 // CPU result too, and the same bits on the second call (the plan is cached).
 TEST_P(CudaMatmul, GemmAutotune) {

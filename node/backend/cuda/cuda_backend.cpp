@@ -104,7 +104,7 @@ class CudaBackend final : public Backend {
   void add_rmsnorm(const NormIn& in, int64_t rows) override;
   void run_rmsnorm(kc::RmsNormParams p, const kc::OneShotParams* reduce = nullptr,
                    bool pushed = false);
-  kc::QuantActs quantized(const float* x, int64_t m, int64_t k);
+  kc::QuantActs quantized(const float* x, int64_t m, int64_t k, int group = 32);
   void add_bias(float* y, const float* b, int64_t m, int64_t n) override;
   void rope(float* q, float* k, const RopeParams& p) override;
   void attention(const float* q, const float* k, const float* v, float* out,
@@ -136,6 +136,7 @@ class CudaBackend final : public Backend {
     int64_t n = 0;
     bool dq_layout = false;  // BF16 copies: gemm_dq's layout (gemm_dq_acts), which depends
     int64_t cols = 0;        // on the row length as well as on n
+    int group = 32;          // 8-bit copies: values per activation scale (QuantActs::group)
   };
   struct Scratches {
     explicit Scratches(kc::DeviceMemory& m)
@@ -181,6 +182,7 @@ class CudaBackend final : public Backend {
   kc::DeviceBatch device_batch() const;
   void gemm(const Weight& w, const float* x, float* y, int64_t m);
   bool use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const;
+  bool use_kquant_mma(const Weight& w, int64_t m) const;
   // Batch 1 on the int8 GEMV (or gemv_stream); with a push, also to the peers (GemvLlPush).
   void gemv1(std::span<const MatmulOut> outs, const float* x, const kc::GemvLlPush& push = {});
   const __nv_bfloat16* bf16_acts(const float* x, int64_t m, int64_t k, bool dq_layout = false);
@@ -259,6 +261,10 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
                "quant_gemv_max_batch {} outside 1..{}", options.quant_gemv_max_batch,
                kc::kGemvMmaMaxBatch);
   quant_gemv_max_ = options.quant_gemv_max_batch;
+  TPNODE_CHECK(options.kquant_mma_max_batch >= 0 &&
+                   options.kquant_mma_max_batch <= kc::kGemvMmaMaxBatch,
+               "kquant_mma_max_batch {} outside 0..{}", options.kquant_mma_max_batch,
+               kc::kGemvMmaMaxBatch);
   TPNODE_CHECK(options.dq_gemm_max_batch >= 0 && options.dq_gemm_max_batch <= kc::kGemmDqMaxBatch,
                "dq_gemm_max_batch {} outside 0..{}", options.dq_gemm_max_batch,
                kc::kGemmDqMaxBatch);
@@ -581,11 +587,12 @@ bool CudaBackend::folds_reduce(int64_t m, int64_t n) const {
 }
 
 // x quantized to 8 bits for a quantized GEMV, reusing the copy an RMSNorm or SwiGLU wrote.
-kc::QuantActs CudaBackend::quantized(const float* x, int64_t m, int64_t k) {
-  const kc::QuantActs q = act_buffers(m * k);  // may move the buffers, which drops the cache
-  if (act_.x != x || act_.n != m * k) {
+kc::QuantActs CudaBackend::quantized(const float* x, int64_t m, int64_t k, int group) {
+  kc::QuantActs q = act_buffers(m * k);  // may move the buffers, which drops the cache
+  q.group = group;
+  if (act_.x != x || act_.n != m * k || act_.group != group) {
     kc::quantize_acts({.x = x, .m = m, .k = k, .out = q}, stream_);
-    act_ = {x, m * k};
+    act_ = {.x = x, .n = m * k, .group = group};
   }
   return q;
 }
@@ -596,6 +603,9 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
   if (m == 1 && kc::is_quantized(w.type)) {
     const MatmulOut one{&w, y};
     gemv1(std::span<const MatmulOut>(&one, 1), x);
+  } else if (use_kquant_mma(w, m)) {
+    wrote(y, m * w.rows * sizeof(float));
+    kc::gemv_mma({.w = dm, .x = x, .xq = quantized(x, m, w.cols, 256), .y = y, .m = m}, stream_);
   } else if (m <= gemv_max && kc::gemv_supports(dm)) {
     kc::GemvParams p{.w = dm, .x = x, .xq = {}, .y = y, .m = m};
     if (kc::is_quantized(w.type)) p.xq = quantized(x, m, w.cols);
@@ -717,6 +727,12 @@ void CudaBackend::add_rmsnorm(const NormIn& in, int64_t rows) {
   wrote(in.x_out, rows * in.n * sizeof(float));
   run_rmsnorm({.x = in.x, .w = in.w, .y = in.y, .rows = rows, .n = in.n, .eps = in.eps,
                .quant = {}, .r = in.r, .x_out = in.x_out});
+}
+
+bool CudaBackend::use_kquant_mma(const Weight& w, int64_t m) const {
+  const bool k_quant =
+      w.type == TensorType::kQ4_K || w.type == TensorType::kQ5_K || w.type == TensorType::kQ6_K;
+  return k_quant && m >= 2 && m <= opt_.kquant_mma_max_batch;
 }
 
 bool CudaBackend::use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const {

@@ -31,7 +31,13 @@ struct CudaBackendOptions {
   // on int8 tensor cores; larger ones run BF16 GEMMs (gemm_dq or cuBLASLt), which are faster
   // there: on an H200 (8B Q4_K_M) from batch 9 on (docs/BENCHMARKS.md). At most 64.
   int64_t quant_gemv_max_batch = 8;
-  // Quantized matmuls with more rows than that, up to this many (at most 128), of weights
+  // Q4_K/Q5_K/Q6_K matmuls of 2 up to this many rows (at most 64) run on int8 tensor cores
+  // with activations quantized per 256 values, so that each weight block's chunk products add
+  // up in integers before one conversion (gemv_mma_block_accumulates); 0 or 1: off. On an
+  // H200 (8B Q4_K_M) batches 2 and 8 gain 7%; from batch 16 on it is slower than the BF16
+  // GEMMs (docs/BENCHMARKS.md).
+  int64_t kquant_mma_max_batch = 8;
+  // Quantized matmuls with more rows than those, up to this many (at most 128), of weights
   // without a BF16 copy dequantize inside a tensor-core GEMM (gemm_dq); 0: off (the GEMM then
   // dequantizes the weights into a staging buffer first). Weights with a copy use cuBLASLt
   // above dq_gemm_over_copies_max_batch.
