@@ -51,6 +51,8 @@ struct BenchOptions {
   bool greedy_tokens = false;         // decode steps return argmax tokens, not logits
   int quant_gemv_max_batch = 8;       // CUDA: largest quantized matmul batch on int8 GEMVs
   int kquant_mma_max_batch = 8;       // CUDA: largest K-quant one on block-summed int8 MMAs
+  int mma_row_tiles = 0;              // CUDA: those matmuls' forced work split (0: planner's)
+  int mma_k_splits = 0;
   int dq_gemm_max_batch = 128;        // CUDA: largest one on the dequantizing GEMM (0: off)
   int dq_gemm_over_copies = 32;       // CUDA: batches up to this skip the BF16 copies
   bool gemm_autotune = true;          // CUDA: time cuBLASLt's candidates per decode shape
@@ -219,6 +221,8 @@ int run_bench(const BenchOptions& o) {
     co.quant_gemv_max_batch = o.quant_gemv_max_batch;
     co.dq_gemm_max_batch = o.dq_gemm_max_batch;
     co.kquant_mma_max_batch = o.kquant_mma_max_batch;
+    co.mma_row_tiles = o.mma_row_tiles;
+    co.mma_k_splits = o.mma_k_splits;
     co.dq_gemm_over_copies_max_batch = o.dq_gemm_over_copies;
     if (!o.gemm_autotune) co.gemm_autotune_max_rows = 0;
     co.gemv_stream = o.gemv_stream;
@@ -433,6 +437,12 @@ const RegisterCommand kRegister{Command{
                      "largest decode batch whose Q4_K/Q5_K/Q6_K matmuls run on int8 tensor cores "
                      "with activations in 256-value groups (0 or 1: off)")
           ->check(CLI::Range(0, 64));
+      sub.add_option("--mma-row-tiles", o->mma_row_tiles,
+                     "K-quant int8-MMA batches: 16-row tiles per warp, forced (0: the planner's)")
+          ->check(CLI::Range(0, 2));
+      sub.add_option("--mma-k-splits", o->mma_k_splits,
+                     "K-quant int8-MMA batches: k splits over a cluster, forced (0: the planner's)")
+          ->check(CLI::IsMember({0, 1, 2, 4, 8}));
       sub.add_option("--dq-gemm-over-copies", o->dq_gemm_over_copies,
                      "decode batches up to this size dequantize inside the tensor-core GEMM even "
                      "where a BF16 copy of the weights exists (0: never)")

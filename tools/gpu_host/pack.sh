@@ -22,7 +22,7 @@ dpkg -L openmpi-bin openmpi-common libopenmpi3 libpmix2 libhwloc15 libevent-core
   libevent-pthreads-2.1-7 2>/dev/null | while read -r f; do [[ -f $f || -L $f ]] && echo "$f"; done \
   | grep -v -E '^/usr/share/(doc|man|lintian)' > $PK/ompi.list
 tar cf - -T $PK/ompi.list 2>/dev/null | xz -T2 -3 > $PK/ompi.txz
-(cd $PK/stage && tar cf - . | xz -T2 -6 > ../bins.txz)
+(cd $PK/stage && tar cf - . | xz -T2 -9e > ../bins.txz)  # -9e: the binaries share most of their code
 rm -rf $PK/stage $PK/ompi.list
 cp tools/gpu_host/setup_remote.sh tools/gpu_host/bench_helpers.sh $PK/
 du -sh $PK/*

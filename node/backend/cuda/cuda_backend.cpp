@@ -605,7 +605,11 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
     gemv1(std::span<const MatmulOut>(&one, 1), x);
   } else if (use_kquant_mma(w, m)) {
     wrote(y, m * w.rows * sizeof(float));
-    kc::gemv_mma({.w = dm, .x = x, .xq = quantized(x, m, w.cols, 256), .y = y, .m = m}, stream_);
+    const kc::GemvParams p{.w = dm, .x = x, .xq = quantized(x, m, w.cols, 256), .y = y, .m = m};
+    kc::GemvMmaPlan plan = kc::gemv_mma_plan(p);
+    if (opt_.mma_row_tiles > 0) plan.row_tiles_per_warp = opt_.mma_row_tiles;
+    if (opt_.mma_k_splits > 0) plan.k_splits = opt_.mma_k_splits;
+    kc::gemv_mma(p, plan, stream_);
   } else if (m <= gemv_max && kc::gemv_supports(dm)) {
     kc::GemvParams p{.w = dm, .x = x, .xq = {}, .y = y, .m = m};
     if (kc::is_quantized(w.type)) p.xq = quantized(x, m, w.cols);

@@ -37,6 +37,10 @@ struct CudaBackendOptions {
   // H200 (8B Q4_K_M) batches 2 and 8 gain 7%; from batch 16 on it is slower than the BF16
   // GEMMs (docs/BENCHMARKS.md).
   int64_t kquant_mma_max_batch = 8;
+  // Those matmuls' work split (GemvMmaPlan) forced for measurements: 16-row tiles per warp
+  // (1 or 2) and k splits (1, 2, 4 or 8); 0 keeps the planner's choice.
+  int mma_row_tiles = 0;
+  int mma_k_splits = 0;
   // Quantized matmuls with more rows than those, up to this many (at most 128), of weights
   // without a BF16 copy dequantize inside a tensor-core GEMM (gemm_dq); 0: off (the GEMM then
   // dequantizes the weights into a staging buffer first). Weights with a copy use cuBLASLt
