@@ -42,6 +42,15 @@ __device__ __forceinline__ void mma_s8(int (&d)[4], int a0, int a1, int a2, int 
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// Q6_K's chunk in its two 16-value halves, each with its own scale: lanes t < 2 hold values
+// 0..15 (frag's order), t >= 2 values 16..31, so each MMA zeroes the other half's lanes.
+__device__ __forceinline__ void mma_s8_halves(int (&lo)[4], int (&hi)[4], int2 a0, int2 a1,
+                                              int2 b, int t) {
+  const bool first = t < 2;
+  mma_s8(lo, first ? a0.x : 0, first ? a1.x : 0, first ? a0.y : 0, first ? a1.y : 0, b.x, b.y);
+  mma_s8(hi, first ? 0 : a0.x, first ? 0 : a1.x, first ? 0 : a0.y, first ? 0 : a1.y, b.x, b.y);
+}
+
 // d = A(16x8, f16) * B(8x8, f16) in f32: a0 = {A[g][2t], A[g][2t+1]}, a1 = rows g + 8,
 // b = {B[2t][g], B[2t+1][g]}; d as mma_s8's.
 __device__ __forceinline__ void mma_f16_k8(float (&d)[4], unsigned a0, unsigned a1, unsigned b) {
@@ -461,12 +470,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_mma_kernel(MmaArgs a) {
                   s[2] += d[2] * isc[rt][1][0];
                   s[3] += d[3] * isc[rt][1][0];
                 } else {
-                  const bool first = t < 2;
                   int lo[4], hi[4];
-                  mma_s8(lo, first ? a0.x : 0, first ? a1.x : 0, first ? a0.y : 0,
-                         first ? a1.y : 0, b.x, b.y);
-                  mma_s8(hi, first ? 0 : a0.x, first ? 0 : a1.x, first ? 0 : a0.y,
-                         first ? 0 : a1.y, b.x, b.y);
+                  mma_s8_halves(lo, hi, a0, a1, b, t);
                   s[0] += lo[0] * isc[rt][0][0] + hi[0] * isc[rt][0][1];
                   s[1] += lo[1] * isc[rt][0][0] + hi[1] * isc[rt][0][1];
                   s[2] += lo[2] * isc[rt][1][0] + hi[2] * isc[rt][1][1];
@@ -487,14 +492,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_mma_kernel(MmaArgs a) {
                   o[3] += w1.y * xs.w;
                 }
               } else {
-                // Lanes t < 2 hold values 0..15 (first scale), t >= 2 values 16..31: one MMA
-                // per half, combined in integers before the one conversion.
-                const bool first = t < 2;
+                // One MMA per half, combined in integers before the one conversion.
                 int lo[4], hi[4];
-                mma_s8(lo, first ? a0.x : 0, first ? a1.x : 0, first ? a0.y : 0,
-                       first ? a1.y : 0, b.x, b.y);
-                mma_s8(hi, first ? 0 : a0.x, first ? 0 : a1.x, first ? 0 : a0.y,
-                       first ? 0 : a1.y, b.x, b.y);
+                mma_s8_halves(lo, hi, a0, a1, b, t);
                 const typename P::Regs& r0 = r[u][rt][0];
                 const typename P::Regs& r1 = r[u][rt][1];
                 const int s0l = P::sc(r0, c, 0), s0h = P::sc(r0, c, 1);
