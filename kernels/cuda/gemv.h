@@ -19,7 +19,6 @@ inline constexpr int64_t kGemvMaxBatch = 16;
 // L1 once per column and weight item).
 inline constexpr int64_t kFloatGemvBestBatch = 2;
 
-// x quantized in chunks of 32: q [m][k] int8, d and s [m][k/32] (s = d * sum(q)).
 // x[m, k] in 8 bits: q [m, k], per 32-value chunk the scale d and s = d * sum(q). With
 // group = 256 every chunk of a 256-value group shares the group's d (amax over the group), so
 // that K-quant products can add a block's integer dot products before one conversion

@@ -347,9 +347,9 @@ __device__ void stage_acts(const MmaArgs& a, int64_t k0, int n, uint8_t* smem) {
 
 // minBlocks = 1: without it ptxas caps some variants near 128 registers and spills.
 // kBlockAcc (K-quants, activations in 256-value groups): a block's chunks add their integer
-// dot products times the chunk's integer scale, and the sum is converted once per block;
-// per chunk only the min term stays in floats. Converting every chunk's MMA result (I2F runs
-// at a quarter of the FMA rate) is what bounds the per-chunk path at large batches.
+// dot products times the chunk's integer scale, and the sum is converted once per block (the
+// Q4_K/Q5_K min term: one f16 MMA per block). The per-chunk path converts and scales every
+// chunk's MMA result, and I2F runs at a quarter of the FMA rate.
 template <TensorType T, int NB, int RT, bool kBlockAcc>
 __global__ void __launch_bounds__(kThreads, 1) gemv_mma_kernel(MmaArgs a) {
   using P = Mma<T>;

@@ -1,5 +1,6 @@
-// CUDA matmul (GEMV for m <= 16, cuBLASLt BF16 GEMM above) against the CPU backend, for
-// every weight type, odd row counts and batch sizes on both sides of the GEMV limit.
+// CUDA matmul (whichever kernel CudaBackend::matmul picks for the batch: GEMVs, int8 MMAs,
+// gemm_dq, cuBLASLt) against the CPU backend, for every weight type, odd row counts and batch
+// sizes on both sides of each kernel's limit.
 #include <fmt/format.h>
 
 #include "tests/cuda/cuda_test_support.h"
