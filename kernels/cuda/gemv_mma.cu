@@ -276,12 +276,6 @@ struct Mma<TensorType::kQ6_K> {
   __device__ static float block_d(const Regs& r) { return r.d; }
 };
 
-// Types whose 256-value blocks can add their chunks' integer dot products before one
-// conversion, given activations that share a scale per 256 values (QuantActs::group 256).
-template <TensorType T>
-constexpr bool kBlockAccumulates =
-    T == TensorType::kQ4_K || T == TensorType::kQ5_K || T == TensorType::kQ6_K;
-
 // Groups loaded per warp and step: enough bytes in flight without spilling.
 template <TensorType T, int RT>
 constexpr int kGroupsInFlight = Mma<T>::kChunks >= 8 ? (RT == 1 ? 2 : 1) : (RT == 1 ? 8 : 4);
@@ -648,9 +642,7 @@ void launch(const MmaArgs& a, int64_t row_ctas, cudaStream_t stream) {
 }  // namespace
 
 bool gemv_mma_block_accumulates(const GemvParams& p) {
-  const TensorType t = p.w.type;
-  return p.xq.group == 256 &&
-         (t == TensorType::kQ4_K || t == TensorType::kQ5_K || t == TensorType::kQ6_K);
+  return p.xq.group == 256 && gemv_mma_block_type(p.w.type);
 }
 
 GemvMmaPlan gemv_mma_plan(const GemvParams& p) {
@@ -707,7 +699,7 @@ void gemv_mma(const GemvParams& p, const GemvMmaPlan& plan, cudaStream_t stream)
   const bool block_acc = gemv_mma_block_accumulates(p);
   TPNODE_DISPATCH_QUANT_TYPE(p.w.type, T, {
     TPNODE_DISPATCH_MMA_TILES(nb, NB, {
-      if constexpr (kBlockAccumulates<T>) {
+      if constexpr (gemv_mma_block_type(T)) {
         if (block_acc) {
           if (plan.row_tiles_per_warp == 1) {
             launch<T, NB, 1, true>(a, row_ctas, stream);

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "node/model/tensor_type.h"
+
 namespace tpnode::cuda {
 
 struct GemvParams;  // gemv.h
@@ -26,10 +28,16 @@ struct GemvMmaPlan {
 // The plan gemv_mma uses for this shape on the current device: enough CTAs to fill the SMs.
 GemvMmaPlan gemv_mma_plan(const GemvParams& p);
 
+// The weight types whose 256-value blocks gemv_mma can add up in integers before converting
+// them, given activations quantized in groups of 256 (QuantActs::group).
+constexpr bool gemv_mma_block_type(TensorType t) {
+  return t == TensorType::kQ4_K || t == TensorType::kQ5_K || t == TensorType::kQ6_K;
+}
+
 // Whether gemv_mma adds each 256-value block's chunk products in integers before converting
-// them (Q4_K, Q5_K, Q6_K with activations quantized in groups of 256, QuantActs::group): one
-// conversion per block instead of per chunk, for batches where the tensor cores, not the
-// weight reads, would otherwise wait on the scale arithmetic.
+// them (a gemv_mma_block_type with activations in groups of 256): one conversion per block
+// instead of per chunk, for batches where the tensor cores, not the weight reads, would
+// otherwise wait on the scale arithmetic.
 bool gemv_mma_block_accumulates(const GemvParams& p);
 
 // Needs a quantized p.w, p.m in 2..kGemvMmaMaxBatch, p.xq from quantize_acts (16-byte aligned).

@@ -734,9 +734,7 @@ void CudaBackend::add_rmsnorm(const NormIn& in, int64_t rows) {
 }
 
 bool CudaBackend::use_kquant_mma(const Weight& w, int64_t m) const {
-  const bool k_quant =
-      w.type == TensorType::kQ4_K || w.type == TensorType::kQ5_K || w.type == TensorType::kQ6_K;
-  return k_quant && m >= 2 && m <= opt_.kquant_mma_max_batch;
+  return kc::gemv_mma_block_type(w.type) && m >= 2 && m <= opt_.kquant_mma_max_batch;
 }
 
 bool CudaBackend::use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const {
