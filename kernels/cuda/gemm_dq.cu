@@ -14,6 +14,7 @@
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace tpnode::cuda {
 namespace {
@@ -71,65 +72,7 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define TPNODE_GEMM_DQ_WGMMA 1
-__device__ __forceinline__ void wg_fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wg_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void wg_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Descriptor of a K-major BF16 operand without swizzle: 8x8 core matrices of 128 contiguous
-// bytes; lbo = bytes between the two core matrices of a 16-value k step, sbo = bytes between
-// groups of 8 tokens.
-__device__ __forceinline__ uint64_t wg_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) |
-         (static_cast<uint64_t>((lbo & 0x3FFFF) >> 4) << 16) |
-         (static_cast<uint64_t>((sbo & 0x3FFFF) >> 4) << 32);
-}
-
-// D[64 x 8NB] += A[64 x 16] (registers) . B[16 x 8NB] (shared memory, K-major).
-template <int NB>
-struct Wgmma;
-#define TPNODE_D4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
-template <>
-struct Wgmma<8> {
-  __device__ static void run(float (&d)[8][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                             uint64_t b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
-        "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
-        : TPNODE_D4(0), TPNODE_D4(1), TPNODE_D4(2), TPNODE_D4(3), TPNODE_D4(4), TPNODE_D4(5),
-          TPNODE_D4(6), TPNODE_D4(7)
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b), "r"(1)
-        : "memory");
-  }
-};
-template <>
-struct Wgmma<4> {
-  __device__ static void run(float (&d)[4][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                             uint64_t b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
-        "{%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n"
-        : TPNODE_D4(0), TPNODE_D4(1), TPNODE_D4(2), TPNODE_D4(3)
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b), "r"(1)
-        : "memory");
-  }
-};
-#undef TPNODE_D4
-#else
-#define TPNODE_GEMM_DQ_WGMMA 0
-#endif
+#define TPNODE_GEMM_DQ_WGMMA TPNODE_WGMMA
 
 #if !TPNODE_GEMM_DQ_WGMMA
 __device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
@@ -668,7 +611,7 @@ __device__ __forceinline__ void compute_stage_wg(const uint8_t* buf, const float
 #pragma unroll
         for (int rt = 0; rt < kRT; ++rt) {
           const uint32_t(&f)[2][4] = a[rt];
-          Wgmma<NB>::run(acc[rt], f[0][2 * u], f[1][2 * u], f[0][2 * u + 1], f[1][2 * u + 1], b);
+          WgmmaBf16<NB>::run(acc[rt], f[0][2 * u], f[1][2 * u], f[0][2 * u + 1], f[1][2 * u + 1], b);
         }
       }
       wg_commit();

@@ -54,6 +54,7 @@ struct BenchOptions {
   int mma_row_tiles = 0;              // CUDA: those matmuls' forced work split (0: planner's)
   int mma_k_splits = 0;
   int dq_gemm_max_batch = 128;        // CUDA: largest one on the dequantizing GEMM (0: off)
+  int gemm_kq_max_batch = 64;         // CUDA: largest Q4_K batch on int8 warpgroup MMAs
   int dq_gemm_over_copies = 32;       // CUDA: batches up to this skip the BF16 copies
   bool gemm_autotune = true;          // CUDA: time cuBLASLt's candidates per decode shape
   bool gemv_stream = false;           // CUDA: batch-1 GEMVs stream weights through shared memory
@@ -224,6 +225,7 @@ int run_bench(const BenchOptions& o) {
     co.mma_row_tiles = o.mma_row_tiles;
     co.mma_k_splits = o.mma_k_splits;
     co.dq_gemm_over_copies_max_batch = o.dq_gemm_over_copies;
+    co.gemm_kq_max_batch = o.gemm_kq_max_batch;
     if (!o.gemm_autotune) co.gemm_autotune_max_rows = 0;
     co.gemv_stream = o.gemv_stream;
     co.decode_max_splits = o.decode_max_splits;
@@ -443,6 +445,10 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--mma-k-splits", o->mma_k_splits,
                      "K-quant int8-MMA batches: k splits over a cluster, forced (0: the planner's)")
           ->check(CLI::IsMember({0, 1, 2, 4, 8}));
+      sub.add_option("--gemm-kq-max-batch", o->gemm_kq_max_batch,
+                     "largest decode batch whose Q4_K matmuls run on int8 warpgroup MMAs from the "
+                     "quantized blocks (0: off; sm_90a)")
+          ->check(CLI::Range(0, 128));
       sub.add_option("--dq-gemm-over-copies", o->dq_gemm_over_copies,
                      "decode batches up to this size dequantize inside the tensor-core GEMM even "
                      "where a BF16 copy of the weights exists (0: never)")

@@ -15,6 +15,7 @@
 #include "kernels/cuda/dequant.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm_dq.h"
+#include "kernels/cuda/gemm_kq.h"
 #include "kernels/cuda/event_timer.h"
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/gemv.h"
@@ -142,9 +143,10 @@ class CudaBackend final : public Backend {
     explicit Scratches(kc::DeviceMemory& m)
         : act_q(m, "8-bit activations"), act_d(m, "activation scales"),
           act_s(m, "activation sums"), gemm_x(m, "GEMM BF16 activations"),
+          gemm_xq(m, "GEMM 8-bit activations"),
           gemm_w(m, "GEMM BF16 weight staging"), attn_out(m, "attention split outputs"),
           attn_lse(m, "attention split LSE") {}
-    kc::Scratch act_q, act_d, act_s, gemm_x, gemm_w, attn_out, attn_lse;
+    kc::Scratch act_q, act_d, act_s, gemm_x, gemm_xq, gemm_w, attn_out, attn_lse;
   };
   struct Step {
     int64_t n_tokens = 0, n_seqs = 0, n_logits = 0, n_decode = 0, n_tiles = 0;
@@ -183,6 +185,8 @@ class CudaBackend final : public Backend {
   void gemm(const Weight& w, const float* x, float* y, int64_t m);
   bool use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const;
   bool use_kquant_mma(const Weight& w, int64_t m) const;
+  bool use_gemm_kq(const kc::DeviceMatrix& dm, int64_t m) const;
+  const uint8_t* kq_acts(const float* x, int64_t m, int64_t k);
   // Batch 1 on the int8 GEMV (or gemv_stream); with a push, also to the peers (GemvLlPush).
   void gemv1(std::span<const MatmulOut> outs, const float* x, const kc::GemvLlPush& push = {});
   const __nv_bfloat16* bf16_acts(const float* x, int64_t m, int64_t k, bool dq_layout = false);
@@ -201,6 +205,8 @@ class CudaBackend final : public Backend {
   int64_t max_cols_ = 0;
   ActCache act_;
   ActCache bf16_act_;  // which x the BF16 copy in scratch_->gemm_x holds
+  ActCache kq_act_;    // which x the 8-bit records in scratch_->gemm_xq hold (gemm_kq_acts)
+  bool gemm_kq_ = false;  // gemm_kq runs on this device and is on
   // The output a batch-1 GEMV last sent to the peers itself (matmul_reduced), for the folded
   // norm that reduces it next; null after that norm.
   const float* pushed_ = nullptr;
@@ -280,7 +286,14 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   gemm_ = std::make_unique<kc::GemmLt>(mem_->alloc(kGemmWorkspaceBytes, "cuBLASLt workspace"),
                                        kGemmWorkspaceBytes, options.gemm_autotune_max_rows);
   if (options.gemv_stream && prop_.major >= 9) kc::gemv_stream_init();  // outside any capture
-  if (options.dq_gemm_max_batch > quant_gemv_max_) {
+  TPNODE_CHECK(options.gemm_kq_max_batch >= 0 && options.gemm_kq_max_batch <= kc::kGemmKqMaxBatch,
+               "gemm_kq_max_batch {} outside 0..{}", options.gemm_kq_max_batch,
+               kc::kGemmKqMaxBatch);
+  if (options.gemm_kq_max_batch > 0) {
+    kc::gemm_kq_init();  // shared-memory limit and the build probe, outside any graph capture
+    gemm_kq_ = kc::gemm_kq_available();
+  }
+  if (options.dq_gemm_max_batch > quant_gemv_max_ || gemm_kq_) {
     kc::gemm_dq_init();  // shared-memory limits, set once outside any graph capture
     const kc::GemmDqWorkspaceSize ws = kc::gemm_dq_workspace_size();
     dq_ws_.partial_floats = ws.partial_floats;
@@ -318,7 +331,7 @@ void CudaBackend::wrote(const void* p, size_t bytes) {
       reinterpret_cast<const uint8_t*>(pushed_) < b + bytes) {
     pushed_ = nullptr;
   }
-  for (ActCache* c : {&act_, &bf16_act_}) {
+  for (ActCache* c : {&act_, &bf16_act_, &kq_act_}) {
     if (c->x == nullptr) continue;
     const auto* a = static_cast<const uint8_t*>(c->x);
     const size_t a_len = static_cast<size_t>(c->n) * sizeof(float);
@@ -542,6 +555,7 @@ void CudaBackend::begin_step(const BatchMeta& b) {
   step_.tiles = dev + o_tiles;
   act_ = {};
   bf16_act_ = {};
+  kq_act_ = {};
 }
 
 void CudaBackend::embed(const Weight& table, float* x) {
@@ -615,6 +629,10 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
     if (kc::is_quantized(w.type)) p.xq = quantized(x, m, w.cols);
     wrote(y, m * w.rows * sizeof(float));
     kc::gemv(p, stream_);
+  } else if (use_gemm_kq(dm, m)) {
+    wrote(y, m * w.rows * sizeof(float));
+    kc::gemm_kq(
+        {.w = dm, .x = kq_acts(x, m, w.cols), .y = y, .m = m, .ldy = 0, .ws = dq_ws_}, stream_);
   } else if (use_gemm_dq(w, dm, m)) {
     wrote(y, m * w.rows * sizeof(float));
     kc::gemm_dq({.w = dm,
@@ -735,6 +753,24 @@ void CudaBackend::add_rmsnorm(const NormIn& in, int64_t rows) {
 
 bool CudaBackend::use_kquant_mma(const Weight& w, int64_t m) const {
   return kc::gemv_mma_block_type(w.type) && m >= 2 && m <= opt_.kquant_mma_max_batch;
+}
+
+bool CudaBackend::use_gemm_kq(const kc::DeviceMatrix& dm, int64_t m) const {
+  return gemm_kq_ && m > 1 && m > opt_.kquant_mma_max_batch && m <= opt_.gemm_kq_max_batch &&
+         kc::gemm_kq_supports(dm);
+}
+
+// x [m, k] in gemm_kq's 8-bit records, reusing the copy made for the previous matmul of the
+// same x (q, k and v; gate and up).
+const uint8_t* CudaBackend::kq_acts(const float* x, int64_t m, int64_t k) {
+  const uint64_t moves = mem_->scratch_moves();  // a regrown buffer lost its contents
+  auto* xq = scratch_->gemm_xq.as<uint8_t>(kc::gemm_kq_acts_bytes(m, k));
+  if (moves != mem_->scratch_moves() || kq_act_.x != x || kq_act_.n != m * k ||
+      kq_act_.cols != k) {
+    kc::gemm_kq_acts({.x = x, .y = xq, .m = m, .cols = k}, stream_);
+    kq_act_ = {.x = x, .n = m * k, .cols = k};
+  }
+  return xq;
 }
 
 bool CudaBackend::use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const {

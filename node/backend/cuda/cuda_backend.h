@@ -50,6 +50,10 @@ struct CudaBackendOptions {
   // copy exists: on an H200 (8B Q4_K_M) it is faster up to batch 32 and slower at 64
   // (docs/BENCHMARKS.md). 0: weights with a copy always use it.
   int64_t dq_gemm_over_copies_max_batch = 32;
+  // Q4_K matmuls of more rows than kquant_mma_max_batch, up to this many (at most 128), run on
+  // int8 warpgroup MMAs straight from the quantized blocks (gemm_kq: compute capability 9.0,
+  // an sm_90a build), ahead of gemm_dq and the BF16 copies; 0: off.
+  int64_t gemm_kq_max_batch = 64;
   // cuBLASLt GEMMs of at most this many rows (decode batches) use the fastest of the
   // heuristic's first candidates for their shape, timed the first time it runs
   // (kernels/cuda/gemm_lt.h), instead of its first: on an H200 batch 64 gained 2%, while

@@ -1,0 +1,535 @@
+// Q4_K GEMM on int8 warpgroup MMAs (see gemm_kq.h).
+#include "kernels/cuda/gemm_kq.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+
+#include "kernels/cuda/bulk_copy.cuh"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_query.h"
+#include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/quant_blocks.cuh"
+#include "kernels/cuda/wgmma.cuh"
+
+namespace tpnode::cuda {
+namespace {
+
+// ---- the work split ----------------------------------------------------------------------
+// A CTA of two warpgroups computes 128 weight rows x one token tile (NB n-tiles of 8: 32 or 64
+// tokens) over a range of k stages of 256 values (one Q4_K block per row). Warpgroup wg owns
+// rows 64wg..64wg+63, its warp wr the 16 rows 64wg + 16wr.. (lane: g = lane / 4 takes rows g
+// and g + 8, t = lane % 4 quants 8t..8t+7 of every chunk of them). Per stage the CTA copies
+// the block of each of its rows (cp.async) and the tile's activation records (one bulk copy)
+// into a ring in shared memory; each lane decodes its quants straight into MMA fragments.
+//
+// Per stage and warpgroup: for each of the eight 32-value chunks c, A_hi = q * (sc_c >> 3)
+// and A_lo = q * (sc_c & 7) (4-bit quants times 3-bit halves of the 6-bit scale: <= 105, so
+// int8) each go through one m64nNk32 s8 MMA into the 32-bit accumulators hi and lo, the first
+// chunk overwriting them; sum_c sc_c (q_c . x_c) = 8 hi + lo. Then one m64nNk16 BF16 MMA of
+// -dmin * m_c (k = chunk, the other 8 k zero) against the chunks' sums of x adds the mins'
+// term to the float accumulator, and after waiting for the stage's MMAs each lane adds
+// (8 hi + lo) * d * x_scale to it: one conversion per block and output.
+constexpr int kThreads = 256;
+constexpr int kTileRows = 128;
+constexpr int kStageK = kGemmKqStage;
+constexpr int kMaxNB = 8;
+constexpr int kBlockBytes = 144;  // Q4_K: d, dmin (halves), 12 bytes of scales/mins, qs[128]
+constexpr int kQsOff = 16;
+// Rows padded to 32 mod 128 bytes: a half-warp's 8-byte loads (4 rows x 4 lanes) hit
+// distinct banks.
+constexpr int kQStride = 160;
+constexpr int kRec = kGemmKqRecordBytes;
+constexpr int kSumsOff = 2048, kXScaleOff = 2304;
+constexpr int kPiece = 128;  // one core matrix: 8 tokens x 16 bytes
+constexpr int kSmemBudget = 225 * 1024;
+constexpr int kWPieces = kBlockBytes / 16;
+constexpr int kWTotal = kTileRows * kWPieces;
+constexpr int kWSlots = (kWTotal + kThreads - 1) / kThreads;
+constexpr uint32_t kNib = 0x0F0F0F0Fu;
+static_assert(kBlockBytes % 16 == 0 && kQStride % 128 == 32 && kRec % 16 == 0);
+
+template <int NB>
+struct Layout {
+  static constexpr int kXOff = kTileRows * kQStride;
+  static constexpr int kStageBytes = kXOff + NB * kRec;
+  static constexpr int kStages = std::min(4, kSmemBudget / kStageBytes);
+  static constexpr int kSmemBytes = kStages * kStageBytes;
+  static_assert(kStages >= 3, "a stage does not fit three times");
+  static_assert(kXOff % 16 == 0 && kStageBytes % 16 == 0);
+};
+
+struct KernelArgs {
+  DeviceMatrix w;
+  const uint8_t* x = nullptr;
+  float* y = nullptr;  // [m, ldy]
+  int64_t ldy = 0;
+  int m = 0;
+  int n_stages = 0;  // cols / 256
+  int splits = 1;
+  int token_tiles = 1;  // gridDim.x
+  int groups = 0;       // 8-token groups of x
+  float* partials = nullptr;
+  unsigned* counters = nullptr;
+};
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// The lane's output tile of 16 rows (row_base + g, + 8) x the token tile.
+template <int NB>
+__device__ __forceinline__ void store_tile(const KernelArgs& a, const float (&v)[NB][4],
+                                           int64_t row_base, int tok0) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t row = row_base + g + 8 * (i >> 1);
+      const int tok = tok0 + nt * 8 + 2 * t + (i & 1);
+      if (row < a.w.rows && tok < a.m) a.y[tok * a.ldy + row] = v[nt][i];
+    }
+  }
+}
+
+#if TPNODE_WGMMA
+// One stage of the warpgroup: `buf` holds the stage's weights and activation records.
+template <int NB>
+__device__ __forceinline__ void compute_stage(const uint8_t* buf, int wg, int wr,
+                                              float (&acc)[NB][4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const uint8_t* w0 = buf + (64 * wg + 16 * wr + g) * kQStride;
+  const uint8_t* w1 = w0 + 8 * kQStride;
+  const int4 h0 = *reinterpret_cast<const int4*>(w0);
+  const int4 h1 = *reinterpret_cast<const int4*>(w1);
+  const uint8_t* xb = buf + Layout<NB>::kXOff;
+  const uint64_t desc0 = wg_desc(smem_u32(xb), kPiece, kRec);
+  const uint64_t sums_desc = wg_desc(smem_u32(xb + kSumsOff), kPiece, kRec);
+  int hi[NB][4], lo[NB][4];
+  // Fragments of two chunk pairs: pair p decodes into af[p % 2] once the MMAs of pair p - 2
+  // (the last readers of those registers) are done.
+  uint32_t af[2][2][2][4];  // [buffer][chunk of the pair][hi, lo][a0..a3]
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+    const quant::KScales k0 = quant::k_scales(h0, p), k1 = quant::k_scales(h1, p);
+    const uint2 u0 = *reinterpret_cast<const uint2*>(w0 + kQsOff + 32 * p + 8 * t);
+    const uint2 u1 = *reinterpret_cast<const uint2*>(w1 + kQsOff + 32 * p + 8 * t);
+    if (p >= 2) wg_wait<1>();
+    uint32_t(&f)[2][2][4] = af[p % 2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t s0 = static_cast<uint32_t>(h ? k0.sc1 : k0.sc0);
+      const uint32_t s1 = static_cast<uint32_t>(h ? k1.sc1 : k1.sc0);
+      const uint32_t n0x = (u0.x >> (4 * h)) & kNib, n0y = (u0.y >> (4 * h)) & kNib;
+      const uint32_t n1x = (u1.x >> (4 * h)) & kNib, n1y = (u1.y >> (4 * h)) & kNib;
+      // Byte-wise products stay below 256: one multiply per four quants.
+      f[h][0][0] = n0x * (s0 >> 3), f[h][0][1] = n1x * (s1 >> 3);
+      f[h][0][2] = n0y * (s0 >> 3), f[h][0][3] = n1y * (s1 >> 3);
+      f[h][1][0] = n0x * (s0 & 7), f[h][1][1] = n1x * (s1 & 7);
+      f[h][1][2] = n0y * (s0 & 7), f[h][1][3] = n1y * (s1 & 7);
+    }
+    wg_fence();
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int c = 2 * p + h;
+      const uint64_t b = desc0 + ((2 * c * kPiece) >> 4);
+      const int accumulate = c > 0;
+      WgmmaS8<NB>::run(hi, f[h][0][0], f[h][0][1], f[h][0][2], f[h][0][3], b, accumulate);
+      WgmmaS8<NB>::run(lo, f[h][1][0], f[h][1][1], f[h][1][2], f[h][1][3], b, accumulate);
+    }
+    wg_commit();
+  }
+  // The mins: lane t holds k = 2t, 2t + 1 (chunks 2t, 2t + 1, pair t) of rows g and g + 8.
+  const quant::KScales m0 = quant::k_scales(h0, t), m1 = quant::k_scales(h1, t);
+  const float2 dm0 = __half22float2(*reinterpret_cast<const __half2*>(&h0.x));
+  const float2 dm1 = __half22float2(*reinterpret_cast<const __half2*>(&h1.x));
+  const uint32_t am0 = pack_bf16(-dm0.y * static_cast<float>(m0.m0), -dm0.y * static_cast<float>(m0.m1));
+  const uint32_t am1 = pack_bf16(-dm1.y * static_cast<float>(m1.m0), -dm1.y * static_cast<float>(m1.m1));
+  wg_fence();  // acc was last written by the previous stage's conversions
+  WgmmaBf16<NB>::run(acc, am0, am1, 0u, 0u, sums_desc, 1);
+  wg_commit();
+  wg_wait<0>();
+  // acc += (8 hi + lo) * d * x_scale: rows g (d0), g + 8 (d1); tokens 8nt + 2t, + 1.
+#pragma unroll
+  for (int nt = 0; nt < NB; ++nt) {
+    const float2 xs = *reinterpret_cast<const float2*>(xb + nt * kRec + kXScaleOff + 8 * t);
+    const float s[4] = {dm0.x * xs.x, dm0.x * xs.y, dm1.x * xs.x, dm1.x * xs.y};
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      acc[nt][i] = fmaf(static_cast<float>(8 * hi[nt][i] + lo[nt][i]), s[i], acc[nt][i]);
+  }
+  // The generic-proxy reads of this buffer come before the bulk copy that refills it.
+  fence_proxy_async();
+}
+#endif
+
+// minBlocks = 1: one CTA per SM (the ring takes most of shared memory).
+template <int NB>
+__global__ void __launch_bounds__(kThreads, 1) gemm_kq_kernel(KernelArgs a) {
+#if TPNODE_WGMMA
+  using L = Layout<NB>;
+  constexpr int S = L::kStages;
+  constexpr int kAhead = S - 1;
+  extern __shared__ __align__(128) uint8_t smem[];
+  __shared__ int s_last;
+  __shared__ __align__(8) uint64_t s_bars[4];
+  static_assert(S <= 4, "one mbarrier per ring buffer");
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = __shfl_sync(0xffffffffu, tid / 32, 0);
+  const int wg = warp / 4, wr = warp % 4;
+  const int tt = static_cast<int>(blockIdx.x), split = static_cast<int>(blockIdx.z);
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTileRows;
+  const int tok0 = tt * NB * 8;
+  const int st0 = static_cast<int>(static_cast<int64_t>(a.n_stages) * split / a.splits);
+  const int n_st =
+      static_cast<int>(static_cast<int64_t>(a.n_stages) * (split + 1) / a.splits) - st0;
+  // Row tiles start at different stages of their range so that they do not all ask the same
+  // L2 lines of x at once.
+  const int rot = static_cast<int>(static_cast<int64_t>(blockIdx.y) * n_st / gridDim.y);
+  auto stage_at = [&](int i) {
+    const int k = i + rot;
+    return st0 + (k >= n_st ? k - n_st : k);
+  };
+
+  // What this thread copies per stage: 16-byte pieces of the tile's rows (rows past the end
+  // copy the last row, computed and never stored), and (thread 0) the tile's x records.
+  uint32_t w_src[kWSlots], w_dst[kWSlots];
+  const int64_t last = a.w.rows - 1;
+#pragma unroll
+  for (int k = 0; k < kWSlots; ++k) {
+    const int i = min(tid + k * kThreads, kWTotal - 1);
+    const int r = i / kWPieces, j = i % kWPieces;
+    w_src[k] = static_cast<uint32_t>(min(row0 + r, last) * static_cast<int64_t>(a.w.q_row_bytes) +
+                                     16 * j);
+    w_dst[k] = static_cast<uint32_t>(r * kQStride + 16 * j);
+  }
+  const uint8_t* x_tile = a.x + static_cast<int64_t>(tok0 / 8) * kRec;
+  const uint32_t x_bytes = static_cast<uint32_t>(min(NB, a.groups - tok0 / 8)) * kRec;
+  auto copy_weights = [&](int st, uint8_t* buf) {
+    const uint8_t* q = a.w.q + static_cast<int64_t>(st) * kBlockBytes;
+#pragma unroll
+    for (int k = 0; k < kWSlots; ++k) {
+      if (kWTotal % kThreads == 0 || tid + k * kThreads < kWTotal)
+        cp_async16(buf + w_dst[k], q + w_src[k]);
+    }
+  };
+  // Groups of the tile past m keep stale bytes: they reach only y's columns that are not stored.
+  auto copy_acts = [&](int st, uint8_t* buf, uint32_t bar) {
+    if (tid == 0) {
+      mbar_arrive_expect_tx(bar, x_bytes);
+      bulk_copy(smem_u32(buf + L::kXOff), x_tile + static_cast<int64_t>(st) * a.groups * kRec,
+                x_bytes, bar);
+    }
+  };
+
+  const uint32_t bars = smem_u32(s_bars);
+  if (tid == 0) {
+    for (int i = 0; i < S; ++i) mbar_init(bars + 8 * i, 1);
+    mbar_fence_init();
+  }
+  __syncthreads();
+  // The weights of the first stages are in flight before the previous kernel has finished;
+  // x is its output.
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < n_st) copy_weights(stage_at(s), smem + s * L::kStageBytes);
+  }
+  pdl_wait();
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < n_st) copy_acts(stage_at(s), smem + s * L::kStageBytes, bars + 8 * s);
+    cp_async_commit();
+  }
+
+  float acc[NB][4];
+#pragma unroll
+  for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[nt][i] = 0.0f;
+  }
+  for (int it = 0; it < n_st; ++it) {
+    cp_async_wait<kAhead - 1>();
+    mbar_wait(bars + 8 * (it % S), (it / S) & 1);
+    // Stage `it` landed for every thread, and every warp is done with stage it - 1, whose
+    // buffer the refill below takes.
+    __syncthreads();
+    const int nx = it + kAhead;
+    if (nx < n_st) {
+      uint8_t* nbuf = smem + (nx % S) * L::kStageBytes;
+      copy_weights(stage_at(nx), nbuf);
+      copy_acts(stage_at(nx), nbuf, bars + 8 * (nx % S));
+    }
+    cp_async_commit();
+    compute_stage<NB>(smem + (it % S) * L::kStageBytes, wg, wr, acc);
+  }
+  cp_async_wait<0>();
+  pdl_launch_dependents();
+
+  const int64_t row_base = row0 + 64 * wg + 16 * wr;
+  if (a.splits == 1) {
+    store_tile<NB>(a, acc, row_base, tok0);
+    return;
+  }
+  // Split k: every CTA of the tile leaves its partial sums in the workspace in fragment order
+  // ([tile][split][warp][value][lane], coalesced); the last to arrive adds all splits in split
+  // order (its own from registers, bitwise the same) and writes y.
+  constexpr int kTileVals = NB * 4;
+  const int64_t tile = static_cast<int64_t>(blockIdx.y) * a.token_tiles + tt;
+  const int64_t split_floats = static_cast<int64_t>(kThreads / 32) * kTileVals * 32;
+  float* part = a.partials + tile * a.splits * split_floats + warp * kTileVals * 32 + lane;
+#pragma unroll
+  for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) part[split * split_floats + (nt * 4 + i) * 32] = acc[nt][i];
+  }
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    const unsigned prev = atomicAdd(a.counters + tile, 1u);
+    s_last = prev == static_cast<unsigned>(a.splits - 1);
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  float sum[NB][4];
+#pragma unroll
+  for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) sum[nt][i] = 0.0f;
+  }
+#pragma unroll 1
+  for (int s = 0; s < a.splits; ++s) {
+    const float* src = part + s * split_floats;
+#pragma unroll
+    for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        sum[nt][i] += s == split ? acc[nt][i] : __ldcg(src + (nt * 4 + i) * 32);
+    }
+  }
+  store_tile<NB>(a, sum, row_base, tok0);
+  if (tid == 0) a.counters[tile] = 0;  // ready for the next launch
+#else
+  __trap();  // gemm_kq_available() keeps the host from launching it here
+#endif
+}
+
+// One warp per (token slot, stage): lane l quantizes values 8l..8l+7 (chunk l / 4, i = l % 4)
+// with the 256-value group's scale and writes them as chunk c's pieces 2c (values 8i..8i+3)
+// and 2c + 1 (8i+4..8i+7) at byte 4i of the token's row; the chunk's four lanes add its sum.
+__global__ void gemm_kq_acts_kernel(GemmKqActsParams p, int groups, int64_t n_warps) {
+  const int64_t wid = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  pdl_wait();
+  if (wid >= n_warps) return;
+  const int slots = groups * 8;
+  const int64_t tok = wid % slots, st = wid / slots;
+  const int t8 = static_cast<int>(tok % 8);
+  uint8_t* rec = p.y + (st * groups + tok / 8) * kRec;
+  float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  if (tok < p.m) {
+    const float* src = p.x + tok * p.cols + st * kStageK + 8 * lane;
+    const float4 a = *reinterpret_cast<const float4*>(src);
+    const float4 b = *reinterpret_cast<const float4*>(src + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  }
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float d = amax / 127.0f;
+  int q[8];
+  int sum = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    q[i] = amax > 0.0f ? __float2int_rn(v[i] / d) : 0;
+    sum += q[i];
+  }
+  auto pack4 = [&](int o) {
+    return (static_cast<uint32_t>(q[o] & 0xFF)) | (static_cast<uint32_t>(q[o + 1] & 0xFF) << 8) |
+           (static_cast<uint32_t>(q[o + 2] & 0xFF) << 16) |
+           (static_cast<uint32_t>(q[o + 3] & 0xFF) << 24);
+  };
+  const int c = lane / 4, i = lane % 4;
+  *reinterpret_cast<uint32_t*>(rec + (2 * c) * kPiece + t8 * 16 + 4 * i) = pack4(0);
+  *reinterpret_cast<uint32_t*>(rec + (2 * c + 1) * kPiece + t8 * 16 + 4 * i) = pack4(4);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  if (i == 0) {
+    reinterpret_cast<__nv_bfloat16*>(rec + kSumsOff + t8 * 16)[c] =
+        __float2bfloat16_rn(d * static_cast<float>(sum));
+  }
+  if (lane < 4) *reinterpret_cast<uint32_t*>(rec + kSumsOff + kPiece + t8 * 16 + 4 * lane) = 0;
+  if (lane == 0) reinterpret_cast<float*>(rec + kXScaleOff)[t8] = d;
+}
+
+__global__ void gemm_kq_probe_kernel(int* out) { *out = TPNODE_WGMMA; }
+
+// ---- host side ------------------------------------------------------------------------------
+// clang-format off
+#define TPNODE_DISPATCH_KQ_TILES(nb, NB, ...)                                        \
+  switch (nb) {                                                                      \
+    case 4: { constexpr int NB = 4; __VA_ARGS__ } break;                             \
+    case 8: { constexpr int NB = 8; __VA_ARGS__ } break;                             \
+    default: TPNODE_THROW(ErrorKind::kUnsupported, "gemm_kq: {} column tiles", (nb)); \
+  }
+// clang-format on
+static_assert(kMaxNB == 8, "TPNODE_DISPATCH_KQ_TILES covers 4 and 8");
+
+// The m tokens in tiles of at most 64, as even as can be, each a 32- or 64-token MMA tile.
+struct TokenTiling {
+  int tiles = 1;
+  int nb = 4;
+};
+TokenTiling token_tiling(int64_t m) {
+  const int64_t tiles = (m + 8 * kMaxNB - 1) / (8 * kMaxNB);
+  const int64_t per_tile = (m + tiles - 1) / tiles;
+  return {static_cast<int>(tiles), per_tile <= 32 ? 4 : 8};
+}
+
+PerDeviceSetup g_setup("gemm_kq");
+std::array<std::atomic<int>, kMaxCachedDevices> g_available{};  // 0 unknown, 1 yes, 2 no
+
+int64_t tile_floats(int nb) { return static_cast<int64_t>(kTileRows) * nb * 8; }
+
+bool workspace_fits(const GemmKqParams& p, int splits) {
+  const TokenTiling tk = token_tiling(p.m);
+  const int64_t tiles = (p.w.rows + kTileRows - 1) / kTileRows * tk.tiles;
+  return p.ws.partials != nullptr && p.ws.counters != nullptr && tiles <= p.ws.n_counters &&
+         tiles * splits * tile_floats(tk.nb) <= p.ws.partial_floats;
+}
+
+}  // namespace
+
+bool gemm_kq_supports(const DeviceMatrix& w) {
+  return w.type == TensorType::kQ4_K && w.rows > 0 && w.cols > 0 && w.cols % kStageK == 0;
+}
+
+void gemm_kq_init() {
+  for (int nb : {4, 8}) {
+    TPNODE_DISPATCH_KQ_TILES(nb, NB, {
+      TPNODE_CUDA_CHECK(cudaFuncSetAttribute(gemm_kq_kernel<NB>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             Layout<NB>::kSmemBytes));
+    })
+  }
+  const int dev = current_device("gemm_kq");
+  if (g_available[dev].load() == 0) {
+    cudaDeviceProp prop{};
+    TPNODE_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+    int yes = 0;
+    if (prop.major == 9 && prop.minor == 0) {
+      int* d = nullptr;
+      TPNODE_CUDA_CHECK(cudaMalloc(&d, sizeof(int)));
+      gemm_kq_probe_kernel<<<1, 1>>>(d);
+      const cudaError_t launched = cudaGetLastError();
+      if (launched == cudaSuccess) {
+        TPNODE_CUDA_CHECK(cudaMemcpy(&yes, d, sizeof(int), cudaMemcpyDeviceToHost));
+      }
+      TPNODE_CUDA_CHECK(cudaFree(d));
+    }
+    g_available[dev].store(yes == 1 ? 1 : 2);
+  }
+  g_setup.mark_done();
+}
+
+bool gemm_kq_available() {
+  const int dev = current_device("gemm_kq");
+  if (g_available[dev].load() == 0) gemm_kq_init();
+  return g_available[dev].load() == 1;
+}
+
+GemmKqPlan gemm_kq_plan(const GemmKqParams& p) {
+  GemmKqPlan plan;
+  if (p.m < 1 || p.m > kGemmKqMaxBatch || p.w.rows < 1 || p.w.cols < kStageK) return plan;
+  const TokenTiling tk = token_tiling(p.m);
+  const int64_t tiles = (p.w.rows + kTileRows - 1) / kTileRows * tk.tiles;
+  const int64_t n_stages = p.w.cols / kStageK;
+  // One resident CTA per SM; each split keeps at least two stages for the ring to overlap.
+  int64_t s = std::min<int64_t>(
+      {kGemmKqMaxSplits, current_device_sms("gemm_kq") / tiles, n_stages / 2});
+  s = std::max<int64_t>(s, 1);
+  while (s > 1 && !workspace_fits(p, static_cast<int>(s))) --s;
+  plan.k_splits = static_cast<int>(s);
+  return plan;
+}
+
+void gemm_kq_acts(const GemmKqActsParams& p, cudaStream_t stream) {
+  TPNODE_CHECK(p.m >= 0 && p.cols % kStageK == 0, "gemm_kq_acts: {} x {} (cols % {} != 0)", p.m,
+               p.cols, kStageK);
+  TPNODE_CHECK(p.x != nullptr && p.y != nullptr && reinterpret_cast<uintptr_t>(p.x) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(p.y) % 16 == 0,
+               "gemm_kq_acts: x and y must be 16-byte aligned device pointers");
+  if (p.m == 0 || p.cols == 0) return;
+  const int groups = static_cast<int>((p.m + 7) / 8);
+  const int64_t n_warps = static_cast<int64_t>(groups) * 8 * (p.cols / kStageK);
+  constexpr int kBlock = 256;
+  const int64_t blocks = (n_warps * 32 + kBlock - 1) / kBlock;
+  launch_pdl(gemm_kq_acts_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kBlock), 0, stream, p,
+             groups, n_warps);
+}
+
+void gemm_kq(const GemmKqParams& p, cudaStream_t stream) { gemm_kq(p, gemm_kq_plan(p), stream); }
+
+void gemm_kq(const GemmKqParams& p, const GemmKqPlan& plan, cudaStream_t stream) {
+  TPNODE_CHECK(gemm_kq_supports(p.w), "gemm_kq: no kernel for a {} {}x{} matrix",
+               weight_type_label(p.w.type), p.w.rows, p.w.cols);
+  TPNODE_CHECK(p.m >= 1 && p.m <= kGemmKqMaxBatch, "gemm_kq: batch {} outside 1..{}", p.m,
+               kGemmKqMaxBatch);
+  TPNODE_CHECK(p.x != nullptr && reinterpret_cast<uintptr_t>(p.x) % 16 == 0,
+               "gemm_kq: x must be a 16-byte aligned device pointer");
+  TPNODE_CHECK(reinterpret_cast<uintptr_t>(p.w.q) % 16 == 0 && p.w.q_row_bytes % 16 == 0,
+               "gemm_kq: Q4_K weights not 16-byte aligned");
+  const int64_t ldy = p.ldy == 0 ? p.w.rows : p.ldy;
+  TPNODE_CHECK(p.y != nullptr && ldy >= p.w.rows, "gemm_kq: y row stride {} < rows {}", ldy,
+               p.w.rows);
+  const int64_t n_stages = p.w.cols / kStageK;
+  TPNODE_CHECK(plan.k_splits >= 1 && plan.k_splits <= kGemmKqMaxSplits && plan.k_splits <= n_stages,
+               "gemm_kq: {} k splits for {} stages (1..{})", plan.k_splits, n_stages,
+               kGemmKqMaxSplits);
+  TPNODE_CHECK(plan.k_splits == 1 || workspace_fits(p, plan.k_splits),
+               "gemm_kq: the workspace is too small for {} k splits", plan.k_splits);
+  if (g_setup.needed(stream)) gemm_kq_init();
+  TPNODE_CHECK(gemm_kq_available(), "gemm_kq: needs compute capability 9.0 and an sm_90a build");
+
+  const TokenTiling tk = token_tiling(p.m);
+  KernelArgs a;
+  a.w = p.w;
+  a.x = p.x;
+  a.y = p.y;
+  a.ldy = ldy;
+  a.m = static_cast<int>(p.m);
+  a.n_stages = static_cast<int>(n_stages);
+  a.splits = plan.k_splits;
+  a.token_tiles = tk.tiles;
+  a.groups = static_cast<int>((p.m + 7) / 8);
+  a.partials = p.ws.partials;
+  a.counters = p.ws.counters;
+  const int64_t row_tiles = (p.w.rows + kTileRows - 1) / kTileRows;
+  TPNODE_CHECK(row_tiles <= 65535, "gemm_kq: {} rows: too many row tiles", p.w.rows);
+  TPNODE_CHECK(static_cast<uint64_t>(p.w.rows) * p.w.q_row_bytes <= UINT32_MAX,
+               "gemm_kq: {}x{} matrix over 4 GiB", p.w.rows, p.w.cols);
+  const dim3 grid(static_cast<unsigned>(tk.tiles), static_cast<unsigned>(row_tiles),
+                  static_cast<unsigned>(plan.k_splits));
+  TPNODE_DISPATCH_KQ_TILES(tk.nb, NB, {
+    launch_pdl(gemm_kq_kernel<NB>, grid, dim3(kThreads), Layout<NB>::kSmemBytes, stream, a);
+  })
+}
+
+}  // namespace tpnode::cuda
