@@ -5,7 +5,9 @@
 #
 # usage: tools/build_llamacpp.sh [--cuda] [--dir DIR] [--jobs N] [--version X.Y.Z]
 #   --dir DIR      where to download, unpack and build (default /work/llama)
-#   --cuda         GPU build: -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 (H100/H200), build dir build-cuda
+#   --cuda         GPU build: -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 (H100/H200), static,
+#                  build dir build-cuda, llama-bench and llama-batched-bench for
+#                  bench/llamacpp_gpu.sh pack
 #   --jobs N       parallel build jobs (default 2)
 #   --version V    llama-cpp-python sdist version (default: the one pinned below)
 # Prints the path of the binaries directory on its last line.
@@ -58,22 +60,29 @@ LAUNCHER=()
 command -v ccache >/dev/null && LAUNCHER=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 
 if [[ $CUDA == 1 ]]; then
+  # Static libraries for bench/llamacpp_gpu.sh pack (one self-contained binary travels to the
+  # GPU machine, whose CPU may differ from this one: no -march=native).
   BUILD="$DIR/build-cuda"
-  BACKEND=(-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90)
+  BACKEND=(-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF)
+  TARGETS=(llama-bench llama-batched-bench)
 else
   BUILD="$DIR/build-cpu"
-  BACKEND=(-DGGML_CUDA=OFF)
+  BACKEND=(-DGGML_CUDA=OFF -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON)
+  TARGETS=(llama llama-bench llama-tokenize)
 fi
 
 cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" "${LAUNCHER[@]}" \
   -DCMAKE_BUILD_TYPE=Release \
-  -DGGML_NATIVE=ON \
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
-  -DBUILD_SHARED_LIBS=ON \
   "${BACKEND[@]}"
 
-cmake --build "$BUILD" -j "$JOBS" --target llama llama-bench llama-tokenize
+cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}"
+if [[ $CUDA == 1 ]]; then
+  echo "llama.cpp (CUDA, static) from llama-cpp-python $VERSION built in $BUILD;"
+  echo "next: bench/llamacpp_gpu.sh pack $BUILD"
+  exit 0
+fi
 
 # 4. Our greedy/logits dumper, linked against the libllama just built (rpath to bin/).
 BIN="$BUILD/bin"

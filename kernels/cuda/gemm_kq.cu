@@ -46,6 +46,7 @@ constexpr int kRec = kGemmKqRecordBytes;
 constexpr int kSumsOff = 2048, kXScaleOff = 2304;
 constexpr int kPiece = 128;  // one core matrix: 8 tokens x 16 bytes
 constexpr int kSmemBudget = 225 * 1024;
+constexpr int kMaxStages = 5;  // ring buffers: kMaxStages - 2 stages in flight ahead
 constexpr int kWPieces = kBlockBytes / 16;
 constexpr int kWTotal = kTileRows * kWPieces;
 constexpr int kWSlots = (kWTotal + kThreads - 1) / kThreads;
@@ -56,17 +57,26 @@ template <int NB>
 struct Layout {
   static constexpr int kXOff = kTileRows * kQStride;
   static constexpr int kStageBytes = kXOff + NB * kRec;
-  static constexpr int kStages = std::min(4, kSmemBudget / kStageBytes);
+  static constexpr int kStages = std::min(kMaxStages, kSmemBudget / kStageBytes);
   static constexpr int kSmemBytes = kStages * kStageBytes;
-  static_assert(kStages >= 3, "a stage does not fit three times");
+  static_assert(kStages >= 4, "a stage does not fit four times");
   static_assert(kXOff % 16 == 0 && kStageBytes % 16 == 0);
 };
 
-struct KernelArgs {
-  DeviceMatrix w;
-  const uint8_t* x = nullptr;
+// One matrix of a launch: its row tiles are blockIdx.y in [tile0, tile0 + its tiles).
+struct OutArgs {
+  const uint8_t* q = nullptr;
+  int64_t q_row_bytes = 0;
+  int64_t rows = 0;
   float* y = nullptr;  // [m, ldy]
   int64_t ldy = 0;
+  int tile0 = 0;
+};
+
+struct KernelArgs {
+  OutArgs outs[kGemmKqMaxGroup];
+  int n_outs = 1;
+  const uint8_t* x = nullptr;
   int m = 0;
   int n_stages = 0;  // cols / 256
   int splits = 1;
@@ -79,13 +89,6 @@ struct KernelArgs {
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src));
 }
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
@@ -93,8 +96,8 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 // The lane's output tile of 16 rows (row_base + g, + 8) x the token tile.
 template <int NB>
-__device__ __forceinline__ void store_tile(const KernelArgs& a, const float (&v)[NB][4],
-                                           int64_t row_base, int tok0) {
+__device__ __forceinline__ void store_tile(const KernelArgs& a, const OutArgs& o,
+                                           const float (&v)[NB][4], int64_t row_base, int tok0) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int nt = 0; nt < NB; ++nt) {
@@ -102,7 +105,7 @@ __device__ __forceinline__ void store_tile(const KernelArgs& a, const float (&v)
     for (int i = 0; i < 4; ++i) {
       const int64_t row = row_base + g + 8 * (i >> 1);
       const int tok = tok0 + nt * 8 + 2 * t + (i & 1);
-      if (row < a.w.rows && tok < a.m) a.y[tok * a.ldy + row] = v[nt][i];
+      if (row < o.rows && tok < a.m) o.y[tok * o.ldy + row] = v[nt][i];
     }
   }
 }
@@ -184,23 +187,36 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_kernel(KernelArgs a) {
 #if TPNODE_WGMMA
   using L = Layout<NB>;
   constexpr int S = L::kStages;
-  constexpr int kAhead = S - 1;
+  constexpr int kAhead = S - 2;
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ int s_last;
-  __shared__ __align__(8) uint64_t s_bars[4];
-  static_assert(S <= 4, "one mbarrier per ring buffer");
+  __shared__ __align__(8) uint64_t s_full[kMaxStages];
+  __shared__ __align__(8) uint64_t s_empty[kMaxStages];
 
   const int tid = threadIdx.x, lane = tid % 32, warp = __shfl_sync(0xffffffffu, tid / 32, 0);
   const int wg = warp / 4, wr = warp % 4;
   const int tt = static_cast<int>(blockIdx.x), split = static_cast<int>(blockIdx.z);
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTileRows;
+  // This CTA's matrix (a selection, not an index: the parameters stay in constant memory).
+  const int gt = static_cast<int>(blockIdx.y);
+  OutArgs o = a.outs[0];
+  int o_tiles = a.n_outs > 1 ? a.outs[1].tile0 : static_cast<int>(gridDim.y);
+  if (a.n_outs > 1 && gt >= a.outs[1].tile0) {
+    o = a.outs[1];
+    o_tiles = (a.n_outs > 2 ? a.outs[2].tile0 : static_cast<int>(gridDim.y)) - o.tile0;
+  }
+  if (a.n_outs > 2 && gt >= a.outs[2].tile0) {
+    o = a.outs[2];
+    o_tiles = static_cast<int>(gridDim.y) - o.tile0;
+  }
+  const int rt = gt - o.tile0;  // row tile within the matrix
+  const int64_t row0 = static_cast<int64_t>(rt) * kTileRows;
   const int tok0 = tt * NB * 8;
   const int st0 = static_cast<int>(static_cast<int64_t>(a.n_stages) * split / a.splits);
   const int n_st =
       static_cast<int>(static_cast<int64_t>(a.n_stages) * (split + 1) / a.splits) - st0;
   // Row tiles start at different stages of their range so that they do not all ask the same
   // L2 lines of x at once.
-  const int rot = static_cast<int>(static_cast<int64_t>(blockIdx.y) * n_st / gridDim.y);
+  const int rot = static_cast<int>(static_cast<int64_t>(rt) * n_st / o_tiles);
   auto stage_at = [&](int i) {
     const int k = i + rot;
     return st0 + (k >= n_st ? k - n_st : k);
@@ -209,19 +225,19 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_kernel(KernelArgs a) {
   // What this thread copies per stage: 16-byte pieces of the tile's rows (rows past the end
   // copy the last row, computed and never stored), and (thread 0) the tile's x records.
   uint32_t w_src[kWSlots], w_dst[kWSlots];
-  const int64_t last = a.w.rows - 1;
+  const int64_t last = o.rows - 1;
 #pragma unroll
   for (int k = 0; k < kWSlots; ++k) {
     const int i = min(tid + k * kThreads, kWTotal - 1);
     const int r = i / kWPieces, j = i % kWPieces;
-    w_src[k] = static_cast<uint32_t>(min(row0 + r, last) * static_cast<int64_t>(a.w.q_row_bytes) +
+    w_src[k] = static_cast<uint32_t>(min(row0 + r, last) * o.q_row_bytes +
                                      16 * j);
     w_dst[k] = static_cast<uint32_t>(r * kQStride + 16 * j);
   }
   const uint8_t* x_tile = a.x + static_cast<int64_t>(tok0 / 8) * kRec;
   const uint32_t x_bytes = static_cast<uint32_t>(min(NB, a.groups - tok0 / 8)) * kRec;
   auto copy_weights = [&](int st, uint8_t* buf) {
-    const uint8_t* q = a.w.q + static_cast<int64_t>(st) * kBlockBytes;
+    const uint8_t* q = o.q + static_cast<int64_t>(st) * kBlockBytes;
 #pragma unroll
     for (int k = 0; k < kWSlots; ++k) {
       if (kWTotal % kThreads == 0 || tid + k * kThreads < kWTotal)
@@ -237,9 +253,17 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_kernel(KernelArgs a) {
     }
   };
 
-  const uint32_t bars = smem_u32(s_bars);
+  // The ring runs on mbarriers, no CTA barrier per stage, so that the two warpgroups drift
+  // apart and their MMAs, decodes and conversions interleave. full[b]: the stage in buffer b
+  // landed (every thread's cp.async and the records' bulk copy); empty[b]: every warp is done
+  // reading it. A refill takes the buffer of stage it + kAhead - S, released by every warp
+  // that has come this far.
+  const uint32_t full = smem_u32(s_full), empty = smem_u32(s_empty);
   if (tid == 0) {
-    for (int i = 0; i < S; ++i) mbar_init(bars + 8 * i, 1);
+    for (int i = 0; i < S; ++i) {
+      mbar_init(full + 8 * i, kThreads + 1);
+      mbar_init(empty + 8 * i, kThreads / 32);
+    }
     mbar_fence_init();
   }
   __syncthreads();
@@ -252,8 +276,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_kernel(KernelArgs a) {
   pdl_wait();
 #pragma unroll
   for (int s = 0; s < kAhead; ++s) {
-    if (s < n_st) copy_acts(stage_at(s), smem + s * L::kStageBytes, bars + 8 * s);
-    cp_async_commit();
+    if (s < n_st) {
+      copy_acts(stage_at(s), smem + s * L::kStageBytes, full + 8 * s);
+      cp_async_mbar_arrive(full + 8 * s);
+    }
   }
 
   float acc[NB][4];
@@ -263,33 +289,33 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_kernel(KernelArgs a) {
     for (int i = 0; i < 4; ++i) acc[nt][i] = 0.0f;
   }
   for (int it = 0; it < n_st; ++it) {
-    cp_async_wait<kAhead - 1>();
-    mbar_wait(bars + 8 * (it % S), (it / S) & 1);
-    // Stage `it` landed for every thread, and every warp is done with stage it - 1, whose
-    // buffer the refill below takes.
-    __syncthreads();
     const int nx = it + kAhead;
     if (nx < n_st) {
-      uint8_t* nbuf = smem + (nx % S) * L::kStageBytes;
+      const int nb = nx % S;
+      uint8_t* nbuf = smem + nb * L::kStageBytes;
+      if (nx >= S) mbar_wait(empty + 8 * nb, ((nx - S) / S) & 1);
       copy_weights(stage_at(nx), nbuf);
-      copy_acts(stage_at(nx), nbuf, bars + 8 * (nx % S));
+      copy_acts(stage_at(nx), nbuf, full + 8 * nb);
+      cp_async_mbar_arrive(full + 8 * nb);
     }
-    cp_async_commit();
+    mbar_wait(full + 8 * (it % S), (it / S) & 1);
     compute_stage<NB>(smem + (it % S) * L::kStageBytes, wg, wr, acc);
+    // compute_stage waited for its MMAs and fenced its generic reads: release the buffer.
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty + 8 * (it % S));
   }
-  cp_async_wait<0>();
   pdl_launch_dependents();
 
   const int64_t row_base = row0 + 64 * wg + 16 * wr;
   if (a.splits == 1) {
-    store_tile<NB>(a, acc, row_base, tok0);
+    store_tile<NB>(a, o, acc, row_base, tok0);
     return;
   }
   // Split k: every CTA of the tile leaves its partial sums in the workspace in fragment order
   // ([tile][split][warp][value][lane], coalesced); the last to arrive adds all splits in split
   // order (its own from registers, bitwise the same) and writes y.
   constexpr int kTileVals = NB * 4;
-  const int64_t tile = static_cast<int64_t>(blockIdx.y) * a.token_tiles + tt;
+  const int64_t tile = static_cast<int64_t>(gt) * a.token_tiles + tt;
   const int64_t split_floats = static_cast<int64_t>(kThreads / 32) * kTileVals * 32;
   float* part = a.partials + tile * a.splits * split_floats + warp * kTileVals * 32 + lane;
 #pragma unroll
@@ -322,7 +348,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_kernel(KernelArgs a) {
         sum[nt][i] += s == split ? acc[nt][i] : __ldcg(src + (nt * 4 + i) * 32);
     }
   }
-  store_tile<NB>(a, sum, row_base, tok0);
+  store_tile<NB>(a, o, sum, row_base, tok0);
   if (tid == 0) a.counters[tile] = 0;  // ready for the next launch
 #else
   __trap();  // gemm_kq_available() keeps the host from launching it here
@@ -408,11 +434,27 @@ std::array<std::atomic<int>, kMaxCachedDevices> g_available{};  // 0 unknown, 1 
 
 int64_t tile_floats(int nb) { return static_cast<int64_t>(kTileRows) * nb * 8; }
 
-bool workspace_fits(const GemmKqParams& p, int splits) {
+int64_t row_tiles(const GemmKqGroupParams& p) {
+  int64_t n = 0;
+  for (int i = 0; i < p.n; ++i) n += (p.outs[i].w.rows + kTileRows - 1) / kTileRows;
+  return n;
+}
+
+bool workspace_fits(const GemmKqGroupParams& p, int splits) {
   const TokenTiling tk = token_tiling(p.m);
-  const int64_t tiles = (p.w.rows + kTileRows - 1) / kTileRows * tk.tiles;
+  const int64_t tiles = row_tiles(p) * tk.tiles;
   return p.ws.partials != nullptr && p.ws.counters != nullptr && tiles <= p.ws.n_counters &&
          tiles * splits * tile_floats(tk.nb) <= p.ws.partial_floats;
+}
+
+GemmKqGroupParams group_of(const GemmKqParams& p) {
+  GemmKqGroupParams g;
+  g.outs[0] = {.w = p.w, .y = p.y, .ldy = p.ldy};
+  g.n = 1;
+  g.x = p.x;
+  g.m = p.m;
+  g.ws = p.ws;
+  return g;
 }
 
 }  // namespace
@@ -455,20 +497,21 @@ bool gemm_kq_available() {
   return g_available[dev].load() == 1;
 }
 
-GemmKqPlan gemm_kq_plan(const GemmKqParams& p) {
+GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p) {
   GemmKqPlan plan;
-  if (p.m < 1 || p.m > kGemmKqMaxBatch || p.w.rows < 1 || p.w.cols < kStageK) return plan;
+  if (p.n < 1 || p.m < 1 || p.m > kGemmKqMaxBatch || p.outs[0].w.cols < kStageK) return plan;
   const TokenTiling tk = token_tiling(p.m);
-  const int64_t tiles = (p.w.rows + kTileRows - 1) / kTileRows * tk.tiles;
-  const int64_t n_stages = p.w.cols / kStageK;
+  const int64_t tiles = row_tiles(p) * tk.tiles;
+  const int64_t n_stages = p.outs[0].w.cols / kStageK;
   // One resident CTA per SM; each split keeps at least two stages for the ring to overlap.
   int64_t s = std::min<int64_t>(
-      {kGemmKqMaxSplits, current_device_sms("gemm_kq") / tiles, n_stages / 2});
+      {kGemmKqMaxSplits, current_device_sms("gemm_kq") / std::max<int64_t>(tiles, 1), n_stages / 2});
   s = std::max<int64_t>(s, 1);
   while (s > 1 && !workspace_fits(p, static_cast<int>(s))) --s;
   plan.k_splits = static_cast<int>(s);
   return plan;
 }
+GemmKqPlan gemm_kq_plan(const GemmKqParams& p) { return gemm_kq_plan(group_of(p)); }
 
 void gemm_kq_acts(const GemmKqActsParams& p, cudaStream_t stream) {
   TPNODE_CHECK(p.m >= 0 && p.cols % kStageK == 0, "gemm_kq_acts: {} x {} (cols % {} != 0)", p.m,
@@ -485,35 +528,58 @@ void gemm_kq_acts(const GemmKqActsParams& p, cudaStream_t stream) {
              groups, n_warps);
 }
 
-void gemm_kq(const GemmKqParams& p, cudaStream_t stream) { gemm_kq(p, gemm_kq_plan(p), stream); }
-
+void gemm_kq(const GemmKqParams& p, cudaStream_t stream) { gemm_kq_group(group_of(p), stream); }
 void gemm_kq(const GemmKqParams& p, const GemmKqPlan& plan, cudaStream_t stream) {
-  TPNODE_CHECK(gemm_kq_supports(p.w), "gemm_kq: no kernel for a {} {}x{} matrix",
-               weight_type_label(p.w.type), p.w.rows, p.w.cols);
+  gemm_kq_group(group_of(p), plan, stream);
+}
+void gemm_kq_group(const GemmKqGroupParams& p, cudaStream_t stream) {
+  gemm_kq_group(p, gemm_kq_plan(p), stream);
+}
+
+void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStream_t stream) {
+  TPNODE_CHECK(p.n >= 1 && p.n <= kGemmKqMaxGroup, "gemm_kq: {} matrices in one launch (1..{})",
+               p.n, kGemmKqMaxGroup);
   TPNODE_CHECK(p.m >= 1 && p.m <= kGemmKqMaxBatch, "gemm_kq: batch {} outside 1..{}", p.m,
                kGemmKqMaxBatch);
   TPNODE_CHECK(p.x != nullptr && reinterpret_cast<uintptr_t>(p.x) % 16 == 0,
                "gemm_kq: x must be a 16-byte aligned device pointer");
-  TPNODE_CHECK(reinterpret_cast<uintptr_t>(p.w.q) % 16 == 0 && p.w.q_row_bytes % 16 == 0,
-               "gemm_kq: Q4_K weights not 16-byte aligned");
-  const int64_t ldy = p.ldy == 0 ? p.w.rows : p.ldy;
-  TPNODE_CHECK(p.y != nullptr && ldy >= p.w.rows, "gemm_kq: y row stride {} < rows {}", ldy,
-               p.w.rows);
-  const int64_t n_stages = p.w.cols / kStageK;
+  const int64_t cols = p.outs[0].w.cols;
+  KernelArgs a;
+  int64_t tiles = 0;
+  for (int i = 0; i < p.n; ++i) {
+    const GemmKqOut& o = p.outs[i];
+    TPNODE_CHECK(gemm_kq_supports(o.w) && o.w.cols == cols,
+                 "gemm_kq: no kernel for a {} {}x{} matrix (in a launch of {} columns)",
+                 weight_type_label(o.w.type), o.w.rows, o.w.cols, cols);
+    TPNODE_CHECK(reinterpret_cast<uintptr_t>(o.w.q) % 16 == 0 && o.w.q_row_bytes % 16 == 0,
+                 "gemm_kq: Q4_K weights not 16-byte aligned");
+    const int64_t ldy = o.ldy == 0 ? o.w.rows : o.ldy;
+    TPNODE_CHECK(o.y != nullptr && ldy >= o.w.rows, "gemm_kq: y row stride {} < rows {}", ldy,
+                 o.w.rows);
+    // The kernel keeps byte offsets within the quant region in 32 bits.
+    TPNODE_CHECK(static_cast<uint64_t>(o.w.rows) * o.w.q_row_bytes <= UINT32_MAX,
+                 "gemm_kq: {}x{} matrix over 4 GiB", o.w.rows, o.w.cols);
+    a.outs[i] = {.q = o.w.q,
+                 .q_row_bytes = static_cast<int64_t>(o.w.q_row_bytes),
+                 .rows = o.w.rows,
+                 .y = o.y,
+                 .ldy = ldy,
+                 .tile0 = static_cast<int>(tiles)};
+    tiles += (o.w.rows + kTileRows - 1) / kTileRows;
+  }
+  const int64_t n_stages = cols / kStageK;
   TPNODE_CHECK(plan.k_splits >= 1 && plan.k_splits <= kGemmKqMaxSplits && plan.k_splits <= n_stages,
                "gemm_kq: {} k splits for {} stages (1..{})", plan.k_splits, n_stages,
                kGemmKqMaxSplits);
   TPNODE_CHECK(plan.k_splits == 1 || workspace_fits(p, plan.k_splits),
                "gemm_kq: the workspace is too small for {} k splits", plan.k_splits);
+  TPNODE_CHECK(tiles <= 65535, "gemm_kq: {} row tiles", tiles);
   if (g_setup.needed(stream)) gemm_kq_init();
   TPNODE_CHECK(gemm_kq_available(), "gemm_kq: needs compute capability 9.0 and an sm_90a build");
 
   const TokenTiling tk = token_tiling(p.m);
-  KernelArgs a;
-  a.w = p.w;
+  a.n_outs = p.n;
   a.x = p.x;
-  a.y = p.y;
-  a.ldy = ldy;
   a.m = static_cast<int>(p.m);
   a.n_stages = static_cast<int>(n_stages);
   a.splits = plan.k_splits;
@@ -521,11 +587,7 @@ void gemm_kq(const GemmKqParams& p, const GemmKqPlan& plan, cudaStream_t stream)
   a.groups = static_cast<int>((p.m + 7) / 8);
   a.partials = p.ws.partials;
   a.counters = p.ws.counters;
-  const int64_t row_tiles = (p.w.rows + kTileRows - 1) / kTileRows;
-  TPNODE_CHECK(row_tiles <= 65535, "gemm_kq: {} rows: too many row tiles", p.w.rows);
-  TPNODE_CHECK(static_cast<uint64_t>(p.w.rows) * p.w.q_row_bytes <= UINT32_MAX,
-               "gemm_kq: {}x{} matrix over 4 GiB", p.w.rows, p.w.cols);
-  const dim3 grid(static_cast<unsigned>(tk.tiles), static_cast<unsigned>(row_tiles),
+  const dim3 grid(static_cast<unsigned>(tk.tiles), static_cast<unsigned>(tiles),
                   static_cast<unsigned>(plan.k_splits));
   TPNODE_DISPATCH_KQ_TILES(tk.nb, NB, {
     launch_pdl(gemm_kq_kernel<NB>, grid, dim3(kThreads), Layout<NB>::kSmemBytes, stream, a);

@@ -53,10 +53,26 @@ struct GemmKqParams {
   GemmDqWorkspace ws;          // optional: without it k is never split
 };
 
+// Several Q4_K matrices of the same width that share x (q/k/v, gate/up) in one launch.
+inline constexpr int kGemmKqMaxGroup = 3;
+struct GemmKqOut {
+  DeviceMatrix w;
+  float* y = nullptr;
+  int64_t ldy = 0;  // 0 = w.rows
+};
+struct GemmKqGroupParams {
+  GemmKqOut outs[kGemmKqMaxGroup];
+  int n = 0;
+  const uint8_t* x = nullptr;
+  int64_t m = 0;
+  GemmDqWorkspace ws;
+};
+
 struct GemmKqPlan {
   int k_splits = 1;  // 1..kGemmKqMaxSplits
 };
 GemmKqPlan gemm_kq_plan(const GemmKqParams& p);
+GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p);
 
 // A Q4_K matrix whose rows are whole 256-value blocks.
 bool gemm_kq_supports(const DeviceMatrix& w);
@@ -69,5 +85,7 @@ void gemm_kq_init();
 
 void gemm_kq(const GemmKqParams& p, cudaStream_t stream);
 void gemm_kq(const GemmKqParams& p, const GemmKqPlan& plan, cudaStream_t stream);
+void gemm_kq_group(const GemmKqGroupParams& p, cudaStream_t stream);
+void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStream_t stream);
 
 }  // namespace tpnode::cuda

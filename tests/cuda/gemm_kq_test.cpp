@@ -307,6 +307,55 @@ TEST_F(GemmKqTest, ModelShapes) {
   check({.rows = 14336, .cols = 4096, .m = 40}, 42);  // gate / up
 }
 
+// q, k and v (or gate and up) in one launch, against each matrix alone (bitwise: the same
+// plan per tile, the same order of sums).
+TEST_F(GemmKqTest, GroupMatchesSingleLaunches) {
+  const int64_t cols = 1024, m = 40;
+  const int64_t rows[3] = {512, 128, 200};
+  std::vector<DeviceBytes> w;
+  kc::GemmKqGroupParams g;
+  for (int i = 0; i < 3; ++i) {
+    const auto gguf = random_gguf_rows(TensorType::kQ4_K, rows[i], cols, 60 + i);
+    std::vector<uint8_t> split(kc::split_matrix_bytes(TensorType::kQ4_K, rows[i], cols));
+    kc::repack_to_split(TensorType::kQ4_K, gguf.data(), gguf.size() / rows[i], rows[i], cols,
+                        split.data());
+    w.emplace_back(split.size());
+    KQ_CUDA_OK(cudaMemcpy(w.back().as<uint8_t>(), split.data(), split.size(),
+                          cudaMemcpyHostToDevice));
+    g.outs[i].w = kc::device_matrix(TensorType::kQ4_K, rows[i], cols, w.back().as<uint8_t>());
+  }
+  g.n = 3;
+  std::vector<uint8_t> recs;
+  DeviceBytes x = acts(cuda_random_floats(m * cols, 63), m, cols, recs);
+  g.x = x.as<uint8_t>();
+  g.m = m;
+  g.ws = ws_;
+  for (const int splits : {1, 2, 3}) {
+    SCOPED_TRACE(fmt::format("splits={}", splits));
+    std::vector<DeviceBytes> yg, ys;
+    for (int i = 0; i < 3; ++i) {
+      yg.emplace_back(m * rows[i] * sizeof(float));
+      ys.emplace_back(m * rows[i] * sizeof(float));
+      g.outs[i].y = yg.back().as<float>();
+    }
+    kc::gemm_kq_group(g, kc::GemmKqPlan{.k_splits = splits}, stream_);
+    for (int i = 0; i < 3; ++i) {
+      kc::gemm_kq({.w = g.outs[i].w, .x = g.x, .y = ys[i].as<float>(), .m = m, .ldy = 0, .ws = ws_},
+                  kc::GemmKqPlan{.k_splits = splits}, stream_);
+    }
+    KQ_CUDA_OK(cudaStreamSynchronize(stream_));
+    for (int i = 0; i < 3; ++i) {
+      std::vector<float> a(m * rows[i]), b(m * rows[i]);
+      KQ_CUDA_OK(cudaMemcpy(a.data(), yg[i].as<float>(), a.size() * 4, cudaMemcpyDeviceToHost));
+      KQ_CUDA_OK(cudaMemcpy(b.data(), ys[i].as<float>(), b.size() * 4, cudaMemcpyDeviceToHost));
+      EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << "matrix " << i;
+    }
+  }
+  // One matrix of another width cannot join.
+  g.outs[1].w.cols = 512;
+  EXPECT_THROW(kc::gemm_kq_group(g, stream_), Error);
+}
+
 TEST_F(GemmKqTest, RepeatsBitwise) {
   const Case c{.rows = 512, .cols = 4096, .m = 64};
   const auto gguf = random_gguf_rows(TensorType::kQ4_K, c.rows, c.cols, 50);

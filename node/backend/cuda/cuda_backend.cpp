@@ -186,6 +186,7 @@ class CudaBackend final : public Backend {
   bool use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const;
   bool use_kquant_mma(const Weight& w, int64_t m) const;
   bool use_gemm_kq(const kc::DeviceMatrix& dm, int64_t m) const;
+  bool kq_group(std::span<const MatmulOut> outs, const float* x, int64_t m);
   const uint8_t* kq_acts(const float* x, int64_t m, int64_t k);
   // Batch 1 on the int8 GEMV (or gemv_stream); with a push, also to the peers (GemvLlPush).
   void gemv1(std::span<const MatmulOut> outs, const float* x, const kc::GemvLlPush& push = {});
@@ -624,15 +625,15 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
     if (opt_.mma_row_tiles > 0) plan.row_tiles_per_warp = opt_.mma_row_tiles;
     if (opt_.mma_k_splits > 0) plan.k_splits = opt_.mma_k_splits;
     kc::gemv_mma(p, plan, stream_);
+  } else if (use_gemm_kq(dm, m)) {
+    wrote(y, m * w.rows * sizeof(float));
+    kc::gemm_kq(
+        {.w = dm, .x = kq_acts(x, m, w.cols), .y = y, .m = m, .ldy = 0, .ws = dq_ws_}, stream_);
   } else if (m <= gemv_max && kc::gemv_supports(dm)) {
     kc::GemvParams p{.w = dm, .x = x, .xq = {}, .y = y, .m = m};
     if (kc::is_quantized(w.type)) p.xq = quantized(x, m, w.cols);
     wrote(y, m * w.rows * sizeof(float));
     kc::gemv(p, stream_);
-  } else if (use_gemm_kq(dm, m)) {
-    wrote(y, m * w.rows * sizeof(float));
-    kc::gemm_kq(
-        {.w = dm, .x = kq_acts(x, m, w.cols), .y = y, .m = m, .ldy = 0, .ws = dq_ws_}, stream_);
   } else if (use_gemm_dq(w, dm, m)) {
     wrote(y, m * w.rows * sizeof(float));
     kc::gemm_dq({.w = dm,
@@ -677,6 +678,7 @@ void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x,
   for (const MatmulOut& o : outs) floats = floats && kc::gemv_float_supports(view(*o.w));
   if (quant && m == 1) {
     gemv1(outs, x);
+  } else if (kq_group(outs, x, m)) {
   } else if (floats) {
     auto p = group_of<kc::GemvFloatGroupParams>(outs);
     p.cols = outs[0].w->cols;
@@ -753,6 +755,31 @@ void CudaBackend::add_rmsnorm(const NormIn& in, int64_t rows) {
 
 bool CudaBackend::use_kquant_mma(const Weight& w, int64_t m) const {
   return kc::gemv_mma_block_type(w.type) && m >= 2 && m <= opt_.kquant_mma_max_batch;
+}
+
+// The Q4_K matrices among outs in one gemm_kq launch when they take gemm_kq at this batch
+// and share a width, the others one by one; false (nothing run) when fewer than two do.
+bool CudaBackend::kq_group(std::span<const MatmulOut> outs, const float* x, int64_t m) {
+  kc::GemmKqGroupParams g;
+  bool grouped[kc::kGemmKqMaxGroup] = {};
+  for (size_t i = 0; i < outs.size() && outs.size() <= static_cast<size_t>(kc::kGemmKqMaxGroup);
+       ++i) {
+    const kc::DeviceMatrix dm = view(*outs[i].w);
+    if (use_gemm_kq(dm, m) && (g.n == 0 || dm.cols == g.outs[0].w.cols)) {
+      g.outs[g.n++] = {.w = dm, .y = outs[i].y, .ldy = 0};
+      grouped[i] = true;
+    }
+  }
+  if (g.n < 2) return false;
+  wrote_outs(outs, m);
+  g.x = kq_acts(x, m, g.outs[0].w.cols);
+  g.m = m;
+  g.ws = dq_ws_;
+  kc::gemm_kq_group(g, stream_);
+  for (size_t i = 0; i < outs.size(); ++i) {
+    if (!grouped[i]) matmul(*outs[i].w, x, outs[i].y, m);
+  }
+  return true;
 }
 
 bool CudaBackend::use_gemm_kq(const kc::DeviceMatrix& dm, int64_t m) const {
