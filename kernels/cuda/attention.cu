@@ -849,6 +849,21 @@ __global__ void __launch_bounds__(kPrefillWarps * 32) prefill_attention_kernel(P
 
 }  // namespace
 
+// The heads per CTA a launch of n tokens takes: `want` (1, 2, 4 or 8), at most the group's
+// rounding; 0 picks two, or one where two leave fewer than 16 CTAs before the key splits: a
+// CTA's chain of dependent instructions grows with its heads, and at short contexts that
+// chain is the kernel's time (on an H200, Llama-3-8B context 128: TP1 batch 1 2.03 ms with
+// two heads against 2.07 with four and 2.12 with one; TP2 batch 1, four KV heads per rank,
+// 1.60-1.62 with one against 1.63 with two and 1.65-1.69 with four; batch 64 5.74-5.76 with
+// two against 5.86-5.88 with four and 6.16 with one).
+int decode_heads_per_cta(int64_t group, int want, int64_t n, int64_t n_head_kv) {
+  TPNODE_CHECK(want == 0 || want == 1 || want == 2 || want == 4 || want == 8,
+               "decode_attention: {} heads per CTA (0, 1, 2, 4 or 8)", want);
+  const int full = decode_heads_per_cta(group);
+  if (want == 0) want = n * n_head_kv * ((group + 1) / 2) < 16 ? 1 : 2;
+  return std::min(want, full);
+}
+
 void kv_store(const KvStoreParams& p, cudaStream_t stream) {
   const int64_t n = p.batch.n_tokens * p.kv.n_head_kv * p.kv.head_dim;
   if (n == 0) return;
@@ -881,7 +896,7 @@ DecodeSplit plan_decode_split(const DecodeShape& s) {
   r.split_len = static_cast<int>(max_keys);
   if (!decode_attention_supports(s.n_head, s.n_head_kv, s.head_dim)) return r;
   const int64_t group = s.n_head / s.n_head_kv;
-  const int heads = decode_heads_per_cta(group);
+  const int heads = decode_heads_per_cta(group, s.heads_per_cta, s.n, s.n_head_kv);
   const int64_t stage =
       decode_stage_keys(static_cast<int>(s.head_dim), decode_chunks_per_lane(heads));
   const int64_t ctas = s.n * s.n_head_kv * ceil_div(group, heads);
@@ -943,7 +958,7 @@ void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream) {
                "decode_attention: {} heads over {} KV heads of dim {} unsupported", p.n_head,
                p.kv.n_head_kv, p.kv.head_dim);
   const int64_t group = p.n_head / p.kv.n_head_kv;
-  const int heads = decode_heads_per_cta(group);
+  const int heads = decode_heads_per_cta(group, p.heads_per_cta, p.n, p.kv.n_head_kv);
   const int64_t n_hchunks = (group + heads - 1) / heads;
   const int64_t ctas = p.n * p.kv.n_head_kv * n_hchunks;
   TPNODE_CHECK(p.split_len >= 1 && p.n_splits >= 1 && p.n_splits <= kDecodeMaxSplits,

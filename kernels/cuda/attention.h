@@ -81,6 +81,10 @@ struct DecodeAttentionParams {
   // (n_splits <= kDecodeMaxClusterSplits, compute capability >= 9.0); the three buffers
   // below are then unused.
   bool cluster = false;
+  // Query heads per CTA: 1, 2, 4 or 8, at most the KV head's group rounded up to a power of
+  // two; 0: two, or one for grids that would be small (attention.cu). Fewer heads, more CTAs
+  // each with a shorter chain of dependent instructions.
+  int heads_per_cta = 0;
   float* part_out = nullptr;     // [n, n_head, n_splits, head_dim] when n_splits > 1
   float* part_lse = nullptr;     // [n, n_head, n_splits]
   uint32_t* counters = nullptr;  // [kDecodeMaxCounters], zero on entry, left zero
@@ -98,6 +102,9 @@ struct DecodeAttentionParams {
   QuantActs quant{};
 };
 void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream);
+// The query heads per CTA a decode launch of n tokens takes (DecodeAttentionParams::
+// heads_per_cta = want) for KV heads of `group` query heads each.
+int decode_heads_per_cta(int64_t group, int want, int64_t n, int64_t n_head_kv);
 bool decode_attention_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim);
 // Whether decode_attention can rotate q and k_new itself (head_dim % 8 == 0).
 bool decode_rope_supports(int64_t head_dim);
@@ -114,6 +121,7 @@ struct DecodeShape {
   int n_sms = 1;
   int max_splits = 0;    // cap on the key splits (0: the planner's own)
   bool clusters = false;  // the device runs thread-block clusters (compute capability >= 9.0)
+  int heads_per_cta = 0;  // as DecodeAttentionParams::heads_per_cta
 };
 struct DecodeSplit {
   int n_splits = 1;

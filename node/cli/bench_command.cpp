@@ -54,6 +54,7 @@ struct BenchOptions {
   int mma_row_tiles = 0;              // CUDA: those matmuls' forced work split (0: planner's)
   int mma_k_splits = 0;
   int dq_gemm_max_batch = 128;        // CUDA: largest one on the dequantizing GEMM (0: off)
+  int decode_heads_per_cta = 0;       // CUDA: query heads per decode attention CTA (0: auto)
   int gemm_kq_max_batch = 64;         // CUDA: largest Q4_K batch on int8 warpgroup MMAs
   int dq_gemm_over_copies = 32;       // CUDA: batches up to this skip the BF16 copies
   bool gemm_autotune = true;          // CUDA: time cuBLASLt's candidates per decode shape
@@ -230,6 +231,7 @@ int run_bench(const BenchOptions& o) {
     co.gemv_stream = o.gemv_stream;
     co.decode_max_splits = o.decode_max_splits;
     co.decode_clusters = o.decode_clusters;
+    co.decode_heads_per_cta = o.decode_heads_per_cta;
     co.fuse_norm_gemv = o.fuse_norm_gemv;
     co.fold_all_reduce = o.fold_all_reduce;
     co.gemv_push = o.gemv_push;
@@ -444,6 +446,9 @@ const RegisterCommand kRegister{Command{
           ->check(CLI::Range(0, 2));
       sub.add_option("--mma-k-splits", o->mma_k_splits,
                      "K-quant int8-MMA batches: k splits over a cluster, forced (0: the planner's)")
+          ->check(CLI::IsMember({0, 1, 2, 4, 8}));
+      sub.add_option("--decode-heads-per-cta", o->decode_heads_per_cta,
+                     "query heads per decode attention CTA (0: the kernel's pick by grid size)")
           ->check(CLI::IsMember({0, 1, 2, 4, 8}));
       sub.add_option("--gemm-kq-max-batch", o->gemm_kq_max_batch,
                      "largest decode batch whose Q4_K matmuls run on int8 warpgroup MMAs from the "

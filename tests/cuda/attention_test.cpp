@@ -39,6 +39,7 @@ struct AttnCase {
   KvCacheDtype kv;  // CPU oracle: F16 cache for F16 (same rounding), F32 for BF16
   double tol;
   std::optional<RopeStyle> rope = std::nullopt;  // RoPE inside attention (AttentionParams::rope)
+  int heads_per_cta = 0;  // CudaBackendOptions::decode_heads_per_cta (0: the kernel's pick)
 };
 
 std::string dtype_name(KvCacheDtype d) { return d == KvCacheDtype::kF16 ? "f16" : "bf16"; }
@@ -54,6 +55,7 @@ class CudaAttention : public CudaVsCpu, public ::testing::WithParamInterface<Att
   CudaBackendOptions cuda_options() const override {
     CudaBackendOptions o = CudaVsCpu::cuda_options();
     o.kv_dtype = GetParam().kv;
+    o.decode_heads_per_cta = GetParam().heads_per_cta;
     return o;
   }
   CpuBackendOptions cpu_options() const override {
@@ -214,6 +216,21 @@ INSTANTIATE_TEST_SUITE_P(
                          dtype_name(i.param.kv));
     });
 
+// Fewer query heads per CTA than the group (more CTAs, each with a shorter chain); with RoPE
+// inside attention in CudaRopeAttention below.
+INSTANTIATE_TEST_SUITE_P(
+    FewHeadsPerCta, CudaAttention,
+    ::testing::Values(AttnCase{128, 8, 2, KvCacheDtype::kF16, 1e-4, std::nullopt, 1},
+                      AttnCase{128, 32, 8, KvCacheDtype::kBF16, 5e-4, std::nullopt, 2},
+                      AttnCase{64, 16, 2, KvCacheDtype::kF16, 1e-4, std::nullopt, 4},
+                      AttnCase{128, 16, 2, KvCacheDtype::kBF16, 5e-4, std::nullopt, 8}),
+    [](const auto& info) {
+      const AttnCase& c = info.param;
+      return "hd" + std::to_string(c.head_dim) + "_h" + std::to_string(c.n_head) + "_kv" +
+             std::to_string(c.n_head_kv) + "_" + dtype_name(c.kv) + "_g" +
+             std::to_string(c.heads_per_cta);
+    });
+
 // ---- RoPE inside attention ---------------------------------------------------------------
 // With AttentionParams::rope, decode steps (every sequence one new token) rotate q and the new
 // key inside the decode kernel, which also writes the 8-bit copy of its output that the
@@ -280,11 +297,16 @@ INSTANTIATE_TEST_SUITE_P(
         AttnCase{64, 9, 3, KvCacheDtype::kF16, 1e-8, RopeStyle::kInterleaved},
         AttnCase{128, 16, 1, KvCacheDtype::kF16, 1e-8, RopeStyle::kNeox},
         AttnCase{80, 4, 4, KvCacheDtype::kF16, 1e-8, RopeStyle::kNeox},
-        AttnCase{16, 4, 2, KvCacheDtype::kBF16, 5e-4, RopeStyle::kInterleaved}),
+        AttnCase{16, 4, 2, KvCacheDtype::kBF16, 5e-4, RopeStyle::kInterleaved},
+        // Fewer query heads per CTA than the group
+        AttnCase{128, 32, 8, KvCacheDtype::kBF16, 5e-4, RopeStyle::kNeox, 1},
+        AttnCase{128, 32, 8, KvCacheDtype::kBF16, 5e-4, RopeStyle::kNeox, 2},
+        AttnCase{64, 8, 2, KvCacheDtype::kF16, 1e-8, RopeStyle::kInterleaved, 1}),
     [](const auto& i) {
-      return fmt::format("hd{}_h{}kv{}_{}_{}", i.param.head_dim, i.param.n_head,
+      return fmt::format("hd{}_h{}kv{}_{}_{}{}", i.param.head_dim, i.param.n_head,
                          i.param.n_head_kv, dtype_name(i.param.kv),
-                         *i.param.rope == RopeStyle::kNeox ? "neox" : "interleaved");
+                         *i.param.rope == RopeStyle::kNeox ? "neox" : "interleaved",
+                         i.param.heads_per_cta ? fmt::format("_g{}", i.param.heads_per_cta) : "");
     });
 
 // ---- the 8-bit copy of the decode output ---------------------------------------------------
@@ -401,13 +423,17 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
   DeviceBuffer rq(n_out), rd(chunks * sizeof(float)), rs(chunks * sizeof(float));
   int n_sms = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+  // The cluster variant keeps the group's four heads per CTA, whose grids of a few tokens merge
+  // in clusters; the other takes the kernel's own pick.
+  const int heads = clusters ? 4 : 0;
   const kc::DecodeSplit split = kc::plan_decode_split({.n = n,
                                                        .n_head = nh,
                                                        .n_head_kv = nkv,
                                                        .head_dim = hd,
                                                        .max_keys = c.max_blocks * bs,
                                                        .n_sms = n_sms,
-                                                       .clusters = clusters});
+                                                       .clusters = clusters,
+                                                       .heads_per_cta = heads});
   if (clusters) {
     EXPECT_TRUE(split.n_splits == 1 || split.cluster) << "the plan should merge in a cluster";
   }
@@ -429,6 +455,7 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
       .n_splits = split.n_splits,
       .split_len = split.split_len,
       .cluster = split.cluster,
+      .heads_per_cta = heads,
       .part_out = split.part_out_floats > 0 ? part_out.as<float>() : nullptr,
       .part_lse = split.part_out_floats > 0 ? part_lse.as<float>() : nullptr,
       .counters = split.part_out_floats > 0 ? counters.as<uint32_t>() : nullptr,
@@ -633,10 +660,12 @@ INSTANTIATE_TEST_SUITE_P(
 
 // ---- split planning (host only) ---------------------------------------------------------
 
+// The split plans below take one CTA per KV head's whole group (heads_per_cta 8: at most the
+// group rounded up), the grid geometry they were written for.
 TEST(DecodeSplitPlan, CoversCapacityAndSplitsOnlySmallGrids) {
   auto plan = [](int64_t n, int64_t nh, int64_t nkv, int64_t hd, int64_t keys) {
-    return kc::plan_decode_split(
-        {.n = n, .n_head = nh, .n_head_kv = nkv, .head_dim = hd, .max_keys = keys, .n_sms = 132});
+    return kc::plan_decode_split({.n = n, .n_head = nh, .n_head_kv = nkv, .head_dim = hd,
+                                  .max_keys = keys, .n_sms = 132, .heads_per_cta = 8});
   };
   // Llama-3-8B on an H200: batch 1 splits into pieces of at least eight ring stages (256
   // keys), batch 64 (512 CTAs) does not split.
@@ -651,7 +680,8 @@ TEST(DecodeSplitPlan, CoversCapacityAndSplitsOnlySmallGrids) {
   EXPECT_EQ(plan(1, 32, 8, 128, 256).n_splits, 1);
   // A cap from the options.
   EXPECT_EQ(kc::plan_decode_split({.n = 1, .n_head = 32, .n_head_kv = 8, .head_dim = 128,
-                                   .max_keys = 32768, .n_sms = 132, .max_splits = 4})
+                                   .max_keys = 32768, .n_sms = 132, .max_splits = 4,
+                                   .heads_per_cta = 8})
                 .n_splits,
             4);
   const kc::DecodeSplit b64 = plan(64, 32, 8, 128, 256);
@@ -694,13 +724,33 @@ TEST(DecodeSplitPlan, CoversCapacityAndSplitsOnlySmallGrids) {
   EXPECT_FALSE(kc::decode_attention_supports(30, 8, 128));  // heads not a multiple of KV heads
 }
 
+// The kernel's pick of query heads per CTA: two, or one where two would leave fewer than 16
+// CTAs before the key splits; never more than the group rounded up.
+TEST(DecodeSplitPlan, HeadsPerCtaPick) {
+  EXPECT_EQ(kc::decode_heads_per_cta(4, 0, 1, 8), 2);   // Llama-3-8B batch 1
+  EXPECT_EQ(kc::decode_heads_per_cta(4, 0, 1, 4), 1);   // its TP2 rank: four KV heads
+  EXPECT_EQ(kc::decode_heads_per_cta(4, 0, 64, 8), 2);
+  EXPECT_EQ(kc::decode_heads_per_cta(3, 0, 1, 3), 1);   // SmolLM2 batch 1
+  EXPECT_EQ(kc::decode_heads_per_cta(3, 0, 8, 3), 2);
+  EXPECT_EQ(kc::decode_heads_per_cta(1, 0, 64, 8), 1);  // no GQA
+  EXPECT_EQ(kc::decode_heads_per_cta(4, 8, 1, 8), 4);   // a request above the group
+  EXPECT_EQ(kc::decode_heads_per_cta(16, 8, 1, 1), 8);
+  EXPECT_THROW(kc::decode_heads_per_cta(4, 3, 1, 8), Error);
+  // The plan follows the pick: Llama-3-8B batch 1 at 256 keys, two heads per CTA, 16 CTAs.
+  const kc::DecodeSplit auto_plan = kc::plan_decode_split(
+      {.n = 1, .n_head = 32, .n_head_kv = 8, .head_dim = 128, .max_keys = 256, .n_sms = 132,
+       .clusters = true});
+  EXPECT_TRUE(auto_plan.cluster);
+  EXPECT_GT(auto_plan.n_splits, 1);
+}
+
 // With clusters the splits may be one ring stage (32 keys here) long, up to a cluster's size;
 // longer contexts merge over global memory once that gives more splits.
 TEST(DecodeSplitPlan, ClusterSplitsForShortAndMidContexts) {
   auto plan = [](int64_t n, int64_t keys, int max_splits = 0) {
     return kc::plan_decode_split({.n = n, .n_head = 32, .n_head_kv = 8, .head_dim = 128,
                                   .max_keys = keys, .n_sms = 132, .max_splits = max_splits,
-                                  .clusters = true});
+                                  .clusters = true, .heads_per_cta = 8});
   };
   // Whether the plan merges in a cluster, its splits and their length.
   auto expect_plan = [](const kc::DecodeSplit& s, bool cluster, int splits, int len,

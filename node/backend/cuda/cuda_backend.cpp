@@ -942,7 +942,9 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
          .max_keys = static_cast<int64_t>(step_.max_blocks) * kv_shape_.block_size,
          .n_sms = prop_.multiProcessorCount,
          .max_splits = opt_.decode_max_splits,
-         .clusters = opt_.decode_clusters && prop_.major >= 9});
+         .clusters = opt_.decode_clusters && prop_.major >= 9,
+         .heads_per_cta = opt_.decode_heads_per_cta});
+    d.heads_per_cta = opt_.decode_heads_per_cta;
     d.n_splits = split.n_splits;
     d.split_len = split.split_len;
     d.cluster = split.cluster;

@@ -68,6 +68,9 @@ struct CudaBackendOptions {
   // Decode attention's key splits may merge inside a thread-block cluster (compute capability
   // >= 9.0); off: every split merges through global memory.
   bool decode_clusters = true;
+  // Query heads per decode attention CTA (1, 2, 4 or 8, at most the KV head's group; 0: the
+  // kernel's pick by grid size, DecodeAttentionParams::heads_per_cta).
+  int decode_heads_per_cta = 0;
   // Batch 1: the RMSNorm in front of a large group (gate/up) runs inside its GEMV (each CTA
   // normalizes and quantizes the row itself) instead of as its own launch, for the groups
   // that gemv_norm_group_supports accepts. Off by default: with gate/up on three rows per warp
