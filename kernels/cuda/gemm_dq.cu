@@ -11,9 +11,11 @@
 #include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_query.h"
+#include "kernels/cuda/gemm_tiles.h"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
+#include "kernels/cuda/split_sum.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace tpnode::cuda {
@@ -48,12 +50,12 @@ constexpr int kThreads = kRowWarps * kKWarps * 32;
 constexpr int kRT = 2;                           // 16-row MMA tiles per warp
 constexpr int kTileRows = kRowWarps * kRT * 16;  // 128
 constexpr int kStageK = 256;                     // k values per stage
-constexpr int kMaxNB = 8;                        // n-tiles per CTA: 64 tokens
+constexpr int kMaxNB = kGemmMaxNB;  // n-tiles per CTA: 64 tokens
 constexpr int kXRowBytes = kStageK * 2;          // one token's BF16 values of a stage
 constexpr int kXGroupBytes = 8 * kXRowBytes;     // a stage of one 8-token group: 4 KB
 static_assert(kXGroupBytes == 16 * kThreads, "one 16-byte piece per thread and group");
 constexpr int kSmemBudget = 225 * 1024;  // of the 227 KB an sm_90 CTA may opt into
-static_assert(kTileRows == 128 && kThreads == 256);
+static_assert(kTileRows == kGemmTileRows && kThreads == 256);
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
@@ -833,36 +835,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   const int64_t split_floats = static_cast<int64_t>(kRowWarps) * kKWarps * kTileVals * 32;
   float* part =
       a.partials + tile * a.splits * split_floats + (wr * kKWarps + wk) * kTileVals * 32 + lane;
-#pragma unroll
-  for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) part[split * split_floats + (nt * 4 + i) * 32] = mine[nt][i];
-  }
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const unsigned prev = atomicAdd(a.counters + tile, 1u);
-    s_last = prev == static_cast<unsigned>(a.splits - 1);
-  }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
   float sum[NB][4];
-#pragma unroll
-  for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) sum[nt][i] = 0.0f;
-  }
-#pragma unroll 1
-  for (int s = 0; s < a.splits; ++s) {
-    const float* src = part + s * split_floats;
-#pragma unroll
-    for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        sum[nt][i] += s == split ? mine[nt][i] : __ldcg(src + (nt * 4 + i) * 32);
-    }
-  }
+  if (!sum_splits<NB>(mine, part, split_floats, split, a.splits, a.counters + tile, s_last, sum))
+    return;
   store_tile<NB>(a, sum, row_base, tok0);
   if (threadIdx.x == 0) a.counters[tile] = 0;  // ready for the next launch
 }
@@ -890,42 +865,17 @@ __global__ void gemm_dq_acts_kernel(GemmDqActsParams p, int64_t n_rows, int grou
 }
 
 // ---- host side ------------------------------------------------------------------------------
-// Token tiles of 32 or 64 (the warpgroup MMA shapes m64n32k16 and m64n64k16).
-// clang-format off
-#define TPNODE_DISPATCH_DQ_TILES(nb, NB, ...)                                        \
-  switch (nb) {                                                                      \
-    case 4: { constexpr int NB = 4; __VA_ARGS__ } break;                             \
-    case 8: { constexpr int NB = 8; __VA_ARGS__ } break;                             \
-    default: TPNODE_THROW(ErrorKind::kUnsupported, "gemm_dq: {} column tiles", (nb)); \
-  }
-// clang-format on
-static_assert(kMaxNB == 8, "TPNODE_DISPATCH_DQ_TILES covers 4 and 8");
-
 constexpr TensorType kTypes[] = {TensorType::kQ4_0, TensorType::kQ4_1, TensorType::kQ5_0,
                                  TensorType::kQ5_1, TensorType::kQ8_0, TensorType::kQ4_K,
                                  TensorType::kQ5_K, TensorType::kQ6_K};
 
-// How the m tokens are cut into tiles of at most 64: as even as can be, each a 32- or
-// 64-token MMA tile (tokens past m are computed and not stored).
-struct TokenTiling {
-  int tiles = 1;
-  int nb = 4;  // n-tiles of 8 per tile
-};
-TokenTiling token_tiling(int64_t m) {
-  const int64_t tiles = (m + 8 * kMaxNB - 1) / (8 * kMaxNB);
-  const int64_t per_tile = (m + tiles - 1) / tiles;
-  return {static_cast<int>(tiles), per_tile <= 32 ? 4 : 8};
-}
-
 PerDeviceSetup g_setup("gemm_dq");  // shared-memory limits raised
 
-int64_t tile_floats(int nb) { return static_cast<int64_t>(kTileRows) * nb * 8; }
-
 bool workspace_fits(const GemmDqParams& p, int splits) {
-  const TokenTiling tk = token_tiling(p.m);
+  const GemmTokenTiling tk = gemm_token_tiling(p.m);
   const int64_t tiles = (p.w.rows + kTileRows - 1) / kTileRows * tk.tiles;
   return p.ws.partials != nullptr && p.ws.counters != nullptr && tiles <= p.ws.n_counters &&
-         tiles * splits * tile_floats(tk.nb) <= p.ws.partial_floats;
+         tiles * splits * gemm_tile_floats(tk.nb) <= p.ws.partial_floats;
 }
 
 }  // namespace
@@ -934,7 +884,7 @@ GemmDqWorkspaceSize gemm_dq_workspace_size() {
   // The default plan splits only while tiles * splits <= SMs, and a tile has at most
   // 128 x 64 floats.
   const int sms = current_device_sms("gemm_dq");
-  return {static_cast<int64_t>(sms) * tile_floats(kMaxNB), sms};
+  return {static_cast<int64_t>(sms) * gemm_tile_floats(kMaxNB), sms};
 }
 
 bool gemm_dq_supports(const DeviceMatrix& w) {
@@ -947,7 +897,7 @@ bool gemm_dq_supports(const DeviceMatrix& w) {
 GemmDqPlan gemm_dq_plan(const GemmDqParams& p) {
   GemmDqPlan plan;
   if (p.m < 1 || p.m > kGemmDqMaxBatch || p.w.rows < 1 || p.w.cols < kStageK) return plan;
-  const TokenTiling tk = token_tiling(p.m);
+  const GemmTokenTiling tk = gemm_token_tiling(p.m);
   const int64_t tiles = (p.w.rows + kTileRows - 1) / kTileRows * tk.tiles;
   const int64_t n_stages = p.w.cols / kStageK;
   // One resident CTA per SM; each split keeps at least two stages for the pipeline to overlap,
@@ -964,7 +914,7 @@ void gemm_dq_init() {
   for (TensorType type : kTypes) {
     TPNODE_DISPATCH_QUANT_TYPE(type, T, {
       for (int nb : {4, 8}) {
-        TPNODE_DISPATCH_DQ_TILES(nb, NB, {
+        TPNODE_DISPATCH_TOKEN_TILES("gemm_dq", nb, NB, {
           TPNODE_CUDA_CHECK(cudaFuncSetAttribute(gemm_dq_kernel<T, NB>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  Layout<T, NB>::kSmemBytes));
@@ -1012,7 +962,7 @@ void gemm_dq(const GemmDqParams& p, const GemmDqPlan& plan, cudaStream_t stream)
 
   if (g_setup.needed(stream)) gemm_dq_init();
 
-  const TokenTiling tk = token_tiling(p.m);
+  const GemmTokenTiling tk = gemm_token_tiling(p.m);
   KernelArgs a;
   a.w = p.w;
   a.x = p.x;
@@ -1035,7 +985,7 @@ void gemm_dq(const GemmDqParams& p, const GemmDqPlan& plan, cudaStream_t stream)
                   static_cast<unsigned>(plan.k_splits));
   // clang-format off
   TPNODE_DISPATCH_QUANT_TYPE(p.w.type, T, {
-    TPNODE_DISPATCH_DQ_TILES(tk.nb, NB, {
+    TPNODE_DISPATCH_TOKEN_TILES("gemm_dq", tk.nb, NB, {
       launch_pdl(gemm_dq_kernel<T, NB>, grid, dim3(kThreads), Layout<T, NB>::kSmemBytes, stream, a);
     })
   })

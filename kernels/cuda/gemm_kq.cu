@@ -11,8 +11,11 @@
 #include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_query.h"
+#include "kernels/cuda/gemm_tiles.h"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
+#include "kernels/cuda/quantize_chunk.cuh"
+#include "kernels/cuda/split_sum.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace tpnode::cuda {
@@ -34,9 +37,8 @@ namespace {
 // term to the float accumulator, and after waiting for the stage's MMAs each lane adds
 // (8 hi + lo) * d * x_scale to it: one conversion per block and output.
 constexpr int kThreads = 256;
-constexpr int kTileRows = 128;
+constexpr int kTileRows = kGemmTileRows;
 constexpr int kStageK = kGemmKqStage;
-constexpr int kMaxNB = 8;
 constexpr int kBlockBytes = 144;  // Q4_K: d, dmin (halves), 12 bytes of scales/mins, qs[128]
 constexpr int kQsOff = 16;
 // Rows padded to 32 mod 128 bytes: a half-warp's 8-byte loads (4 rows x 4 lanes) hit
@@ -318,36 +320,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_kernel(KernelArgs a) {
   const int64_t tile = static_cast<int64_t>(gt) * a.token_tiles + tt;
   const int64_t split_floats = static_cast<int64_t>(kThreads / 32) * kTileVals * 32;
   float* part = a.partials + tile * a.splits * split_floats + warp * kTileVals * 32 + lane;
-#pragma unroll
-  for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) part[split * split_floats + (nt * 4 + i) * 32] = acc[nt][i];
-  }
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    const unsigned prev = atomicAdd(a.counters + tile, 1u);
-    s_last = prev == static_cast<unsigned>(a.splits - 1);
-  }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
   float sum[NB][4];
-#pragma unroll
-  for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) sum[nt][i] = 0.0f;
-  }
-#pragma unroll 1
-  for (int s = 0; s < a.splits; ++s) {
-    const float* src = part + s * split_floats;
-#pragma unroll
-    for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        sum[nt][i] += s == split ? acc[nt][i] : __ldcg(src + (nt * 4 + i) * 32);
-    }
-  }
+  if (!sum_splits<NB>(acc, part, split_floats, split, a.splits, a.counters + tile, s_last, sum))
+    return;
   store_tile<NB>(a, o, sum, row_base, tok0);
   if (tid == 0) a.counters[tile] = 0;  // ready for the next launch
 #else
@@ -374,19 +349,8 @@ __global__ void gemm_kq_acts_kernel(GemmKqActsParams p, int groups, int64_t n_wa
     const float4 b = *reinterpret_cast<const float4*>(src + 4);
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
   }
-  float amax = 0.0f;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  const float d = amax / 127.0f;
-  int q[8];
-  int sum = 0;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    q[i] = amax > 0.0f ? __float2int_rn(v[i] / d) : 0;
-    sum += q[i];
-  }
+  int q[8], sum = 0;
+  const float d = quantize_group256(v, q, sum);
   auto pack4 = [&](int o) {
     return (static_cast<uint32_t>(q[o] & 0xFF)) | (static_cast<uint32_t>(q[o + 1] & 0xFF) << 8) |
            (static_cast<uint32_t>(q[o + 2] & 0xFF) << 16) |
@@ -395,8 +359,6 @@ __global__ void gemm_kq_acts_kernel(GemmKqActsParams p, int groups, int64_t n_wa
   const int c = lane / 4, i = lane % 4;
   *reinterpret_cast<uint32_t*>(rec + (2 * c) * kPiece + t8 * 16 + 4 * i) = pack4(0);
   *reinterpret_cast<uint32_t*>(rec + (2 * c + 1) * kPiece + t8 * 16 + 4 * i) = pack4(4);
-  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
   if (i == 0) {
     reinterpret_cast<__nv_bfloat16*>(rec + kSumsOff + t8 * 16)[c] =
         __float2bfloat16_rn(d * static_cast<float>(sum));
@@ -408,31 +370,10 @@ __global__ void gemm_kq_acts_kernel(GemmKqActsParams p, int groups, int64_t n_wa
 __global__ void gemm_kq_probe_kernel(int* out) { *out = TPNODE_WGMMA; }
 
 // ---- host side ------------------------------------------------------------------------------
-// clang-format off
-#define TPNODE_DISPATCH_KQ_TILES(nb, NB, ...)                                        \
-  switch (nb) {                                                                      \
-    case 4: { constexpr int NB = 4; __VA_ARGS__ } break;                             \
-    case 8: { constexpr int NB = 8; __VA_ARGS__ } break;                             \
-    default: TPNODE_THROW(ErrorKind::kUnsupported, "gemm_kq: {} column tiles", (nb)); \
-  }
-// clang-format on
-static_assert(kMaxNB == 8, "TPNODE_DISPATCH_KQ_TILES covers 4 and 8");
 
-// The m tokens in tiles of at most 64, as even as can be, each a 32- or 64-token MMA tile.
-struct TokenTiling {
-  int tiles = 1;
-  int nb = 4;
-};
-TokenTiling token_tiling(int64_t m) {
-  const int64_t tiles = (m + 8 * kMaxNB - 1) / (8 * kMaxNB);
-  const int64_t per_tile = (m + tiles - 1) / tiles;
-  return {static_cast<int>(tiles), per_tile <= 32 ? 4 : 8};
-}
 
 PerDeviceSetup g_setup("gemm_kq");
 std::array<std::atomic<int>, kMaxCachedDevices> g_available{};  // 0 unknown, 1 yes, 2 no
-
-int64_t tile_floats(int nb) { return static_cast<int64_t>(kTileRows) * nb * 8; }
 
 int64_t row_tiles(const GemmKqGroupParams& p) {
   int64_t n = 0;
@@ -441,10 +382,10 @@ int64_t row_tiles(const GemmKqGroupParams& p) {
 }
 
 bool workspace_fits(const GemmKqGroupParams& p, int splits) {
-  const TokenTiling tk = token_tiling(p.m);
+  const GemmTokenTiling tk = gemm_token_tiling(p.m);
   const int64_t tiles = row_tiles(p) * tk.tiles;
   return p.ws.partials != nullptr && p.ws.counters != nullptr && tiles <= p.ws.n_counters &&
-         tiles * splits * tile_floats(tk.nb) <= p.ws.partial_floats;
+         tiles * splits * gemm_tile_floats(tk.nb) <= p.ws.partial_floats;
 }
 
 GemmKqGroupParams group_of(const GemmKqParams& p) {
@@ -465,7 +406,7 @@ bool gemm_kq_supports(const DeviceMatrix& w) {
 
 void gemm_kq_init() {
   for (int nb : {4, 8}) {
-    TPNODE_DISPATCH_KQ_TILES(nb, NB, {
+    TPNODE_DISPATCH_TOKEN_TILES("gemm_kq", nb, NB, {
       TPNODE_CUDA_CHECK(cudaFuncSetAttribute(gemm_kq_kernel<NB>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              Layout<NB>::kSmemBytes));
@@ -500,7 +441,7 @@ bool gemm_kq_available() {
 GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p) {
   GemmKqPlan plan;
   if (p.n < 1 || p.m < 1 || p.m > kGemmKqMaxBatch || p.outs[0].w.cols < kStageK) return plan;
-  const TokenTiling tk = token_tiling(p.m);
+  const GemmTokenTiling tk = gemm_token_tiling(p.m);
   const int64_t tiles = row_tiles(p) * tk.tiles;
   const int64_t n_stages = p.outs[0].w.cols / kStageK;
   // One resident CTA per SM; each split keeps at least two stages for the ring to overlap.
@@ -577,7 +518,7 @@ void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStrea
   if (g_setup.needed(stream)) gemm_kq_init();
   TPNODE_CHECK(gemm_kq_available(), "gemm_kq: needs compute capability 9.0 and an sm_90a build");
 
-  const TokenTiling tk = token_tiling(p.m);
+  const GemmTokenTiling tk = gemm_token_tiling(p.m);
   a.n_outs = p.n;
   a.x = p.x;
   a.m = static_cast<int>(p.m);
@@ -589,7 +530,7 @@ void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStrea
   a.counters = p.ws.counters;
   const dim3 grid(static_cast<unsigned>(tk.tiles), static_cast<unsigned>(tiles),
                   static_cast<unsigned>(plan.k_splits));
-  TPNODE_DISPATCH_KQ_TILES(tk.nb, NB, {
+  TPNODE_DISPATCH_TOKEN_TILES("gemm_kq", tk.nb, NB, {
     launch_pdl(gemm_kq_kernel<NB>, grid, dim3(kThreads), Layout<NB>::kSmemBytes, stream, a);
   })
 }

@@ -55,18 +55,8 @@ __global__ void quantize_acts256_kernel(QuantizeActsParams p) {
   const float4* src = reinterpret_cast<const float4*>(p.x + group * 256 + lane * 8);
   const float4 a = src[0], b = src[1];
   const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-  float amax = 0.0f;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
-  amax = warp_max(amax);
-  const float d = amax / 127.0f;
-  int q[8];
-  int sum = 0;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    q[i] = amax > 0.0f ? __float2int_rn(v[i] / d) : 0;
-    sum += q[i];
-  }
+  int q[8], sum = 0;
+  const float d = quantize_group256(v, q, sum);
   int2 packed{0, 0};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -74,8 +64,6 @@ __global__ void quantize_acts256_kernel(QuantizeActsParams p) {
     packed.y |= (q[4 + i] & 0xFF) << (8 * i);
   }
   reinterpret_cast<int2*>(p.out.q + group * 256)[lane] = packed;
-  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
   if (lane % 4 == 0) {
     const int64_t chunk = group * 8 + lane / 4;
     p.out.d[chunk] = d;

@@ -55,4 +55,27 @@ __device__ __forceinline__ void quantize_chunk8(const QuantActs& out, int64_t ch
   }
 }
 
+// Quantizes a 256-value group that the 32 lanes of a warp hold in order (lane i: values
+// 8i..8i+7) with one scale, as quantize_acts writes group 256: returns d = amax / 127, sets
+// q = round(v / d) and chunk_sum to the sum of q over the lane's 32-value chunk (lanes 4c..4c+3;
+// exact). Every lane of the warp must call it.
+__device__ __forceinline__ float quantize_group256(const float (&v)[8], int (&q)[8],
+                                                   int& chunk_sum) {
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
+  amax = warp_max(amax);
+  const float d = amax / 127.0f;
+  int sum = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    q[i] = amax > 0.0f ? __float2int_rn(v[i] / d) : 0;
+    sum += q[i];
+  }
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  chunk_sum = sum;
+  return d;
+}
+
 }  // namespace tpnode::cuda

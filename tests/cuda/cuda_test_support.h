@@ -3,6 +3,7 @@
 #pragma once
 
 
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cctype>
@@ -14,6 +15,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "node/backend/cpu/cpu_backend.h"
@@ -21,6 +23,32 @@
 #include "node/backend/cuda/cuda_backend.h"
 
 namespace tpnode::test {
+
+// Device memory of a kernel-level test, freed at scope exit (null when cudaMalloc failed).
+class DeviceBytes {
+ public:
+  DeviceBytes() = default;
+  explicit DeviceBytes(size_t bytes) {
+    if (cudaMalloc(&p_, bytes) != cudaSuccess) p_ = nullptr;
+  }
+  DeviceBytes(const DeviceBytes&) = delete;
+  DeviceBytes& operator=(const DeviceBytes&) = delete;
+  DeviceBytes(DeviceBytes&& o) noexcept : p_(o.p_) { o.p_ = nullptr; }
+  DeviceBytes& operator=(DeviceBytes&& o) noexcept {
+    std::swap(p_, o.p_);
+    return *this;
+  }
+  ~DeviceBytes() {
+    if (p_ != nullptr) cudaFree(p_);
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+
+ private:
+  void* p_ = nullptr;
+};
 
 inline std::vector<float> cuda_random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);

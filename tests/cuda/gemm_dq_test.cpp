@@ -37,31 +37,7 @@ namespace kc = ::tpnode::cuda;
 
 #define DQ_CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
 
-// Device memory freed at scope exit.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t bytes) {
-    if (cudaMalloc(&p_, bytes) != cudaSuccess) p_ = nullptr;
-  }
-  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_) { o.p_ = nullptr; }
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-    std::swap(p_, o.p_);
-    return *this;
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (p_ != nullptr) cudaFree(p_);
-  }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(p_);
-  }
-
- private:
-  void* p_ = nullptr;
-};
+using DeviceBuffer = DeviceBytes;
 
 uint16_t bf16_bits(float f) {  // round to nearest even (finite inputs)
   uint32_t b;

@@ -35,31 +35,6 @@ namespace kc = ::tpnode::cuda;
 
 constexpr int kRec = kc::kGemmKqRecordBytes;
 
-class DeviceBytes {
- public:
-  DeviceBytes() = default;
-  explicit DeviceBytes(size_t bytes) {
-    if (cudaMalloc(&p_, bytes) != cudaSuccess) p_ = nullptr;
-  }
-  DeviceBytes(const DeviceBytes&) = delete;
-  DeviceBytes& operator=(const DeviceBytes&) = delete;
-  DeviceBytes(DeviceBytes&& o) noexcept : p_(o.p_) { o.p_ = nullptr; }
-  DeviceBytes& operator=(DeviceBytes&& o) noexcept {
-    std::swap(p_, o.p_);
-    return *this;
-  }
-  ~DeviceBytes() {
-    if (p_ != nullptr) cudaFree(p_);
-  }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(p_);
-  }
-
- private:
-  void* p_ = nullptr;
-};
-
 float bf16_to_float(uint16_t h) {
   const uint32_t b = static_cast<uint32_t>(h) << 16;
   float f;

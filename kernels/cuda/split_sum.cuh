@@ -1,0 +1,52 @@
+// The k-split epilogue of the tensor-core GEMMs (gemm_dq, gemm_kq): the CTAs that share an
+// output tile each hold its fragments' partial sums, NB n-tiles of 4 values per lane.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace tpnode::cuda {
+
+// Every CTA of the tile leaves its values at `part` (the lane's slot of split 0; splits are
+// split_floats apart, values 32 floats apart: coalesced), and the last to arrive on the tile's
+// counter adds all splits in split order (its own from registers, bitwise the same) into
+// `sum`. Returns whether this CTA is that last one (the caller then stores `sum` and resets
+// the counter). Every thread of the CTA must call it; s_last is a __shared__ int of the kernel.
+template <int NB>
+__device__ __forceinline__ bool sum_splits(const float (&v)[NB][4], float* part,
+                                           int64_t split_floats, int split, int splits,
+                                           unsigned* counter, int& s_last, float (&sum)[NB][4]) {
+#pragma unroll
+  for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) part[split * split_floats + (nt * 4 + i) * 32] = v[nt][i];
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned prev = atomicAdd(counter, 1u);
+    s_last = prev == static_cast<unsigned>(splits - 1);
+  }
+  __syncthreads();
+  if (!s_last) return false;
+  __threadfence();
+#pragma unroll
+  for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) sum[nt][i] = 0.0f;
+  }
+#pragma unroll 1
+  for (int s = 0; s < splits; ++s) {
+    const float* src = part + s * split_floats;
+#pragma unroll
+    for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        sum[nt][i] += s == split ? v[nt][i] : __ldcg(src + (nt * 4 + i) * 32);
+    }
+  }
+  return true;
+}
+
+}  // namespace tpnode::cuda
