@@ -40,7 +40,6 @@ constexpr int kThreads = 256;
 constexpr int kTileRows = kGemmTileRows;
 constexpr int kStageK = kGemmKqStage;
 constexpr int kBlockBytes = 144;  // Q4_K: d, dmin (halves), 12 bytes of scales/mins, qs[128]
-constexpr int kQsOff = 16;
 // Rows padded to 32 mod 128 bytes: a half-warp's 8-byte loads (4 rows x 4 lanes) hit
 // distinct banks.
 constexpr int kQStride = 160;
@@ -49,10 +48,6 @@ constexpr int kSumsOff = 2048, kXScaleOff = 2304;
 constexpr int kPiece = 128;  // one core matrix: 8 tokens x 16 bytes
 constexpr int kSmemBudget = 225 * 1024;
 constexpr int kMaxStages = 5;  // ring buffers: kMaxStages - 2 stages in flight ahead
-constexpr int kWPieces = kBlockBytes / 16;
-constexpr int kWTotal = kTileRows * kWPieces;
-constexpr int kWSlots = (kWTotal + kThreads - 1) / kThreads;
-constexpr uint32_t kNib = 0x0F0F0F0Fu;
 static_assert(kBlockBytes % 16 == 0 && kQStride % 128 == 32 && kRec % 16 == 0);
 
 template <int NB>
@@ -88,6 +83,14 @@ struct KernelArgs {
   unsigned* counters = nullptr;
 };
 
+#if TPNODE_WGMMA
+// What only the sm_90a kernel uses (other targets compile its body out).
+constexpr int kQsOff = 16;  // the quants after d, dmin and the scales
+constexpr int kWPieces = kBlockBytes / 16;
+constexpr int kWTotal = kTileRows * kWPieces;
+constexpr int kWSlots = (kWTotal + kThreads - 1) / kThreads;
+constexpr uint32_t kNib = 0x0F0F0F0Fu;
+
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src));
 }
@@ -95,6 +98,7 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
 }
+#endif
 
 // The lane's output tile of 16 rows (row_base + g, + 8) x the token tile.
 template <int NB>
@@ -401,7 +405,8 @@ GemmKqGroupParams group_of(const GemmKqParams& p) {
 }  // namespace
 
 bool gemm_kq_supports(const DeviceMatrix& w) {
-  return w.type == TensorType::kQ4_K && w.rows > 0 && w.cols > 0 && w.cols % kStageK == 0;
+  return w.type == TensorType::kQ4_K && w.rows > 0 && w.cols > 0 && w.cols % kStageK == 0 &&
+         reinterpret_cast<uintptr_t>(w.q) % 16 == 0 && w.q_row_bytes % 16 == 0;
 }
 
 void gemm_kq_init() {

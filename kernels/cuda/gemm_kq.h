@@ -74,7 +74,7 @@ struct GemmKqPlan {
 GemmKqPlan gemm_kq_plan(const GemmKqParams& p);
 GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p);
 
-// A Q4_K matrix whose rows are whole 256-value blocks.
+// A Q4_K matrix whose rows are whole 256-value blocks, 16-byte aligned (rows and start).
 bool gemm_kq_supports(const DeviceMatrix& w);
 // Whether the current device runs gemm_kq: compute capability 9.0 and a build with sm_90a
 // (the probe runs once per device, outside graph capture: call gemm_kq_init at set-up).

@@ -366,7 +366,16 @@ TEST_F(GemmKqTest, RejectsWhatItCannotRun) {
   EXPECT_FALSE(kc::gemm_kq_supports(q6));
   const kc::DeviceMatrix odd{.type = TensorType::kQ4_K, .rows = 64, .cols = 200};
   EXPECT_FALSE(kc::gemm_kq_supports(odd));
-  EXPECT_THROW(kc::gemm_kq({.w = q6, .x = nullptr, .y = nullptr, .m = 1, .ldy = 0, .ws = {}}, stream_), Error);
+  // A view 8 bytes into an allocation: the backend then takes another kernel.
+  const kc::DeviceMatrix shifted{.type = TensorType::kQ4_K,
+                                 .rows = 64,
+                                 .cols = 256,
+                                 .q = reinterpret_cast<const uint8_t*>(uintptr_t{4096 + 8}),
+                                 .q_row_bytes = 144};
+  EXPECT_FALSE(kc::gemm_kq_supports(shifted));
+  EXPECT_THROW(
+      kc::gemm_kq({.w = q6, .x = nullptr, .y = nullptr, .m = 1, .ldy = 0, .ws = {}}, stream_),
+      Error);
 }
 
 }  // namespace
