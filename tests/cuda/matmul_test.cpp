@@ -1,6 +1,6 @@
 // CUDA matmul (whichever kernel CudaBackend::matmul picks for the batch: GEMVs, int8 MMAs,
-// gemm_dq, cuBLASLt) against the CPU backend, for every weight type, odd row counts and batch
-// sizes on both sides of each kernel's limit.
+// gemm_kq, gemm_dq, cuBLASLt) against the CPU backend, for every weight type, odd row counts
+// and batch sizes on both sides of each kernel's limit.
 #include <fmt/format.h>
 
 #include "tests/cuda/cuda_test_support.h"
@@ -62,7 +62,8 @@ TEST_P(CudaMatmul, MatchesCpuAcrossBatchSizes) {
 }
 
 // Without BF16 weight copies, batches up to 128 of quantized weights whose width is a multiple
-// of 256 run the dequantizing GEMM (gemm_dq); other shapes dequantize into a staging buffer.
+// of 256 run the dequantizing GEMM (gemm_dq; Q4_K batches 9-64 gemm_kq, as with copies); other
+// shapes dequantize into a staging buffer.
 TEST_P(CudaMatmul, GemmWithoutBf16Copy) {
   CudaBackendOptions o = cuda_options();
   o.bf16_copy_fraction = 0.0;
