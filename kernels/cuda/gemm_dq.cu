@@ -15,7 +15,7 @@
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
-#include "kernels/cuda/split_sum.cuh"
+#include "kernels/cuda/gemm_epilogue.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace tpnode::cuda {
@@ -622,22 +622,6 @@ __device__ __forceinline__ void compute_stage_wg(const uint8_t* buf, const float
 }
 #endif
 
-// Writes one 16-row tile of the warp: rows row_base + g (+8), tokens tok0 + 8nt + 2t (+1).
-template <int NB>
-__device__ __forceinline__ void store_tile(const KernelArgs& a, const float (&v)[NB][4],
-                                           int64_t row_base, int tok0) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t row = row_base + g + 8 * (i >> 1);
-      const int tok = tok0 + nt * 8 + 2 * t + (i & 1);
-      if (row < a.w.rows && tok < a.m) a.y[tok * a.ldy + row] = v[nt][i];
-    }
-  }
-}
-
 // minBlocks = 1: one CTA per SM (the ring takes most of shared memory), so the accumulators and
 // fragments may use up to 255 registers without spilling.
 template <TensorType T, int NB>
@@ -824,7 +808,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   }
   const int64_t row_base = row0 + wr * 32 + wk * 16;
   if (a.splits == 1) {
-    store_tile<NB>(a, mine, row_base, tok0);
+    store_tile<NB>({a.y, a.ldy, a.w.rows, a.m}, mine, row_base, tok0);
     return;
   }
 
@@ -838,7 +822,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   float sum[NB][4];
   if (!sum_splits<NB>(mine, part, split_floats, split, a.splits, a.counters + tile, s_last, sum))
     return;
-  store_tile<NB>(a, sum, row_base, tok0);
+  store_tile<NB>({a.y, a.ldy, a.w.rows, a.m}, sum, row_base, tok0);
   if (threadIdx.x == 0) a.counters[tile] = 0;  // ready for the next launch
 }
 

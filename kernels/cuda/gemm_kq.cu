@@ -15,7 +15,7 @@
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
-#include "kernels/cuda/split_sum.cuh"
+#include "kernels/cuda/gemm_epilogue.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace tpnode::cuda {
@@ -99,22 +99,6 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 #endif
-
-// The lane's output tile of 16 rows (row_base + g, + 8) x the token tile.
-template <int NB>
-__device__ __forceinline__ void store_tile(const KernelArgs& a, const OutArgs& o,
-                                           const float (&v)[NB][4], int64_t row_base, int tok0) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t row = row_base + g + 8 * (i >> 1);
-      const int tok = tok0 + nt * 8 + 2 * t + (i & 1);
-      if (row < o.rows && tok < a.m) o.y[tok * o.ldy + row] = v[nt][i];
-    }
-  }
-}
 
 #if TPNODE_WGMMA
 // One stage of the warpgroup: `buf` holds the stage's weights and activation records.
@@ -314,7 +298,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_kernel(KernelArgs a) {
 
   const int64_t row_base = row0 + 64 * wg + 16 * wr;
   if (a.splits == 1) {
-    store_tile<NB>(a, o, acc, row_base, tok0);
+    store_tile<NB>({o.y, o.ldy, o.rows, a.m}, acc, row_base, tok0);
     return;
   }
   // Split k: every CTA of the tile leaves its partial sums in the workspace in fragment order
@@ -327,7 +311,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_kernel(KernelArgs a) {
   float sum[NB][4];
   if (!sum_splits<NB>(acc, part, split_floats, split, a.splits, a.counters + tile, s_last, sum))
     return;
-  store_tile<NB>(a, o, sum, row_base, tok0);
+  store_tile<NB>({o.y, o.ldy, o.rows, a.m}, sum, row_base, tok0);
   if (tid == 0) a.counters[tile] = 0;  // ready for the next launch
 #else
   __trap();  // gemm_kq_available() keeps the host from launching it here

@@ -1,5 +1,6 @@
-// The k-split epilogue of the tensor-core GEMMs (gemm_dq, gemm_kq): the CTAs that share an
-// output tile each hold its fragments' partial sums, NB n-tiles of 4 values per lane.
+// The epilogue of the tensor-core GEMMs of decode batches (gemm_dq, gemm_kq): a warp holds a
+// 16-row tile of the output in MMA fragments, NB n-tiles of 4 values per lane (lane: g =
+// lane / 4 rows g and g + 8, t = lane % 4 tokens 2t and 2t + 1 of each n-tile).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,7 +9,32 @@
 
 namespace tpnode::cuda {
 
-// Every CTA of the tile leaves its values at `part` (the lane's slot of split 0; splits are
+// Where a tile goes: y [m, ldy], columns [0, rows) written.
+struct TileOut {
+  float* y;
+  int64_t ldy;
+  int64_t rows;
+  int m;
+};
+
+// Writes the warp's 16-row tile: rows row_base + g (+8), tokens tok0 + 8nt + 2t (+1), those
+// inside the matrix and the batch.
+template <int NB>
+__device__ __forceinline__ void store_tile(const TileOut& out, const float (&v)[NB][4],
+                                           int64_t row_base, int tok0) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t row = row_base + g + 8 * (i >> 1);
+      const int tok = tok0 + nt * 8 + 2 * t + (i & 1);
+      if (row < out.rows && tok < out.m) out.y[tok * out.ldy + row] = v[nt][i];
+    }
+  }
+}
+
+// The k split: every CTA of the tile leaves its values at `part` (the lane's slot of split 0; splits are
 // split_floats apart, values 32 floats apart: coalesced), and the last to arrive on the tile's
 // counter adds all splits in split order (its own from registers, bitwise the same) into
 // `sum`. Returns whether this CTA is that last one (the caller then stores `sum` and resets
