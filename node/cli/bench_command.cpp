@@ -54,13 +54,13 @@ struct BenchOptions {
   int mma_row_tiles = 0;              // CUDA: those matmuls' forced work split (0: planner's)
   int mma_k_splits = 0;
   int dq_gemm_max_batch = 128;        // CUDA: largest one on the dequantizing GEMM (0: off)
-  int decode_heads_per_cta = 0;       // CUDA: query heads per decode attention CTA (0: auto)
   int gemm_kq_max_batch = 64;         // CUDA: largest Q4_K batch on int8 warpgroup MMAs
   int dq_gemm_over_copies = 32;       // CUDA: batches up to this skip the BF16 copies
   bool gemm_autotune = true;          // CUDA: time cuBLASLt's candidates per decode shape
   bool gemv_stream = false;           // CUDA: batch-1 GEMVs stream weights through shared memory
   int decode_max_splits = 0;          // CUDA: cap on decode attention's key splits (0: planner)
   bool decode_clusters = true;        // CUDA: decode attention's splits may merge in a cluster
+  int decode_heads_per_cta = 0;       // CUDA: query heads per decode attention CTA (0: auto)
   bool fuse_norm_gemv = false;        // CUDA: batch-1 RMSNorm inside the gate/up GEMV
   bool fold_all_reduce = true;        // CUDA TP: the one-shot all-reduce inside the next RMSNorm
   bool gemv_push = true;              // CUDA TP: batch-1 o/down GEMVs push their outputs

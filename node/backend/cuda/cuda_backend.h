@@ -28,8 +28,9 @@ struct CudaBackendOptions {
   // waiting for its output (docs/BENCHMARKS.md has the measured gain).
   bool pdl = true;
   // Quantized matmuls with at most this many rows (decode batches) read the quantized weights
-  // on int8 tensor cores; larger ones run BF16 GEMMs (gemm_dq or cuBLASLt), which are faster
-  // there: on an H200 (8B Q4_K_M) from batch 9 on (docs/BENCHMARKS.md). At most 64.
+  // on int8 tensor cores; larger ones run GEMMs (gemm_kq for Q4_K, gemm_dq or cuBLASLt on BF16),
+  // which are faster there: on an H200 (8B Q4_K_M) from batch 9 on (docs/BENCHMARKS.md). At
+  // most 64.
   int64_t quant_gemv_max_batch = 8;
   // Q4_K/Q5_K/Q6_K matmuls of 2 up to this many rows (at most 64) run on int8 tensor cores
   // with activations quantized per 256 values, so that each weight block's chunk products add
