@@ -36,28 +36,30 @@ namespace {
 // -dmin * m_c (k = chunk, the other 8 k zero) against the chunks' sums of x adds the mins'
 // term to the float accumulator, and after waiting for the stage's MMAs each lane adds
 // (8 hi + lo) * d * x_scale to it: one conversion per block and output.
-constexpr int kThreads = 256;
-constexpr int kTileRows = kGemmTileRows;
 constexpr int kStageK = kGemmKqStage;
 constexpr int kBlockBytes = 144;  // Q4_K: d, dmin (halves), 12 bytes of scales/mins, qs[128]
-// Rows padded to 32 mod 128 bytes: a half-warp's 8-byte loads (4 rows x 4 lanes) hit
-// distinct banks.
-constexpr int kQStride = 160;
 constexpr int kRec = kGemmKqRecordBytes;
 constexpr int kSumsOff = 2048, kXScaleOff = 2304;
 constexpr int kPiece = 128;  // one core matrix: 8 tokens x 16 bytes
-constexpr int kSmemBudget = 225 * 1024;
 constexpr int kMaxStages = 5;  // ring buffers: kMaxStages - 2 stages in flight ahead
-static_assert(kBlockBytes % 16 == 0 && kQStride % 128 == 32 && kRec % 16 == 0);
+static_assert(kBlockBytes % 16 == 0 && kRec % 16 == 0);
 
-template <int NB>
+constexpr int kThreads = 256;
+constexpr int kTileRows = kGemmTileRows;
+
+// The ring of a CTA when CPS CTAs run per SM. One CTA pads its rows to 32 mod 128 bytes so
+// that a half-warp's 8-byte loads (4 rows x 4 lanes) hit distinct banks; two CTAs need the
+// space for four stages each and leave the rows unpadded (two-way conflicts on 16 loads).
+template <int NB, int CPS>
 struct Layout {
+  static constexpr int kQStride = CPS == 1 ? 160 : kBlockBytes;
+  static constexpr int kSmemBudget = CPS == 1 ? 225 * 1024 : 112 * 1024;
   static constexpr int kXOff = kTileRows * kQStride;
   static constexpr int kStageBytes = kXOff + NB * kRec;
   static constexpr int kStages = std::min(kMaxStages, kSmemBudget / kStageBytes);
   static constexpr int kSmemBytes = kStages * kStageBytes;
   static_assert(kStages >= 4, "a stage does not fit four times");
-  static_assert(kXOff % 16 == 0 && kStageBytes % 16 == 0);
+  static_assert(kXOff % 16 == 0 && kStageBytes % 16 == 0 && kQStride % 16 == 0);
 };
 
 // One matrix of a launch: its row tiles are blockIdx.y in [tile0, tile0 + its tiles).
@@ -102,15 +104,16 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 #if TPNODE_WGMMA
 // One stage of the warpgroup: `buf` holds the stage's weights and activation records.
-template <int NB>
+template <int NB, int CPS>
 __device__ __forceinline__ void compute_stage(const uint8_t* buf, int wg, int wr,
                                               float (&acc)[NB][4]) {
+  using L = Layout<NB, CPS>;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const uint8_t* w0 = buf + (64 * wg + 16 * wr + g) * kQStride;
-  const uint8_t* w1 = w0 + 8 * kQStride;
+  const uint8_t* w0 = buf + (64 * wg + 16 * wr + g) * L::kQStride;
+  const uint8_t* w1 = w0 + 8 * L::kQStride;
   const int4 h0 = *reinterpret_cast<const int4*>(w0);
   const int4 h1 = *reinterpret_cast<const int4*>(w1);
-  const uint8_t* xb = buf + Layout<NB>::kXOff;
+  const uint8_t* xb = buf + L::kXOff;
   const uint64_t desc0 = wg_desc(smem_u32(xb), kPiece, kRec);
   const uint64_t sums_desc = wg_desc(smem_u32(xb + kSumsOff), kPiece, kRec);
   int hi[NB][4], lo[NB][4];
@@ -171,11 +174,12 @@ __device__ __forceinline__ void compute_stage(const uint8_t* buf, int wg, int wr
 }
 #endif
 
-// minBlocks = 1: one CTA per SM (the ring takes most of shared memory).
-template <int NB>
-__global__ void __launch_bounds__(kThreads, 1) gemm_kq_kernel(KernelArgs a) {
+// CPS CTAs per SM: one takes most of shared memory for its ring; two (32-token tiles) fit
+// 128 registers per thread.
+template <int NB, int CPS>
+__global__ void __launch_bounds__(kThreads, CPS) gemm_kq_kernel(KernelArgs a) {
 #if TPNODE_WGMMA
-  using L = Layout<NB>;
+  using L = Layout<NB, CPS>;
   constexpr int S = L::kStages;
   constexpr int kAhead = S - 2;
   extern __shared__ __align__(128) uint8_t smem[];
@@ -222,7 +226,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_kernel(KernelArgs a) {
     const int r = i / kWPieces, j = i % kWPieces;
     w_src[k] = static_cast<uint32_t>(min(row0 + r, last) * o.q_row_bytes +
                                      16 * j);
-    w_dst[k] = static_cast<uint32_t>(r * kQStride + 16 * j);
+    w_dst[k] = static_cast<uint32_t>(r * L::kQStride + 16 * j);
   }
   const uint8_t* x_tile = a.x + static_cast<int64_t>(tok0 / 8) * kRec;
   const uint32_t x_bytes = static_cast<uint32_t>(min(NB, a.groups - tok0 / 8)) * kRec;
@@ -289,7 +293,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_kernel(KernelArgs a) {
       cp_async_mbar_arrive(full + 8 * nb);
     }
     mbar_wait(full + 8 * (it % S), (it / S) & 1);
-    compute_stage<NB>(smem + (it % S) * L::kStageBytes, wg, wr, acc);
+    compute_stage<NB, CPS>(smem + (it % S) * L::kStageBytes, wg, wr, acc);
     // compute_stage waited for its MMAs and fenced its generic reads: release the buffer.
     __syncwarp();
     if (lane == 0) mbar_arrive(empty + 8 * (it % S));
@@ -369,8 +373,12 @@ int64_t row_tiles(const GemmKqGroupParams& p) {
   return n;
 }
 
-bool workspace_fits(const GemmKqGroupParams& p, int splits) {
-  const GemmTokenTiling tk = gemm_token_tiling(p.m);
+GemmTokenTiling token_tiling(int64_t m, const GemmKqPlan& plan) {
+  return gemm_token_tiling(m, plan.max_tile_tokens / 8);
+}
+
+bool workspace_fits(const GemmKqGroupParams& p, const GemmKqPlan& plan, int splits) {
+  const GemmTokenTiling tk = token_tiling(p.m, plan);
   const int64_t tiles = row_tiles(p) * tk.tiles;
   return p.ws.partials != nullptr && p.ws.counters != nullptr && tiles <= p.ws.n_counters &&
          tiles * splits * gemm_tile_floats(tk.nb) <= p.ws.partial_floats;
@@ -386,6 +394,23 @@ GemmKqGroupParams group_of(const GemmKqParams& p) {
   return g;
 }
 
+template <int NB, int CPS>
+void set_smem_limit() {
+  TPNODE_CUDA_CHECK(cudaFuncSetAttribute(gemm_kq_kernel<NB, CPS>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         Layout<NB, CPS>::kSmemBytes));
+  // All of the SM's unified L1/shared memory as shared memory, so that CPS rings fit at once.
+  TPNODE_CUDA_CHECK(cudaFuncSetAttribute(gemm_kq_kernel<NB, CPS>,
+                                         cudaFuncAttributePreferredSharedMemoryCarveout,
+                                         cudaSharedmemCarveoutMaxShared));
+}
+
+template <int NB, int CPS>
+void launch(dim3 grid, const KernelArgs& a, cudaStream_t stream) {
+  launch_pdl(gemm_kq_kernel<NB, CPS>, grid, dim3(kThreads), Layout<NB, CPS>::kSmemBytes, stream,
+             a);
+}
+
 }  // namespace
 
 bool gemm_kq_supports(const DeviceMatrix& w) {
@@ -394,13 +419,9 @@ bool gemm_kq_supports(const DeviceMatrix& w) {
 }
 
 void gemm_kq_init() {
-  for (int nb : {4, 8}) {
-    TPNODE_DISPATCH_TOKEN_TILES("gemm_kq", nb, NB, {
-      TPNODE_CUDA_CHECK(cudaFuncSetAttribute(gemm_kq_kernel<NB>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             Layout<NB>::kSmemBytes));
-    })
-  }
+  set_smem_limit<4, 1>();
+  set_smem_limit<4, 2>();
+  set_smem_limit<8, 1>();
   const int dev = current_device("gemm_kq");
   if (g_available[dev].load() == 0) {
     cudaDeviceProp prop{};
@@ -427,21 +448,33 @@ bool gemm_kq_available() {
   return g_available[dev].load() == 1;
 }
 
-GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p) {
-  GemmKqPlan plan;
+void check_tuning(int max_tile_tokens, int ctas_per_sm) {
+  TPNODE_CHECK(max_tile_tokens == 32 || max_tile_tokens == 64,
+               "gemm_kq: token tiles of at most {} (32 or 64)", max_tile_tokens);
+  TPNODE_CHECK(ctas_per_sm == 1 || ctas_per_sm == 2, "gemm_kq: {} CTAs per SM (1 or 2)",
+               ctas_per_sm);
+}
+
+GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p, const GemmKqTuning& t) {
+  check_tuning(t.max_tile_tokens, t.ctas_per_sm);
+  GemmKqPlan plan{.max_tile_tokens = t.max_tile_tokens};
   if (p.n < 1 || p.m < 1 || p.m > kGemmKqMaxBatch || p.outs[0].w.cols < kStageK) return plan;
-  const GemmTokenTiling tk = gemm_token_tiling(p.m);
+  const GemmTokenTiling tk = token_tiling(p.m, plan);
+  plan.ctas_per_sm = tk.nb == 4 ? t.ctas_per_sm : 1;
   const int64_t tiles = row_tiles(p) * tk.tiles;
   const int64_t n_stages = p.outs[0].w.cols / kStageK;
-  // One resident CTA per SM; each split keeps at least two stages for the ring to overlap.
+  // The resident CTAs; each split keeps at least two stages for the ring to overlap.
+  const int64_t slots = int64_t{plan.ctas_per_sm} * current_device_sms("gemm_kq");
   int64_t s = std::min<int64_t>(
-      {kGemmKqMaxSplits, current_device_sms("gemm_kq") / std::max<int64_t>(tiles, 1), n_stages / 2});
+      {kGemmKqMaxSplits, slots / std::max<int64_t>(tiles, 1), n_stages / 2});
   s = std::max<int64_t>(s, 1);
-  while (s > 1 && !workspace_fits(p, static_cast<int>(s))) --s;
+  while (s > 1 && !workspace_fits(p, plan, static_cast<int>(s))) --s;
   plan.k_splits = static_cast<int>(s);
   return plan;
 }
-GemmKqPlan gemm_kq_plan(const GemmKqParams& p) { return gemm_kq_plan(group_of(p)); }
+GemmKqPlan gemm_kq_plan(const GemmKqParams& p, const GemmKqTuning& t) {
+  return gemm_kq_plan(group_of(p), t);
+}
 
 void gemm_kq_acts(const GemmKqActsParams& p, cudaStream_t stream) {
   TPNODE_CHECK(p.m >= 0 && p.cols % kStageK == 0, "gemm_kq_acts: {} x {} (cols % {} != 0)", p.m,
@@ -473,6 +506,10 @@ void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStrea
                kGemmKqMaxBatch);
   TPNODE_CHECK(p.x != nullptr && reinterpret_cast<uintptr_t>(p.x) % 16 == 0,
                "gemm_kq: x must be a 16-byte aligned device pointer");
+  check_tuning(plan.max_tile_tokens, plan.ctas_per_sm);
+  const GemmTokenTiling tk = token_tiling(p.m, plan);
+  TPNODE_CHECK(plan.ctas_per_sm == 1 || tk.nb == 4, "gemm_kq: two CTAs per SM for {}-token tiles",
+               8 * tk.nb);
   const int64_t cols = p.outs[0].w.cols;
   KernelArgs a;
   int64_t tiles = 0;
@@ -481,8 +518,6 @@ void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStrea
     TPNODE_CHECK(gemm_kq_supports(o.w) && o.w.cols == cols,
                  "gemm_kq: no kernel for a {} {}x{} matrix (in a launch of {} columns)",
                  weight_type_label(o.w.type), o.w.rows, o.w.cols, cols);
-    TPNODE_CHECK(reinterpret_cast<uintptr_t>(o.w.q) % 16 == 0 && o.w.q_row_bytes % 16 == 0,
-                 "gemm_kq: Q4_K weights not 16-byte aligned");
     const int64_t ldy = o.ldy == 0 ? o.w.rows : o.ldy;
     TPNODE_CHECK(o.y != nullptr && ldy >= o.w.rows, "gemm_kq: y row stride {} < rows {}", ldy,
                  o.w.rows);
@@ -501,13 +536,12 @@ void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStrea
   TPNODE_CHECK(plan.k_splits >= 1 && plan.k_splits <= kGemmKqMaxSplits && plan.k_splits <= n_stages,
                "gemm_kq: {} k splits for {} stages (1..{})", plan.k_splits, n_stages,
                kGemmKqMaxSplits);
-  TPNODE_CHECK(plan.k_splits == 1 || workspace_fits(p, plan.k_splits),
+  TPNODE_CHECK(plan.k_splits == 1 || workspace_fits(p, plan, plan.k_splits),
                "gemm_kq: the workspace is too small for {} k splits", plan.k_splits);
   TPNODE_CHECK(tiles <= 65535, "gemm_kq: {} row tiles", tiles);
   if (g_setup.needed(stream)) gemm_kq_init();
   TPNODE_CHECK(gemm_kq_available(), "gemm_kq: needs compute capability 9.0 and an sm_90a build");
 
-  const GemmTokenTiling tk = gemm_token_tiling(p.m);
   a.n_outs = p.n;
   a.x = p.x;
   a.m = static_cast<int>(p.m);
@@ -519,9 +553,11 @@ void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStrea
   a.counters = p.ws.counters;
   const dim3 grid(static_cast<unsigned>(tk.tiles), static_cast<unsigned>(tiles),
                   static_cast<unsigned>(plan.k_splits));
-  TPNODE_DISPATCH_TOKEN_TILES("gemm_kq", tk.nb, NB, {
-    launch_pdl(gemm_kq_kernel<NB>, grid, dim3(kThreads), Layout<NB>::kSmemBytes, stream, a);
-  })
+  if (plan.ctas_per_sm == 2) {
+    launch<4, 2>(grid, a, stream);
+  } else {
+    TPNODE_DISPATCH_TOKEN_TILES("gemm_kq", tk.nb, NB, { launch<NB, 1>(grid, a, stream); })
+  }
 }
 
 }  // namespace tpnode::cuda

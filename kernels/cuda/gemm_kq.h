@@ -68,11 +68,21 @@ struct GemmKqGroupParams {
   GemmDqWorkspace ws;
 };
 
+// The launch's shape. A CTA computes 128 rows of one token tile of 32 or 64 tokens. 32-token
+// tiles can run two CTAs per SM (half the ring each; 123 registers against 139 and 191): four
+// warps per scheduler instead of two hide more of a stage's chain of dependent instructions.
+// Then each weight block is decoded once per 32 tokens (the second tile's reads mostly hit L2).
+struct GemmKqTuning {
+  int max_tile_tokens = 64;  // 32 or 64
+  int ctas_per_sm = 2;       // 1 or 2 (32-token tiles only)
+};
 struct GemmKqPlan {
   int k_splits = 1;  // 1..kGemmKqMaxSplits
+  int max_tile_tokens = 64;
+  int ctas_per_sm = 1;  // 2 only where the tiles are of 32 tokens
 };
-GemmKqPlan gemm_kq_plan(const GemmKqParams& p);
-GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p);
+GemmKqPlan gemm_kq_plan(const GemmKqParams& p, const GemmKqTuning& t = {});
+GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p, const GemmKqTuning& t = {});
 
 // A Q4_K matrix whose rows are whole 256-value blocks, 16-byte aligned (rows and start).
 bool gemm_kq_supports(const DeviceMatrix& w);

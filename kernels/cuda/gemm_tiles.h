@@ -12,14 +12,14 @@ namespace tpnode::cuda {
 inline constexpr int kGemmTileRows = 128;
 inline constexpr int kGemmMaxNB = 8;  // n-tiles per token tile: 64 tokens
 
-// The m tokens in tiles of at most 64, as even as can be, each a 32- or 64-token MMA tile
-// (tokens past m are computed and not stored).
+// The m tokens in tiles of at most 8 * max_nb (32 or 64), as even as can be, each a 32- or
+// 64-token MMA tile (tokens past m are computed and not stored).
 struct GemmTokenTiling {
   int tiles = 1;
   int nb = 4;  // n-tiles of 8 per tile
 };
-inline GemmTokenTiling gemm_token_tiling(int64_t m) {
-  const int64_t tiles = (m + 8 * kGemmMaxNB - 1) / (8 * kGemmMaxNB);
+inline GemmTokenTiling gemm_token_tiling(int64_t m, int max_nb = kGemmMaxNB) {
+  const int64_t tiles = (m + 8 * max_nb - 1) / (8 * max_nb);
   const int64_t per_tile = (m + tiles - 1) / tiles;
   return {static_cast<int>(tiles), per_tile <= 32 ? 4 : 8};
 }

@@ -55,6 +55,9 @@ struct BenchOptions {
   int mma_k_splits = 0;
   int dq_gemm_max_batch = 128;        // CUDA: largest one on the dequantizing GEMM (0: off)
   int gemm_kq_max_batch = 64;         // CUDA: largest Q4_K batch on int8 warpgroup MMAs
+  int gemm_kq_tile_tokens = 64;       // CUDA: gemm_kq's largest token tile (32 or 64)
+  int gemm_kq_ctas_per_sm = 2;        // CUDA: gemm_kq CTAs per SM for 32-token tiles
+  int gemm_kq_min_batch = 2;          // CUDA: smallest batch on gemm_kq
   int dq_gemm_over_copies = 32;       // CUDA: batches up to this skip the BF16 copies
   bool gemm_autotune = true;          // CUDA: time cuBLASLt's candidates per decode shape
   bool gemv_stream = false;           // CUDA: batch-1 GEMVs stream weights through shared memory
@@ -227,6 +230,9 @@ int run_bench(const BenchOptions& o) {
     co.mma_k_splits = o.mma_k_splits;
     co.dq_gemm_over_copies_max_batch = o.dq_gemm_over_copies;
     co.gemm_kq_max_batch = o.gemm_kq_max_batch;
+    co.gemm_kq_tile_tokens = o.gemm_kq_tile_tokens;
+    co.gemm_kq_ctas_per_sm = o.gemm_kq_ctas_per_sm;
+    co.gemm_kq_min_batch = o.gemm_kq_min_batch;
     if (!o.gemm_autotune) co.gemm_autotune_max_rows = 0;
     co.gemv_stream = o.gemv_stream;
     co.decode_max_splits = o.decode_max_splits;
@@ -454,6 +460,15 @@ const RegisterCommand kRegister{Command{
                      "largest decode batch whose Q4_K matmuls run on int8 warpgroup MMAs from the "
                      "quantized blocks (0: off; sm_90a)")
           ->check(CLI::Range(0, 128));
+      sub.add_option("--gemm-kq-tile-tokens", o->gemm_kq_tile_tokens,
+                     "gemm_kq: most tokens per CTA (32 or 64)")
+          ->check(CLI::IsMember({32, 64}));
+      sub.add_option("--gemm-kq-ctas-per-sm", o->gemm_kq_ctas_per_sm,
+                     "gemm_kq: CTAs per SM for 32-token tiles (1 or 2)")
+          ->check(CLI::IsMember({1, 2}));
+      sub.add_option("--gemm-kq-min-batch", o->gemm_kq_min_batch,
+                     "smallest decode batch whose Q4_K matmuls run on gemm_kq (2..128)")
+          ->check(CLI::Range(2, 128));
       sub.add_option("--dq-gemm-over-copies", o->dq_gemm_over_copies,
                      "decode batches up to this size dequantize inside the tensor-core GEMM even "
                      "where a BF16 copy of the weights exists (0: never)")

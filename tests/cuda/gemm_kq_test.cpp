@@ -117,14 +117,16 @@ class GemmKqTest : public ::testing::Test {
   struct Case {
     int64_t rows = 0, cols = 0, m = 0;
     int64_t ldy = 0;  // 0 = rows
-    int splits = 0;   // 0 = the default plan
+    int splits = 0;   // 0 = the planner's
     bool workspace = true;
+    kc::GemmKqTuning tuning{};
   };
 
   void check(const Case& c, uint32_t seed) {
     const int64_t rows = c.rows, k = c.cols, m = c.m, ldy = c.ldy ? c.ldy : rows;
     std::string what = fmt::format("rows={} cols={} m={} ldy={}", rows, k, m, ldy);
     if (c.splits > 0) what += fmt::format(" splits={}", c.splits);
+    what += fmt::format(" tile<={} ctas/SM={}", c.tuning.max_tile_tokens, c.tuning.ctas_per_sm);
     SCOPED_TRACE(what);
 
     const auto gguf = random_gguf_rows(TensorType::kQ4_K, rows, k, seed);
@@ -153,14 +155,13 @@ class GemmKqTest : public ::testing::Test {
                              .m = m,
                              .ldy = c.ldy,
                              .ws = c.workspace ? ws_ : kc::GemmDqWorkspace{}};
-    if (c.splits > 0) {
-      kc::gemm_kq(p, kc::GemmKqPlan{.k_splits = c.splits}, stream_);
-    } else {
-      kc::gemm_kq(p, stream_);
-    }
+    kc::GemmKqPlan plan = kc::gemm_kq_plan(p, c.tuning);
+    if (c.splits > 0) plan.k_splits = c.splits;
+    kc::gemm_kq(p, plan, stream_);
     KQ_CUDA_OK(cudaStreamSynchronize(stream_));
     std::vector<float> got(yn);
     KQ_CUDA_OK(cudaMemcpy(got.data(), y.as<float>(), yn * 4, cudaMemcpyDeviceToHost));
+    last_ = got;
 
     // The activations the kernel read, per token and stage.
     const int64_t groups = (m + 7) / 8, stages = k / 256;
@@ -213,6 +214,7 @@ class GemmKqTest : public ::testing::Test {
   }
 
   cudaStream_t stream_ = nullptr;
+  std::vector<float> last_;  // y of the last check
   DeviceBytes partials_, counters_;
   kc::GemmDqWorkspace ws_;
 };
@@ -266,6 +268,45 @@ TEST_F(GemmKqTest, SmallShapes) {
 TEST_F(GemmKqTest, TwoTokenTiles) {
   check({.rows = 256, .cols = 1024, .m = 65}, 11);
   check({.rows = 130, .cols = 768, .m = 128}, 12);
+}
+
+// 32-token tiles, one or two CTAs per SM (the two-CTA kernel has its own ring and row stride).
+TEST_F(GemmKqTest, ThirtyTwoTokenTiles) {
+  uint32_t seed = 70;
+  for (const int cps : {1, 2}) {
+    const kc::GemmKqTuning t{.max_tile_tokens = 32, .ctas_per_sm = cps};
+    for (const int64_t m : {2, 9, 32, 33, 64, 100}) {
+      check({.rows = 200, .cols = 768, .m = m, .tuning = t}, seed++);
+    }
+    for (const int splits : {1, 3}) {
+      check({.rows = 320, .cols = 2048, .m = 64, .ldy = 333, .splits = splits, .tuning = t},
+            seed++);
+    }
+    check({.rows = 14336, .cols = 4096, .m = 64, .tuning = t}, seed++);  // gate / up
+  }
+}
+
+// The plan keeps two CTAs per SM to 32-token tiles, and both kernels add in the same order.
+TEST_F(GemmKqTest, TwoCtasPerSmBitwiseAsOne) {
+  kc::GemmKqGroupParams g;
+  g.n = 1;
+  g.m = 64;
+  g.outs[0].w = {.type = TensorType::kQ4_K, .rows = 512, .cols = 2048};
+  EXPECT_EQ(kc::gemm_kq_plan(g, {.max_tile_tokens = 64, .ctas_per_sm = 2}).ctas_per_sm, 1);
+  EXPECT_EQ(kc::gemm_kq_plan(g, {.max_tile_tokens = 32, .ctas_per_sm = 2}).ctas_per_sm, 2);
+  EXPECT_THROW(kc::gemm_kq_plan(g, {.max_tile_tokens = 48, .ctas_per_sm = 1}), Error);
+  std::vector<float> one;
+  for (const int cps : {1, 2}) {
+    check({.rows = 512, .cols = 2048, .m = 57, .splits = 2,
+           .tuning = {.max_tile_tokens = 32, .ctas_per_sm = cps}},
+          80);
+    if (cps == 1) {
+      one = last_;
+    } else {
+      ASSERT_EQ(one.size(), last_.size());
+      EXPECT_EQ(std::memcmp(one.data(), last_.data(), one.size() * 4), 0);
+    }
+  }
 }
 
 TEST_F(GemmKqTest, KSplitsAndStride) {

@@ -186,6 +186,7 @@ class CudaBackend final : public Backend {
   bool use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const;
   bool use_kquant_mma(const Weight& w, int64_t m) const;
   bool use_gemm_kq(const kc::DeviceMatrix& dm, int64_t m) const;
+  kc::GemmKqTuning kq_tuning() const;
   bool kq_group(std::span<const MatmulOut> outs, const float* x, int64_t m);
   const uint8_t* kq_acts(const float* x, int64_t m, int64_t k);
   // Batch 1 on the int8 GEMV (or gemv_stream); with a push, also to the peers (GemvLlPush).
@@ -290,6 +291,10 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   TPNODE_CHECK(options.gemm_kq_max_batch >= 0 && options.gemm_kq_max_batch <= kc::kGemmKqMaxBatch,
                "gemm_kq_max_batch {} outside 0..{}", options.gemm_kq_max_batch,
                kc::kGemmKqMaxBatch);
+  TPNODE_CHECK((options.gemm_kq_tile_tokens == 32 || options.gemm_kq_tile_tokens == 64) &&
+                   (options.gemm_kq_ctas_per_sm == 1 || options.gemm_kq_ctas_per_sm == 2),
+               "gemm_kq: token tiles of {} (32 or 64) at {} CTAs per SM (1 or 2)",
+               options.gemm_kq_tile_tokens, options.gemm_kq_ctas_per_sm);
   if (options.gemm_kq_max_batch > 0) {
     kc::gemm_kq_init();  // shared-memory limit and the build probe, outside any graph capture
     gemm_kq_ = kc::gemm_kq_available();
@@ -618,6 +623,11 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
   if (m == 1 && kc::is_quantized(w.type)) {
     const MatmulOut one{&w, y};
     gemv1(std::span<const MatmulOut>(&one, 1), x);
+  } else if (use_gemm_kq(dm, m)) {
+    wrote(y, m * w.rows * sizeof(float));
+    const kc::GemmKqParams p{
+        .w = dm, .x = kq_acts(x, m, w.cols), .y = y, .m = m, .ldy = 0, .ws = dq_ws_};
+    kc::gemm_kq(p, kc::gemm_kq_plan(p, kq_tuning()), stream_);
   } else if (use_kquant_mma(w, m)) {
     wrote(y, m * w.rows * sizeof(float));
     const kc::GemvParams p{.w = dm, .x = x, .xq = quantized(x, m, w.cols, 256), .y = y, .m = m};
@@ -625,10 +635,6 @@ void CudaBackend::matmul(const Weight& w, const float* x, float* y, int64_t m) {
     if (opt_.mma_row_tiles > 0) plan.row_tiles_per_warp = opt_.mma_row_tiles;
     if (opt_.mma_k_splits > 0) plan.k_splits = opt_.mma_k_splits;
     kc::gemv_mma(p, plan, stream_);
-  } else if (use_gemm_kq(dm, m)) {
-    wrote(y, m * w.rows * sizeof(float));
-    kc::gemm_kq(
-        {.w = dm, .x = kq_acts(x, m, w.cols), .y = y, .m = m, .ldy = 0, .ws = dq_ws_}, stream_);
   } else if (m <= gemv_max && kc::gemv_supports(dm)) {
     kc::GemvParams p{.w = dm, .x = x, .xq = {}, .y = y, .m = m};
     if (kc::is_quantized(w.type)) p.xq = quantized(x, m, w.cols);
@@ -775,16 +781,20 @@ bool CudaBackend::kq_group(std::span<const MatmulOut> outs, const float* x, int6
   g.x = kq_acts(x, m, g.outs[0].w.cols);
   g.m = m;
   g.ws = dq_ws_;
-  kc::gemm_kq_group(g, stream_);
+  kc::gemm_kq_group(g, kc::gemm_kq_plan(g, kq_tuning()), stream_);
   for (size_t i = 0; i < outs.size(); ++i) {
     if (!grouped[i]) matmul(*outs[i].w, x, outs[i].y, m);
   }
   return true;
 }
 
+kc::GemmKqTuning CudaBackend::kq_tuning() const {
+  return {.max_tile_tokens = opt_.gemm_kq_tile_tokens, .ctas_per_sm = opt_.gemm_kq_ctas_per_sm};
+}
+
 bool CudaBackend::use_gemm_kq(const kc::DeviceMatrix& dm, int64_t m) const {
-  return gemm_kq_ && m > 1 && m > opt_.kquant_mma_max_batch && m <= opt_.gemm_kq_max_batch &&
-         kc::gemm_kq_supports(dm);
+  return gemm_kq_ && m >= std::max<int64_t>(2, opt_.gemm_kq_min_batch) &&
+         m <= opt_.gemm_kq_max_batch && kc::gemm_kq_supports(dm);
 }
 
 // x [m, k] in gemm_kq's 8-bit records, reusing the copy made for the previous matmul of the

@@ -55,6 +55,14 @@ struct CudaBackendOptions {
   // int8 warpgroup MMAs straight from the quantized blocks (gemm_kq: compute capability 9.0,
   // an sm_90a build), ahead of gemm_dq and the BF16 copies; 0: off.
   int64_t gemm_kq_max_batch = 64;
+  // The smallest batch on gemm_kq (at least 2): its Q4_K matrices skip the int8 GEMVs above
+  // (kquant_mma_max_batch keeps the other K-quant types there). On an H200 (8B Q4_K_M, two
+  // CTAs per SM) batches 2-8 gained 7-9% over those GEMVs (docs/BENCHMARKS.md).
+  int64_t gemm_kq_min_batch = 2;
+  // gemm_kq's shape (kc::GemmKqTuning): at most this many tokens per CTA (32 or 64), and CTAs per
+  // SM for 32-token tiles (1 or 2; two gained 7-10% at batches 9-32 on an H200).
+  int gemm_kq_tile_tokens = 64;
+  int gemm_kq_ctas_per_sm = 2;
   // cuBLASLt GEMMs of at most this many rows (decode batches) use the fastest of the
   // heuristic's first candidates for their shape, timed the first time it runs
   // (kernels/cuda/gemm_lt.h), instead of its first: on an H200 batch 64 gained 2%, while
