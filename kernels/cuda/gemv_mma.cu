@@ -210,9 +210,8 @@ struct MmaK {
   }
   // The 6-bit scale and min of chunk c (header bytes 4..15).
   __device__ static int2 sc_mn(const Regs& r, int c) {
-    if (c < 4) return {byte_of(r.hdr, 4 + c) & 63, byte_of(r.hdr, 8 + c) & 63};
-    return {(byte_of(r.hdr, 8 + c) & 0xF) | ((byte_of(r.hdr, c) >> 6) << 4),
-            (byte_of(r.hdr, 8 + c) >> 4) | ((byte_of(r.hdr, 4 + c) >> 6) << 4)};
+    const quant::KScales k = quant::k_scales(r.hdr, c / 2);
+    return (c & 1) ? int2{k.sc1, k.m1} : int2{k.sc0, k.m0};
   }
   __device__ static float2 scale(const Regs& r, int c) {
     const int2 sm = sc_mn(r, c);
@@ -224,16 +223,8 @@ struct MmaK {
   __device__ static float block_dmin(const Regs& r) { return half_hi(r.hdr.x); }
   __device__ static int int_scale(const Regs& r, int c) { return sc_mn(r, c).x; }
   __device__ static unsigned mins_pair(const Regs& r, int c) {
-    const int sh = 8 * (c & 3);  // chunks c, c + 1 lie in one half: bytes at shifts sh, sh + 8
-    int m0, m1;
-    if (c < 4) {
-      m0 = (r.hdr.z >> sh) & 63;
-      m1 = (r.hdr.z >> (sh + 8)) & 63;
-    } else {
-      m0 = ((r.hdr.w >> (sh + 4)) & 0xF) | (((r.hdr.z >> (sh + 6)) & 3) << 4);
-      m1 = ((r.hdr.w >> (sh + 12)) & 0xF) | (((r.hdr.z >> (sh + 14)) & 3) << 4);
-    }
-    const __half2 h = __floats2half2_rn(static_cast<float>(m0), static_cast<float>(m1));
+    const quant::KScales k = quant::k_scales(r.hdr, c / 2);  // chunks c, c + 1 of item c / 2
+    const __half2 h = __floats2half2_rn(static_cast<float>(k.m0), static_cast<float>(k.m1));
     return *reinterpret_cast<const unsigned*>(&h);
   }
 };

@@ -138,6 +138,7 @@ class CudaBackend final : public Backend {
     bool dq_layout = false;  // BF16 copies: gemm_dq's layout (gemm_dq_acts), which depends
     int64_t cols = 0;        // on the row length as well as on n
     int group = 32;          // 8-bit copies: values per activation scale (QuantActs::group)
+    bool operator==(const ActCache&) const = default;
   };
   struct Scratches {
     explicit Scratches(kc::DeviceMemory& m)
@@ -610,9 +611,10 @@ bool CudaBackend::folds_reduce(int64_t m, int64_t n) const {
 kc::QuantActs CudaBackend::quantized(const float* x, int64_t m, int64_t k, int group) {
   kc::QuantActs q = act_buffers(m * k);  // may move the buffers, which drops the cache
   q.group = group;
-  if (act_.x != x || act_.n != m * k || act_.group != group) {
+  const ActCache want{.x = x, .n = m * k, .group = group};
+  if (act_ != want) {
     kc::quantize_acts({.x = x, .m = m, .k = k, .out = q}, stream_);
-    act_ = {.x = x, .n = m * k, .group = group};
+    act_ = want;
   }
   return q;
 }
@@ -802,10 +804,10 @@ bool CudaBackend::use_gemm_kq(const kc::DeviceMatrix& dm, int64_t m) const {
 const uint8_t* CudaBackend::kq_acts(const float* x, int64_t m, int64_t k) {
   const uint64_t moves = mem_->scratch_moves();  // a regrown buffer lost its contents
   auto* xq = scratch_->gemm_xq.as<uint8_t>(kc::gemm_kq_acts_bytes(m, k));
-  if (moves != mem_->scratch_moves() || kq_act_.x != x || kq_act_.n != m * k ||
-      kq_act_.cols != k) {
+  const ActCache want{.x = x, .n = m * k, .cols = k};
+  if (moves != mem_->scratch_moves() || kq_act_ != want) {
     kc::gemm_kq_acts({.x = x, .y = xq, .m = m, .cols = k}, stream_);
-    kq_act_ = {.x = x, .n = m * k, .cols = k};
+    kq_act_ = want;
   }
   return xq;
 }
@@ -822,14 +824,14 @@ const __nv_bfloat16* CudaBackend::bf16_acts(const float* x, int64_t m, int64_t k
   const uint64_t moves = mem_->scratch_moves();  // a regrown buffer lost its contents
   const int64_t n = m * k;
   auto* xb = scratch_->gemm_x.as<__nv_bfloat16>(dq_layout ? kc::gemm_dq_acts_elems(m, k) : n);
-  if (moves != mem_->scratch_moves() || bf16_act_.x != x || bf16_act_.n != n ||
-      bf16_act_.dq_layout != dq_layout || bf16_act_.cols != k) {
+  const ActCache want{.x = x, .n = n, .dq_layout = dq_layout, .cols = k};
+  if (moves != mem_->scratch_moves() || bf16_act_ != want) {
     if (dq_layout) {
       kc::gemm_dq_acts({.x = x, .y = xb, .m = m, .cols = k}, stream_);
     } else {
       kc::f32_to_bf16({.x = x, .y = xb, .n = n}, stream_);
     }
-    bf16_act_ = {x, n, dq_layout, k};
+    bf16_act_ = want;
   }
   return xb;
 }
