@@ -412,7 +412,8 @@ void one_shot_all_reduce_rmsnorm(const OneShotNormParams& p, cudaStream_t stream
   TPNODE_CHECK(one_shot_rmsnorm_supports(q.rows, q.n),
                "one-shot all-reduce + RMSNorm: {} rows of {} are past its limits", q.rows, q.n);
   TPNODE_CHECK(p.reduce.n == q.rows * q.n && p.reduce.data == q.r && q.r != nullptr &&
-                   q.x_out != nullptr && q.y_bf16 == nullptr && (q.quant.q == nullptr || q.n % 32 == 0),
+                   q.x_out != nullptr && q.y_bf16 == nullptr && q.kq == nullptr &&
+                   (q.quant.q == nullptr || q.n % 32 == 0),
                "one-shot all-reduce + RMSNorm: inconsistent parameters");
   TPNODE_CHECK(p.reduce.size >= 2 && p.reduce.size <= kAllReduceMaxRanks && p.reduce.abort != nullptr &&
                    p.reduce.error != nullptr && p.reduce.n <= p.reduce.capacity,

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/kq_records.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
 #include "kernels/cuda/rms_row.cuh"
@@ -18,10 +19,35 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1)
 
 
 // One CTA per row, float4 per thread and pass; the row stays in registers between the sum
-// of squares and the scaling when it fits (kRegPasses passes), else it is read again.
+// of squares and the scaling when it fits (kRegPasses passes), else it is read again. With
+// p.kq, y also goes to shared memory, from which each warp writes the records of 256-value
+// stages; the last row's CTA also writes the zeros of the padding tokens up to a multiple of 8.
 constexpr int kRegPasses = 4;
 
+__device__ void write_kq_records(const RmsNormParams& p, const float* ys, int64_t row) {
+  __syncthreads();
+  const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
+  const int warps = static_cast<int>(blockDim.x / 32);
+  const int groups = static_cast<int>((p.rows + 7) / 8);
+  const int64_t stages = p.n / 256;
+  const int64_t last = row == p.rows - 1 ? int64_t{groups} * 8 : row + 1;
+  for (int64_t tok = row; tok < last; ++tok) {
+    for (int64_t st = warp; st < stages; st += warps) {
+      float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      if (tok == row) {
+        const float4* src = reinterpret_cast<const float4*>(ys + st * 256 + 8 * lane);
+        const float4 a = src[0], b = src[1];
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+        v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+      }
+      kq::write_record(v, kq::record(p.kq, st, groups, tok), static_cast<int>(tok % 8));
+    }
+  }
+}
+
 __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
+  extern __shared__ float4 ys4[];  // y's row when p.kq is set
+  float* ys = reinterpret_cast<float*>(ys4);
   const int64_t row = blockIdx.x;
   const int64_t n4 = p.n / 4;
   const int passes = static_cast<int>((n4 + blockDim.x - 1) / blockDim.x);
@@ -77,7 +103,9 @@ __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
     }
     // n % 32 == 0: 8-lane groups are wholly inside or outside the row.
     if (p.quant.q != nullptr) quantize_chunk8(p.quant, (row * p.n + 4 * i) / 32, o, i < n4);
+    if (p.kq != nullptr && i < n4) reinterpret_cast<float4*>(ys)[i] = o;
   }
+  if (p.kq != nullptr) write_kq_records(p, ys, row);
 }
 
 // Rows whose length is not a multiple of 4 (never quantized: that needs n % 32 == 0).
@@ -174,6 +202,10 @@ void rmsnorm(const RmsNormParams& p, cudaStream_t stream) {
   if (p.rows == 0) return;
   TPNODE_CHECK(p.quant.q == nullptr || p.n % 32 == 0,
                "rmsnorm: quantized output needs n % 32 == 0 (n = {})", p.n);
+  TPNODE_CHECK(p.kq == nullptr || (p.n % 256 == 0 && p.n <= kRmsNormMaxKqCols &&
+                                   reinterpret_cast<uintptr_t>(p.kq) % 16 == 0),
+               "rmsnorm: gemm_kq records need n % 256 == 0, n <= {} and 16-byte alignment (n = {})",
+               kRmsNormMaxKqCols, p.n);
   if (p.n % 4 != 0) {
     TPNODE_CHECK(p.y_bf16 == nullptr, "rmsnorm: the BF16 copy needs n % 4 == 0 (n = {})", p.n);
     launch_pdl(rmsnorm_scalar_kernel, dim3(static_cast<unsigned>(p.rows)), dim3(kThreads), 0,
@@ -184,7 +216,8 @@ void rmsnorm(const RmsNormParams& p, cudaStream_t stream) {
   // One float4 per thread and pass; whole warps, up to 1024 threads.
   const int64_t n4 = p.n / 4;
   const int threads = static_cast<int>(std::min<int64_t>(1024, (n4 + 31) / 32 * 32));
-  launch_pdl(rmsnorm_kernel, dim3(static_cast<unsigned>(p.rows)), dim3(threads), 0, stream, p);
+  const size_t smem = p.kq != nullptr ? static_cast<size_t>(p.n) * sizeof(float) : 0;
+  launch_pdl(rmsnorm_kernel, dim3(static_cast<unsigned>(p.rows)), dim3(threads), smem, stream, p);
   TPNODE_CUDA_CHECK_LAUNCH();
 }
 

@@ -28,7 +28,11 @@ struct RmsNormParams {
   // Optional BF16 copy of y (n % 4 == 0): what a BF16 GEMM after the norm reads, written here
   // instead of by a conversion launch.
   __nv_bfloat16* y_bf16 = nullptr;  // [rows, n]
+  // Optional gemm_kq records of y (gemm_kq_acts' bytes for m = rows, gemm_kq_acts_bytes(rows,
+  // n); n % 256 == 0, n <= kRmsNormMaxKqCols): what gemm_kq after the norm reads.
+  uint8_t* kq = nullptr;
 };
+inline constexpr int64_t kRmsNormMaxKqCols = 12288;  // the row's floats in 48 KB of shared memory
 void rmsnorm(const RmsNormParams& p, cudaStream_t stream);
 
 struct RopeKernelParams {

@@ -12,6 +12,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_query.h"
 #include "kernels/cuda/gemm_tiles.h"
+#include "kernels/cuda/kq_records.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_blocks.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
@@ -38,9 +39,10 @@ namespace {
 // (8 hi + lo) * d * x_scale to it: one conversion per block and output.
 constexpr int kStageK = kGemmKqStage;
 constexpr int kBlockBytes = 144;  // Q4_K: d, dmin (halves), 12 bytes of scales/mins, qs[128]
-constexpr int kRec = kGemmKqRecordBytes;
-constexpr int kSumsOff = 2048, kXScaleOff = 2304;
-constexpr int kPiece = 128;  // one core matrix: 8 tokens x 16 bytes
+using kq::kPiece;
+using kq::kRec;
+using kq::kSumsOff;
+using kq::kXScaleOff;
 constexpr int kMaxStages = 5;  // ring buffers: kMaxStages - 2 stages in flight ahead
 static_assert(kBlockBytes % 16 == 0 && kRec % 16 == 0);
 
@@ -322,9 +324,8 @@ __global__ void __launch_bounds__(kThreads, CPS) gemm_kq_kernel(KernelArgs a) {
 #endif
 }
 
-// One warp per (token slot, stage): lane l quantizes values 8l..8l+7 (chunk l / 4, i = l % 4)
-// with the 256-value group's scale and writes them as chunk c's pieces 2c (values 8i..8i+3)
-// and 2c + 1 (8i+4..8i+7) at byte 4i of the token's row; the chunk's four lanes add its sum.
+// One warp per (token slot, stage) writes its slot of the stage's record (kq::write_record);
+// slots past m get zeros.
 __global__ void gemm_kq_acts_kernel(GemmKqActsParams p, int groups, int64_t n_warps) {
   const int64_t wid = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x % 32);
@@ -332,8 +333,6 @@ __global__ void gemm_kq_acts_kernel(GemmKqActsParams p, int groups, int64_t n_wa
   if (wid >= n_warps) return;
   const int slots = groups * 8;
   const int64_t tok = wid % slots, st = wid / slots;
-  const int t8 = static_cast<int>(tok % 8);
-  uint8_t* rec = p.y + (st * groups + tok / 8) * kRec;
   float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   if (tok < p.m) {
     const float* src = p.x + tok * p.cols + st * kStageK + 8 * lane;
@@ -341,22 +340,7 @@ __global__ void gemm_kq_acts_kernel(GemmKqActsParams p, int groups, int64_t n_wa
     const float4 b = *reinterpret_cast<const float4*>(src + 4);
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
   }
-  int q[8], sum = 0;
-  const float d = quantize_group256(v, q, sum);
-  auto pack4 = [&](int o) {
-    return (static_cast<uint32_t>(q[o] & 0xFF)) | (static_cast<uint32_t>(q[o + 1] & 0xFF) << 8) |
-           (static_cast<uint32_t>(q[o + 2] & 0xFF) << 16) |
-           (static_cast<uint32_t>(q[o + 3] & 0xFF) << 24);
-  };
-  const int c = lane / 4, i = lane % 4;
-  *reinterpret_cast<uint32_t*>(rec + (2 * c) * kPiece + t8 * 16 + 4 * i) = pack4(0);
-  *reinterpret_cast<uint32_t*>(rec + (2 * c + 1) * kPiece + t8 * 16 + 4 * i) = pack4(4);
-  if (i == 0) {
-    reinterpret_cast<__nv_bfloat16*>(rec + kSumsOff + t8 * 16)[c] =
-        __float2bfloat16_rn(d * static_cast<float>(sum));
-  }
-  if (lane < 4) *reinterpret_cast<uint32_t*>(rec + kSumsOff + kPiece + t8 * 16 + 4 * lane) = 0;
-  if (lane == 0) reinterpret_cast<float*>(rec + kXScaleOff)[t8] = d;
+  kq::write_record(v, kq::record(p.y, st, groups, tok), static_cast<int>(tok % 8));
 }
 
 __global__ void gemm_kq_probe_kernel(int* out) { *out = TPNODE_WGMMA; }

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "kernels/cpu/dequantize.h"
+#include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/quant_layout.h"
 #include "node/model/tensor_type.h"
 #include "tests/cuda/cuda_test_support.h"
@@ -257,6 +258,57 @@ TEST_F(GemmKqTest, ActsMatchAHostRecompute) {
       }
     }
   }
+}
+
+// The RMSNorm's records of its output are gemm_kq_acts' bytes for the same output, padding
+// tokens included (with and without the residual add).
+TEST_F(GemmKqTest, RmsNormWritesTheRecordsOfItsOutput) {
+  uint32_t seed = 300;
+  for (const int64_t m : {1, 5, 8, 13, 64}) {
+    for (const int64_t n : {256, 4096}) {
+      for (const bool residual : {false, true}) {
+        SCOPED_TRACE(fmt::format("m={} n={} residual={}", m, n, residual));
+        const auto xf = cuda_random_floats(m * n, seed++, 3.0f);
+        const auto wf = cuda_random_floats(n, seed++);
+        const auto rf = cuda_random_floats(m * n, seed++);
+        DeviceBytes x(m * n * 4), w(n * 4), r(m * n * 4), xo(m * n * 4), y(m * n * 4);
+        KQ_CUDA_OK(cudaMemcpy(x.as<float>(), xf.data(), m * n * 4, cudaMemcpyHostToDevice));
+        KQ_CUDA_OK(cudaMemcpy(w.as<float>(), wf.data(), n * 4, cudaMemcpyHostToDevice));
+        KQ_CUDA_OK(cudaMemcpy(r.as<float>(), rf.data(), m * n * 4, cudaMemcpyHostToDevice));
+        const size_t bytes = kc::gemm_kq_acts_bytes(m, n);
+        DeviceBytes from_norm(bytes);
+        KQ_CUDA_OK(cudaMemset(from_norm.as<uint8_t>(), 0xA5, bytes));  // every byte is written
+        kc::rmsnorm({.x = x.as<float>(),
+                     .w = w.as<float>(),
+                     .y = y.as<float>(),
+                     .rows = m,
+                     .n = n,
+                     .eps = 1e-5f,
+                     .quant = {},
+                     .r = residual ? r.as<float>() : nullptr,
+                     .x_out = residual ? xo.as<float>() : nullptr,
+                     .kq = from_norm.as<uint8_t>()},
+                    stream_);
+        KQ_CUDA_OK(cudaStreamSynchronize(stream_));
+        std::vector<float> yh(m * n);
+        KQ_CUDA_OK(cudaMemcpy(yh.data(), y.as<float>(), m * n * 4, cudaMemcpyDeviceToHost));
+        std::vector<uint8_t> want, got(bytes);
+        DeviceBytes from_acts = acts(yh, m, n, want);
+        KQ_CUDA_OK(cudaMemcpy(got.data(), from_norm.as<uint8_t>(), bytes, cudaMemcpyDeviceToHost));
+        EXPECT_EQ(std::memcmp(got.data(), want.data(), bytes), 0);
+      }
+    }
+  }
+  // Rows that no 256-value stage divides are refused.
+  DeviceBytes x(2 * 320 * 4), w(320 * 4), y(2 * 320 * 4), recs(kc::gemm_kq_acts_bytes(2, 512));
+  kc::RmsNormParams bad;
+  bad.x = x.as<float>();
+  bad.w = w.as<float>();
+  bad.y = y.as<float>();
+  bad.rows = 2;
+  bad.n = 320;
+  bad.kq = recs.as<uint8_t>();
+  EXPECT_THROW(kc::rmsnorm(bad, stream_), Error);
 }
 
 TEST_F(GemmKqTest, SmallShapes) {

@@ -60,6 +60,25 @@ TEST_F(CudaOps, RmsNormThenQuantizedMatmulUsesFreshActivations) {
   EXPECT_LT(nmse(gpu(y, rows * out), cpu(y, rows * out)), 1e-3);
 }
 
+TEST_F(CudaOps, RmsNormFeedsQ4kMatmulsItsRecords) {
+  // Batches on gemm_kq read the 8-bit records the norm wrote (sm_90a); elsewhere another kernel.
+  const int64_t n = 512, out = 300;
+  const auto wrows = random_gguf_rows(TensorType::kQ4_K, out, n, 7);
+  const HostMatrix hm{TensorType::kQ4_K, wrows.data(), out, n, wrows.size() / out};
+  const Weight wg = cuda_->upload_weight(hm), wc = cpu_->upload_weight(hm);
+  for (const int64_t rows : {2, 9, 40, 64}) {
+    const auto x = put(cuda_random_floats(rows * n, 8 + static_cast<uint32_t>(rows)));
+    const auto g = put(cuda_random_floats(n, 9));
+    const auto h = zeros(rows * n);
+    const auto y = zeros(rows * out);
+    cuda_->rmsnorm(x.gpu, g.gpu, h.gpu, rows, n, 1e-5f);
+    cpu_->rmsnorm(x.cpu, g.cpu, h.cpu, rows, n, 1e-5f);
+    cuda_->matmul(wg, h.gpu, y.gpu, rows);
+    cpu_->matmul(wc, h.cpu, y.cpu, rows);
+    EXPECT_LT(nmse(gpu(y, rows * out), cpu(y, rows * out)), 1e-3) << rows << " rows";
+  }
+}
+
 TEST_F(CudaOps, AddRmsNormUpdatesTheResidualAndFeedsTheNextMatmul) {
   // 4096: one float4 per thread; 20480: more passes than stay in registers; 769: scalar path.
   for (auto [rows, n] : {std::pair<int64_t, int64_t>{1, 4096}, {3, 20480}, {2, 769}, {40, 576}}) {

@@ -186,6 +186,7 @@ class CudaBackend final : public Backend {
   void gemm(const Weight& w, const float* x, float* y, int64_t m);
   bool use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const;
   bool use_kquant_mma(const Weight& w, int64_t m) const;
+  bool use_gemm_kq_batch(int64_t m) const;
   bool use_gemm_kq(const kc::DeviceMatrix& dm, int64_t m) const;
   kc::GemmKqTuning kq_tuning() const;
   bool kq_group(std::span<const MatmulOut> outs, const float* x, int64_t m);
@@ -210,6 +211,7 @@ class CudaBackend final : public Backend {
   ActCache bf16_act_;  // which x the BF16 copy in scratch_->gemm_x holds
   ActCache kq_act_;    // which x the 8-bit records in scratch_->gemm_xq hold (gemm_kq_acts)
   bool gemm_kq_ = false;  // gemm_kq runs on this device and is on
+  bool has_q4k_ = false;  // a Q4_K weight was loaded: RMSNorms may write gemm_kq's records
   // The output a batch-1 GEMV last sent to the peers itself (matmul_reduced), for the folded
   // norm that reduces it next; null after that norm.
   const float* pushed_ = nullptr;
@@ -373,6 +375,7 @@ kc::DeviceMatrix CudaBackend::view(const Weight& w) const {
 }
 
 Weight CudaBackend::finish_weight(TensorType type, int64_t rows, int64_t cols, void* data) {
+  if (type == TensorType::kQ4_K) has_q4k_ = true;
   Weight w;
   w.type = type;
   w.rows = rows;
@@ -585,6 +588,10 @@ void CudaBackend::run_rmsnorm(kc::RmsNormParams p, const kc::OneShotParams* redu
   const bool fuse = p.n % 32 == 0 && p.rows <= quant_gemv_max_;
   if (fuse) p.quant = act_buffers(p.rows * p.n);
   if (p.n % 4 == 0 && reduce == nullptr) p.y_bf16 = fused_bf16_out(p.rows, p.n);
+  // Batches that take gemm_kq next: its records too, instead of a gemm_kq_acts launch.
+  const bool kq = opt_.norm_kq_records && has_q4k_ && reduce == nullptr && p.n % 256 == 0 &&
+                  p.n <= kc::kRmsNormMaxKqCols && use_gemm_kq_batch(p.rows);
+  if (kq) p.kq = scratch_->gemm_xq.as<uint8_t>(kc::gemm_kq_acts_bytes(p.rows, p.n));
   if (reduce != nullptr) {
     kc::one_shot_all_reduce_rmsnorm({.reduce = *reduce, .norm = p, .pushed = pushed}, stream_);
   } else {
@@ -592,6 +599,7 @@ void CudaBackend::run_rmsnorm(kc::RmsNormParams p, const kc::OneShotParams* redu
   }
   if (fuse) act_ = {p.y, p.rows * p.n};
   if (p.y_bf16 != nullptr) bf16_act_ = {p.y, p.rows * p.n, false, p.n};
+  if (kq) kq_act_ = {.x = p.y, .n = p.rows * p.n, .cols = p.n};
 }
 
 // Where an op whose output [m, k] feeds a cuBLASLt GEMM writes its BF16 copy (the buffer that
@@ -794,9 +802,13 @@ kc::GemmKqTuning CudaBackend::kq_tuning() const {
   return {.max_tile_tokens = opt_.gemm_kq_tile_tokens, .ctas_per_sm = opt_.gemm_kq_ctas_per_sm};
 }
 
-bool CudaBackend::use_gemm_kq(const kc::DeviceMatrix& dm, int64_t m) const {
+bool CudaBackend::use_gemm_kq_batch(int64_t m) const {
   return gemm_kq_ && m >= std::max<int64_t>(2, opt_.gemm_kq_min_batch) &&
-         m <= opt_.gemm_kq_max_batch && kc::gemm_kq_supports(dm);
+         m <= opt_.gemm_kq_max_batch;
+}
+
+bool CudaBackend::use_gemm_kq(const kc::DeviceMatrix& dm, int64_t m) const {
+  return use_gemm_kq_batch(m) && kc::gemm_kq_supports(dm);
 }
 
 // x [m, k] in gemm_kq's 8-bit records, reusing the copy made for the previous matmul of the

@@ -63,6 +63,9 @@ struct CudaBackendOptions {
   // SM for 32-token tiles (1 or 2; two gained 7-10% at batches 9-32 on an H200).
   int gemm_kq_tile_tokens = 64;
   int gemm_kq_ctas_per_sm = 2;
+  // Where gemm_kq follows an RMSNorm (q/k/v, gate/up), the norm also writes its 8-bit records
+  // (one gemm_kq_acts launch fewer per norm); off: gemm_kq_acts makes them.
+  bool norm_kq_records = true;
   // cuBLASLt GEMMs of at most this many rows (decode batches) use the fastest of the
   // heuristic's first candidates for their shape, timed the first time it runs
   // (kernels/cuda/gemm_lt.h), instead of its first: on an H200 batch 64 gained 2%, while

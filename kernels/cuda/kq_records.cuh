@@ -1,0 +1,47 @@
+// gemm_kq's 8-bit activation records (layout in gemm_kq.h): the offsets and the per-warp writer
+// that gemm_kq_acts and the RMSNorm share, so that both write the same bytes.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/gemm_kq.h"
+#include "kernels/cuda/quantize_chunk.cuh"
+
+namespace tpnode::cuda::kq {
+
+inline constexpr int kRec = kGemmKqRecordBytes;
+inline constexpr int kSumsOff = 2048, kXScaleOff = 2304;
+inline constexpr int kPiece = 128;  // one core matrix: 8 tokens x 16 bytes
+
+// The record holding stage st (values 256 st..) of token tok, of ceil(m / 8) = groups.
+__device__ __forceinline__ uint8_t* record(uint8_t* base, int64_t st, int groups, int64_t tok) {
+  return base + (st * groups + tok / 8) * kRec;
+}
+
+// One warp writes token slot t8 of a record from the stage's 256 values: lane l holds values
+// 8l..8l+7 (chunk l / 4, i = l % 4), quantized with the group's scale and written as chunk c's
+// pieces 2c (values 8i..8i+3) and 2c + 1 (8i+4..8i+7) at byte 4i of the token's row; the
+// chunk's four lanes add its sum. Every lane of the warp must call it.
+__device__ __forceinline__ void write_record(const float (&v)[8], uint8_t* rec, int t8) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  int q[8], sum = 0;
+  const float d = quantize_group256(v, q, sum);
+  auto pack4 = [&](int o) {
+    return (static_cast<uint32_t>(q[o] & 0xFF)) | (static_cast<uint32_t>(q[o + 1] & 0xFF) << 8) |
+           (static_cast<uint32_t>(q[o + 2] & 0xFF) << 16) |
+           (static_cast<uint32_t>(q[o + 3] & 0xFF) << 24);
+  };
+  const int c = lane / 4, i = lane % 4;
+  *reinterpret_cast<uint32_t*>(rec + (2 * c) * kPiece + t8 * 16 + 4 * i) = pack4(0);
+  *reinterpret_cast<uint32_t*>(rec + (2 * c + 1) * kPiece + t8 * 16 + 4 * i) = pack4(4);
+  if (i == 0) {
+    reinterpret_cast<__nv_bfloat16*>(rec + kSumsOff + t8 * 16)[c] =
+        __float2bfloat16_rn(d * static_cast<float>(sum));
+  }
+  if (lane < 4) *reinterpret_cast<uint32_t*>(rec + kSumsOff + kPiece + t8 * 16 + 4 * lane) = 0;
+  if (lane == 0) reinterpret_cast<float*>(rec + kXScaleOff)[t8] = d;
+}
+
+}  // namespace tpnode::cuda::kq
