@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/gemm_dq.h"
 #include "kernels/cuda/kq_records.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
@@ -158,19 +159,32 @@ __global__ void rope_kernel(RopeKernelParams p) {
   v[b] = rope_second(x0, x1, r);
 }
 
+// One thread per value. With the 8-bit copy n % 32 == 0 (group 32: a warp is one chunk, in or
+// out as a whole) or n % 256 == 0 (group 256: a CTA of 256 threads is one group); with the
+// gemm_dq copy the grid also covers the padding tokens, which write its zeros only.
 __global__ void swiglu_kernel(SwigluParams p) {
   pdl_wait();
   pdl_launch_dependents();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  // With the 8-bit copy, n % 32 == 0 and the grid covers whole warps: a warp is one chunk, in
-  // or out as a whole (the chunk's shuffles need every lane).
   const bool quant = p.quant.q != nullptr;
-  if (quant ? i - threadIdx.x % 32 >= p.n : i >= p.n) return;
+  if (i >= p.n) {  // whole warps (CTAs) of the 8-bit copies stay below n
+    if (p.out_dq != nullptr) {
+      const int64_t m = p.n / p.cols, tok = i / p.cols;
+      if (tok < (m + 7) / 8 * 8) {
+        p.out_dq[gemm_dq_act_index(m, tok, i % p.cols)] = __float2bfloat16(0.0f);
+      }
+    }
+    return;
+  }
   const float g = p.gate[i];
   const float v = g / (1.0f + __expf(-g)) * p.up[i];
   p.out[i] = v;
   if (p.out_bf16 != nullptr) p.out_bf16[i] = __float2bfloat16(v);
-  if (quant) quantize_chunk32(p.quant, i / 32, v);
+  if (p.out_dq != nullptr) {
+    p.out_dq[gemm_dq_act_index(p.n / p.cols, i / p.cols, i % p.cols)] = __float2bfloat16(v);
+  }
+  if (quant && p.quant.group == 32) quantize_chunk32(p.quant, i / 32, v);
+  if (quant && p.quant.group == 256) quantize_group256_cta(p.quant, i, v);
 }
 
 __global__ void add_kernel(AddParams p) {
@@ -231,9 +245,21 @@ void rope(const RopeKernelParams& p, cudaStream_t stream) {
 
 void swiglu(const SwigluParams& p, cudaStream_t stream) {
   if (p.n == 0) return;
-  TPNODE_CHECK(p.quant.q == nullptr || p.n % 32 == 0,
-               "swiglu: quantized output needs n % 32 == 0 (n = {})", p.n);
-  launch_pdl(swiglu_kernel, dim3(blocks_for(p.n)), dim3(kThreads), 0, stream, p);
+  const bool quant = p.quant.q != nullptr;
+  TPNODE_CHECK(!quant || (p.quant.group == 32 && p.n % 32 == 0) ||
+                   (p.quant.group == 256 && p.n % 256 == 0),
+               "swiglu: an 8-bit copy in groups of {} needs n % 32 == 0 (32) or n % 256 == 0 "
+               "(256), n = {}",
+               p.quant.group, p.n);
+  static_assert(kThreads == 256, "a CTA is one 256-value group");
+  TPNODE_CHECK(p.out_dq == nullptr || (!quant && p.cols > 0 && p.cols % 256 == 0 && p.n % p.cols == 0),
+               "swiglu: the gemm_dq copy needs whole rows of a multiple of 256 (n = {}, cols = {}) "
+               "and no 8-bit copy",
+               p.n, p.cols);
+  // The gemm_dq copy also covers the padding tokens up to a multiple of 8.
+  const int64_t threads =
+      p.out_dq != nullptr ? gemm_dq_acts_elems(p.n / p.cols, p.cols) : p.n;
+  launch_pdl(swiglu_kernel, dim3(blocks_for(threads)), dim3(kThreads), 0, stream, p);
   TPNODE_CUDA_CHECK_LAUNCH();
 }
 

@@ -53,8 +53,14 @@ struct SwigluParams {
   const float* up = nullptr;    // [n]
   float* out = nullptr;         // [n]
   int64_t n = 0;
-  QuantActs quant;              // optional; needs n % 32 == 0 (rows of a multiple of 32)
+  // Optional 8-bit copy: quant.group 32 needs n % 32 == 0, 256 (one scale per 256 values, as
+  // quantize_acts writes it) n % 256 == 0.
+  QuantActs quant;
   __nv_bfloat16* out_bf16 = nullptr;  // optional BF16 copy of out (for a BF16 GEMM next)
+  // Optional BF16 copy in gemm_dq_acts' layout (gemm_dq next) of out as [n / cols, cols]
+  // (cols % 256 == 0), padding tokens zero.
+  __nv_bfloat16* out_dq = nullptr;
+  int64_t cols = 0;
 };
 void swiglu(const SwigluParams& p, cudaStream_t stream);
 

@@ -48,6 +48,12 @@ inline int gemm_dq_chunk_source(int pos) {  // which value of its chunk position
   const int j = pos / 8, i = pos % 8;
   return 8 * (i / 2) + 2 * j + (i % 2);
 }
+// Where value c of token n of [m, cols] lands in that layout (an element index).
+__host__ __device__ inline int64_t gemm_dq_act_index(int64_t m, int64_t n, int64_t c) {
+  const int64_t groups = (m + 7) / 8, st = c / 256, cc = c % 256, r = cc % 32;
+  const int64_t j = cc / 32 * 4 + r % 8 / 2, i = 2 * (r / 8) + r % 2;
+  return (((st * groups + n / 8) * 32 + j) * 8 + n % 8) * 8 + i;
+}
 inline int64_t gemm_dq_acts_elems(int64_t m, int64_t cols) { return (m + 7) / 8 * 8 * cols; }
 
 struct GemmDqActsParams {

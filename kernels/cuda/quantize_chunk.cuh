@@ -26,6 +26,28 @@ __device__ __forceinline__ void quantize_chunk32(const QuantActs& out, int64_t c
   }
 }
 
+// Value i (held by this thread) of a 256-thread CTA that holds one 256-value group, quantized
+// as quantize_acts writes group 256: d = amax / 127 over the CTA, q = round(v / d), and per
+// 32-value chunk (a warp) d and d * the chunk's sum of q. Every thread of the CTA calls it.
+__device__ __forceinline__ void quantize_group256_cta(const QuantActs& out, int64_t i, float v) {
+  __shared__ float s_amax[8];
+  const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
+  const float wmax = warp_max(fabsf(v));
+  if (lane == 0) s_amax[warp] = wmax;
+  __syncthreads();
+  float amax = s_amax[0];
+#pragma unroll
+  for (int w = 1; w < 8; ++w) amax = fmaxf(amax, s_amax[w]);
+  const float d = amax / 127.0f;
+  const int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
+  out.q[i] = static_cast<int8_t>(q);
+  const int sum = __reduce_add_sync(0xffffffffu, q);
+  if (lane == 0) {
+    out.d[i / 32] = d;
+    out.s[i / 32] = d * static_cast<float>(sum);
+  }
+}
+
 // Quantizes the 32 values of a chunk held as float4 by 8 consecutive lanes (lane % 8 = part):
 // the same recipe as quantize_acts (d = amax / 127, q = round(v / d)).
 // Every lane of the warp must call it (full-mask shuffles); only lanes with `store` write.

@@ -211,7 +211,14 @@ class CudaBackend final : public Backend {
   ActCache bf16_act_;  // which x the BF16 copy in scratch_->gemm_x holds
   ActCache kq_act_;    // which x the 8-bit records in scratch_->gemm_xq hold (gemm_kq_acts)
   bool gemm_kq_ = false;  // gemm_kq runs on this device and is on
-  bool has_q4k_ = false;  // a Q4_K weight was loaded: RMSNorms may write gemm_kq's records
+  // (type, cols) of the quantized weights loaded: the ops before a matmul write their output
+  // in the layout its kernel reads where a weight of that width may take it.
+  std::vector<std::pair<TensorType, int64_t>> loaded_;
+  template <typename Pred>
+  bool loaded(int64_t cols, Pred pred) const {
+    return std::any_of(loaded_.begin(), loaded_.end(),
+                       [&](const auto& e) { return e.second == cols && pred(e.first); });
+  }
   // The output a batch-1 GEMV last sent to the peers itself (matmul_reduced), for the folded
   // norm that reduces it next; null after that norm.
   const float* pushed_ = nullptr;
@@ -375,7 +382,10 @@ kc::DeviceMatrix CudaBackend::view(const Weight& w) const {
 }
 
 Weight CudaBackend::finish_weight(TensorType type, int64_t rows, int64_t cols, void* data) {
-  if (type == TensorType::kQ4_K) has_q4k_ = true;
+  if (kc::is_quantized(type) &&
+      std::find(loaded_.begin(), loaded_.end(), std::pair{type, cols}) == loaded_.end()) {
+    loaded_.emplace_back(type, cols);
+  }
   Weight w;
   w.type = type;
   w.rows = rows;
@@ -589,8 +599,9 @@ void CudaBackend::run_rmsnorm(kc::RmsNormParams p, const kc::OneShotParams* redu
   if (fuse) p.quant = act_buffers(p.rows * p.n);
   if (p.n % 4 == 0 && reduce == nullptr) p.y_bf16 = fused_bf16_out(p.rows, p.n);
   // Batches that take gemm_kq next: its records too, instead of a gemm_kq_acts launch.
-  const bool kq = opt_.norm_kq_records && has_q4k_ && reduce == nullptr && p.n % 256 == 0 &&
-                  p.n <= kc::kRmsNormMaxKqCols && use_gemm_kq_batch(p.rows);
+  const bool kq = opt_.norm_kq_records && reduce == nullptr && p.n % 256 == 0 &&
+                  p.n <= kc::kRmsNormMaxKqCols && use_gemm_kq_batch(p.rows) &&
+                  loaded(p.n, [](TensorType t) { return t == TensorType::kQ4_K; });
   if (kq) p.kq = scratch_->gemm_xq.as<uint8_t>(kc::gemm_kq_acts_bytes(p.rows, p.n));
   if (reduce != nullptr) {
     kc::one_shot_all_reduce_rmsnorm({.reduce = *reduce, .norm = p, .pushed = pushed}, stream_);
@@ -997,14 +1008,35 @@ void CudaBackend::swiglu(const float* gate, const float* up, float* out, int64_t
   wrote(out, n * sizeof(float));
   kc::SwigluParams p{.gate = gate, .up = up, .out = out, .n = n, .quant = {}};
   // Decode-sized inputs feed a GEMV next (n = m * n_ff, m <= quant_gemv_max_batch), larger
-  // ones a BF16 GEMM.
+  // ones a BF16 GEMM. The copy takes the layout that the next matmul's kernel reads where a
+  // weight of this width takes it: 256-value groups for the K-quant MMA GEMVs (batches 2 to
+  // kquant_mma_max_batch of the types gemm_kq leaves to them), gemm_dq's BF16 layout above the
+  // GEMVs, plain BF16 for cuBLASLt.
+  const int64_t m = step_.n_tokens, k = m > 0 && n % m == 0 ? n / m : 0;
+  const bool k256 = k > 0 && k % 256 == 0;
+  const bool group256 = k256 && m >= 2 && m <= opt_.kquant_mma_max_batch &&
+                        loaded(k, [&](TensorType t) {
+                          return kc::gemv_mma_block_type(t) &&
+                                 !(t == TensorType::kQ4_K && use_gemm_kq_batch(m));
+                        });
   const bool fuse = n % 32 == 0 && n <= quant_gemv_max_ * std::max<int64_t>(max_cols_, 32);
-  if (fuse) p.quant = act_buffers(n);
-  const int64_t m = step_.n_tokens, k = m > 0 ? n / m : 0;
-  if (m > 0 && n % m == 0) p.out_bf16 = fused_bf16_out(m, k);
+  if (fuse) {
+    p.quant = act_buffers(n);
+    if (group256) p.quant.group = 256;
+  }
+  const bool dq = k256 && m > quant_gemv_max_ && m <= opt_.dq_gemm_over_copies_max_batch &&
+                  m <= opt_.dq_gemm_max_batch && loaded(k, [&](TensorType t) {
+                    return !(t == TensorType::kQ4_K && use_gemm_kq_batch(m));
+                  });
+  if (dq) {
+    p.out_dq = scratch_->gemm_x.as<__nv_bfloat16>(kc::gemm_dq_acts_elems(m, k));
+    p.cols = k;
+  }
+  if (k > 0) p.out_bf16 = fused_bf16_out(m, k);
   kc::swiglu(p, stream_);
-  if (fuse) act_ = {out, n};
+  if (fuse) act_ = {.x = out, .n = n, .group = p.quant.group};
   if (p.out_bf16 != nullptr) bf16_act_ = {out, n, false, k};
+  if (dq) bf16_act_ = {.x = out, .n = n, .dq_layout = true, .cols = k};
 }
 
 void CudaBackend::add(const float* x, const float* y, float* out, int64_t n) {

@@ -1,0 +1,130 @@
+// SwiGLU's copies of its output in the layouts the next matmul's kernel reads, bitwise against
+// the launches they replace: the 8-bit copy in 256-value groups (quantize_acts, group 256, for
+// the K-quant MMA GEMVs) and the BF16 copy in gemm_dq's layout (gemm_dq_acts), padding tokens
+// included.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gemm_dq.h"
+#include "kernels/cuda/gemv.h"
+#include "node/common/error.h"
+#include "tests/cuda/cuda_test_support.h"
+
+namespace tpnode::test {
+namespace {
+
+namespace kc = ::tpnode::cuda;
+
+#define SW_CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
+
+class SwigluCopies : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+      GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gave " << n << ")";
+    }
+    SW_CUDA_OK(cudaStreamCreate(&stream_));
+  }
+  void TearDown() override {
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  // gate and up of m rows of k on the device, and out's buffer.
+  void inputs(int64_t m, int64_t k, uint32_t seed) {
+    gate_ = DeviceBytes(m * k * 4);
+    up_ = DeviceBytes(m * k * 4);
+    out_ = DeviceBytes(m * k * 4);
+    const auto g = cuda_random_floats(m * k, seed, 4.0f), u = cuda_random_floats(m * k, seed + 1);
+    SW_CUDA_OK(cudaMemcpy(gate_.as<float>(), g.data(), m * k * 4, cudaMemcpyHostToDevice));
+    SW_CUDA_OK(cudaMemcpy(up_.as<float>(), u.data(), m * k * 4, cudaMemcpyHostToDevice));
+  }
+
+  template <typename T>
+  std::vector<T> host(const DeviceBytes& d, size_t n) {
+    std::vector<T> v(n);
+    EXPECT_EQ(cudaMemcpy(v.data(), d.as<T>(), n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    return v;
+  }
+
+  cudaStream_t stream_ = nullptr;
+  DeviceBytes gate_, up_, out_;
+};
+
+TEST_F(SwigluCopies, GroupsOf256AsQuantizeActsWritesThem) {
+  uint32_t seed = 10;
+  for (const int64_t m : {2, 5, 8}) {
+    for (const int64_t k : {256, 14336}) {
+      SCOPED_TRACE(fmt::format("m={} k={}", m, k));
+      inputs(m, k, seed++);
+      const int64_t n = m * k;
+      DeviceBytes q1(n), d1(n / 32 * 4), s1(n / 32 * 4), q2(n), d2(n / 32 * 4), s2(n / 32 * 4);
+      const kc::QuantActs a{q1.as<int8_t>(), d1.as<float>(), s1.as<float>(), 256};
+      const kc::QuantActs b{q2.as<int8_t>(), d2.as<float>(), s2.as<float>(), 256};
+      kc::swiglu({.gate = gate_.as<float>(), .up = up_.as<float>(), .out = out_.as<float>(), .n = n,
+                  .quant = a},
+                 stream_);
+      kc::quantize_acts({.x = out_.as<float>(), .m = m, .k = k, .out = b}, stream_);
+      SW_CUDA_OK(cudaStreamSynchronize(stream_));
+      const auto qa = host<int8_t>(q1, n), qb = host<int8_t>(q2, n);
+      EXPECT_EQ(std::memcmp(qa.data(), qb.data(), n), 0);
+      const auto da = host<float>(d1, n / 32), db = host<float>(d2, n / 32);
+      const auto sa = host<float>(s1, n / 32), sb = host<float>(s2, n / 32);
+      EXPECT_EQ(std::memcmp(da.data(), db.data(), da.size() * 4), 0);
+      EXPECT_EQ(std::memcmp(sa.data(), sb.data(), sa.size() * 4), 0);
+    }
+  }
+}
+
+TEST_F(SwigluCopies, GemmDqLayoutAsGemmDqActsWritesIt) {
+  uint32_t seed = 40;
+  for (const int64_t m : {9, 13, 16, 32}) {
+    for (const int64_t k : {256, 768}) {
+      SCOPED_TRACE(fmt::format("m={} k={}", m, k));
+      inputs(m, k, seed++);
+      const int64_t elems = kc::gemm_dq_acts_elems(m, k);
+      DeviceBytes y1(elems * 2), y2(elems * 2);
+      SW_CUDA_OK(cudaMemset(y1.as<uint8_t>(), 0xA5, elems * 2));  // every element is written
+      kc::swiglu({.gate = gate_.as<float>(),
+                  .up = up_.as<float>(),
+                  .out = out_.as<float>(),
+                  .n = m * k,
+                  .quant = {},
+                  .out_bf16 = nullptr,
+                  .out_dq = y1.as<__nv_bfloat16>(),
+                  .cols = k},
+                 stream_);
+      kc::gemm_dq_acts({.x = out_.as<float>(), .y = y2.as<__nv_bfloat16>(), .m = m, .cols = k},
+                       stream_);
+      SW_CUDA_OK(cudaStreamSynchronize(stream_));
+      const auto ya = host<uint16_t>(y1, elems), yb = host<uint16_t>(y2, elems);
+      EXPECT_EQ(std::memcmp(ya.data(), yb.data(), elems * 2), 0);
+    }
+  }
+}
+
+TEST_F(SwigluCopies, RefusesShapesItCannotWrite) {
+  inputs(2, 320, 70);
+  DeviceBytes q(640), d(80), s(80), y(kc::gemm_dq_acts_elems(2, 320) * 2);
+  const kc::QuantActs a{q.as<int8_t>(), d.as<float>(), s.as<float>(), 256};
+  kc::SwigluParams p;
+  p.gate = gate_.as<float>();
+  p.up = up_.as<float>();
+  p.out = out_.as<float>();
+  p.n = 640;
+  p.quant = a;  // 640 values are no whole number of 256-value groups
+  EXPECT_THROW(kc::swiglu(p, stream_), Error);
+  p.quant = {};
+  p.out_dq = y.as<__nv_bfloat16>();
+  p.cols = 320;  // rows of gemm_dq's layout are whole 256-value stages
+  EXPECT_THROW(kc::swiglu(p, stream_), Error);
+}
+
+}  // namespace
+}  // namespace tpnode::test
