@@ -28,15 +28,16 @@ struct CudaBackendOptions {
   // waiting for its output (docs/BENCHMARKS.md has the measured gain).
   bool pdl = true;
   // Quantized matmuls with at most this many rows (decode batches) read the quantized weights
-  // on int8 tensor cores; larger ones run GEMMs (gemm_kq for Q4_K, gemm_dq or cuBLASLt on BF16),
-  // which are faster there: on an H200 (8B Q4_K_M) from batch 9 on (docs/BENCHMARKS.md). At
-  // most 64.
+  // on int8 tensor cores (Q4_K from gemm_kq_min_batch on gemm_kq instead); larger ones run
+  // GEMMs (gemm_kq for Q4_K, gemm_dq or cuBLASLt on BF16), which are faster there: on an H200
+  // (8B Q4_K_M) from batch 9 on (docs/BENCHMARKS.md). At most 64.
   int64_t quant_gemv_max_batch = 8;
-  // Q4_K/Q5_K/Q6_K matmuls of 2 up to this many rows (at most 64) run on int8 tensor cores
-  // with activations quantized per 256 values, so that each weight block's chunk products add
-  // up in integers before one conversion (gemv_mma_block_accumulates); 0 or 1: off. On an
-  // H200 (8B Q4_K_M) batches 2 and 8 gain 7%; from batch 16 on it is slower than the BF16
-  // GEMMs (docs/BENCHMARKS.md).
+  // Q4_K/Q5_K/Q6_K matmuls of 2 up to this many rows (at most 64) that gemm_kq does not take
+  // run on int8 tensor cores with activations quantized per 256 values, so that each weight
+  // block's chunk products add up in integers before one conversion
+  // (gemv_mma_block_accumulates); 0 or 1: off. On an H200 (8B Q4_K_M) batches 2 and 8 gained 7%
+  // over per-chunk conversions; from batch 16 on it is slower than the BF16 GEMMs
+  // (docs/BENCHMARKS.md).
   int64_t kquant_mma_max_batch = 8;
   // Those matmuls' work split (GemvMmaPlan) forced for measurements: 16-row tiles per warp
   // (1 or 2) and k splits (1, 2, 4 or 8); 0 keeps the planner's choice.
