@@ -187,6 +187,10 @@ class CudaBackend final : public Backend {
   bool use_gemm_dq(const Weight& w, const kc::DeviceMatrix& dm, int64_t m) const;
   bool use_kquant_mma(const Weight& w, int64_t m) const;
   bool use_gemm_kq_batch(int64_t m) const;
+  // Whether weights of this type take gemm_kq at batch m (use_gemm_kq but the view's checks).
+  bool gemm_kq_type(TensorType t, int64_t m) const {
+    return t == TensorType::kQ4_K && use_gemm_kq_batch(m);
+  }
   bool use_gemm_kq(const kc::DeviceMatrix& dm, int64_t m) const;
   kc::GemmKqTuning kq_tuning() const;
   bool kq_group(std::span<const MatmulOut> outs, const float* x, int64_t m);
@@ -600,8 +604,8 @@ void CudaBackend::run_rmsnorm(kc::RmsNormParams p, const kc::OneShotParams* redu
   if (p.n % 4 == 0 && reduce == nullptr) p.y_bf16 = fused_bf16_out(p.rows, p.n);
   // Batches that take gemm_kq next: its records too, instead of a gemm_kq_acts launch.
   const bool kq = opt_.norm_kq_records && reduce == nullptr && p.n % 256 == 0 &&
-                  p.n <= kc::kRmsNormMaxKqCols && use_gemm_kq_batch(p.rows) &&
-                  loaded(p.n, [](TensorType t) { return t == TensorType::kQ4_K; });
+                  p.n <= kc::kRmsNormMaxKqCols &&
+                  loaded(p.n, [&](TensorType t) { return gemm_kq_type(t, p.rows); });
   if (kq) p.kq = scratch_->gemm_xq.as<uint8_t>(kc::gemm_kq_acts_bytes(p.rows, p.n));
   if (reduce != nullptr) {
     kc::one_shot_all_reduce_rmsnorm({.reduce = *reduce, .norm = p, .pushed = pushed}, stream_);
@@ -819,7 +823,7 @@ bool CudaBackend::use_gemm_kq_batch(int64_t m) const {
 }
 
 bool CudaBackend::use_gemm_kq(const kc::DeviceMatrix& dm, int64_t m) const {
-  return use_gemm_kq_batch(m) && kc::gemm_kq_supports(dm);
+  return gemm_kq_type(dm.type, m) && kc::gemm_kq_supports(dm);
 }
 
 // x [m, k] in gemm_kq's 8-bit records, reusing the copy made for the previous matmul of the
@@ -1016,8 +1020,7 @@ void CudaBackend::swiglu(const float* gate, const float* up, float* out, int64_t
   const bool k256 = k > 0 && k % 256 == 0;
   const bool group256 = k256 && m >= 2 && m <= opt_.kquant_mma_max_batch &&
                         loaded(k, [&](TensorType t) {
-                          return kc::gemv_mma_block_type(t) &&
-                                 !(t == TensorType::kQ4_K && use_gemm_kq_batch(m));
+                          return kc::gemv_mma_block_type(t) && !gemm_kq_type(t, m);
                         });
   const bool fuse = n % 32 == 0 && n <= quant_gemv_max_ * std::max<int64_t>(max_cols_, 32);
   if (fuse) {
@@ -1025,9 +1028,8 @@ void CudaBackend::swiglu(const float* gate, const float* up, float* out, int64_t
     if (group256) p.quant.group = 256;
   }
   const bool dq = k256 && m > quant_gemv_max_ && m <= opt_.dq_gemm_over_copies_max_batch &&
-                  m <= opt_.dq_gemm_max_batch && loaded(k, [&](TensorType t) {
-                    return !(t == TensorType::kQ4_K && use_gemm_kq_batch(m));
-                  });
+                  m <= opt_.dq_gemm_max_batch &&
+                  loaded(k, [&](TensorType t) { return !gemm_kq_type(t, m); });
   if (dq) {
     p.out_dq = scratch_->gemm_x.as<__nv_bfloat16>(kc::gemm_dq_acts_elems(m, k));
     p.cols = k;
