@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/kq_records.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
 #include "kernels/cuda/rope.cuh"
 
@@ -569,10 +570,30 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   // the copy, head_dim % 32 == 0: a warp's pass over o is one whole chunk, and every lane of a
   // warp makes the same passes.
   const bool quant = p.quant.q != nullptr;
+  // With p.kq (no cluster: one CTA emits all of its heads' outputs), they also go to cl_val,
+  // from which warp 0 writes the 256-value stage's gemm_kq record of token t (and, for the
+  // last token, the padding tokens' zeros).
   auto emit = [&](int o, float val) {
     const int64_t idx = (t * p.n_head + h0) * hd + o;
     p.out[idx] = val;
     if (quant) quantize_chunk32(p.quant, idx / 32, val);
+    if (p.kq != nullptr) cl_val[o] = val;
+  };
+  auto write_record = [&]() {
+    if (p.kq == nullptr) return;
+    __syncthreads();
+    if (warp != 0) return;
+    const int groups = static_cast<int>((p.n + 7) / 8);
+    const int64_t st = static_cast<int64_t>(h0) * hd / 256;
+    float v[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = cl_val[8 * lane + i];
+    kq::write_record(v, kq::record(p.kq, st, groups, t), static_cast<int>(t % 8));
+    if (t != p.n - 1) return;
+    for (int64_t tok = p.n; tok < int64_t{groups} * 8; ++tok) {
+      const float z[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      kq::write_record(z, kq::record(p.kq, st, groups, tok), static_cast<int>(tok % 8));
+    }
   };
   const int n_out = hc * hd;
   for (int o = tid; o < n_out; o += kDecodeThreads) {
@@ -634,7 +655,10 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
 #endif
     return;
   }
-  if (n_active == 1) return;
+  if (n_active == 1) {
+    write_record();
+    return;
+  }
 
   // The last split of the group to finish merges them all, in split order (deterministic),
   // and leaves the counter at zero for the next launch (atomicInc wraps at n_active - 1).
@@ -663,6 +687,7 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
     }
     emit(o, mg.result());
   }
+  write_record();
 }
 
 // ---- prefill on tensor cores -----------------------------------------------------------
@@ -874,6 +899,12 @@ void kv_store(const KvStoreParams& p, cudaStream_t stream) {
   })
 }
 
+bool decode_kq_records_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim,
+                                int heads_per_cta, bool cluster) {
+  const int64_t group = n_head_kv > 0 ? n_head / n_head_kv : 0;
+  return !cluster && heads_per_cta * head_dim == 256 && group % heads_per_cta == 0;
+}
+
 bool decode_attention_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim) {
   if (n_head_kv <= 0 || n_head <= 0 || n_head % n_head_kv != 0) return false;
   if (head_dim <= 0 || head_dim % 8 != 0) return false;
@@ -973,6 +1004,12 @@ void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream) {
                p.n_splits, ctas);
   TPNODE_CHECK((p.k_new == nullptr) == (p.v_new == nullptr),
                "decode_attention: k_new and v_new go together");
+  TPNODE_CHECK(p.kq == nullptr ||
+                   (decode_kq_records_supports(p.n_head, p.kv.n_head_kv, p.kv.head_dim, heads,
+                                               p.cluster) &&
+                    p.tokens == nullptr && reinterpret_cast<uintptr_t>(p.kq) % 16 == 0),
+               "decode_attention: gemm_kq records need a CTA's heads to be one 256-value stage, "
+               "no cluster and every batch token decoding");
   TPNODE_CHECK(
       p.rope.inv_freq == nullptr || (p.k_new != nullptr && decode_rope_supports(p.kv.head_dim)),
       "decode_attention: RoPE needs the fused K/V store and head_dim % 8 == 0 (got {})",

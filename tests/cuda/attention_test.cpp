@@ -24,6 +24,7 @@
 #include <tuple>
 
 #include "kernels/cpu/rope.h"
+#include "kernels/cuda/gemm_kq.h"
 #include "kernels/cuda/gemv.h"
 #include "tests/cuda/cuda_test_support.h"
 
@@ -480,6 +481,30 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
   // The launch leaves its split counters at zero (graphs replay it).
   const std::vector<uint32_t> ctr = download<uint32_t>(counters, kc::kDecodeMaxCounters);
   EXPECT_TRUE(std::all_of(ctr.begin(), ctr.end(), [](uint32_t x) { return x == 0; })) << what;
+
+  // gemm_kq's records of the output, where each CTA's heads are one 256-value stage: the same
+  // launch again writing them, against gemm_kq_acts of its output (bitwise, padding included).
+  const int resolved = kc::decode_heads_per_cta(nh / nkv, heads, n, nkv);
+  if (kc::decode_kq_records_supports(nh, nkv, hd, resolved, split.cluster)) {
+    const size_t bytes = kc::gemm_kq_acts_bytes(n, nh * hd);
+    DeviceBuffer out2(n_out * sizeof(float)), recs(bytes), want(bytes);
+    ASSERT_EQ(cudaMemset(recs.p, 0xA5, bytes), cudaSuccess);  // every byte is written
+    kc::DecodeAttentionParams r = d;
+    r.out = out2.as<float>();
+    r.quant = {};
+    r.kq = recs.as<uint8_t>();
+    kc::decode_attention(r, nullptr);
+    kc::gemm_kq_acts({.x = out2.as<float>(), .y = want.as<uint8_t>(), .m = n, .cols = nh * hd},
+                     nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(download<uint8_t>(recs, bytes), download<uint8_t>(want, bytes)) << what << ": records";
+    EXPECT_EQ(float_bits(download<float>(out2, n_out)), float_bits(f)) << what << ": output";
+  } else {
+    kc::DecodeAttentionParams r = d;
+    DeviceBuffer recs(kc::gemm_kq_acts_bytes(n, nh * hd));
+    r.kq = recs.as<uint8_t>();
+    EXPECT_THROW(kc::decode_attention(r, nullptr), Error) << what;
+  }
 
   // The same launch unsplit (the cache now also holds the new keys, which it stored: the
   // unsplit launch stores the same values again) gives the same output within rounding.

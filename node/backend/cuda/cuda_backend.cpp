@@ -984,6 +984,18 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
          .clusters = opt_.decode_clusters && prop_.major >= 9,
          .heads_per_cta = opt_.decode_heads_per_cta});
     d.heads_per_cta = opt_.decode_heads_per_cta;
+    // Batches whose attn_output takes gemm_kq: its records too, instead of a gemm_kq_acts launch.
+    const int64_t width = p.n_head * p.head_dim;
+    const bool kq =
+        opt_.attention_kq_records && all_decode && use_gemm_kq_batch(step_.n_decode) &&
+        width % 256 == 0 &&
+        kc::decode_kq_records_supports(
+            p.n_head, p.n_head_kv, p.head_dim,
+            kc::decode_heads_per_cta(p.n_head / p.n_head_kv, opt_.decode_heads_per_cta,
+                                     step_.n_decode, p.n_head_kv),
+            split.cluster) &&
+        loaded(width, [](TensorType t) { return t == TensorType::kQ4_K; });
+    if (kq) d.kq = scratch_->gemm_xq.as<uint8_t>(kc::gemm_kq_acts_bytes(step_.n_decode, width));
     d.n_splits = split.n_splits;
     d.split_len = split.split_len;
     d.cluster = split.cluster;
@@ -994,6 +1006,7 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
     }
     kc::decode_attention(d, stream_);
     if (quant) act_ = {out, n_out};
+    if (kq) kq_act_ = {.x = out, .n = n_out, .cols = width};
   }
   if (step_.n_tiles > 0) {
     kc::prefill_attention({.kv = kv,

@@ -67,6 +67,9 @@ struct CudaBackendOptions {
   // Where gemm_kq follows an RMSNorm (q/k/v, gate/up), the norm also writes its 8-bit records
   // (one gemm_kq_acts launch fewer per norm); off: gemm_kq_acts makes them.
   bool norm_kq_records = true;
+  // Likewise decode attention for attn_output, where a CTA's heads are one 256-value stage and
+  // no cluster merges them (kc::decode_kq_records_supports).
+  bool attention_kq_records = true;
   // cuBLASLt GEMMs of at most this many rows (decode batches) use the fastest of the
   // heuristic's first candidates for their shape, timed the first time it runs
   // (kernels/cuda/gemm_lt.h), instead of its first: on an H200 batch 64 gained 2%, while
