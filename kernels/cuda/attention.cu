@@ -11,6 +11,8 @@
 #include <utility>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_attention_mma.h"
+#include "kernels/cuda/decode_common.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/kq_records.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
@@ -19,30 +21,7 @@
 namespace tpnode::cuda {
 namespace {
 
-template <typename T>
-struct KvElem;
-template <>
-struct KvElem<__nv_bfloat16> {
-  __device__ static __nv_bfloat16 from(float v) { return __float2bfloat16(v); }
-  __device__ static float to(__nv_bfloat16 v) { return __bfloat162float(v); }
-  __device__ static uint32_t pack(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-};
-template <>
-struct KvElem<__half> {
-  __device__ static __half from(float v) { return __float2half(v); }
-  __device__ static float to(__half v) { return __half2float(v); }
-  __device__ static uint32_t pack(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-};
-
-#define TPNODE_DISPATCH_KV(dtype, KvT, ...)                                   \
-  if ((dtype) == KvDtype::kBF16) { using KvT = __nv_bfloat16; __VA_ARGS__ }     \
-  else { using KvT = __half; __VA_ARGS__ }
+using namespace decode;
 
 // Element offset of (key, kv head) in a layer's K or V blocks.
 __device__ __forceinline__ int64_t kv_row(const PagedKv& kv, const DeviceBatch& b, int seq,
@@ -76,8 +55,6 @@ __global__ void kv_store_kernel(KvStoreParams p) {
 // needs no barriers. The ring's block-table entries are read a stage ahead of its copies.
 // When the launch stores the token's own key (k_new), that key never goes through the cache:
 // warp 0 of the split holding it starts its softmax state from it.
-constexpr int kDecodeWarps = 4;
-constexpr int kDecodeThreads = kDecodeWarps * 32;
 constexpr int kDecodeStages = 3;
 constexpr int kDecodeChunksPerStage = 4;  // 16-byte K chunks (and as many of V) per lane
 // A key split holds at least this many ring stages, and capacities up to it run whole: the
@@ -86,9 +63,6 @@ constexpr int kDecodeChunksPerStage = 4;  // 16-byte K chunks (and as many of V)
 constexpr int kDecodeMinSplitStages = 8;
 // Clusters split grids of at most 1 / kDecodeClusterGridShare CTAs per SM.
 constexpr int kDecodeClusterGridShare = 4;
-// Passes of the CTA over the rows it stages (q of its heads, the new K and V; 8 elements per
-// thread and pass): enough for every supported shape (decode_attention checks).
-constexpr int kDecodeStagePasses = 3;
 
 // Query heads per CTA: the KV head's group rounded up to 1, 2, 4 or 8 (larger groups take
 // several CTAs, the head chunks).
@@ -115,69 +89,6 @@ static_assert(decode_stage_keys(128, 2) == 32 && decode_stage_keys(64, 2) == 64 
               "stage geometry (the same for one or two chunks per lane, which the planner "
               "relies on)");
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// 8 cache elements (16 bytes) to floats, and 8 floats to cache elements.
-template <typename KvT>
-__device__ __forceinline__ void unpack8(const int4 raw, float* f) {
-  const uint32_t w[4] = {static_cast<uint32_t>(raw.x), static_cast<uint32_t>(raw.y),
-                         static_cast<uint32_t>(raw.z), static_cast<uint32_t>(raw.w)};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if constexpr (std::is_same_v<KvT, __nv_bfloat16>) {
-      f[2 * i] = __uint_as_float(w[i] << 16);
-      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    } else {
-      const float2 x = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
-      f[2 * i] = x.x;
-      f[2 * i + 1] = x.y;
-    }
-  }
-}
-template <typename KvT>
-__device__ __forceinline__ int4 pack8(const float (&f)[8]) {
-  return make_int4(static_cast<int>(KvElem<KvT>::pack(f[0], f[1])),
-                   static_cast<int>(KvElem<KvT>::pack(f[2], f[3])),
-                   static_cast<int>(KvElem<KvT>::pack(f[4], f[5])),
-                   static_cast<int>(KvElem<KvT>::pack(f[6], f[7])));
-}
-// 8 floats from 32-byte aligned global memory.
-__device__ __forceinline__ void load8(const float* src, float (&f)[8]) {
-  const float4 a = *reinterpret_cast<const float4*>(src);
-  const float4 b = *reinterpret_cast<const float4*>(src + 4);
-  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w;
-  f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-}
-
-// exp2(m - ref) as a merge weight; a state that saw no key (m = -inf) weighs nothing.
-__device__ __forceinline__ float merge_weight(float m, float ref) {
-  return m == -INFINITY ? 0.0f : exp2f(m - ref);
-}
-
-// Splits' normalised outputs merged in the order they are added (deterministic), each
-// weighted by its log2-sum-exp with a running maximum.
-struct SplitMerge {
-  float mm = -INFINITY, den = 0.0f, a = 0.0f;
-  __device__ void add(float lse, float val) {
-    const float m_new = fmaxf(mm, lse);
-    const float f_old = merge_weight(mm, m_new), f_new = merge_weight(lse, m_new);
-    den = den * f_old + f_new;
-    a = a * f_old + val * f_new;
-    mm = m_new;
-  }
-  __device__ float result() const { return den > 0.0f ? a / den : 0.0f; }
-};
-
 // Shared memory: the ring, reused after the key loop for the warps' states.
 constexpr size_t kDecodeRingBytes =
     sizeof(int4) * kDecodeStages * 2 * kDecodeChunksPerStage * kDecodeThreads;
@@ -187,8 +98,7 @@ static_assert(kDecodeRingBytes <= kDecodeSmemLimit, "the ring fits the default s
 // head (what the other CTAs of a cluster read).
 size_t decode_smem_bytes(int heads, int64_t head_dim) {
   const size_t ring = kDecodeRingBytes;
-  const size_t states = sizeof(float) * (kDecodeWarps * heads * (head_dim + 2) + heads * (head_dim + 1));
-  return std::max(ring, states);
+  return std::max(ring, decode_red_bytes(heads, head_dim));
 }
 
 // Eight heads need about 240 registers (two CTAs per SM); fewer fit three CTAs per SM.
@@ -293,93 +203,19 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   const bool store_new = own_key && hchunk == 0 && warp == 0 && grp == 0;
   const int blk_own = store_new ? __ldg(table + pos / bs) : -1;
 
-  // The rows this CTA reads from the launch before: q of its heads and, in the split holding
-  // the token's own key, k_new and v_new. Each goes once from global memory into the ring's
-  // last stage (free until the key loop fills it), rotated there when RoPE is fused, q also
-  // scaled so that scores are in log2 units; the lanes then take their chunks from there.
-  // Items of 8 elements, 4 rotation pairs each: neox pairs elements [4j, 4j + 4) with
-  // [hd/2 + 4j, ...), interleaved pairs neighbours in [8j, 8j + 8); pairs 4j .. 4j + 3 either way.
-  const bool rope = p.rope.inv_freq != nullptr;
-  const bool neox = rope && p.rope.style == RopeStyle::kNeox;
-  const int half = hd / 2;
-  float* q_s = reinterpret_cast<float*>(smem + (S - 1) * kStageInt4);  // [GB][hd]
-  float* k_s = q_s + GB * hd;                                          // [hd]
-  float* v_s = k_s + hd;                                               // [hd]
-  float* cs_s = v_s + hd;  // [hd / 2] cos, then [hd / 2] sin, of the pairs
-  // The rotation table depends on the position alone: it is built (double-precision sincos)
-  // before waiting for the launch that writes the rows.
-  if (rope) {
-#pragma unroll 1
-    for (int i = tid; i < half; i += kDecodeThreads) {
-      const RopeCosSin r = rope_cos_sin(pos, p.rope.inv_freq, i);
-      cs_s[i] = r.cs;
-      cs_s[half + i] = r.sn;
-    }
-    __syncthreads();
-  }
+  // The rows this CTA reads from the launch before go to the ring's last stage (free until the
+  // key loop fills it); the lanes then take their chunks from there.
+  float* q_s = reinterpret_cast<float*>(smem + (S - 1) * kStageInt4);
+  const DecodeRows rows{.q_s = q_s, .k_s = q_s + GB * hd, .v_s = q_s + GB * hd + hd,
+                        .cs_s = q_s + GB * hd + 2 * hd};
+  const float* k_s = rows.k_s;
+  const float* v_s = rows.v_s;
+  const DecodeCta cta{.t = t, .pos = pos, .h0 = h0, .hc = hc, .kvh = kvh, .hd = hd,
+                      .split = split, .n_active = n_active, .own_key = own_key};
+  decode_rope_table(p, cta, rows);
   if (fused) pdl_wait();
   pdl_launch_dependents();
-  const int row_items = hd / 8;
-  const int n_items = (hc + (own_key ? 2 : 0)) * row_items;
-  float4 lo[kDecodeStagePasses], hi[kDecodeStagePasses];
-  auto item_of = [&](int pass, int& r, int& a, int& b) {
-    const int item = tid + pass * kDecodeThreads;
-    r = item / row_items;
-    const int j = item - r * row_items;
-    a = neox ? 4 * j : 8 * j;
-    b = neox ? half + 4 * j : 8 * j + 4;
-    return j;
-  };
-#pragma unroll
-  for (int pass = 0; pass < kDecodeStagePasses; ++pass) {
-    int r, a, b;
-    item_of(pass, r, a, b);
-    if (tid + pass * kDecodeThreads < n_items) {
-      const float* src = r < hc    ? p.q + (t * p.n_head + h0 + r) * hd
-                         : r == hc ? p.k_new + (t * n_kv + kvh) * hd
-                                   : p.v_new + (t * n_kv + kvh) * hd;
-      lo[pass] = *reinterpret_cast<const float4*>(src + a);
-      hi[pass] = *reinterpret_cast<const float4*>(src + b);
-    }
-  }
-  const float qscale = p.scale * 1.4426950408889634f;
-#pragma unroll
-  for (int pass = 0; pass < kDecodeStagePasses; ++pass) {
-    int r, a, b;
-    const int j = item_of(pass, r, a, b);
-    if (tid + pass * kDecodeThreads >= n_items) continue;
-    float x[8] = {lo[pass].x, lo[pass].y, lo[pass].z, lo[pass].w,
-                  hi[pass].x, hi[pass].y, hi[pass].z, hi[pass].w};
-    if (rope && r <= hc) {
-      const float4 c4 = *reinterpret_cast<const float4*>(cs_s + 4 * j);
-      const float4 s4 = *reinterpret_cast<const float4*>(cs_s + half + 4 * j);
-      const RopeCosSin rc[4] = {{c4.x, s4.x}, {c4.y, s4.y}, {c4.z, s4.z}, {c4.w, s4.w}};
-      float y[8];
-      if (neox) {  // pairs (x[e], x[e + 4])
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          y[e] = rope_first(x[e], x[e + 4], rc[e]);
-          y[e + 4] = rope_second(x[e], x[e + 4], rc[e]);
-        }
-      } else {  // pairs (x[2e], x[2e + 1])
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          y[2 * e] = rope_first(x[2 * e], x[2 * e + 1], rc[e]);
-          y[2 * e + 1] = rope_second(x[2 * e], x[2 * e + 1], rc[e]);
-        }
-      }
-#pragma unroll
-      for (int e = 0; e < 8; ++e) x[e] = y[e];
-    }
-    if (r < hc) {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) x[e] *= qscale;
-    }
-    float* dst = r < hc ? q_s + r * hd : r == hc ? k_s : v_s;
-    *reinterpret_cast<float4*>(dst + a) = make_float4(x[0], x[1], x[2], x[3]);
-    *reinterpret_cast<float4*>(dst + b) = make_float4(x[4], x[5], x[6], x[7]);
-  }
-  __syncthreads();
+  decode_load_rows(p, cta, rows);
 
   // Query values of this lane's chunks.
   float q[GB][E];
@@ -537,11 +373,7 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
 
   // Warps merge through shared memory (the ring is free: every thread waited for its copies).
   __syncthreads();
-  float* red_acc = reinterpret_cast<float*>(smem);  // [warp][GB][hd]
-  float* red_m = red_acc + kDecodeWarps * GB * hd;  // [warp][GB]
-  float* red_l = red_m + kDecodeWarps * GB;         // [warp][GB]
-  float* cl_val = red_l + kDecodeWarps * GB;        // [GB][hd] this CTA's output (cluster)
-  float* cl_lse = cl_val + GB * hd;                 // [GB]
+  const DecodeRed<GB> red(smem, hd);
   if (grp == 0) {
 #pragma unroll
     for (int h = 0; h < GB; ++h) {
@@ -549,7 +381,7 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
       for (int c = 0; c < NC; ++c) {
         const int ch = c * tx + jl;
         if (ch >= nch) continue;
-        float4* dst = reinterpret_cast<float4*>(red_acc + (warp * GB + h) * hd + ch * 8);
+        float4* dst = reinterpret_cast<float4*>(red.acc + (warp * GB + h) * hd + ch * 8);
         dst[0] =
             make_float4(acc[h][c * 8], acc[h][c * 8 + 1], acc[h][c * 8 + 2], acc[h][c * 8 + 3]);
         dst[1] =
@@ -559,162 +391,17 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
     if (lane == 0) {
 #pragma unroll
       for (int h = 0; h < GB; ++h) {
-        red_m[warp * GB + h] = m[h];
-        red_l[warp * GB + h] = l[h];
+        red.m[warp * GB + h] = m[h];
+        red.l[warp * GB + h] = l[h];
       }
     }
   }
   __syncthreads();
 
-  // Output o of this CTA's heads (head h0 + o / hd, element o % hd) and its 8-bit copy. With
-  // the copy, head_dim % 32 == 0: a warp's pass over o is one whole chunk, and every lane of a
-  // warp makes the same passes.
-  const bool quant = p.quant.q != nullptr;
-  // With p.kq (no cluster: one CTA emits all of its heads' outputs), they also go to cl_val,
-  // from which warp 0 writes the 256-value stage's gemm_kq record of token t (and, for the
-  // last token, the padding tokens' zeros).
-  auto emit = [&](int o, float val) {
-    const int64_t idx = (t * p.n_head + h0) * hd + o;
-    p.out[idx] = val;
-    if (quant) quantize_chunk32(p.quant, idx / 32, val);
-    if (p.kq != nullptr) cl_val[o] = val;
-  };
-  auto write_record = [&]() {
-    if (p.kq == nullptr) return;
-    __syncthreads();
-    if (warp != 0) return;
-    const int groups = static_cast<int>((p.n + 7) / 8);
-    const int64_t st = static_cast<int64_t>(h0) * hd / 256;
-    float v[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = cl_val[8 * lane + i];
-    kq::write_record(v, kq::record(p.kq, st, groups, t), static_cast<int>(t % 8));
-    if (t != p.n - 1) return;
-    for (int64_t tok = p.n; tok < int64_t{groups} * 8; ++tok) {
-      const float z[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-      kq::write_record(z, kq::record(p.kq, st, groups, tok), static_cast<int>(tok % 8));
-    }
-  };
-  const int n_out = hc * hd;
-  for (int o = tid; o < n_out; o += kDecodeThreads) {
-    const int h = o / hd, d = o - h * hd;
-    float mm = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) mm = fmaxf(mm, red_m[w * GB + h]);
-    float sum = 0.0f, a = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) {
-      const float f = merge_weight(red_m[w * GB + h], mm);
-      sum += red_l[w * GB + h] * f;
-      a += red_acc[(w * GB + h) * hd + d] * f;
-    }
-    const float val = sum > 0.0f ? a / sum : 0.0f;
-    if (p.cluster) {
-      cl_val[o] = val;
-      if (d == 0) cl_lse[h] = sum > 0.0f ? mm + log2f(sum) : -INFINITY;
-    } else if (n_active == 1) {
-      emit(o, val);
-    } else {
-      const int64_t slot =
-          (static_cast<int64_t>(blockIdx.x) * p.n_head + h0 + h) * p.n_splits + split;
-      p.part_out[slot * hd + d] = val;
-      if (d == 0) p.part_lse[slot] = sum > 0.0f ? mm + log2f(sum) : -INFINITY;
-    }
-  }
-  if (p.cluster) {
-    // The cluster's CTAs are its splits (rank = split). Each merges a share of the outputs,
-    // whole warps of 32 consecutive ones (the 8-bit copy's chunks), reading every split's
-    // state from its shared memory; the second barrier keeps each CTA's shared memory alive
-    // until all reads of it are done.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    namespace cg = cooperative_groups;
-    cg::cluster_group cluster = cg::this_cluster();
-    cluster.sync();
-    const int rank = static_cast<int>(cluster.block_rank());
-    for (int o = rank * kDecodeThreads + tid; o < n_out; o += p.n_splits * kDecodeThreads) {
-      const int h = o / hd;
-      // Every split's pair is read before any is merged: the remote reads overlap.
-      float ls[kDecodeMaxClusterSplits], vs[kDecodeMaxClusterSplits];
-#pragma unroll
-      for (int sp = 0; sp < kDecodeMaxClusterSplits; ++sp) {
-        if (sp < p.n_splits) {
-          ls[sp] = cluster.map_shared_rank(cl_lse, sp)[h];
-          vs[sp] = cluster.map_shared_rank(cl_val, sp)[o];
-        }
-      }
-      SplitMerge mg;
-#pragma unroll
-      for (int sp = 0; sp < kDecodeMaxClusterSplits; ++sp) {
-        if (sp < p.n_splits) mg.add(ls[sp], vs[sp]);
-      }
-      emit(o, mg.result());
-    }
-    cluster.sync();
-#else
-    __trap();  // never launched: the planner needs compute capability >= 9.0
-#endif
-    return;
-  }
-  if (n_active == 1) {
-    write_record();
-    return;
-  }
-
-  // The last split of the group to finish merges them all, in split order (deterministic),
-  // and leaves the counter at zero for the next launch (atomicInc wraps at n_active - 1).
-  __threadfence();
-  __syncthreads();
-  bool last = false;
-  if (tid == 0) {
-    const int64_t ctr = static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y;
-    const uint32_t ticket = atomicInc(p.counters + ctr, static_cast<uint32_t>(n_active - 1));
-    last = ticket == static_cast<uint32_t>(n_active - 1);
-  }
-  if (!__syncthreads_or(last)) return;
-  __threadfence();
-
-  // One pass per output with a running maximum; eight splits' LSE and value loads go out
-  // together.
-  const int64_t slot0 = static_cast<int64_t>(blockIdx.x) * p.n_head + h0;  // first head's row
-  for (int o = tid; o < n_out; o += kDecodeThreads) {
-    const int h = o / hd, d = o - h * hd;
-    const float* lse = p.part_lse + (slot0 + h) * p.n_splits;
-    const float* src = p.part_out + (slot0 + h) * p.n_splits * hd + d;
-    SplitMerge mg;
-#pragma unroll 8
-    for (int sp = 0; sp < n_active; ++sp) {
-      mg.add(__ldcg(lse + sp), __ldcg(src + static_cast<int64_t>(sp) * hd));
-    }
-    emit(o, mg.result());
-  }
-  write_record();
+  decode_finish<GB>(p, cta, red);
 }
 
 // ---- prefill on tensor cores -----------------------------------------------------------
-template <typename KvT>
-__device__ __forceinline__ void mma16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<KvT, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-template <typename KvT>
-__device__ __forceinline__ uint32_t pack2(KvT lo, KvT hi) {
-  const uint16_t l = *reinterpret_cast<const uint16_t*>(&lo);
-  const uint16_t h = *reinterpret_cast<const uint16_t*>(&hi);
-  return static_cast<uint32_t>(l) | (static_cast<uint32_t>(h) << 16);
-}
-
 constexpr int kPrefillWarps = 4;  // 16 query rows each
 static_assert(kPrefillWarps * 16 == kPrefillTile, "warps cover the query tile");
 
@@ -881,7 +568,8 @@ __global__ void __launch_bounds__(kPrefillWarps * 32) prefill_attention_kernel(P
 // two heads against 2.07 with four and 2.12 with one; TP2 batch 1, four KV heads per rank,
 // 1.60-1.62 with one against 1.63 with two and 1.65-1.69 with four; batch 64 5.74-5.76 with
 // two against 5.86-5.88 with four and 6.16 with one).
-int decode_heads_per_cta(int64_t group, int want, int64_t n, int64_t n_head_kv) {
+int decode_heads_per_cta(int64_t group, int want, int64_t n, int64_t n_head_kv, bool mma) {
+  if (mma) return static_cast<int>(group);  // the tensor-core kernel takes the whole group
   TPNODE_CHECK(want == 0 || want == 1 || want == 2 || want == 4 || want == 8,
                "decode_attention: {} heads per CTA (0, 1, 2, 4 or 8)", want);
   const int full = decode_heads_per_cta(group);
@@ -902,7 +590,7 @@ void kv_store(const KvStoreParams& p, cudaStream_t stream) {
 bool decode_kq_records_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim,
                                 int heads_per_cta, bool cluster) {
   const int64_t group = n_head_kv > 0 ? n_head / n_head_kv : 0;
-  return !cluster && heads_per_cta * head_dim == 256 && group % heads_per_cta == 0;
+  return !cluster && heads_per_cta * head_dim % 256 == 0 && group % heads_per_cta == 0;
 }
 
 bool decode_attention_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim) {
@@ -925,11 +613,15 @@ DecodeSplit plan_decode_split(const DecodeShape& s) {
   DecodeSplit r;
   const int64_t max_keys = std::max<int64_t>(s.max_keys, 1);
   r.split_len = static_cast<int>(max_keys);
-  if (!decode_attention_supports(s.n_head, s.n_head_kv, s.head_dim)) return r;
+  if (s.mma ? !decode_mma_supports(s.n_head, s.n_head_kv, s.head_dim)
+            : !decode_attention_supports(s.n_head, s.n_head_kv, s.head_dim)) {
+    return r;
+  }
   const int64_t group = s.n_head / s.n_head_kv;
-  const int heads = decode_heads_per_cta(group, s.heads_per_cta, s.n, s.n_head_kv);
+  const int heads = decode_heads_per_cta(group, s.heads_per_cta, s.n, s.n_head_kv, s.mma);
   const int64_t stage =
-      decode_stage_keys(static_cast<int>(s.head_dim), decode_chunks_per_lane(heads));
+      s.mma ? decode_mma_stage_keys()
+            : decode_stage_keys(static_cast<int>(s.head_dim), decode_chunks_per_lane(heads));
   const int64_t ctas = s.n * s.n_head_kv * ceil_div(group, heads);
   // Split the key axis while the unsplit grid would leave SMs idle: about two CTAs per SM,
   // each split whole ring stages.
@@ -985,11 +677,12 @@ DecodeSplit plan_decode_split(const DecodeShape& s) {
 
 void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream) {
   if (p.n == 0) return;
-  TPNODE_CHECK(decode_attention_supports(p.n_head, p.kv.n_head_kv, p.kv.head_dim),
-               "decode_attention: {} heads over {} KV heads of dim {} unsupported", p.n_head,
-               p.kv.n_head_kv, p.kv.head_dim);
+  TPNODE_CHECK(p.mma ? decode_mma_supports(p.n_head, p.kv.n_head_kv, p.kv.head_dim)
+                     : decode_attention_supports(p.n_head, p.kv.n_head_kv, p.kv.head_dim),
+               "decode_attention: {} heads over {} KV heads of dim {} unsupported{}", p.n_head,
+               p.kv.n_head_kv, p.kv.head_dim, p.mma ? " on tensor cores" : "");
   const int64_t group = p.n_head / p.kv.n_head_kv;
-  const int heads = decode_heads_per_cta(group, p.heads_per_cta, p.n, p.kv.n_head_kv);
+  const int heads = decode_heads_per_cta(group, p.heads_per_cta, p.n, p.kv.n_head_kv, p.mma);
   const int64_t n_hchunks = (group + heads - 1) / heads;
   const int64_t ctas = p.n * p.kv.n_head_kv * n_hchunks;
   TPNODE_CHECK(p.split_len >= 1 && p.n_splits >= 1 && p.n_splits <= kDecodeMaxSplits,
@@ -1008,7 +701,7 @@ void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream) {
                    (decode_kq_records_supports(p.n_head, p.kv.n_head_kv, p.kv.head_dim, heads,
                                                p.cluster) &&
                     p.tokens == nullptr && reinterpret_cast<uintptr_t>(p.kq) % 16 == 0),
-               "decode_attention: gemm_kq records need a CTA's heads to be one 256-value stage, "
+               "decode_attention: gemm_kq records need a CTA's heads to be whole 256-value stages, "
                "no cluster and every batch token decoding");
   TPNODE_CHECK(
       p.rope.inv_freq == nullptr || (p.k_new != nullptr && decode_rope_supports(p.kv.head_dim)),
@@ -1024,13 +717,17 @@ void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream) {
                p.kv.n_head_kv, n_hchunks);
   const dim3 grid(static_cast<unsigned>(p.n), static_cast<unsigned>(p.kv.n_head_kv * n_hchunks),
                   static_cast<unsigned>(p.n_splits));
+  LaunchShape shape{.grid = grid,
+                    .block = dim3(kDecodeThreads),
+                    .cluster = dim3(1, 1, p.cluster ? grid.z : 1)};
+  if (p.mma) {
+    decode_attention_mma(p, shape, stream);
+    return;
+  }
   // Within the default 48 KB, so no attribute call (not allowed while a graph is captured).
-  const size_t smem = decode_smem_bytes(heads, p.kv.head_dim);
-  TPNODE_CHECK(smem <= kDecodeSmemLimit, "decode_attention: {} bytes of shared memory", smem);
-  const LaunchShape shape{.grid = grid,
-                          .block = dim3(kDecodeThreads),
-                          .cluster = dim3(1, 1, p.cluster ? grid.z : 1),
-                          .smem = smem};
+  shape.smem = decode_smem_bytes(heads, p.kv.head_dim);
+  TPNODE_CHECK(shape.smem <= kDecodeSmemLimit, "decode_attention: {} bytes of shared memory",
+               shape.smem);
   // Grids split into clusters (a few tokens) take one 16-byte chunk per lane where a key row
   // fits one warp's lanes that way: twice the lanes per key and half the lane groups to merge
   // (Llama-3-8B batch 1 ~1% faster on an H200); fuller grids keep the planner's choice (two

@@ -100,20 +100,24 @@ struct DecodeAttentionParams {
   // quantize_acts(out, n, n_head * head_dim) writes. Needs head_dim % 32 == 0 and
   // tokens == nullptr (row i of the copy is token i).
   QuantActs quant{};
-  // When set, the CTA that writes its heads' outputs also writes their gemm_kq record (the
-  // heads are one 256-value stage: decode_kq_records_supports), gemm_kq_acts' bytes for m = n
+  // When set, the CTA that writes its heads' outputs also writes their gemm_kq records (the
+  // heads are whole 256-value stages: decode_kq_records_supports), gemm_kq_acts' bytes for m = n
   // tokens of n_head * head_dim values, padding tokens included. tokens == nullptr.
   uint8_t* kq = nullptr;
+  // The tensor-core kernel (decode_attention_mma.h: decode_mma_supports), which takes a KV
+  // head's whole query group per CTA; heads_per_cta is then unused.
+  bool mma = false;
 };
 void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream);
 // Whether a launch whose CTAs take heads_per_cta heads (decode_heads_per_cta) can write
-// gemm_kq's records: each CTA's heads are one whole 256-value stage, and no cluster merges
+// gemm_kq's records: each CTA's heads are whole 256-value stages, and no cluster merges
 // a head's outputs over several CTAs.
 bool decode_kq_records_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim,
                                 int heads_per_cta, bool cluster);
 // The query heads per CTA a decode launch of n tokens takes (DecodeAttentionParams::
-// heads_per_cta = want) for KV heads of `group` query heads each.
-int decode_heads_per_cta(int64_t group, int want, int64_t n, int64_t n_head_kv);
+// heads_per_cta = want) for KV heads of `group` query heads each; with mma, the whole group.
+int decode_heads_per_cta(int64_t group, int want, int64_t n, int64_t n_head_kv,
+                         bool mma = false);
 bool decode_attention_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim);
 // Whether decode_attention can rotate q and k_new itself (head_dim % 8 == 0).
 bool decode_rope_supports(int64_t head_dim);
@@ -131,6 +135,7 @@ struct DecodeShape {
   int max_splits = 0;    // cap on the key splits (0: the planner's own)
   bool clusters = false;  // the device runs thread-block clusters (compute capability >= 9.0)
   int heads_per_cta = 0;  // as DecodeAttentionParams::heads_per_cta
+  bool mma = false;       // as DecodeAttentionParams::mma
 };
 struct DecodeSplit {
   int n_splits = 1;

@@ -66,6 +66,7 @@ struct BenchOptions {
   int decode_max_splits = 0;          // CUDA: cap on decode attention's key splits (0: planner)
   bool decode_clusters = true;        // CUDA: decode attention's splits may merge in a cluster
   int decode_heads_per_cta = 0;       // CUDA: query heads per decode attention CTA (0: auto)
+  int64_t decode_mma_min_batch = 1;   // CUDA: decode attention on tensor cores from this batch
   bool fuse_norm_gemv = false;        // CUDA: batch-1 RMSNorm inside the gate/up GEMV
   bool fold_all_reduce = true;        // CUDA TP: the one-shot all-reduce inside the next RMSNorm
   bool gemv_push = true;              // CUDA TP: batch-1 o/down GEMVs push their outputs
@@ -242,6 +243,7 @@ int run_bench(const BenchOptions& o) {
     co.decode_max_splits = o.decode_max_splits;
     co.decode_clusters = o.decode_clusters;
     co.decode_heads_per_cta = o.decode_heads_per_cta;
+    co.decode_mma_min_batch = o.decode_mma_min_batch;
     co.fuse_norm_gemv = o.fuse_norm_gemv;
     co.fold_all_reduce = o.fold_all_reduce;
     co.gemv_push = o.gemv_push;
@@ -460,6 +462,9 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--decode-heads-per-cta", o->decode_heads_per_cta,
                      "query heads per decode attention CTA (0: the kernel's pick by grid size)")
           ->check(CLI::IsMember({0, 1, 2, 4, 8}));
+      sub.add_option("--decode-mma-min-batch", o->decode_mma_min_batch,
+                     "smallest decode batch whose attention runs on tensor cores (0: never)")
+          ->check(CLI::NonNegativeNumber);
       sub.add_option("--gemm-kq-max-batch", o->gemm_kq_max_batch,
                      "largest decode batch whose Q4_K matmuls run on int8 warpgroup MMAs from the "
                      "quantized blocks (0: off; sm_90a)")

@@ -24,6 +24,7 @@
 #include <tuple>
 
 #include "kernels/cpu/rope.h"
+#include "kernels/cuda/decode_attention_mma.h"
 #include "kernels/cuda/gemm_kq.h"
 #include "kernels/cuda/gemv.h"
 #include "tests/cuda/cuda_test_support.h"
@@ -41,6 +42,7 @@ struct AttnCase {
   double tol;
   std::optional<RopeStyle> rope = std::nullopt;  // RoPE inside attention (AttentionParams::rope)
   int heads_per_cta = 0;  // CudaBackendOptions::decode_heads_per_cta (0: the kernel's pick)
+  int64_t mma_min_batch = 0;  // CudaBackendOptions::decode_mma_min_batch (0: CUDA cores only)
 };
 
 std::string dtype_name(KvCacheDtype d) { return d == KvCacheDtype::kF16 ? "f16" : "bf16"; }
@@ -57,6 +59,7 @@ class CudaAttention : public CudaVsCpu, public ::testing::WithParamInterface<Att
     CudaBackendOptions o = CudaVsCpu::cuda_options();
     o.kv_dtype = GetParam().kv;
     o.decode_heads_per_cta = GetParam().heads_per_cta;
+    o.decode_mma_min_batch = GetParam().mma_min_batch;
     return o;
   }
   CpuBackendOptions cpu_options() const override {
@@ -232,6 +235,24 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(c.heads_per_cta);
     });
 
+// Decode on tensor cores (every decode batch): groups of 1-8 query heads, head_dim 64 and 128,
+// both caches; group 16 and head_dim 80 take the CUDA-core kernel instead.
+INSTANTIATE_TEST_SUITE_P(
+    TensorCores, CudaAttention,
+    ::testing::Values(AttnCase{64, 8, 2, KvCacheDtype::kF16, 1e-4, std::nullopt, 0, 1},
+                      AttnCase{128, 8, 2, KvCacheDtype::kF16, 1e-4, std::nullopt, 0, 1},
+                      AttnCase{128, 8, 2, KvCacheDtype::kBF16, 5e-4, std::nullopt, 0, 1},
+                      AttnCase{128, 4, 4, KvCacheDtype::kF16, 1e-4, std::nullopt, 0, 1},
+                      AttnCase{64, 9, 3, KvCacheDtype::kF16, 1e-4, std::nullopt, 0, 1},
+                      AttnCase{128, 16, 2, KvCacheDtype::kBF16, 5e-4, std::nullopt, 0, 1},
+                      AttnCase{128, 32, 8, KvCacheDtype::kBF16, 5e-4, std::nullopt, 0, 1},
+                      AttnCase{64, 16, 1, KvCacheDtype::kF16, 1e-4, std::nullopt, 0, 1},
+                      AttnCase{80, 8, 2, KvCacheDtype::kF16, 1e-6, std::nullopt, 0, 1}),
+    [](const auto& i) {
+      return fmt::format("hd{}_h{}kv{}_{}_mma", i.param.head_dim, i.param.n_head,
+                         i.param.n_head_kv, dtype_name(i.param.kv));
+    });
+
 // ---- RoPE inside attention ---------------------------------------------------------------
 // With AttentionParams::rope, decode steps (every sequence one new token) rotate q and the new
 // key inside the decode kernel, which also writes the 8-bit copy of its output that the
@@ -310,6 +331,22 @@ INSTANTIATE_TEST_SUITE_P(
                          i.param.heads_per_cta ? fmt::format("_g{}", i.param.heads_per_cta) : "");
     });
 
+// The same on tensor cores: q and the softmax weights rounded to the cache's type (F16: NMSE
+// ~1e-7 instead of ~1e-9).
+INSTANTIATE_TEST_SUITE_P(
+    TensorCores, CudaRopeAttention,
+    ::testing::Values(
+        AttnCase{128, 32, 8, KvCacheDtype::kBF16, 5e-4, RopeStyle::kNeox, 0, 1},
+        AttnCase{128, 8, 2, KvCacheDtype::kF16, 2e-6, RopeStyle::kNeox, 0, 1},
+        AttnCase{64, 9, 3, KvCacheDtype::kF16, 2e-6, RopeStyle::kInterleaved, 0, 1},
+        AttnCase{64, 2, 2, KvCacheDtype::kF16, 2e-6, RopeStyle::kInterleaved, 0, 1},
+        AttnCase{128, 16, 2, KvCacheDtype::kBF16, 5e-4, RopeStyle::kNeox, 0, 1}),
+    [](const auto& i) {
+      return fmt::format("hd{}_h{}kv{}_{}_{}_mma", i.param.head_dim, i.param.n_head,
+                         i.param.n_head_kv, dtype_name(i.param.kv),
+                         *i.param.rope == RopeStyle::kNeox ? "neox" : "interleaved");
+    });
+
 // ---- the 8-bit copy of the decode output ---------------------------------------------------
 
 // Device memory of a kernel-level test.
@@ -350,8 +387,22 @@ struct QuantCase {
   int32_t max_blocks;             // block-table width: 16-key blocks
 };
 
-// The case, and whether the planner may merge splits inside a thread-block cluster.
-class CudaDecodeQuant : public ::testing::TestWithParam<std::tuple<QuantCase, bool>> {
+// How a CudaDecodeQuant launch runs: the CUDA-core kernel with its own pick of heads and global
+// merges, or with the group's four heads per CTA and clusters; the tensor-core kernel with
+// global merges or clusters.
+enum class QuantVariant { kGlobal, kCluster, kMmaGlobal, kMmaCluster };
+
+const char* variant_name(QuantVariant v) {
+  switch (v) {
+    case QuantVariant::kGlobal: return "global";
+    case QuantVariant::kCluster: return "cluster";
+    case QuantVariant::kMmaGlobal: return "mma_global";
+    case QuantVariant::kMmaCluster: return "mma_cluster";
+  }
+  return "?";
+}
+
+class CudaDecodeQuant : public ::testing::TestWithParam<std::tuple<QuantCase, QuantVariant>> {
  protected:
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gave 0)";
@@ -365,8 +416,13 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
   const QuantCase c = std::get<0>(GetParam());
   int major = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
-  const bool clusters = std::get<1>(GetParam());
+  const QuantVariant variant = std::get<1>(GetParam());
+  const bool clusters = variant == QuantVariant::kCluster || variant == QuantVariant::kMmaCluster;
+  const bool mma = variant == QuantVariant::kMmaGlobal || variant == QuantVariant::kMmaCluster;
   if (clusters && major < 9) GTEST_SKIP() << "thread-block clusters need compute capability >= 9.0";
+  if (mma && !kc::decode_mma_supports(c.n_head, c.n_head_kv, c.head_dim)) {
+    GTEST_SKIP() << "the tensor-core kernel takes groups of at most 8 heads";
+  }
   const int64_t hd = c.head_dim, nh = c.n_head, nkv = c.n_head_kv, bs = 16;
   const auto n = static_cast<int64_t>(c.contexts.size());
   const int64_t n_blocks = n * c.max_blocks;
@@ -426,7 +482,7 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
   ASSERT_EQ(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
   // The cluster variant keeps the group's four heads per CTA, whose grids of a few tokens merge
   // in clusters; the other takes the kernel's own pick.
-  const int heads = clusters ? 4 : 0;
+  const int heads = clusters && !mma ? 4 : 0;
   const kc::DecodeSplit split = kc::plan_decode_split({.n = n,
                                                        .n_head = nh,
                                                        .n_head_kv = nkv,
@@ -434,8 +490,9 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
                                                        .max_keys = c.max_blocks * bs,
                                                        .n_sms = n_sms,
                                                        .clusters = clusters,
-                                                       .heads_per_cta = heads});
-  if (clusters) {
+                                                       .heads_per_cta = heads,
+                                                       .mma = mma});
+  if (variant == QuantVariant::kCluster) {
     EXPECT_TRUE(split.n_splits == 1 || split.cluster) << "the plan should merge in a cluster";
   }
   DeviceBuffer part_out(split.part_out_floats * sizeof(float)),
@@ -463,14 +520,16 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
       .k_new = k_new->as<float>(),
       .v_new = v_new->as<float>(),
       .rope = {.inv_freq = inv_freq->as<float>(), .style = RopeStyle::kNeox},
-      .quant = {.q = aq.as<int8_t>(), .d = ad.as<float>(), .s = as.as<float>()}};
+      .quant = {.q = aq.as<int8_t>(), .d = ad.as<float>(), .s = as.as<float>()},
+      .mma = mma};
   kc::decode_attention(d, nullptr);
   kc::quantize_acts({.x = out.as<float>(), .m = n, .k = nh * hd,
                      .out = {.q = rq.as<int8_t>(), .d = rd.as<float>(), .s = rs.as<float>()}},
                     nullptr);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const std::string what = fmt::format("{} splits of {} keys{}", split.n_splits, split.split_len,
-                                       split.cluster ? " in a cluster" : "");
+  const std::string what = fmt::format("{} splits of {} keys{}{}", split.n_splits,
+                                       split.split_len, split.cluster ? " in a cluster" : "",
+                                       mma ? " on tensor cores" : "");
   const std::vector<float> f = download<float>(out, n_out);
   EXPECT_TRUE(std::all_of(f.begin(), f.end(), [](float x) { return std::isfinite(x); })) << what;
   EXPECT_EQ(download<int8_t>(aq, n_out), download<int8_t>(rq, n_out)) << what << ": q";
@@ -482,9 +541,9 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
   const std::vector<uint32_t> ctr = download<uint32_t>(counters, kc::kDecodeMaxCounters);
   EXPECT_TRUE(std::all_of(ctr.begin(), ctr.end(), [](uint32_t x) { return x == 0; })) << what;
 
-  // gemm_kq's records of the output, where each CTA's heads are one 256-value stage: the same
+  // gemm_kq's records of the output, where each CTA's heads are whole 256-value stages: the same
   // launch again writing them, against gemm_kq_acts of its output (bitwise, padding included).
-  const int resolved = kc::decode_heads_per_cta(nh / nkv, heads, n, nkv);
+  const int resolved = kc::decode_heads_per_cta(nh / nkv, heads, n, nkv, mma);
   if (kc::decode_kq_records_supports(nh, nkv, hd, resolved, split.cluster)) {
     const size_t bytes = kc::gemm_kq_acts_bytes(n, nh * hd);
     DeviceBuffer out2(n_out * sizeof(float)), recs(bytes), want(bytes);
@@ -524,7 +583,8 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
       err += (f[i] - g[i]) * static_cast<double>(f[i] - g[i]);
       ref += g[i] * static_cast<double>(g[i]);
     }
-    EXPECT_LT(err, 1e-10 * ref) << what << ": split against whole";
+    // On tensor cores each split rounds its softmax weights to BF16 against its own maximum.
+    EXPECT_LT(err, (mma ? 1e-5 : 1e-10) * ref) << what << ": split against whole";
   }
 }
 
@@ -540,12 +600,13 @@ INSTANTIATE_TEST_SUITE_P(
             QuantCase{128, 32, 8, {129}, 16}, QuantCase{128, 32, 8, {33}, 16},
             // 16 query heads per KV head (two CTAs each), head_dim 64; 1:1 groups
             QuantCase{64, 16, 1, {300, 2}, 32}, QuantCase{64, 4, 4, {17}, 2}),
-        ::testing::Bool()),
+        ::testing::Values(QuantVariant::kGlobal, QuantVariant::kCluster,
+                          QuantVariant::kMmaGlobal, QuantVariant::kMmaCluster)),
     [](const auto& i) {
       const QuantCase& c = std::get<0>(i.param);
       return fmt::format("hd{}_h{}kv{}_n{}_ctx{}_w{}_{}", c.head_dim, c.n_head, c.n_head_kv,
                          c.contexts.size(), c.contexts[0], c.max_blocks,
-                         std::get<1>(i.param) ? "cluster" : "global");
+                         variant_name(std::get<1>(i.param)));
     });
 
 // ---- long contexts against a reference computed here ------------------------------------
@@ -556,6 +617,7 @@ struct LongCase {
   int64_t n_head_kv;
   KvCacheDtype kv;
   int64_t context;  // keys the first decode token sees
+  bool mma = false;  // on tensor cores (q and the softmax weights rounded to the cache's type)
 };
 
 float round_to_cache(float x, KvCacheDtype d) {
@@ -575,6 +637,7 @@ class CudaDecodeLong : public ::testing::TestWithParam<LongCase> {
     CudaBackendOptions o;
     o.gpu_memory_fraction = 0.5;
     o.kv_dtype = GetParam().kv;
+    o.decode_mma_min_batch = GetParam().mma ? 1 : 0;
     cuda_ = make_cuda_backend(o);
   }
   float* dev(const std::vector<float>& host) {
@@ -667,7 +730,8 @@ TEST_P(CudaDecodeLong, MatchesDoubleReference) {
         ref[h * hd + d] = static_cast<float>(num / den);
       }
     }
-    EXPECT_LT(nmse(got, ref), 1e-8) << "decode token at position " << pos;
+    const double tol = !c.mma ? 1e-8 : c.kv == KvCacheDtype::kBF16 ? 1e-4 : 2e-6;
+    EXPECT_LT(nmse(got, ref), tol) << "decode token at position " << pos;
   }
 }
 
@@ -677,10 +741,15 @@ INSTANTIATE_TEST_SUITE_P(
                       LongCase{128, 32, 8, KvCacheDtype::kBF16, 32768},
                       LongCase{64, 8, 1, KvCacheDtype::kF16, 4096},     // G = 8
                       LongCase{128, 16, 1, KvCacheDtype::kBF16, 4096},  // G = 16
-                      LongCase{80, 4, 4, KvCacheDtype::kF16, 4096}),    // G = 1, no tensor cores
+                      LongCase{80, 4, 4, KvCacheDtype::kF16, 4096},     // G = 1, no tensor cores
+                      LongCase{128, 32, 8, KvCacheDtype::kBF16, 4096, true},
+                      LongCase{128, 32, 8, KvCacheDtype::kBF16, 32768, true},
+                      LongCase{64, 8, 1, KvCacheDtype::kF16, 4096, true},
+                      LongCase{128, 4, 4, KvCacheDtype::kF16, 4096, true}),
     [](const auto& i) {
-      return fmt::format("hd{}_h{}kv{}_{}_ctx{}", i.param.head_dim, i.param.n_head,
-                         i.param.n_head_kv, dtype_name(i.param.kv), i.param.context);
+      return fmt::format("hd{}_h{}kv{}_{}_ctx{}{}", i.param.head_dim, i.param.n_head,
+                         i.param.n_head_kv, dtype_name(i.param.kv), i.param.context,
+                         i.param.mma ? "_mma" : "");
     });
 
 // ---- split planning (host only) ---------------------------------------------------------
@@ -767,6 +836,23 @@ TEST(DecodeSplitPlan, HeadsPerCtaPick) {
        .clusters = true});
   EXPECT_TRUE(auto_plan.cluster);
   EXPECT_GT(auto_plan.n_splits, 1);
+  // On tensor cores a CTA takes the whole group: Llama-3-8B batch 64 is 512 CTAs, unsplit;
+  // batch 16 (128 CTAs) splits its keys in rounds of 64.
+  EXPECT_EQ(kc::decode_heads_per_cta(4, 0, 64, 8, true), 4);
+  EXPECT_EQ(kc::decode_heads_per_cta(3, 2, 1, 3, true), 3);
+  const kc::DecodeSplit mma64 = kc::plan_decode_split(
+      {.n = 64, .n_head = 32, .n_head_kv = 8, .head_dim = 128, .max_keys = 256, .n_sms = 132,
+       .clusters = true, .mma = true});
+  EXPECT_EQ(mma64.n_splits, 1);
+  const kc::DecodeSplit mma16 = kc::plan_decode_split(
+      {.n = 16, .n_head = 32, .n_head_kv = 8, .head_dim = 128, .max_keys = 4096, .n_sms = 132,
+       .clusters = true, .mma = true});
+  EXPECT_GT(mma16.n_splits, 1);
+  EXPECT_EQ(mma16.split_len % kc::decode_mma_stage_keys(), 0);
+  EXPECT_TRUE(kc::decode_mma_supports(32, 8, 128));
+  EXPECT_TRUE(kc::decode_mma_supports(9, 3, 64));
+  EXPECT_FALSE(kc::decode_mma_supports(16, 1, 128));  // a group of 16
+  EXPECT_FALSE(kc::decode_mma_supports(8, 2, 80));
 }
 
 // With clusters the splits may be one ring stage (32 keys here) long, up to a cluster's size;

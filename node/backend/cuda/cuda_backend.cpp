@@ -11,6 +11,7 @@
 
 #include "kernels/cuda/allreduce.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/decode_attention_mma.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dequant.h"
 #include "kernels/cuda/elementwise.h"
@@ -309,6 +310,11 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
                    (options.gemm_kq_ctas_per_sm == 1 || options.gemm_kq_ctas_per_sm == 2),
                "gemm_kq: token tiles of {} (32 or 64) at {} CTAs per SM (1 or 2)",
                options.gemm_kq_tile_tokens, options.gemm_kq_ctas_per_sm);
+  TPNODE_CHECK(options.decode_mma_min_batch >= 0, "decode_mma_min_batch {} is negative",
+               options.decode_mma_min_batch);
+  if (options.decode_mma_min_batch > 0 && prop_.major >= 8) {
+    kc::decode_attention_mma_init();  // shared-memory limits, outside any graph capture
+  }
   if (options.gemm_kq_max_batch > 0) {
     kc::gemm_kq_init();  // shared-memory limit and the build probe, outside any graph capture
     gemm_kq_ = kc::gemm_kq_available();
@@ -973,6 +979,8 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
     }
     if (fused_rope) d.rope = {.inv_freq = rope_freqs(*p.rope), .style = p.rope->style};
     if (quant) d.quant = act_buffers(n_out);
+    d.mma = opt_.decode_mma_min_batch > 0 && step_.n_decode >= opt_.decode_mma_min_batch &&
+            prop_.major >= 8 && kc::decode_mma_supports(p.n_head, p.n_head_kv, p.head_dim);
     const kc::DecodeSplit split = kc::plan_decode_split(
         {.n = step_.n_decode,
          .n_head = p.n_head,
@@ -982,7 +990,8 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
          .n_sms = prop_.multiProcessorCount,
          .max_splits = opt_.decode_max_splits,
          .clusters = opt_.decode_clusters && prop_.major >= 9,
-         .heads_per_cta = opt_.decode_heads_per_cta});
+         .heads_per_cta = opt_.decode_heads_per_cta,
+         .mma = d.mma});
     d.heads_per_cta = opt_.decode_heads_per_cta;
     // Batches whose attn_output takes gemm_kq: its records too, instead of a gemm_kq_acts launch.
     const int64_t width = p.n_head * p.head_dim;
@@ -992,7 +1001,7 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
         kc::decode_kq_records_supports(
             p.n_head, p.n_head_kv, p.head_dim,
             kc::decode_heads_per_cta(p.n_head / p.n_head_kv, opt_.decode_heads_per_cta,
-                                     step_.n_decode, p.n_head_kv),
+                                     step_.n_decode, p.n_head_kv, d.mma),
             split.cluster) &&
         loaded(width, [](TensorType t) { return t == TensorType::kQ4_K; });
     if (kq) d.kq = scratch_->gemm_xq.as<uint8_t>(kc::gemm_kq_acts_bytes(step_.n_decode, width));

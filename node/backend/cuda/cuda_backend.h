@@ -87,6 +87,12 @@ struct CudaBackendOptions {
   // Query heads per decode attention CTA (1, 2, 4 or 8, at most the KV head's group; 0: the
   // kernel's pick by grid size, DecodeAttentionParams::heads_per_cta).
   int decode_heads_per_cta = 0;
+  // Decode batches of at least this many tokens run attention on tensor cores
+  // (kernels/cuda/decode_attention_mma.h: a KV head's whole query group per CTA, groups of at
+  // most 8 heads, head_dim 64 or 128, compute capability >= 8.0); smaller ones, 0 or other
+  // shapes, the CUDA-core kernel. On an H200 (Llama-3-8B Q4_K_M, context 128) every batch
+  // measured faster on tensor cores: batch 1 2.8%, 32 3%, 64 3.4% (docs/BENCHMARKS.md).
+  int64_t decode_mma_min_batch = 1;
   // Batch 1: the RMSNorm in front of a large group (gate/up) runs inside its GEMV (each CTA
   // normalizes and quantizes the row itself) instead of as its own launch, for the groups
   // that gemv_norm_group_supports accepts. Off by default: with gate/up on three rows per warp

@@ -1,0 +1,29 @@
+// Decode attention on tensor cores: one CTA per (token, KV head, key split) takes the KV head's
+// whole query group (up to 8 heads), so each K/V row is read once per token; scores and the
+// value sums are mma.sync m16n8k16 products (BF16/F16 in, F32 accumulated) with the keys as
+// the MMA's rows and the heads as its columns. Where grids are large (many tokens) this
+// replaces the CUDA-core kernel's per-key FMA and shuffle chains; decode_attention launches it
+// for DecodeAttentionParams::mma. head_dim 64 or 128.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/pdl.cuh"
+
+namespace tpnode::cuda {
+
+// Whether the kernel takes these heads: a group of at most 8 query heads per KV head and
+// head_dim 64 or 128.
+bool decode_mma_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim);
+// Keys a CTA takes per round of its warps (the split planner's stage).
+int decode_mma_stage_keys();
+// Shared-memory limits of the kernel's variants (outside any graph capture, at set-up).
+void decode_attention_mma_init();
+// The launch decode_attention checked and shaped (grid: tokens x KV heads x splits).
+void decode_attention_mma(const DecodeAttentionParams& p, const LaunchShape& shape,
+                          cudaStream_t stream);
+
+}  // namespace tpnode::cuda
