@@ -11,6 +11,8 @@
 //                       token decodes alone it can also store this step's K/V (kv_store
 //                       fused), rotate q and the new key on the way in (RoPE fused), and write
 //                       the 8-bit copy of its output that the next quantized GEMV reads.
+//                       With DecodeAttentionParams::mma the same launch runs on tensor cores
+//                       (decode_attention_mma.h: a KV head's whole query group per CTA).
 //   prefill_attention:  tiles of up to 64 consecutive tokens of one sequence, flash-attention
 //                       style on tensor cores (mma.sync m16n8k16, BF16/F16 in, F32 accum).
 // Cache layout per layer: K and V each [n_blocks][n_head_kv][block_size][head_dim].
