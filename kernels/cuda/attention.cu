@@ -205,17 +205,14 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
 
   // The rows this CTA reads from the launch before go to the ring's last stage (free until the
   // key loop fills it); the lanes then take their chunks from there.
-  float* q_s = reinterpret_cast<float*>(smem + (S - 1) * kStageInt4);
-  const DecodeRows rows{.q_s = q_s, .k_s = q_s + GB * hd, .v_s = q_s + GB * hd + hd,
-                        .cs_s = q_s + GB * hd + 2 * hd};
+  const DecodeRows rows =
+      decode_rows_at(reinterpret_cast<float*>(smem + (S - 1) * kStageInt4), GB, hd);
+  const float* q_s = rows.q_s;
   const float* k_s = rows.k_s;
   const float* v_s = rows.v_s;
   const DecodeCta cta{.t = t, .pos = pos, .h0 = h0, .hc = hc, .kvh = kvh, .hd = hd,
                       .split = split, .n_active = n_active, .own_key = own_key};
-  decode_rope_table(p, cta, rows);
-  if (fused) pdl_wait();
-  pdl_launch_dependents();
-  decode_load_rows(p, cta, rows);
+  decode_stage_rows(p, cta, rows, fused);
 
   // Query values of this lane's chunks.
   float q[GB][E];

@@ -145,15 +145,11 @@ __global__ void __launch_bounds__(kDecodeThreads, 3) decode_attention_mma_kernel
     for (int i = 0; i < kStages - 1; ++i) issue(i, blk[i]);
   }
 
-  float* q_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(smem) + G::kRegion);
-  const DecodeRows rows{.q_s = q_s, .k_s = q_s + kMaxHeads * HD, .v_s = q_s + kMaxHeads * HD + HD,
-                        .cs_s = q_s + kMaxHeads * HD + 2 * HD};
+  const DecodeRows rows = decode_rows_at(
+      reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(smem) + G::kRegion), kMaxHeads, HD);
   const DecodeCta cta{.t = t, .pos = pos, .h0 = h0, .hc = group, .kvh = kvh, .hd = HD,
                       .split = split, .n_active = n_active, .own_key = own_key};
-  decode_rope_table(p, cta, rows);
-  if (fused) pdl_wait();
-  pdl_launch_dependents();
-  decode_load_rows(p, cta, rows);
+  decode_stage_rows(p, cta, rows, fused);
 
   // The token's own key and value as the cache rounds them: warp 0 stores them in the cache
   // (no CTA reads that slot), and the warp whose tile holds the key writes them into its row.

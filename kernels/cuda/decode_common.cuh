@@ -156,6 +156,14 @@ struct DecodeCta {
   bool own_key;
 };
 
+// The rows' layout from `base`: q of `heads` heads, then the new key, its value, the table.
+__device__ __forceinline__ DecodeRows decode_rows_at(float* base, int heads, int hd) {
+  return {.q_s = base,
+          .k_s = base + heads * hd,
+          .v_s = base + heads * hd + hd,
+          .cs_s = base + heads * hd + 2 * hd};
+}
+
 // The rotation table depends on the position alone: it is built (double-precision sincos)
 // before waiting for the launch that writes the rows.
 __device__ __forceinline__ void decode_rope_table(const DecodeAttentionParams& p, const DecodeCta& c,
@@ -243,6 +251,17 @@ __device__ __forceinline__ void decode_load_rows(const DecodeAttentionParams& p,
     *reinterpret_cast<float4*>(dst + b) = make_float4(x[4], x[5], x[6], x[7]);
   }
   __syncthreads();
+}
+
+// A CTA's rows from the launch before: the rotation table, the wait for that launch (fused:
+// only here, the cache's older keys being in flight already; otherwise the kernel waited
+// before its first cache read), the next launch let in, then the rows.
+__device__ __forceinline__ void decode_stage_rows(const DecodeAttentionParams& p, const DecodeCta& c,
+                                                  const DecodeRows& s, bool fused) {
+  decode_rope_table(p, c, s);
+  if (fused) pdl_wait();
+  pdl_launch_dependents();
+  decode_load_rows(p, c, s);
 }
 
 // After the key loop each warp leaves its softmax state per head (log2 units: the running

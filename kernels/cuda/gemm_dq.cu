@@ -408,13 +408,7 @@ struct KernelArgs {
   const __nv_bfloat16* x = nullptr;  // [m, cols]
   float* y = nullptr;                // [m, ldy]
   int64_t ldy = 0;
-  int m = 0;
-  int n_stages = 0;  // cols / 256
-  int splits = 1;
-  int token_tiles = 1;  // gridDim.x
-  int groups = 0;       // 8-token groups of x (gemm_dq_acts_elems)
-  float* partials = nullptr;
-  unsigned* counters = nullptr;
+  GemmSplitArgs sp;
 };
 
 // What this thread copies each stage, worked out once: byte offsets of its 16-byte pieces
@@ -451,7 +445,7 @@ struct CopyPlan {
       s_dst = static_cast<uint32_t>(L::kSOff + r * P::kSBytes + 16 * j);
     }
     x_src = a.x + static_cast<int64_t>(tok0 / 8) * kXGroupBytes / 2;
-    x_groups = min(NB, a.groups - tok0 / 8);
+    x_groups = min(NB, a.sp.groups - tok0 / 8);
     (void)lane;
     (void)warp;
   }
@@ -483,7 +477,7 @@ struct CopyPlan {
   // others keep stale values, which only reach y's columns that are not stored) into `buf`:
   // one bulk copy counted on the stage's mbarrier `bar` with sm_90a, else 16-byte pieces.
   __device__ void acts(const KernelArgs& a, int st, uint8_t* buf, uint32_t bar) const {
-    const __nv_bfloat16* src = x_src + static_cast<int64_t>(st) * a.groups * (kXGroupBytes / 2);
+    const __nv_bfloat16* src = x_src + static_cast<int64_t>(st) * a.sp.groups * (kXGroupBytes / 2);
 #if TPNODE_GEMM_DQ_WGMMA
     if (threadIdx.x == 0) {
       const uint32_t bytes = static_cast<uint32_t>(x_groups) * kXGroupBytes;
@@ -643,9 +637,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
   const int tt = static_cast<int>(blockIdx.x), split = static_cast<int>(blockIdx.z);
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTileRows;
   const int tok0 = tt * NB * 8;
-  const int st0 = static_cast<int>(static_cast<int64_t>(a.n_stages) * split / a.splits);
+  const int st0 = static_cast<int>(static_cast<int64_t>(a.sp.n_stages) * split / a.sp.splits);
   const int n_st =
-      static_cast<int>(static_cast<int64_t>(a.n_stages) * (split + 1) / a.splits) - st0;
+      static_cast<int>(static_cast<int64_t>(a.sp.n_stages) * (split + 1) / a.sp.splits) - st0;
   // splits <= n_stages (gemm_dq_plan), so every split has a stage. Told so, ptxas stops
   // serialising the wgmmas of Q4_1 and Q5_1 (its warning C7515: the accumulators zeroed again
   // on the path that skips the loop); the other types run faster without it.
@@ -807,23 +801,23 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_dq_kernel(KernelArgs a) {
     }
   }
   const int64_t row_base = row0 + wr * 32 + wk * 16;
-  if (a.splits == 1) {
-    store_tile<NB>({a.y, a.ldy, a.w.rows, a.m}, mine, row_base, tok0);
+  if (a.sp.splits == 1) {
+    store_tile<NB>({a.y, a.ldy, a.w.rows, a.sp.m}, mine, row_base, tok0);
     return;
   }
 
   // Split k: every CTA of the tile leaves its partial sums in the workspace in fragment order
   // ([tile][split][row warp][row tile][value][lane], coalesced); the last to arrive adds all
   // splits in split order (its own from registers, bitwise the same) and writes y.
-  const int64_t tile = static_cast<int64_t>(blockIdx.y) * a.token_tiles + tt;
+  const int64_t tile = static_cast<int64_t>(blockIdx.y) * a.sp.token_tiles + tt;
   const int64_t split_floats = static_cast<int64_t>(kRowWarps) * kKWarps * kTileVals * 32;
   float* part =
-      a.partials + tile * a.splits * split_floats + (wr * kKWarps + wk) * kTileVals * 32 + lane;
+      a.sp.partials + tile * a.sp.splits * split_floats + (wr * kKWarps + wk) * kTileVals * 32 + lane;
   float sum[NB][4];
-  if (!sum_splits<NB>(mine, part, split_floats, split, a.splits, a.counters + tile, s_last, sum))
+  if (!sum_splits<NB>(mine, part, split_floats, split, a.sp.splits, a.sp.counters + tile, s_last, sum))
     return;
-  store_tile<NB>({a.y, a.ldy, a.w.rows, a.m}, sum, row_base, tok0);
-  if (threadIdx.x == 0) a.counters[tile] = 0;  // ready for the next launch
+  store_tile<NB>({a.y, a.ldy, a.w.rows, a.sp.m}, sum, row_base, tok0);
+  if (threadIdx.x == 0) a.sp.counters[tile] = 0;  // ready for the next launch
 }
 
 // One thread per 16-byte row of a core matrix of y ([stage][group][piece][token][8 values]):
@@ -952,13 +946,7 @@ void gemm_dq(const GemmDqParams& p, const GemmDqPlan& plan, cudaStream_t stream)
   a.x = p.x;
   a.y = p.y;
   a.ldy = ldy;
-  a.m = static_cast<int>(p.m);
-  a.n_stages = static_cast<int>(n_stages);
-  a.splits = plan.k_splits;
-  a.token_tiles = tk.tiles;
-  a.groups = static_cast<int>((p.m + 7) / 8);
-  a.partials = p.ws.partials;
-  a.counters = p.ws.counters;
+  a.sp = gemm_split_args(p.m, n_stages, plan.k_splits, tk.tiles, p.ws.partials, p.ws.counters);
   const int64_t row_tiles = (p.w.rows + kTileRows - 1) / kTileRows;
   TPNODE_CHECK(row_tiles <= 65535, "gemm_dq: {} rows: too many row tiles", p.w.rows);
   // The kernel keeps byte offsets within the quant and scale regions in 32 bits.

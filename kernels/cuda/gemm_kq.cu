@@ -78,13 +78,7 @@ struct KernelArgs {
   OutArgs outs[kGemmKqMaxGroup];
   int n_outs = 1;
   const uint8_t* x = nullptr;
-  int m = 0;
-  int n_stages = 0;  // cols / 256
-  int splits = 1;
-  int token_tiles = 1;  // gridDim.x
-  int groups = 0;       // 8-token groups of x
-  float* partials = nullptr;
-  unsigned* counters = nullptr;
+  GemmSplitArgs sp;
 };
 
 #if TPNODE_WGMMA
@@ -207,9 +201,9 @@ __global__ void __launch_bounds__(kThreads, CPS) gemm_kq_kernel(KernelArgs a) {
   const int rt = gt - o.tile0;  // row tile within the matrix
   const int64_t row0 = static_cast<int64_t>(rt) * kTileRows;
   const int tok0 = tt * NB * 8;
-  const int st0 = static_cast<int>(static_cast<int64_t>(a.n_stages) * split / a.splits);
+  const int st0 = static_cast<int>(static_cast<int64_t>(a.sp.n_stages) * split / a.sp.splits);
   const int n_st =
-      static_cast<int>(static_cast<int64_t>(a.n_stages) * (split + 1) / a.splits) - st0;
+      static_cast<int>(static_cast<int64_t>(a.sp.n_stages) * (split + 1) / a.sp.splits) - st0;
   // Row tiles start at different stages of their range so that they do not all ask the same
   // L2 lines of x at once.
   const int rot = static_cast<int>(static_cast<int64_t>(rt) * n_st / o_tiles);
@@ -231,7 +225,7 @@ __global__ void __launch_bounds__(kThreads, CPS) gemm_kq_kernel(KernelArgs a) {
     w_dst[k] = static_cast<uint32_t>(r * L::kQStride + 16 * j);
   }
   const uint8_t* x_tile = a.x + static_cast<int64_t>(tok0 / 8) * kRec;
-  const uint32_t x_bytes = static_cast<uint32_t>(min(NB, a.groups - tok0 / 8)) * kRec;
+  const uint32_t x_bytes = static_cast<uint32_t>(min(NB, a.sp.groups - tok0 / 8)) * kRec;
   auto copy_weights = [&](int st, uint8_t* buf) {
     const uint8_t* q = o.q + static_cast<int64_t>(st) * kBlockBytes;
 #pragma unroll
@@ -244,7 +238,7 @@ __global__ void __launch_bounds__(kThreads, CPS) gemm_kq_kernel(KernelArgs a) {
   auto copy_acts = [&](int st, uint8_t* buf, uint32_t bar) {
     if (tid == 0) {
       mbar_arrive_expect_tx(bar, x_bytes);
-      bulk_copy(smem_u32(buf + L::kXOff), x_tile + static_cast<int64_t>(st) * a.groups * kRec,
+      bulk_copy(smem_u32(buf + L::kXOff), x_tile + static_cast<int64_t>(st) * a.sp.groups * kRec,
                 x_bytes, bar);
     }
   };
@@ -303,22 +297,22 @@ __global__ void __launch_bounds__(kThreads, CPS) gemm_kq_kernel(KernelArgs a) {
   pdl_launch_dependents();
 
   const int64_t row_base = row0 + 64 * wg + 16 * wr;
-  if (a.splits == 1) {
-    store_tile<NB>({o.y, o.ldy, o.rows, a.m}, acc, row_base, tok0);
+  if (a.sp.splits == 1) {
+    store_tile<NB>({o.y, o.ldy, o.rows, a.sp.m}, acc, row_base, tok0);
     return;
   }
   // Split k: every CTA of the tile leaves its partial sums in the workspace in fragment order
   // ([tile][split][warp][value][lane], coalesced); the last to arrive adds all splits in split
   // order (its own from registers, bitwise the same) and writes y.
   constexpr int kTileVals = NB * 4;
-  const int64_t tile = static_cast<int64_t>(gt) * a.token_tiles + tt;
+  const int64_t tile = static_cast<int64_t>(gt) * a.sp.token_tiles + tt;
   const int64_t split_floats = static_cast<int64_t>(kThreads / 32) * kTileVals * 32;
-  float* part = a.partials + tile * a.splits * split_floats + warp * kTileVals * 32 + lane;
+  float* part = a.sp.partials + tile * a.sp.splits * split_floats + warp * kTileVals * 32 + lane;
   float sum[NB][4];
-  if (!sum_splits<NB>(acc, part, split_floats, split, a.splits, a.counters + tile, s_last, sum))
+  if (!sum_splits<NB>(acc, part, split_floats, split, a.sp.splits, a.sp.counters + tile, s_last, sum))
     return;
-  store_tile<NB>({o.y, o.ldy, o.rows, a.m}, sum, row_base, tok0);
-  if (tid == 0) a.counters[tile] = 0;  // ready for the next launch
+  store_tile<NB>({o.y, o.ldy, o.rows, a.sp.m}, sum, row_base, tok0);
+  if (tid == 0) a.sp.counters[tile] = 0;  // ready for the next launch
 #else
   __trap();  // gemm_kq_available() keeps the host from launching it here
 #endif
@@ -528,13 +522,7 @@ void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStrea
 
   a.n_outs = p.n;
   a.x = p.x;
-  a.m = static_cast<int>(p.m);
-  a.n_stages = static_cast<int>(n_stages);
-  a.splits = plan.k_splits;
-  a.token_tiles = tk.tiles;
-  a.groups = static_cast<int>((p.m + 7) / 8);
-  a.partials = p.ws.partials;
-  a.counters = p.ws.counters;
+  a.sp = gemm_split_args(p.m, n_stages, plan.k_splits, tk.tiles, p.ws.partials, p.ws.counters);
   const dim3 grid(static_cast<unsigned>(tk.tiles), static_cast<unsigned>(tiles),
                   static_cast<unsigned>(plan.k_splits));
   if (plan.ctas_per_sm == 2) {

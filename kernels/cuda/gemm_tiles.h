@@ -24,6 +24,27 @@ inline GemmTokenTiling gemm_token_tiling(int64_t m, int max_nb = kGemmMaxNB) {
   return {static_cast<int>(tiles), per_tile <= 32 ? 4 : 8};
 }
 
+// What a gemm_dq or gemm_kq kernel reads of its launch's k split and token tiling.
+struct GemmSplitArgs {
+  int m = 0;             // tokens
+  int n_stages = 0;      // cols / 256
+  int splits = 1;        // k splits (gridDim.z)
+  int token_tiles = 1;   // gridDim.x
+  int groups = 0;        // 8-token groups of x
+  float* partials = nullptr;     // the k splits' partial tiles (splits > 1)
+  unsigned* counters = nullptr;  // one arrival counter per output tile, left zero
+};
+inline GemmSplitArgs gemm_split_args(int64_t m, int64_t n_stages, int splits, int token_tiles,
+                                     float* partials, unsigned* counters) {
+  return {.m = static_cast<int>(m),
+          .n_stages = static_cast<int>(n_stages),
+          .splits = splits,
+          .token_tiles = token_tiles,
+          .groups = static_cast<int>((m + 7) / 8),
+          .partials = partials,
+          .counters = counters};
+}
+
 // Floats of one output tile of nb n-tiles.
 inline int64_t gemm_tile_floats(int nb) { return static_cast<int64_t>(kGemmTileRows) * nb * 8; }
 
