@@ -23,21 +23,23 @@ using namespace decode;
 // K and V reach shared memory through each warp's own cp.async ring (no CTA barrier in the
 // key loop); rows are swizzled (16-byte chunk c of row r at c ^ (r % 8)) so that ldmatrix's
 // eight rows hit distinct banks.
-constexpr int kKeys = 16;      // keys per warp tile
-constexpr int kStages = 2;     // tiles in a warp's ring
-constexpr int kMaxHeads = 8;   // the query heads of a CTA (an MMA's N)
+constexpr int kKeys = 16;  // keys per warp tile
+// Tiles in a warp's ring: two leave room for three CTAs per SM (measured slightly ahead of
+// three tiles at two CTAs per SM on an H200, batches 32-64).
+constexpr int kStages = 2;
+constexpr int kMaxHeads = 8;  // the query heads of a CTA (an MMA's N)
 
 template <int HD>
 struct Geom {
-  static constexpr int kChunks = HD / 8;             // 16-byte chunks per key row
-  static constexpr int kTile = kKeys * kChunks;      // int4s of a K (or V) tile
+  static constexpr int kChunks = HD / 8;         // 16-byte chunks per key row
+  static constexpr int kTile = kKeys * kChunks;  // int4s of a K (or V) tile
   static constexpr int kWarpRing = kStages * 2 * kTile;
   static constexpr int kRing = kDecodeWarps * kWarpRing;
   // After the ring (the merge's states reuse the ring): q of 8 heads, the new key and value,
   // the rotation table.
   static constexpr int kRowFloats = kMaxHeads * HD + 3 * HD;
-  static constexpr size_t kRegion = std::max<size_t>(sizeof(int4) * kRing,
-                                                     decode_red_bytes(kMaxHeads, HD));
+  static constexpr size_t kRegion =
+      std::max<size_t>(sizeof(int4) * kRing, decode_red_bytes(kMaxHeads, HD));
   static constexpr size_t kSmemBytes = kRegion + sizeof(float) * kRowFloats;
   static_assert(kChunks % 2 == 0 && kChunks >= 8 && kRegion % 16 == 0);
 };
@@ -65,7 +67,8 @@ __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t a) {
 }
 
 template <typename KvT, int HD>
-__global__ void __launch_bounds__(kDecodeThreads, 3) decode_attention_mma_kernel(DecodeAttentionParams p) {
+__global__ void __launch_bounds__(kDecodeThreads, 3)
+    decode_attention_mma_kernel(DecodeAttentionParams p) {
   using G = Geom<HD>;
   constexpr int KS = HD / 16;  // k steps of S^T, m tiles of O^T
   extern __shared__ __align__(16) int4 smem[];
@@ -147,8 +150,15 @@ __global__ void __launch_bounds__(kDecodeThreads, 3) decode_attention_mma_kernel
 
   const DecodeRows rows = decode_rows_at(
       reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(smem) + G::kRegion), kMaxHeads, HD);
-  const DecodeCta cta{.t = t, .pos = pos, .h0 = h0, .hc = group, .kvh = kvh, .hd = HD,
-                      .split = split, .n_active = n_active, .own_key = own_key};
+  const DecodeCta cta{.t = t,
+                      .pos = pos,
+                      .h0 = h0,
+                      .hc = group,
+                      .kvh = kvh,
+                      .hd = HD,
+                      .split = split,
+                      .n_active = n_active,
+                      .own_key = own_key};
   decode_stage_rows(p, cta, rows, fused);
 
   // The token's own key and value as the cache rounds them: warp 0 stores them in the cache
@@ -176,9 +186,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 3) decode_attention_mma_kernel
   for (int ks = 0; ks < KS; ++ks) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const float2 v = g < group
-                           ? *reinterpret_cast<const float2*>(rows.q_s + g * HD + 16 * ks + 8 * j + 2 * tq)
-                           : make_float2(0.0f, 0.0f);
+      const float2 v =
+          g < group ? *reinterpret_cast<const float2*>(rows.q_s + g * HD + 16 * ks + 8 * j + 2 * tq)
+                    : make_float2(0.0f, 0.0f);
       qb[ks][j] = KvElem<KvT>::pack(v.x, v.y);
     }
   }
@@ -241,8 +251,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 3) decode_attention_mma_kernel
       o[mt][2] *= alpha[0];
       o[mt][3] *= alpha[1];
       uint32_t a[4];
-      ldsm_x4_trans(a, vt + swz((lane & 7) + ((lane >> 4) << 3), 2 * mt + ((lane >> 3) & 1),
-                                G::kChunks));
+      ldsm_x4_trans(
+          a, vt + swz((lane & 7) + ((lane >> 4) << 3), 2 * mt + ((lane >> 3) & 1), G::kChunks));
       mma16816<KvT>(o[mt], a, pb0, pb1);
     }
   }
@@ -302,8 +312,8 @@ void decode_attention_mma_init() {
 void decode_attention_mma(const DecodeAttentionParams& p, const LaunchShape& shape,
                           cudaStream_t stream) {
   TPNODE_CHECK(decode_mma_supports(p.n_head, p.kv.n_head_kv, p.kv.head_dim),
-               "decode_attention_mma: {} heads over {} KV heads of dim {} unsupported",
-               p.n_head, p.kv.n_head_kv, p.kv.head_dim);
+               "decode_attention_mma: {} heads over {} KV heads of dim {} unsupported", p.n_head,
+               p.kv.n_head_kv, p.kv.head_dim);
   LaunchShape s = shape;
   TPNODE_DISPATCH_KV(p.kv.dtype, KvT, {
     if (p.kv.head_dim == 64) {

@@ -48,9 +48,14 @@ struct KvElem<__half> {
   }
 };
 
-#define TPNODE_DISPATCH_KV(dtype, KvT, ...)                                   \
-  if ((dtype) == KvDtype::kBF16) { using KvT = __nv_bfloat16; __VA_ARGS__ }     \
-  else { using KvT = __half; __VA_ARGS__ }
+#define TPNODE_DISPATCH_KV(dtype, KvT, ...) \
+  if ((dtype) == KvDtype::kBF16) {          \
+    using KvT = __nv_bfloat16;              \
+    __VA_ARGS__                             \
+  } else {                                  \
+    using KvT = __half;                     \
+    __VA_ARGS__                             \
+  }
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
@@ -139,7 +144,6 @@ __device__ __forceinline__ uint32_t pack2(KvT lo, KvT hi) {
   return static_cast<uint32_t>(l) | (static_cast<uint32_t>(h) << 16);
 }
 
-
 // Where a decode CTA's rows from the launch before go (shared memory, floats): q of its heads
 // rotated and scaled so that scores are in log2 units, the token's new key rotated, its
 // value, and the rotation table.
@@ -166,8 +170,8 @@ __device__ __forceinline__ DecodeRows decode_rows_at(float* base, int heads, int
 
 // The rotation table depends on the position alone: it is built (double-precision sincos)
 // before waiting for the launch that writes the rows.
-__device__ __forceinline__ void decode_rope_table(const DecodeAttentionParams& p, const DecodeCta& c,
-                                                  const DecodeRows& s) {
+__device__ __forceinline__ void decode_rope_table(const DecodeAttentionParams& p,
+                                                  const DecodeCta& c, const DecodeRows& s) {
   if (p.rope.inv_freq == nullptr) return;
   const int half = c.hd / 2;
 #pragma unroll 1
@@ -256,8 +260,9 @@ __device__ __forceinline__ void decode_load_rows(const DecodeAttentionParams& p,
 // A CTA's rows from the launch before: the rotation table, the wait for that launch (fused:
 // only here, the cache's older keys being in flight already; otherwise the kernel waited
 // before its first cache read), the next launch let in, then the rows.
-__device__ __forceinline__ void decode_stage_rows(const DecodeAttentionParams& p, const DecodeCta& c,
-                                                  const DecodeRows& s, bool fused) {
+__device__ __forceinline__ void decode_stage_rows(const DecodeAttentionParams& p,
+                                                  const DecodeCta& c, const DecodeRows& s,
+                                                  bool fused) {
   decode_rope_table(p, c, s);
   if (fused) pdl_wait();
   pdl_launch_dependents();

@@ -556,7 +556,8 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
     kc::gemm_kq_acts({.x = out2.as<float>(), .y = want.as<uint8_t>(), .m = n, .cols = nh * hd},
                      nullptr);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    EXPECT_EQ(download<uint8_t>(recs, bytes), download<uint8_t>(want, bytes)) << what << ": records";
+    EXPECT_EQ(download<uint8_t>(recs, bytes), download<uint8_t>(want, bytes))
+        << what << ": records";
     EXPECT_EQ(float_bits(download<float>(out2, n_out)), float_bits(f)) << what << ": output";
   } else {
     kc::DecodeAttentionParams r = d;
