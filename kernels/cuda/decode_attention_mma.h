@@ -1,9 +1,9 @@
 // Decode attention on tensor cores: one CTA per (token, KV head, key split) takes the KV head's
 // whole query group (up to 8 heads), so each K/V row is read once per token; scores and the
 // value sums are mma.sync m16n8k16 products (BF16/F16 in, F32 accumulated) with the keys as
-// the MMA's rows and the heads as its columns. Where grids are large (many tokens) this
-// replaces the CUDA-core kernel's per-key FMA and shuffle chains; decode_attention launches it
-// for DecodeAttentionParams::mma. head_dim 64 or 128.
+// the MMA's rows and the heads as its columns, instead of the CUDA-core kernel's per-key FMA
+// and shuffle chains (faster on an H200 at every batch measured, 1 to 64: docs/BENCHMARKS.md).
+// decode_attention launches it for DecodeAttentionParams::mma. head_dim 64 or 128.
 #pragma once
 
 #include <cuda_runtime.h>
