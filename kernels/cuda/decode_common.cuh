@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/kq_records.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quantize_chunk.cuh"
@@ -57,17 +58,6 @@ struct KvElem<__half> {
     __VA_ARGS__                             \
   }
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 
 // 8 cache elements (16 bytes) to floats, and 8 floats to cache elements.
 template <typename KvT>

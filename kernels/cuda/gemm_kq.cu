@@ -9,6 +9,7 @@
 #include <atomic>
 
 #include "kernels/cuda/bulk_copy.cuh"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_query.h"
 #include "kernels/cuda/gemm_tiles.h"
@@ -89,9 +90,6 @@ constexpr int kWTotal = kTileRows * kWPieces;
 constexpr int kWSlots = (kWTotal + kThreads - 1) / kThreads;
 constexpr uint32_t kNib = 0x0F0F0F0Fu;
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src));
-}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);

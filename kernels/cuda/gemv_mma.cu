@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/gemv.h"
@@ -70,19 +71,6 @@ __device__ __forceinline__ unsigned sum_pair(float2 c0, float2 c1) {
   const float s1 = c1.x > 0.0f ? rintf(__fdividef(c1.y, c1.x)) : 0.0f;
   const __half2 h = __floats2half2_rn(s0, s1);
   return *reinterpret_cast<const unsigned*>(&h);
-}
-
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
 }
 
 __device__ __forceinline__ int2 ld_i64(const uint8_t* p) { return *reinterpret_cast<const int2*>(p); }
@@ -397,7 +385,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_mma_kernel(MmaArgs a) {
       }
       // The tile's first weights are in flight while its activations land.
       if (g0 == tg0) {
-        cp_async_wait_all();
+        cp_async_commit();
+        cp_async_wait<0>();
         __syncthreads();
       }
 #pragma unroll
