@@ -996,14 +996,13 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
     // Batches whose attn_output takes gemm_kq: its records too, instead of a gemm_kq_acts launch.
     const int64_t width = p.n_head * p.head_dim;
     const bool kq =
-        opt_.attention_kq_records && all_decode && use_gemm_kq_batch(step_.n_decode) &&
-        width % 256 == 0 &&
+        opt_.attention_kq_records && all_decode && width % 256 == 0 &&
         kc::decode_kq_records_supports(
             p.n_head, p.n_head_kv, p.head_dim,
             kc::decode_heads_per_cta(p.n_head / p.n_head_kv, opt_.decode_heads_per_cta,
                                      step_.n_decode, p.n_head_kv, d.mma),
             split.cluster) &&
-        loaded(width, [](TensorType t) { return t == TensorType::kQ4_K; });
+        loaded(width, [&](TensorType t) { return gemm_kq_type(t, step_.n_decode); });
     if (kq) d.kq = scratch_->gemm_xq.as<uint8_t>(kc::gemm_kq_acts_bytes(step_.n_decode, width));
     d.n_splits = split.n_splits;
     d.split_len = split.split_len;
