@@ -424,15 +424,15 @@ bool gemm_kq_available() {
   return g_available[dev].load() == 1;
 }
 
-void check_tuning(int max_tile_tokens, int ctas_per_sm) {
-  TPNODE_CHECK(max_tile_tokens == 32 || max_tile_tokens == 64,
-               "gemm_kq: token tiles of at most {} (32 or 64)", max_tile_tokens);
-  TPNODE_CHECK(ctas_per_sm == 1 || ctas_per_sm == 2, "gemm_kq: {} CTAs per SM (1 or 2)",
-               ctas_per_sm);
+void gemm_kq_check_tuning(const GemmKqTuning& t) {
+  TPNODE_CHECK(t.max_tile_tokens == 32 || t.max_tile_tokens == 64,
+               "gemm_kq: token tiles of at most {} (32 or 64)", t.max_tile_tokens);
+  TPNODE_CHECK(t.ctas_per_sm == 1 || t.ctas_per_sm == 2, "gemm_kq: {} CTAs per SM (1 or 2)",
+               t.ctas_per_sm);
 }
 
 GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p, const GemmKqTuning& t) {
-  check_tuning(t.max_tile_tokens, t.ctas_per_sm);
+  gemm_kq_check_tuning(t);
   GemmKqPlan plan{.max_tile_tokens = t.max_tile_tokens};
   if (p.n < 1 || p.m < 1 || p.m > kGemmKqMaxBatch || p.outs[0].w.cols < kStageK) return plan;
   const GemmTokenTiling tk = token_tiling(p.m, plan);
@@ -482,7 +482,7 @@ void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStrea
                kGemmKqMaxBatch);
   TPNODE_CHECK(p.x != nullptr && reinterpret_cast<uintptr_t>(p.x) % 16 == 0,
                "gemm_kq: x must be a 16-byte aligned device pointer");
-  check_tuning(plan.max_tile_tokens, plan.ctas_per_sm);
+  gemm_kq_check_tuning({.max_tile_tokens = plan.max_tile_tokens, .ctas_per_sm = plan.ctas_per_sm});
   const GemmTokenTiling tk = token_tiling(p.m, plan);
   TPNODE_CHECK(plan.ctas_per_sm == 1 || tk.nb == 4, "gemm_kq: two CTAs per SM for {}-token tiles",
                8 * tk.nb);

@@ -81,6 +81,8 @@ struct GemmKqPlan {
   int max_tile_tokens = 64;
   int ctas_per_sm = 1;  // 2 only where the tiles are of 32 tokens
 };
+// Throws unless the tuning is one the kernels are built for.
+void gemm_kq_check_tuning(const GemmKqTuning& t);
 GemmKqPlan gemm_kq_plan(const GemmKqParams& p, const GemmKqTuning& t = {});
 GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p, const GemmKqTuning& t = {});
 

@@ -306,10 +306,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   TPNODE_CHECK(options.gemm_kq_max_batch >= 0 && options.gemm_kq_max_batch <= kc::kGemmKqMaxBatch,
                "gemm_kq_max_batch {} outside 0..{}", options.gemm_kq_max_batch,
                kc::kGemmKqMaxBatch);
-  TPNODE_CHECK((options.gemm_kq_tile_tokens == 32 || options.gemm_kq_tile_tokens == 64) &&
-                   (options.gemm_kq_ctas_per_sm == 1 || options.gemm_kq_ctas_per_sm == 2),
-               "gemm_kq: token tiles of {} (32 or 64) at {} CTAs per SM (1 or 2)",
-               options.gemm_kq_tile_tokens, options.gemm_kq_ctas_per_sm);
+  kc::gemm_kq_check_tuning(kq_tuning());
   TPNODE_CHECK(options.decode_mma_min_batch >= 0, "decode_mma_min_batch {} is negative",
                options.decode_mma_min_batch);
   if (options.decode_mma_min_batch > 0 && prop_.major >= 8) {
