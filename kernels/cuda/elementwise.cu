@@ -187,6 +187,25 @@ __global__ void swiglu_kernel(SwigluParams p) {
   if (quant && p.quant.group == 256) quantize_group256_cta(p.quant, i, v);
 }
 
+// SwiGLU with no 8-bit or gemm_dq copy (the f32 output and optionally its BF16 copy): four
+// values per thread, 16-byte loads and stores (n % 4 == 0, 16-byte aligned rows).
+__global__ void swiglu4_kernel(SwigluParams p) {
+  pdl_wait();
+  pdl_launch_dependents();
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (4 * i >= p.n) return;
+  const float4 g = reinterpret_cast<const float4*>(p.gate)[i];
+  const float4 u = reinterpret_cast<const float4*>(p.up)[i];
+  const float4 v{g.x / (1.0f + __expf(-g.x)) * u.x, g.y / (1.0f + __expf(-g.y)) * u.y,
+                 g.z / (1.0f + __expf(-g.z)) * u.z, g.w / (1.0f + __expf(-g.w)) * u.w};
+  reinterpret_cast<float4*>(p.out)[i] = v;
+  if (p.out_bf16 != nullptr) {
+    auto* b = reinterpret_cast<__nv_bfloat162*>(p.out_bf16) + 2 * i;
+    b[0] = __floats2bfloat162_rn(v.x, v.y);
+    b[1] = __floats2bfloat162_rn(v.z, v.w);
+  }
+}
+
 __global__ void add_kernel(AddParams p) {
   pdl_wait();
   pdl_launch_dependents();
@@ -256,6 +275,13 @@ void swiglu(const SwigluParams& p, cudaStream_t stream) {
                "swiglu: the gemm_dq copy needs whole rows of a multiple of 256 (n = {}, cols = {}) "
                "and no 8-bit copy",
                p.n, p.cols);
+  const auto aligned = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
+  if (!quant && p.out_dq == nullptr && p.n % 4 == 0 && aligned(p.gate) && aligned(p.up) &&
+      aligned(p.out) && (p.out_bf16 == nullptr || reinterpret_cast<uintptr_t>(p.out_bf16) % 8 == 0)) {
+    launch_pdl(swiglu4_kernel, dim3(blocks_for(p.n / 4)), dim3(kThreads), 0, stream, p);
+    TPNODE_CUDA_CHECK_LAUNCH();
+    return;
+  }
   // The gemm_dq copy also covers the padding tokens up to a multiple of 8.
   const int64_t threads =
       p.out_dq != nullptr ? gemm_dq_acts_elems(p.n / p.cols, p.cols) : p.n;

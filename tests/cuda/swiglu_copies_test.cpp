@@ -82,6 +82,38 @@ TEST_F(SwigluCopies, GroupsOf256AsQuantizeActsWritesThem) {
   }
 }
 
+// Without 8-bit or gemm_dq copies SwiGLU takes four values per thread: bitwise what one per
+// thread (the 8-bit copy's path) gives, and its BF16 copy the output rounded to nearest even.
+TEST_F(SwigluCopies, FourValuesPerThreadAsOne) {
+  const int64_t m = 64, k = 14336, n = m * k;
+  inputs(m, k, 70);
+  DeviceBytes one(n * 4), bf(n * 2), q(n), d(n / 32 * 4), s(n / 32 * 4);
+  kc::swiglu({.gate = gate_.as<float>(),
+              .up = up_.as<float>(),
+              .out = out_.as<float>(),
+              .n = n,
+              .quant = {},
+              .out_bf16 = bf.as<__nv_bfloat16>()},
+             stream_);
+  kc::swiglu({.gate = gate_.as<float>(),
+              .up = up_.as<float>(),
+              .out = one.as<float>(),
+              .n = n,
+              .quant = {q.as<int8_t>(), d.as<float>(), s.as<float>(), 32}},
+             stream_);
+  SW_CUDA_OK(cudaStreamSynchronize(stream_));
+  const auto four = host<uint32_t>(out_, n), each = host<uint32_t>(one, n);
+  EXPECT_EQ(std::memcmp(four.data(), each.data(), n * 4), 0);
+  const auto b = host<uint16_t>(bf, n);
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t x = four[i];
+    const auto want = static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+    bad += b[i] != want;
+  }
+  EXPECT_EQ(bad, 0);
+}
+
 TEST_F(SwigluCopies, GemmDqLayoutAsGemmDqActsWritesIt) {
   uint32_t seed = 40;
   for (const int64_t m : {9, 13, 16, 32}) {
