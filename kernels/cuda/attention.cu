@@ -616,10 +616,11 @@ DecodeSplit plan_decode_split(const DecodeShape& s) {
   }
   const int64_t group = s.n_head / s.n_head_kv;
   const int heads = decode_heads_per_cta(group, s.heads_per_cta, s.n, s.n_head_kv, s.mma);
-  const int64_t stage =
-      s.mma ? decode_mma_stage_keys()
-            : decode_stage_keys(static_cast<int>(s.head_dim), decode_chunks_per_lane(heads));
   const int64_t ctas = s.n * s.n_head_kv * ceil_div(group, heads);
+  if (s.mma) r.mma_warps = decode_mma_warps(ctas, s.n_sms, s.mma_warps);
+  const int64_t stage =
+      s.mma ? decode_mma_stage_keys(r.mma_warps)
+            : decode_stage_keys(static_cast<int>(s.head_dim), decode_chunks_per_lane(heads));
   // Split the key axis while the unsplit grid would leave SMs idle: about two CTAs per SM,
   // each split whole ring stages.
   const int64_t target = 2 * static_cast<int64_t>(std::max(s.n_sms, 1));

@@ -109,6 +109,10 @@ struct DecodeAttentionParams {
   // The tensor-core kernel (decode_attention_mma.h: decode_mma_supports), which takes a KV
   // head's whole query group per CTA; heads_per_cta is then unused.
   bool mma = false;
+  // With mma: warps per CTA, 4 or 2 (the narrow variant, five CTAs per SM instead of three;
+  // plan_decode_split's DecodeSplit::mma_warps); 0: 4. A split's keys go in rounds of 16 per
+  // warp, so split_len is a multiple of decode_mma_stage_keys(warps) when n_splits > 1.
+  int mma_warps = 0;
 };
 void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream);
 // Whether a launch whose CTAs take heads_per_cta heads (decode_heads_per_cta) can write
@@ -138,6 +142,7 @@ struct DecodeShape {
   bool clusters = false;  // the device runs thread-block clusters (compute capability >= 9.0)
   int heads_per_cta = 0;  // as DecodeAttentionParams::heads_per_cta
   bool mma = false;       // as DecodeAttentionParams::mma
+  int mma_warps = 0;      // with mma: 4 or 2 warps per CTA, 0: the planner's pick
 };
 struct DecodeSplit {
   int n_splits = 1;
@@ -145,6 +150,7 @@ struct DecodeSplit {
   bool cluster = false;         // the splits merge in a cluster (no buffers needed)
   int64_t part_out_floats = 0;  // part_out size when split over global memory, else 0
   int64_t part_lse_floats = 0;
+  int mma_warps = 4;  // with mma: DecodeAttentionParams::mma_warps
 };
 DecodeSplit plan_decode_split(const DecodeShape& s);
 

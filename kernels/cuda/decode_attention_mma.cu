@@ -28,20 +28,29 @@ constexpr int kKeys = 16;  // keys per warp tile
 // three tiles at two CTAs per SM on an H200, batches 32-64).
 constexpr int kStages = 2;
 constexpr int kMaxHeads = 8;  // the query heads of a CTA (an MMA's N)
+// The narrow variant: two warps per CTA, five CTAs per SM (shared memory allows five of its
+// 37.5 KB at head_dim 128), so grids that would take more than one wave of the four-warp
+// CTAs (three per SM) run in one.
+constexpr int kWideWarps = kDecodeWarps, kNarrowWarps = 2;
+constexpr int ctas_per_sm(int warps) { return warps == kNarrowWarps ? 5 : 3; }
 
-template <int HD>
+template <int HD, int W>
 struct Geom {
   static constexpr int kChunks = HD / 8;         // 16-byte chunks per key row
   static constexpr int kTile = kKeys * kChunks;  // int4s of a K (or V) tile
   static constexpr int kWarpRing = kStages * 2 * kTile;
-  static constexpr int kRing = kDecodeWarps * kWarpRing;
+  static constexpr int kRing = W * kWarpRing;
   // After the ring (the merge's states reuse the ring): q of 8 heads, the new key and value,
   // the rotation table.
   static constexpr int kRowFloats = kMaxHeads * HD + 3 * HD;
   static constexpr size_t kRegion =
-      std::max<size_t>(sizeof(int4) * kRing, decode_red_bytes(kMaxHeads, HD));
+      std::max<size_t>(sizeof(int4) * kRing, decode_red_bytes(kMaxHeads, HD, W));
   static constexpr size_t kSmemBytes = kRegion + sizeof(float) * kRowFloats;
   static_assert(kChunks % 2 == 0 && kChunks >= 8 && kRegion % 16 == 0);
+  // decode_load_rows's passes hold q of a whole group and the new key and value.
+  static_assert((kMaxHeads + 2) * (HD / 8) <= kDecodeStagePasses * W * 32);
+  // ctas_per_sm's residency: 1 KB of each CTA's shared memory is the system's.
+  static_assert(ctas_per_sm(W) * (kSmemBytes + 1024) <= 228 * 1024);
 };
 
 __device__ __forceinline__ int swz(int row, int chunk, int chunks) {
@@ -66,10 +75,10 @@ __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t a) {
   return d;
 }
 
-template <typename KvT, int HD>
-__global__ void __launch_bounds__(kDecodeThreads, 3)
+template <typename KvT, int HD, int W>
+__global__ void __launch_bounds__(W * 32, ctas_per_sm(W))
     decode_attention_mma_kernel(DecodeAttentionParams p) {
-  using G = Geom<HD>;
+  using G = Geom<HD, W>;
   constexpr int KS = HD / 16;  // k steps of S^T, m tiles of O^T
   extern __shared__ __align__(16) int4 smem[];
 
@@ -91,7 +100,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 3)
   const bool own_key = fused && pos >= begin && pos < end;
   const int cache_end = fused ? min(end, pos) : end;
   const int n_tiles = (end - begin + kKeys - 1) / kKeys;
-  const int my_tiles = n_tiles > warp ? (n_tiles - warp + kDecodeWarps - 1) / kDecodeWarps : 0;
+  const int my_tiles = n_tiles > warp ? (n_tiles - warp + W - 1) / W : 0;
   const int32_t* table = p.batch.block_tables + static_cast<int64_t>(seq) * p.batch.max_blocks;
   const int bs = static_cast<int>(p.kv.block_size);
   const KvT* kc = static_cast<const KvT*>(p.kv.k);
@@ -104,7 +113,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 3)
   int4* ring = smem + warp * G::kWarpRing;
   constexpr int kRowsPerCopy = 32 / G::kChunks;
   const int lch = lane % G::kChunks, lrow = lane / G::kChunks;
-  auto tile_key = [&](int i) { return begin + (warp + kDecodeWarps * i) * kKeys; };
+  auto tile_key = [&](int i) { return begin + (warp + W * i) * kKeys; };
   auto block_of = [&](int i) {
     const int key = tile_key(i) + lane % kKeys;
     return i < my_tiles && key < cache_end ? __ldg(table + key / bs) : -1;
@@ -159,12 +168,12 @@ __global__ void __launch_bounds__(kDecodeThreads, 3)
                       .split = split,
                       .n_active = n_active,
                       .own_key = own_key};
-  decode_stage_rows(p, cta, rows, fused);
+  decode_stage_rows<W>(p, cta, rows, fused);
 
   // The token's own key and value as the cache rounds them: warp 0 stores them in the cache
   // (no CTA reads that slot), and the warp whose tile holds the key writes them into its row.
   const int own = own_key ? pos - begin : -1;
-  const bool own_here = own >= 0 && (own / kKeys) % kDecodeWarps == warp;
+  const bool own_here = own >= 0 && (own / kKeys) % W == warp;
   int4 own_k = make_int4(0, 0, 0, 0), own_v = own_k;
   if ((own_here || (own_key && warp == 0)) && lane < G::kChunks) {
     float kx[8], vx[8];
@@ -211,7 +220,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 3)
     int4* kt = ring + (i % kStages) * 2 * G::kTile;
     int4* vt = kt + G::kTile;
     const int key0 = tile_key(i);
-    if (own_here && own / kKeys == warp + kDecodeWarps * i && lane < G::kChunks) {
+    if (own_here && own / kKeys == warp + W * i && lane < G::kChunks) {
       const int r = own % kKeys, slot = swz(r, lane, G::kChunks);
       kt[slot] = own_k;
       vt[slot] = own_v;
@@ -265,7 +274,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 3)
 
   // Warps merge through shared memory (the ring is free once every warp is here).
   __syncthreads();
-  const DecodeRed<kMaxHeads> red(smem, HD);
+  const DecodeRed<kMaxHeads, W> red(smem, HD);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int head = 2 * tq + h;
@@ -282,14 +291,24 @@ __global__ void __launch_bounds__(kDecodeThreads, 3)
     }
   }
   __syncthreads();
-  decode_finish<kMaxHeads>(p, cta, red);
+  decode_finish<kMaxHeads, W>(p, cta, red);
 }
 
 template <typename KvT, int HD>
 void set_smem_limit() {
-  TPNODE_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_mma_kernel<KvT, HD>,
+  TPNODE_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_mma_kernel<KvT, HD, kWideWarps>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(Geom<HD>::kSmemBytes)));
+                                         static_cast<int>(Geom<HD, kWideWarps>::kSmemBytes)));
+  TPNODE_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_mma_kernel<KvT, HD, kNarrowWarps>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(Geom<HD, kNarrowWarps>::kSmemBytes)));
+}
+
+template <typename KvT, int HD, int W>
+void launch(const DecodeAttentionParams& p, LaunchShape s, cudaStream_t stream) {
+  s.block = dim3(W * 32);
+  s.smem = Geom<HD, W>::kSmemBytes;
+  launch_pdl(decode_attention_mma_kernel<KvT, HD, W>, s, stream, p);
 }
 
 }  // namespace
@@ -300,7 +319,12 @@ bool decode_mma_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim) {
   return group <= kMaxHeads && (head_dim == 64 || head_dim == 128);
 }
 
-int decode_mma_stage_keys() { return kDecodeWarps * kKeys; }
+int decode_mma_stage_keys(int warps) { return warps * kKeys; }
+
+int decode_mma_warps(int64_t ctas, int n_sms, int want) {
+  if (want == kWideWarps || want == kNarrowWarps) return want;
+  return ctas > static_cast<int64_t>(ctas_per_sm(kWideWarps)) * n_sms ? kNarrowWarps : kWideWarps;
+}
 
 void decode_attention_mma_init() {
   set_smem_limit<__nv_bfloat16, 64>();
@@ -314,14 +338,17 @@ void decode_attention_mma(const DecodeAttentionParams& p, const LaunchShape& sha
   TPNODE_CHECK(decode_mma_supports(p.n_head, p.kv.n_head_kv, p.kv.head_dim),
                "decode_attention_mma: {} heads over {} KV heads of dim {} unsupported", p.n_head,
                p.kv.n_head_kv, p.kv.head_dim);
-  LaunchShape s = shape;
+  TPNODE_CHECK(p.mma_warps == 0 || p.mma_warps == kWideWarps || p.mma_warps == kNarrowWarps,
+               "decode_attention_mma: {} warps per CTA (0, {} or {})", p.mma_warps, kWideWarps,
+               kNarrowWarps);
+  const bool narrow = p.mma_warps == kNarrowWarps;
   TPNODE_DISPATCH_KV(p.kv.dtype, KvT, {
     if (p.kv.head_dim == 64) {
-      s.smem = Geom<64>::kSmemBytes;
-      launch_pdl(decode_attention_mma_kernel<KvT, 64>, s, stream, p);
+      narrow ? launch<KvT, 64, kNarrowWarps>(p, shape, stream)
+             : launch<KvT, 64, kWideWarps>(p, shape, stream);
     } else {
-      s.smem = Geom<128>::kSmemBytes;
-      launch_pdl(decode_attention_mma_kernel<KvT, 128>, s, stream, p);
+      narrow ? launch<KvT, 128, kNarrowWarps>(p, shape, stream)
+             : launch<KvT, 128, kWideWarps>(p, shape, stream);
     }
   })
 }

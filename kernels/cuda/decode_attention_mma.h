@@ -18,8 +18,11 @@ namespace tpnode::cuda {
 // Whether the kernel takes these heads: a group of at most 8 query heads per KV head and
 // head_dim 64 or 128.
 bool decode_mma_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim);
-// Keys a CTA takes per round of its warps (the split planner's stage).
-int decode_mma_stage_keys();
+// Keys a CTA of `warps` warps takes per round of them (the split planner's stage).
+int decode_mma_stage_keys(int warps);
+// Warps per CTA for a grid of `ctas` CTAs: `want` when it is 4 or 2, else (0) two (the narrow
+// variant) where four-warp CTAs would take more than one wave.
+int decode_mma_warps(int64_t ctas, int n_sms, int want);
 // Shared-memory limits of the kernel's variants (outside any graph capture, at set-up).
 void decode_attention_mma_init();
 // The launch decode_attention checked and shaped (grid: tokens x KV heads x splits).

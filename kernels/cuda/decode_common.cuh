@@ -22,6 +22,8 @@
 
 namespace tpnode::cuda::decode {
 
+// Warps of a CTA: the CUDA-core kernel's always, the tensor-core kernel's for most grids (it
+// also has a narrow variant; the helpers below take the count as W).
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
 // Passes of the CTA over the rows it stages (q of its heads, the new K and V; 8 elements per
@@ -160,12 +162,13 @@ __device__ __forceinline__ DecodeRows decode_rows_at(float* base, int heads, int
 
 // The rotation table depends on the position alone: it is built (double-precision sincos)
 // before waiting for the launch that writes the rows.
+template <int W = kDecodeWarps>
 __device__ __forceinline__ void decode_rope_table(const DecodeAttentionParams& p,
                                                   const DecodeCta& c, const DecodeRows& s) {
   if (p.rope.inv_freq == nullptr) return;
   const int half = c.hd / 2;
 #pragma unroll 1
-  for (int i = threadIdx.x; i < half; i += kDecodeThreads) {
+  for (int i = threadIdx.x; i < half; i += W * 32) {
     const RopeCosSin r = rope_cos_sin(c.pos, p.rope.inv_freq, i);
     s.cs_s[i] = r.cs;
     s.cs_s[half + i] = r.sn;
@@ -178,8 +181,10 @@ __device__ __forceinline__ void decode_rope_table(const DecodeAttentionParams& p
 // rotated there when RoPE is fused. Items of 8 elements, 4 rotation pairs each: neox pairs
 // elements [4j, 4j + 4) with [hd/2 + 4j, ...), interleaved pairs neighbours in [8j, 8j + 8);
 // pairs 4j .. 4j + 3 either way. Ends with a CTA barrier.
+template <int W = kDecodeWarps>
 __device__ __forceinline__ void decode_load_rows(const DecodeAttentionParams& p, const DecodeCta& c,
                                                  const DecodeRows& s) {
+  constexpr int kThreads = W * 32;
   const int tid = threadIdx.x, hd = c.hd, hc = c.hc, half = hd / 2;
   const int64_t n_kv = p.kv.n_head_kv;
   const bool rope = p.rope.inv_freq != nullptr;
@@ -188,7 +193,7 @@ __device__ __forceinline__ void decode_load_rows(const DecodeAttentionParams& p,
   const int n_items = (hc + (c.own_key ? 2 : 0)) * row_items;
   float4 lo[kDecodeStagePasses], hi[kDecodeStagePasses];
   auto item_of = [&](int pass, int& r, int& a, int& b) {
-    const int item = tid + pass * kDecodeThreads;
+    const int item = tid + pass * kThreads;
     r = item / row_items;
     const int j = item - r * row_items;
     a = neox ? 4 * j : 8 * j;
@@ -199,7 +204,7 @@ __device__ __forceinline__ void decode_load_rows(const DecodeAttentionParams& p,
   for (int pass = 0; pass < kDecodeStagePasses; ++pass) {
     int r, a, b;
     item_of(pass, r, a, b);
-    if (tid + pass * kDecodeThreads < n_items) {
+    if (tid + pass * kThreads < n_items) {
       const float* src = r < hc    ? p.q + (c.t * p.n_head + c.h0 + r) * hd
                          : r == hc ? p.k_new + (c.t * n_kv + c.kvh) * hd
                                    : p.v_new + (c.t * n_kv + c.kvh) * hd;
@@ -212,7 +217,7 @@ __device__ __forceinline__ void decode_load_rows(const DecodeAttentionParams& p,
   for (int pass = 0; pass < kDecodeStagePasses; ++pass) {
     int r, a, b;
     const int j = item_of(pass, r, a, b);
-    if (tid + pass * kDecodeThreads >= n_items) continue;
+    if (tid + pass * kThreads >= n_items) continue;
     float x[8] = {lo[pass].x, lo[pass].y, lo[pass].z, lo[pass].w,
                   hi[pass].x, hi[pass].y, hi[pass].z, hi[pass].w};
     if (rope && r <= hc) {
@@ -250,19 +255,20 @@ __device__ __forceinline__ void decode_load_rows(const DecodeAttentionParams& p,
 // A CTA's rows from the launch before: the rotation table, the wait for that launch (fused:
 // only here, the cache's older keys being in flight already; otherwise the kernel waited
 // before its first cache read), the next launch let in, then the rows.
+template <int W = kDecodeWarps>
 __device__ __forceinline__ void decode_stage_rows(const DecodeAttentionParams& p,
                                                   const DecodeCta& c, const DecodeRows& s,
                                                   bool fused) {
-  decode_rope_table(p, c, s);
+  decode_rope_table<W>(p, c, s);
   if (fused) pdl_wait();
   pdl_launch_dependents();
-  decode_load_rows(p, c, s);
+  decode_load_rows<W>(p, c, s);
 }
 
 // After the key loop each warp leaves its softmax state per head (log2 units: the running
 // maximum m, the sum l of exp2(s - m), the unnormalised output acc) in shared memory; the
 // CTA's merged output and log2-sum-exp per head follow (what the other CTAs of a cluster read).
-template <int GB>
+template <int GB, int W = kDecodeWarps>
 struct DecodeRed {
   float* acc;     // [warp][GB][hd]
   float* m;       // [warp][GB]
@@ -271,23 +277,25 @@ struct DecodeRed {
   float* cl_lse;  // [GB]
   __device__ DecodeRed(void* smem, int hd) {
     acc = reinterpret_cast<float*>(smem);
-    m = acc + kDecodeWarps * GB * hd;
-    l = m + kDecodeWarps * GB;
-    cl_val = l + kDecodeWarps * GB;
+    m = acc + W * GB * hd;
+    l = m + W * GB;
+    cl_val = l + W * GB;
     cl_lse = cl_val + GB * hd;
   }
 };
-// DecodeRed's bytes for `heads` heads (its GB).
-__host__ __device__ constexpr size_t decode_red_bytes(int heads, int64_t hd) {
-  return sizeof(float) * static_cast<size_t>(kDecodeWarps * heads * (hd + 2) + heads * (hd + 1));
+// DecodeRed's bytes for `heads` heads (its GB) and `warps` warps (its W).
+__host__ __device__ constexpr size_t decode_red_bytes(int heads, int64_t hd,
+                                                      int warps = kDecodeWarps) {
+  return sizeof(float) * static_cast<size_t>(warps * heads * (hd + 2) + heads * (hd + 1));
 }
 
 // The end of a decode CTA, once every warp has written its state (DecodeRed) and passed a CTA
 // barrier: the warps' states merged per output, then the key splits' (cluster or global)
 // merge, the output, its 8-bit copy and gemm_kq's records.
-template <int GB>
+template <int GB, int W = kDecodeWarps>
 __device__ __forceinline__ void decode_finish(const DecodeAttentionParams& p, const DecodeCta& c,
-                                              const DecodeRed<GB>& red) {
+                                              const DecodeRed<GB, W>& red) {
+  constexpr int kThreads = W * 32;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t t = c.t;
   const int h0 = c.h0, hc = c.hc, hd = c.hd, split = c.split, n_active = c.n_active;
@@ -314,7 +322,7 @@ __device__ __forceinline__ void decode_finish(const DecodeAttentionParams& p, co
     __syncthreads();
     const int groups = static_cast<int>((p.n + 7) / 8);
     const int64_t st0 = static_cast<int64_t>(h0) * hd / 256;
-    for (int s = warp; s < hc * hd / 256; s += kDecodeWarps) {
+    for (int s = warp; s < hc * hd / 256; s += W) {
       float v[8];
 #pragma unroll
       for (int i = 0; i < 8; ++i) v[i] = cl_val[256 * s + 8 * lane + i];
@@ -327,14 +335,14 @@ __device__ __forceinline__ void decode_finish(const DecodeAttentionParams& p, co
     }
   };
   const int n_out = hc * hd;
-  for (int o = tid; o < n_out; o += kDecodeThreads) {
+  for (int o = tid; o < n_out; o += kThreads) {
     const int h = o / hd, d = o - h * hd;
     float mm = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) mm = fmaxf(mm, red_m[w * GB + h]);
+    for (int w = 0; w < W; ++w) mm = fmaxf(mm, red_m[w * GB + h]);
     float sum = 0.0f, a = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) {
+    for (int w = 0; w < W; ++w) {
       const float f = merge_weight(red_m[w * GB + h], mm);
       sum += red_l[w * GB + h] * f;
       a += red_acc[(w * GB + h) * hd + d] * f;
@@ -362,7 +370,7 @@ __device__ __forceinline__ void decode_finish(const DecodeAttentionParams& p, co
     cg::cluster_group cluster = cg::this_cluster();
     cluster.sync();
     const int rank = static_cast<int>(cluster.block_rank());
-    for (int o = rank * kDecodeThreads + tid; o < n_out; o += p.n_splits * kDecodeThreads) {
+    for (int o = rank * kThreads + tid; o < n_out; o += p.n_splits * kThreads) {
       const int h = o / hd;
       // Every split's pair is read before any is merged: the remote reads overlap.
       float ls[kDecodeMaxClusterSplits], vs[kDecodeMaxClusterSplits];
@@ -407,7 +415,7 @@ __device__ __forceinline__ void decode_finish(const DecodeAttentionParams& p, co
   // One pass per output with a running maximum; eight splits' LSE and value loads go out
   // together.
   const int64_t slot0 = static_cast<int64_t>(blockIdx.x) * p.n_head + h0;  // first head's row
-  for (int o = tid; o < n_out; o += kDecodeThreads) {
+  for (int o = tid; o < n_out; o += kThreads) {
     const int h = o / hd, d = o - h * hd;
     const float* lse = p.part_lse + (slot0 + h) * p.n_splits;
     const float* src = p.part_out + (slot0 + h) * p.n_splits * hd + d;

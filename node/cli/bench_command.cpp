@@ -67,6 +67,7 @@ struct BenchOptions {
   bool decode_clusters = true;        // CUDA: decode attention's splits may merge in a cluster
   int decode_heads_per_cta = 0;       // CUDA: query heads per decode attention CTA (0: auto)
   int64_t decode_mma_min_batch = 1;   // CUDA: decode attention on tensor cores from this batch
+  int decode_mma_warps = 0;           // CUDA: warps per tensor-core attention CTA (0: by grid)
   bool fuse_norm_gemv = false;        // CUDA: batch-1 RMSNorm inside the gate/up GEMV
   bool fold_all_reduce = true;        // CUDA TP: the one-shot all-reduce inside the next RMSNorm
   bool gemv_push = true;              // CUDA TP: batch-1 o/down GEMVs push their outputs
@@ -244,6 +245,7 @@ int run_bench(const BenchOptions& o) {
     co.decode_clusters = o.decode_clusters;
     co.decode_heads_per_cta = o.decode_heads_per_cta;
     co.decode_mma_min_batch = o.decode_mma_min_batch;
+    co.decode_mma_warps = o.decode_mma_warps;
     co.fuse_norm_gemv = o.fuse_norm_gemv;
     co.fold_all_reduce = o.fold_all_reduce;
     co.gemv_push = o.gemv_push;
@@ -465,6 +467,10 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--decode-mma-min-batch", o->decode_mma_min_batch,
                      "smallest decode batch whose attention runs on tensor cores (0: never)")
           ->check(CLI::NonNegativeNumber);
+      sub.add_option("--decode-mma-warps", o->decode_mma_warps,
+                     "warps per tensor-core decode attention CTA (0: two where four would take "
+                     "more than one wave)")
+          ->check(CLI::IsMember({0, 2, 4}));
       sub.add_option("--gemm-kq-max-batch", o->gemm_kq_max_batch,
                      "largest decode batch whose Q4_K matmuls run on int8 warpgroup MMAs from the "
                      "quantized blocks (0: off; sm_90a)")

@@ -389,8 +389,15 @@ struct QuantCase {
 
 // How a CudaDecodeQuant launch runs: the CUDA-core kernel with its own pick of heads and global
 // merges, or with the group's four heads per CTA and clusters; the tensor-core kernel with
-// global merges or clusters.
-enum class QuantVariant { kGlobal, kCluster, kMmaGlobal, kMmaCluster };
+// global merges or clusters, four warps per CTA or two (narrow).
+enum class QuantVariant {
+  kGlobal,
+  kCluster,
+  kMmaGlobal,
+  kMmaCluster,
+  kMmaNarrowGlobal,
+  kMmaNarrowCluster
+};
 
 const char* variant_name(QuantVariant v) {
   switch (v) {
@@ -398,6 +405,8 @@ const char* variant_name(QuantVariant v) {
     case QuantVariant::kCluster: return "cluster";
     case QuantVariant::kMmaGlobal: return "mma_global";
     case QuantVariant::kMmaCluster: return "mma_cluster";
+    case QuantVariant::kMmaNarrowGlobal: return "mma2_global";
+    case QuantVariant::kMmaNarrowCluster: return "mma2_cluster";
   }
   return "?";
 }
@@ -417,8 +426,13 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
   int major = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
   const QuantVariant variant = std::get<1>(GetParam());
-  const bool clusters = variant == QuantVariant::kCluster || variant == QuantVariant::kMmaCluster;
-  const bool mma = variant == QuantVariant::kMmaGlobal || variant == QuantVariant::kMmaCluster;
+  const bool narrow =
+      variant == QuantVariant::kMmaNarrowGlobal || variant == QuantVariant::kMmaNarrowCluster;
+  const bool clusters = variant == QuantVariant::kCluster ||
+                        variant == QuantVariant::kMmaCluster ||
+                        variant == QuantVariant::kMmaNarrowCluster;
+  const bool mma =
+      narrow || variant == QuantVariant::kMmaGlobal || variant == QuantVariant::kMmaCluster;
   if (clusters && major < 9) GTEST_SKIP() << "thread-block clusters need compute capability >= 9.0";
   if (mma && !kc::decode_mma_supports(c.n_head, c.n_head_kv, c.head_dim)) {
     GTEST_SKIP() << "the tensor-core kernel takes groups of at most 8 heads";
@@ -491,9 +505,13 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
                                                        .n_sms = n_sms,
                                                        .clusters = clusters,
                                                        .heads_per_cta = heads,
-                                                       .mma = mma});
+                                                       .mma = mma,
+                                                       .mma_warps = narrow ? 2 : 0});
   if (variant == QuantVariant::kCluster) {
     EXPECT_TRUE(split.n_splits == 1 || split.cluster) << "the plan should merge in a cluster";
+  }
+  if (mma) {
+    EXPECT_EQ(split.mma_warps, narrow ? 2 : 4);
   }
   DeviceBuffer part_out(split.part_out_floats * sizeof(float)),
       part_lse(split.part_lse_floats * sizeof(float)),
@@ -521,7 +539,8 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
       .v_new = v_new->as<float>(),
       .rope = {.inv_freq = inv_freq->as<float>(), .style = RopeStyle::kNeox},
       .quant = {.q = aq.as<int8_t>(), .d = ad.as<float>(), .s = as.as<float>()},
-      .mma = mma};
+      .mma = mma,
+      .mma_warps = split.mma_warps};
   kc::decode_attention(d, nullptr);
   kc::quantize_acts({.x = out.as<float>(), .m = n, .k = nh * hd,
                      .out = {.q = rq.as<int8_t>(), .d = rd.as<float>(), .s = rs.as<float>()}},
@@ -529,7 +548,8 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::string what = fmt::format("{} splits of {} keys{}{}", split.n_splits,
                                        split.split_len, split.cluster ? " in a cluster" : "",
-                                       mma ? " on tensor cores" : "");
+                                       !mma ? "" : narrow ? " on tensor cores, two warps"
+                                                          : " on tensor cores");
   const std::vector<float> f = download<float>(out, n_out);
   EXPECT_TRUE(std::all_of(f.begin(), f.end(), [](float x) { return std::isfinite(x); })) << what;
   EXPECT_EQ(download<int8_t>(aq, n_out), download<int8_t>(rq, n_out)) << what << ": q";
@@ -602,7 +622,8 @@ INSTANTIATE_TEST_SUITE_P(
             // 16 query heads per KV head (two CTAs each), head_dim 64; 1:1 groups
             QuantCase{64, 16, 1, {300, 2}, 32}, QuantCase{64, 4, 4, {17}, 2}),
         ::testing::Values(QuantVariant::kGlobal, QuantVariant::kCluster,
-                          QuantVariant::kMmaGlobal, QuantVariant::kMmaCluster)),
+                          QuantVariant::kMmaGlobal, QuantVariant::kMmaCluster,
+                          QuantVariant::kMmaNarrowGlobal, QuantVariant::kMmaNarrowCluster)),
     [](const auto& i) {
       const QuantCase& c = std::get<0>(i.param);
       return fmt::format("hd{}_h{}kv{}_n{}_ctx{}_w{}_{}", c.head_dim, c.n_head, c.n_head_kv,
@@ -619,6 +640,7 @@ struct LongCase {
   KvCacheDtype kv;
   int64_t context;  // keys the first decode token sees
   bool mma = false;  // on tensor cores (q and the softmax weights rounded to the cache's type)
+  int mma_warps = 0;  // CudaBackendOptions::decode_mma_warps
 };
 
 float round_to_cache(float x, KvCacheDtype d) {
@@ -639,6 +661,7 @@ class CudaDecodeLong : public ::testing::TestWithParam<LongCase> {
     o.gpu_memory_fraction = 0.5;
     o.kv_dtype = GetParam().kv;
     o.decode_mma_min_batch = GetParam().mma ? 1 : 0;
+    o.decode_mma_warps = GetParam().mma_warps;
     cuda_ = make_cuda_backend(o);
   }
   float* dev(const std::vector<float>& host) {
@@ -746,11 +769,14 @@ INSTANTIATE_TEST_SUITE_P(
                       LongCase{128, 32, 8, KvCacheDtype::kBF16, 4096, true},
                       LongCase{128, 32, 8, KvCacheDtype::kBF16, 32768, true},
                       LongCase{64, 8, 1, KvCacheDtype::kF16, 4096, true},
-                      LongCase{128, 4, 4, KvCacheDtype::kF16, 4096, true}),
+                      LongCase{128, 4, 4, KvCacheDtype::kF16, 4096, true},
+                      LongCase{128, 32, 8, KvCacheDtype::kBF16, 4096, true, 2},
+                      LongCase{64, 8, 1, KvCacheDtype::kF16, 4096, true, 2}),
     [](const auto& i) {
-      return fmt::format("hd{}_h{}kv{}_{}_ctx{}{}", i.param.head_dim, i.param.n_head,
+      return fmt::format("hd{}_h{}kv{}_{}_ctx{}{}{}", i.param.head_dim, i.param.n_head,
                          i.param.n_head_kv, dtype_name(i.param.kv), i.param.context,
-                         i.param.mma ? "_mma" : "");
+                         i.param.mma ? "_mma" : "",
+                         i.param.mma_warps > 0 ? fmt::format("{}w", i.param.mma_warps) : "");
     });
 
 // ---- split planning (host only) ---------------------------------------------------------
@@ -849,7 +875,7 @@ TEST(DecodeSplitPlan, HeadsPerCtaPick) {
       {.n = 16, .n_head = 32, .n_head_kv = 8, .head_dim = 128, .max_keys = 4096, .n_sms = 132,
        .clusters = true, .mma = true});
   EXPECT_GT(mma16.n_splits, 1);
-  EXPECT_EQ(mma16.split_len % kc::decode_mma_stage_keys(), 0);
+  EXPECT_EQ(mma16.split_len % kc::decode_mma_stage_keys(mma16.mma_warps), 0);
   EXPECT_TRUE(kc::decode_mma_supports(32, 8, 128));
   EXPECT_TRUE(kc::decode_mma_supports(9, 3, 64));
   EXPECT_FALSE(kc::decode_mma_supports(16, 1, 128));  // a group of 16
@@ -903,6 +929,27 @@ TEST(DecodeSplitPlan, ClusterSplitsForShortAndMidContexts) {
       }
     }
   }
+}
+
+// The tensor-core kernel's narrow CTAs (two warps, five per SM) serve grids that four-warp CTAs
+// (three per SM) would run in more than one wave; forced, they also split, in 32-key stages.
+TEST(DecodeSplitPlan, NarrowTensorCoreCtasForGridsOverOneWave) {
+  auto plan = [](int64_t n, int64_t keys, int warps = 0) {
+    return kc::plan_decode_split({.n = n, .n_head = 32, .n_head_kv = 8, .head_dim = 128,
+                                  .max_keys = keys, .n_sms = 132, .clusters = true,
+                                  .mma = true, .mma_warps = warps});
+  };
+  EXPECT_EQ(plan(49, 256).mma_warps, 4);  // 392 CTAs: one wave of 396
+  EXPECT_EQ(plan(50, 256).mma_warps, 2);  // 400
+  EXPECT_EQ(plan(64, 256).mma_warps, 2);
+  EXPECT_EQ(plan(64, 256).n_splits, 1);
+  EXPECT_EQ(plan(1, 256).mma_warps, 4);
+  EXPECT_EQ(plan(64, 256, 4).mma_warps, 4);
+  const kc::DecodeSplit forced = plan(1, 256, 2);
+  EXPECT_EQ(forced.mma_warps, 2);
+  EXPECT_GT(forced.n_splits, 1);
+  EXPECT_EQ(forced.split_len % 32, 0);
+  EXPECT_EQ(plan(1, 256).split_len % 64, 0);
 }
 
 // ---- timing ------------------------------------------------------------------------------

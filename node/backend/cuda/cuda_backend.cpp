@@ -309,6 +309,9 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   kc::gemm_kq_check_tuning(kq_tuning());
   TPNODE_CHECK(options.decode_mma_min_batch >= 0, "decode_mma_min_batch {} is negative",
                options.decode_mma_min_batch);
+  TPNODE_CHECK(options.decode_mma_warps == 0 || options.decode_mma_warps == 2 ||
+                   options.decode_mma_warps == 4,
+               "decode_mma_warps {} is not 0, 2 or 4", options.decode_mma_warps);
   if (options.decode_mma_min_batch > 0 && prop_.major >= 8) {
     kc::decode_attention_mma_init();  // shared-memory limits, outside any graph capture
   }
@@ -988,7 +991,8 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
          .max_splits = opt_.decode_max_splits,
          .clusters = opt_.decode_clusters && prop_.major >= 9,
          .heads_per_cta = opt_.decode_heads_per_cta,
-         .mma = d.mma});
+         .mma = d.mma,
+         .mma_warps = opt_.decode_mma_warps});
     d.heads_per_cta = opt_.decode_heads_per_cta;
     // Batches whose attn_output takes gemm_kq: its records too, instead of a gemm_kq_acts launch.
     const int64_t width = p.n_head * p.head_dim;
@@ -1004,6 +1008,7 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
     d.n_splits = split.n_splits;
     d.split_len = split.split_len;
     d.cluster = split.cluster;
+    d.mma_warps = split.mma_warps;
     if (split.n_splits > 1 && !split.cluster) {
       d.part_out = scratch_->attn_out.as<float>(split.part_out_floats);
       d.counters = attn_counters_;

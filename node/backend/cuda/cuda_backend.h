@@ -93,6 +93,9 @@ struct CudaBackendOptions {
   // shapes, the CUDA-core kernel. On an H200 (Llama-3-8B Q4_K_M, context 128) every batch
   // measured faster on tensor cores: batch 1 2.8%, 32 3%, 64 3.4% (docs/BENCHMARKS.md).
   int64_t decode_mma_min_batch = 1;
+  // Warps per tensor-core decode attention CTA: 4, 2 (five CTAs per SM instead of three), or 0,
+  // two where four-warp CTAs would take more than one wave (kc::decode_mma_warps).
+  int decode_mma_warps = 0;
   // Batch 1: the RMSNorm in front of a large group (gate/up) runs inside its GEMV (each CTA
   // normalizes and quantizes the row itself) instead of as its own launch, for the groups
   // that gemv_norm_group_supports accepts. Off by default: with gate/up on three rows per warp
