@@ -113,6 +113,8 @@ struct DecodeAttentionParams {
   // plan_decode_split's DecodeSplit::mma_warps); 0: 4. A split's keys go in rounds of 16 per
   // warp, so split_len is a multiple of decode_mma_stage_keys(warps) when n_splits > 1.
   int mma_warps = 0;
+  // With mma_warps 2: three-tile rings per warp (four CTAs per SM instead of five).
+  bool mma_deep = false;
 };
 void decode_attention(const DecodeAttentionParams& p, cudaStream_t stream);
 // Whether a launch whose CTAs take heads_per_cta heads (decode_heads_per_cta) can write
@@ -143,6 +145,7 @@ struct DecodeShape {
   int heads_per_cta = 0;  // as DecodeAttentionParams::heads_per_cta
   bool mma = false;       // as DecodeAttentionParams::mma
   int mma_warps = 0;      // with mma: 4 or 2 warps per CTA, 0: the planner's pick
+  bool mma_deep = false;  // with mma: narrow CTAs may take three-tile rings (decode_mma_deep)
 };
 struct DecodeSplit {
   int n_splits = 1;
@@ -151,6 +154,7 @@ struct DecodeSplit {
   int64_t part_out_floats = 0;  // part_out size when split over global memory, else 0
   int64_t part_lse_floats = 0;
   int mma_warps = 4;  // with mma: DecodeAttentionParams::mma_warps
+  bool mma_deep = false;  // DecodeAttentionParams::mma_deep
 };
 DecodeSplit plan_decode_split(const DecodeShape& s);
 

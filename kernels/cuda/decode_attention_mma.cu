@@ -24,17 +24,19 @@ using namespace decode;
 // key loop); rows are swizzled (16-byte chunk c of row r at c ^ (r % 8)) so that ldmatrix's
 // eight rows hit distinct banks.
 constexpr int kKeys = 16;  // keys per warp tile
-// Tiles in a warp's ring: two leave room for three CTAs per SM (measured slightly ahead of
-// three tiles at two CTAs per SM on an H200, batches 32-64).
-constexpr int kStages = 2;
+// Tiles in a warp's ring (S): two leave room for three four-warp CTAs per SM (measured
+// slightly ahead of three tiles at two CTAs per SM on an H200, batches 32-64).
+constexpr int kStages = 2, kDeepStages = 3;
 constexpr int kMaxHeads = 8;  // the query heads of a CTA (an MMA's N)
 // The narrow variant: two warps per CTA, five CTAs per SM (shared memory allows five of its
-// 37.5 KB at head_dim 128), so grids that would take more than one wave of the four-warp
-// CTAs (three per SM) run in one.
+// 37.5 KB at head_dim 128), or four with three-tile rings, so grids that would take more
+// than one wave of the four-warp CTAs (three per SM) run in one.
 constexpr int kWideWarps = kDecodeWarps, kNarrowWarps = 2;
-constexpr int ctas_per_sm(int warps) { return warps == kNarrowWarps ? 5 : 3; }
+constexpr int ctas_per_sm(int warps, int stages) {
+  return warps == kWideWarps ? 3 : stages == kDeepStages ? 4 : 5;
+}
 
-template <int HD, int W>
+template <int HD, int W, int kStages>
 struct Geom {
   static constexpr int kChunks = HD / 8;         // 16-byte chunks per key row
   static constexpr int kTile = kKeys * kChunks;  // int4s of a K (or V) tile
@@ -50,7 +52,7 @@ struct Geom {
   // decode_load_rows's passes hold q of a whole group and the new key and value.
   static_assert((kMaxHeads + 2) * (HD / 8) <= kDecodeStagePasses * W * 32);
   // ctas_per_sm's residency: 1 KB of each CTA's shared memory is the system's.
-  static_assert(ctas_per_sm(W) * (kSmemBytes + 1024) <= 228 * 1024);
+  static_assert(ctas_per_sm(W, kStages) * (kSmemBytes + 1024) <= 228 * 1024);
 };
 
 __device__ __forceinline__ int swz(int row, int chunk, int chunks) {
@@ -75,10 +77,10 @@ __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t a) {
   return d;
 }
 
-template <typename KvT, int HD, int W>
-__global__ void __launch_bounds__(W * 32, ctas_per_sm(W))
+template <typename KvT, int HD, int W, int kStages>
+__global__ void __launch_bounds__(W * 32, ctas_per_sm(W, kStages))
     decode_attention_mma_kernel(DecodeAttentionParams p) {
-  using G = Geom<HD, W>;
+  using G = Geom<HD, W, kStages>;
   constexpr int KS = HD / 16;  // k steps of S^T, m tiles of O^T
   extern __shared__ __align__(16) int4 smem[];
 
@@ -294,21 +296,34 @@ __global__ void __launch_bounds__(W * 32, ctas_per_sm(W))
   decode_finish<kMaxHeads, W>(p, cta, red);
 }
 
-template <typename KvT, int HD>
+template <typename KvT, int HD, int W, int S>
 void set_smem_limit() {
-  TPNODE_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_mma_kernel<KvT, HD, kWideWarps>,
+  TPNODE_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_mma_kernel<KvT, HD, W, S>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(Geom<HD, kWideWarps>::kSmemBytes)));
-  TPNODE_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_mma_kernel<KvT, HD, kNarrowWarps>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(Geom<HD, kNarrowWarps>::kSmemBytes)));
+                                         static_cast<int>(Geom<HD, W, S>::kSmemBytes)));
+}
+template <typename KvT, int HD>
+void set_smem_limits() {
+  set_smem_limit<KvT, HD, kWideWarps, kStages>();
+  set_smem_limit<KvT, HD, kNarrowWarps, kStages>();
+  set_smem_limit<KvT, HD, kNarrowWarps, kDeepStages>();
 }
 
-template <typename KvT, int HD, int W>
+template <typename KvT, int HD, int W, int S>
 void launch(const DecodeAttentionParams& p, LaunchShape s, cudaStream_t stream) {
   s.block = dim3(W * 32);
-  s.smem = Geom<HD, W>::kSmemBytes;
-  launch_pdl(decode_attention_mma_kernel<KvT, HD, W>, s, stream, p);
+  s.smem = Geom<HD, W, S>::kSmemBytes;
+  launch_pdl(decode_attention_mma_kernel<KvT, HD, W, S>, s, stream, p);
+}
+template <typename KvT, int HD>
+void launch_variant(const DecodeAttentionParams& p, const LaunchShape& s, cudaStream_t stream) {
+  if (p.mma_warps != kNarrowWarps) {
+    launch<KvT, HD, kWideWarps, kStages>(p, s, stream);
+  } else if (p.mma_deep) {
+    launch<KvT, HD, kNarrowWarps, kDeepStages>(p, s, stream);
+  } else {
+    launch<KvT, HD, kNarrowWarps, kStages>(p, s, stream);
+  }
 }
 
 }  // namespace
@@ -323,14 +338,20 @@ int decode_mma_stage_keys(int warps) { return warps * kKeys; }
 
 int decode_mma_warps(int64_t ctas, int n_sms, int want) {
   if (want == kWideWarps || want == kNarrowWarps) return want;
-  return ctas > static_cast<int64_t>(ctas_per_sm(kWideWarps)) * n_sms ? kNarrowWarps : kWideWarps;
+  return ctas > static_cast<int64_t>(ctas_per_sm(kWideWarps, kStages)) * n_sms ? kNarrowWarps
+                                                                              : kWideWarps;
+}
+
+bool decode_mma_deep(int64_t ctas, int n_sms, int warps, bool allow) {
+  return allow && warps == kNarrowWarps &&
+         ctas <= static_cast<int64_t>(ctas_per_sm(kNarrowWarps, kDeepStages)) * n_sms;
 }
 
 void decode_attention_mma_init() {
-  set_smem_limit<__nv_bfloat16, 64>();
-  set_smem_limit<__nv_bfloat16, 128>();
-  set_smem_limit<__half, 64>();
-  set_smem_limit<__half, 128>();
+  set_smem_limits<__nv_bfloat16, 64>();
+  set_smem_limits<__nv_bfloat16, 128>();
+  set_smem_limits<__half, 64>();
+  set_smem_limits<__half, 128>();
 }
 
 void decode_attention_mma(const DecodeAttentionParams& p, const LaunchShape& shape,
@@ -341,14 +362,11 @@ void decode_attention_mma(const DecodeAttentionParams& p, const LaunchShape& sha
   TPNODE_CHECK(p.mma_warps == 0 || p.mma_warps == kWideWarps || p.mma_warps == kNarrowWarps,
                "decode_attention_mma: {} warps per CTA (0, {} or {})", p.mma_warps, kWideWarps,
                kNarrowWarps);
-  const bool narrow = p.mma_warps == kNarrowWarps;
   TPNODE_DISPATCH_KV(p.kv.dtype, KvT, {
     if (p.kv.head_dim == 64) {
-      narrow ? launch<KvT, 64, kNarrowWarps>(p, shape, stream)
-             : launch<KvT, 64, kWideWarps>(p, shape, stream);
+      launch_variant<KvT, 64>(p, shape, stream);
     } else {
-      narrow ? launch<KvT, 128, kNarrowWarps>(p, shape, stream)
-             : launch<KvT, 128, kWideWarps>(p, shape, stream);
+      launch_variant<KvT, 128>(p, shape, stream);
     }
   })
 }

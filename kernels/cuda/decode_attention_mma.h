@@ -23,6 +23,9 @@ int decode_mma_stage_keys(int warps);
 // Warps per CTA for a grid of `ctas` CTAs: `want` when it is 4 or 2, else (0) two (the narrow
 // variant) where four-warp CTAs would take more than one wave.
 int decode_mma_warps(int64_t ctas, int n_sms, int want);
+// Whether narrow CTAs take three-tile rings (four CTAs per SM instead of five): when `allow`
+// and the grid still fits one wave of them.
+bool decode_mma_deep(int64_t ctas, int n_sms, int warps, bool allow);
 // Shared-memory limits of the kernel's variants (outside any graph capture, at set-up).
 void decode_attention_mma_init();
 // The launch decode_attention checked and shaped (grid: tokens x KV heads x splits).

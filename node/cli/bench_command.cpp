@@ -68,6 +68,7 @@ struct BenchOptions {
   int decode_heads_per_cta = 0;       // CUDA: query heads per decode attention CTA (0: auto)
   int64_t decode_mma_min_batch = 1;   // CUDA: decode attention on tensor cores from this batch
   int decode_mma_warps = 0;           // CUDA: warps per tensor-core attention CTA (0: by grid)
+  bool decode_mma_deep = true;        // CUDA: narrow attention CTAs with three-tile rings
   bool fuse_norm_gemv = false;        // CUDA: batch-1 RMSNorm inside the gate/up GEMV
   bool fold_all_reduce = true;        // CUDA TP: the one-shot all-reduce inside the next RMSNorm
   bool gemv_push = true;              // CUDA TP: batch-1 o/down GEMVs push their outputs
@@ -246,6 +247,7 @@ int run_bench(const BenchOptions& o) {
     co.decode_heads_per_cta = o.decode_heads_per_cta;
     co.decode_mma_min_batch = o.decode_mma_min_batch;
     co.decode_mma_warps = o.decode_mma_warps;
+    co.decode_mma_deep = o.decode_mma_deep;
     co.fuse_norm_gemv = o.fuse_norm_gemv;
     co.fold_all_reduce = o.fold_all_reduce;
     co.gemv_push = o.gemv_push;
@@ -471,6 +473,9 @@ const RegisterCommand kRegister{Command{
                      "warps per tensor-core decode attention CTA (0: two where four would take "
                      "more than one wave)")
           ->check(CLI::IsMember({0, 2, 4}));
+      sub.add_flag("!--no-decode-mma-deep", o->decode_mma_deep,
+                   "narrow tensor-core attention CTAs keep two-tile rings (by default three "
+                   "where four CTAs per SM hold the grid)");
       sub.add_option("--gemm-kq-max-batch", o->gemm_kq_max_batch,
                      "largest decode batch whose Q4_K matmuls run on int8 warpgroup MMAs from the "
                      "quantized blocks (0: off; sm_90a)")

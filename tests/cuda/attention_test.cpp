@@ -396,7 +396,8 @@ enum class QuantVariant {
   kMmaGlobal,
   kMmaCluster,
   kMmaNarrowGlobal,
-  kMmaNarrowCluster
+  kMmaNarrowCluster,
+  kMmaNarrowDeep  // and three-tile rings; clusters where the plan takes them
 };
 
 const char* variant_name(QuantVariant v) {
@@ -407,6 +408,7 @@ const char* variant_name(QuantVariant v) {
     case QuantVariant::kMmaCluster: return "mma_cluster";
     case QuantVariant::kMmaNarrowGlobal: return "mma2_global";
     case QuantVariant::kMmaNarrowCluster: return "mma2_cluster";
+    case QuantVariant::kMmaNarrowDeep: return "mma2_deep";
   }
   return "?";
 }
@@ -426,11 +428,12 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
   int major = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
   const QuantVariant variant = std::get<1>(GetParam());
-  const bool narrow =
-      variant == QuantVariant::kMmaNarrowGlobal || variant == QuantVariant::kMmaNarrowCluster;
+  const bool deep = variant == QuantVariant::kMmaNarrowDeep;
+  const bool narrow = deep || variant == QuantVariant::kMmaNarrowGlobal ||
+                      variant == QuantVariant::kMmaNarrowCluster;
   const bool clusters = variant == QuantVariant::kCluster ||
                         variant == QuantVariant::kMmaCluster ||
-                        variant == QuantVariant::kMmaNarrowCluster;
+                        variant == QuantVariant::kMmaNarrowCluster || deep;
   const bool mma =
       narrow || variant == QuantVariant::kMmaGlobal || variant == QuantVariant::kMmaCluster;
   if (clusters && major < 9) GTEST_SKIP() << "thread-block clusters need compute capability >= 9.0";
@@ -506,12 +509,14 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
                                                        .clusters = clusters,
                                                        .heads_per_cta = heads,
                                                        .mma = mma,
-                                                       .mma_warps = narrow ? 2 : 0});
+                                                       .mma_warps = narrow ? 2 : 0,
+                                                       .mma_deep = deep});
   if (variant == QuantVariant::kCluster) {
     EXPECT_TRUE(split.n_splits == 1 || split.cluster) << "the plan should merge in a cluster";
   }
   if (mma) {
     EXPECT_EQ(split.mma_warps, narrow ? 2 : 4);
+    EXPECT_EQ(split.mma_deep, deep);
   }
   DeviceBuffer part_out(split.part_out_floats * sizeof(float)),
       part_lse(split.part_lse_floats * sizeof(float)),
@@ -540,7 +545,8 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
       .rope = {.inv_freq = inv_freq->as<float>(), .style = RopeStyle::kNeox},
       .quant = {.q = aq.as<int8_t>(), .d = ad.as<float>(), .s = as.as<float>()},
       .mma = mma,
-      .mma_warps = split.mma_warps};
+      .mma_warps = split.mma_warps,
+      .mma_deep = split.mma_deep};
   kc::decode_attention(d, nullptr);
   kc::quantize_acts({.x = out.as<float>(), .m = n, .k = nh * hd,
                      .out = {.q = rq.as<int8_t>(), .d = rd.as<float>(), .s = rs.as<float>()}},
@@ -548,8 +554,10 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::string what = fmt::format("{} splits of {} keys{}{}", split.n_splits,
                                        split.split_len, split.cluster ? " in a cluster" : "",
-                                       !mma ? "" : narrow ? " on tensor cores, two warps"
-                                                          : " on tensor cores");
+                                       !mma     ? ""
+                                       : deep   ? " on tensor cores, two warps, deep rings"
+                                       : narrow ? " on tensor cores, two warps"
+                                                : " on tensor cores");
   const std::vector<float> f = download<float>(out, n_out);
   EXPECT_TRUE(std::all_of(f.begin(), f.end(), [](float x) { return std::isfinite(x); })) << what;
   EXPECT_EQ(download<int8_t>(aq, n_out), download<int8_t>(rq, n_out)) << what << ": q";
@@ -623,7 +631,8 @@ INSTANTIATE_TEST_SUITE_P(
             QuantCase{64, 16, 1, {300, 2}, 32}, QuantCase{64, 4, 4, {17}, 2}),
         ::testing::Values(QuantVariant::kGlobal, QuantVariant::kCluster,
                           QuantVariant::kMmaGlobal, QuantVariant::kMmaCluster,
-                          QuantVariant::kMmaNarrowGlobal, QuantVariant::kMmaNarrowCluster)),
+                          QuantVariant::kMmaNarrowGlobal, QuantVariant::kMmaNarrowCluster,
+                          QuantVariant::kMmaNarrowDeep)),
     [](const auto& i) {
       const QuantCase& c = std::get<0>(i.param);
       return fmt::format("hd{}_h{}kv{}_n{}_ctx{}_w{}_{}", c.head_dim, c.n_head, c.n_head_kv,
@@ -641,6 +650,7 @@ struct LongCase {
   int64_t context;  // keys the first decode token sees
   bool mma = false;  // on tensor cores (q and the softmax weights rounded to the cache's type)
   int mma_warps = 0;  // CudaBackendOptions::decode_mma_warps
+  bool deep = false;  // CudaBackendOptions::decode_mma_deep
 };
 
 float round_to_cache(float x, KvCacheDtype d) {
@@ -662,6 +672,7 @@ class CudaDecodeLong : public ::testing::TestWithParam<LongCase> {
     o.kv_dtype = GetParam().kv;
     o.decode_mma_min_batch = GetParam().mma ? 1 : 0;
     o.decode_mma_warps = GetParam().mma_warps;
+    o.decode_mma_deep = GetParam().deep;
     cuda_ = make_cuda_backend(o);
   }
   float* dev(const std::vector<float>& host) {
@@ -771,12 +782,14 @@ INSTANTIATE_TEST_SUITE_P(
                       LongCase{64, 8, 1, KvCacheDtype::kF16, 4096, true},
                       LongCase{128, 4, 4, KvCacheDtype::kF16, 4096, true},
                       LongCase{128, 32, 8, KvCacheDtype::kBF16, 4096, true, 2},
-                      LongCase{64, 8, 1, KvCacheDtype::kF16, 4096, true, 2}),
+                      LongCase{64, 8, 1, KvCacheDtype::kF16, 4096, true, 2},
+                      LongCase{128, 32, 8, KvCacheDtype::kBF16, 4096, true, 2, true}),
     [](const auto& i) {
-      return fmt::format("hd{}_h{}kv{}_{}_ctx{}{}{}", i.param.head_dim, i.param.n_head,
+      return fmt::format("hd{}_h{}kv{}_{}_ctx{}{}{}{}", i.param.head_dim, i.param.n_head,
                          i.param.n_head_kv, dtype_name(i.param.kv), i.param.context,
                          i.param.mma ? "_mma" : "",
-                         i.param.mma_warps > 0 ? fmt::format("{}w", i.param.mma_warps) : "");
+                         i.param.mma_warps > 0 ? fmt::format("{}w", i.param.mma_warps) : "",
+                         i.param.deep ? "_deep" : "");
     });
 
 // ---- split planning (host only) ---------------------------------------------------------
@@ -950,6 +963,16 @@ TEST(DecodeSplitPlan, NarrowTensorCoreCtasForGridsOverOneWave) {
   EXPECT_GT(forced.n_splits, 1);
   EXPECT_EQ(forced.split_len % 32, 0);
   EXPECT_EQ(plan(1, 256).split_len % 64, 0);
+  // Three-tile rings for narrow CTAs where four per SM hold the grid (528 on 132 SMs).
+  auto deep = [](int64_t n) {
+    return kc::plan_decode_split({.n = n, .n_head = 32, .n_head_kv = 8, .head_dim = 128,
+                                  .max_keys = 256, .n_sms = 132, .mma = true, .mma_deep = true});
+  };
+  EXPECT_TRUE(deep(64).mma_deep);
+  EXPECT_TRUE(deep(66).mma_deep);
+  EXPECT_FALSE(deep(67).mma_deep);
+  EXPECT_FALSE(deep(32).mma_deep);  // four warps
+  EXPECT_FALSE(plan(64, 256).mma_deep);
 }
 
 // ---- timing ------------------------------------------------------------------------------

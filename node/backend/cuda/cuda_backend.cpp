@@ -992,7 +992,8 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
          .clusters = opt_.decode_clusters && prop_.major >= 9,
          .heads_per_cta = opt_.decode_heads_per_cta,
          .mma = d.mma,
-         .mma_warps = opt_.decode_mma_warps});
+         .mma_warps = opt_.decode_mma_warps,
+         .mma_deep = opt_.decode_mma_deep});
     d.heads_per_cta = opt_.decode_heads_per_cta;
     // Batches whose attn_output takes gemm_kq: its records too, instead of a gemm_kq_acts launch.
     const int64_t width = p.n_head * p.head_dim;
@@ -1009,6 +1010,7 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
     d.split_len = split.split_len;
     d.cluster = split.cluster;
     d.mma_warps = split.mma_warps;
+    d.mma_deep = split.mma_deep;
     if (split.n_splits > 1 && !split.cluster) {
       d.part_out = scratch_->attn_out.as<float>(split.part_out_floats);
       d.counters = attn_counters_;

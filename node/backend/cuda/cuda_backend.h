@@ -96,6 +96,9 @@ struct CudaBackendOptions {
   // Warps per tensor-core decode attention CTA: 4, 2 (five CTAs per SM instead of three), or 0,
   // two where four-warp CTAs would take more than one wave (kc::decode_mma_warps).
   int decode_mma_warps = 0;
+  // Narrow CTAs take three-tile rings where four of them per SM still hold the grid (batch 64
+  // of Llama-3-8B on an H200: ~0.8% shorter steps, docs/BENCHMARKS.md).
+  bool decode_mma_deep = true;
   // Batch 1: the RMSNorm in front of a large group (gate/up) runs inside its GEMV (each CTA
   // normalizes and quantizes the row itself) instead of as its own launch, for the groups
   // that gemv_norm_group_supports accepts. Off by default: with gate/up on three rows per warp
