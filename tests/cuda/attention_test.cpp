@@ -417,6 +417,11 @@ class CudaDecodeQuant : public ::testing::TestWithParam<std::tuple<QuantCase, Qu
  protected:
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gave 0)";
+    // The tensor-core variants' shared-memory limits, which a CudaBackend would set (the test
+    // launches the kernels without one).
+    int major = 0;
+    ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+    if (major >= 8) kc::decode_attention_mma_init();
   }
 };
 
