@@ -278,8 +278,13 @@ int32_t next_pow2(int32_t n) {
   return p;
 }
 
+// Sequences of a decode graph holding n: powers of two up to 32, then multiples of 8 (above 32
+// a step's time grows with its batch, so padding 33 to 64 would cost most of a step more).
+int32_t graph_seqs(int32_t n) { return n <= 32 ? next_pow2(n) : (n + 7) / 8 * 8; }
+
 // The graph shape of a decode-only step (every sequence one new token), or nothing. Buckets
-// are powers of two, capped by what the scratch buffers and the context hold.
+// by graph_seqs and powers of two of the table width, capped by what the scratch buffers and
+// the context hold.
 std::optional<GraphKey> decode_graph_key(const StepPlan& plan, const BatchMeta& meta,
                                          const EngineOptions& o) {
   if (plan.seqs.empty()) return std::nullopt;
@@ -290,7 +295,7 @@ std::optional<GraphKey> decode_graph_key(const StepPlan& plan, const BatchMeta& 
   const auto seq_cap = static_cast<int32_t>(std::min(o.max_seqs, o.max_batch_tokens));
   const auto ctx_blocks = static_cast<int32_t>((o.max_context + o.kv_block_size - 1) / o.kv_block_size);
   GraphKey key;
-  key.n_seqs = std::max(n, std::min(next_pow2(n), seq_cap));
+  key.n_seqs = std::max(n, std::min(graph_seqs(n), seq_cap));
   key.max_blocks = std::max(meta.max_blocks, std::min(next_pow2(std::max(meta.max_blocks, 4)),
                                                       std::max(ctx_blocks, meta.max_blocks)));
   return key;
