@@ -102,6 +102,10 @@ struct GraphKey {
   int32_t max_blocks = 0;
   bool operator==(const GraphKey&) const = default;
 };
+// GraphKey::n_seqs for a decode step of n sequences (before the cap of the engine's limits):
+// powers of two up to 32, then multiples of 8 (above 32 a step's time grows with its batch, so
+// padding 33 to 64 would cost most of a step more).
+int32_t graph_seqs(int32_t n);
 
 class Backend {
  public:

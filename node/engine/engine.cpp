@@ -278,10 +278,6 @@ int32_t next_pow2(int32_t n) {
   return p;
 }
 
-// Sequences of a decode graph holding n: powers of two up to 32, then multiples of 8 (above 32
-// a step's time grows with its batch, so padding 33 to 64 would cost most of a step more).
-int32_t graph_seqs(int32_t n) { return n <= 32 ? next_pow2(n) : (n + 7) / 8 * 8; }
-
 // The graph shape of a decode-only step (every sequence one new token), or nothing. Buckets
 // by graph_seqs and powers of two of the table width, capped by what the scratch buffers and
 // the context hold.
@@ -591,6 +587,8 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
   b.rmsnorm(s.last, m.output_norm, s.normed, n_rows, E, hp.rms_eps);
   b.matmul(m.output, s.normed, s.logits, n_rows);
 }
+
+int32_t graph_seqs(int32_t n) { return n <= 32 ? next_pow2(n) : (n + 7) / 8 * 8; }
 
 const StepOutput& LocalExecutor::run(const StepPlan& plan) { return engine_.run(plan); }
 
