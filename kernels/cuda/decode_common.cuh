@@ -296,7 +296,7 @@ template <int GB, int W = kDecodeWarps>
 __device__ __forceinline__ void decode_finish(const DecodeAttentionParams& p, const DecodeCta& c,
                                               const DecodeRed<GB, W>& red) {
   constexpr int kThreads = W * 32;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tid = threadIdx.x;
   const int64_t t = c.t;
   const int h0 = c.h0, hc = c.hc, hd = c.hd, split = c.split, n_active = c.n_active;
   float* red_acc = red.acc;
@@ -320,19 +320,8 @@ __device__ __forceinline__ void decode_finish(const DecodeAttentionParams& p, co
   auto write_record = [&]() {
     if (p.kq == nullptr) return;
     __syncthreads();
-    const int groups = static_cast<int>((p.n + 7) / 8);
-    const int64_t st0 = static_cast<int64_t>(h0) * hd / 256;
-    for (int s = warp; s < hc * hd / 256; s += W) {
-      float v[8];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) v[i] = cl_val[256 * s + 8 * lane + i];
-      kq::write_record(v, kq::record(p.kq, st0 + s, groups, t), static_cast<int>(t % 8));
-      if (t != p.n - 1) continue;
-      for (int64_t tok = p.n; tok < int64_t{groups} * 8; ++tok) {
-        const float z[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        kq::write_record(z, kq::record(p.kq, st0 + s, groups, tok), static_cast<int>(tok % 8));
-      }
-    }
+    kq::write_token_records(p.kq, cl_val, static_cast<int64_t>(h0) * hd / 256, hc * hd / 256, t,
+                            p.n, W);
   };
   const int n_out = hc * hd;
   for (int o = tid; o < n_out; o += kThreads) {

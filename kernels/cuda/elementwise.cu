@@ -27,23 +27,8 @@ constexpr int kRegPasses = 4;
 
 __device__ void write_kq_records(const RmsNormParams& p, const float* ys, int64_t row) {
   __syncthreads();
-  const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
-  const int warps = static_cast<int>(blockDim.x / 32);
-  const int groups = static_cast<int>((p.rows + 7) / 8);
-  const int64_t stages = p.n / 256;
-  const int64_t last = row == p.rows - 1 ? int64_t{groups} * 8 : row + 1;
-  for (int64_t tok = row; tok < last; ++tok) {
-    for (int64_t st = warp; st < stages; st += warps) {
-      float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-      if (tok == row) {
-        const float4* src = reinterpret_cast<const float4*>(ys + st * 256 + 8 * lane);
-        const float4 a = src[0], b = src[1];
-        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
-        v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-      }
-      kq::write_record(v, kq::record(p.kq, st, groups, tok), static_cast<int>(tok % 8));
-    }
-  }
+  kq::write_token_records(p.kq, ys, 0, p.n / 256, row, p.rows,
+                          static_cast<int>(blockDim.x / 32));
 }
 
 __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {

@@ -44,4 +44,27 @@ __device__ __forceinline__ void write_record(const float (&v)[8], uint8_t* rec, 
   if (lane == 0) reinterpret_cast<float*>(rec + kXScaleOff)[t8] = d;
 }
 
+// A CTA's share of token t's records, of m tokens: stages st0 .. st0 + n_st - 1, whose values
+// are vals[256 s ..] (s from 0), one stage per warp in turn (W warps); the CTA of the last token
+// also writes the zeros of the padding tokens up to a multiple of 8. Every lane of every warp
+// must call it.
+__device__ __forceinline__ void write_token_records(uint8_t* base, const float* vals, int64_t st0,
+                                                    int64_t n_st, int64_t t, int64_t m, int W) {
+  const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
+  const int groups = static_cast<int>((m + 7) / 8);
+  for (int64_t s = warp; s < n_st; s += W) {
+    float v[8];
+    const float4* src = reinterpret_cast<const float4*>(vals + 256 * s + 8 * lane);
+    const float4 a = src[0], b = src[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+    v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    write_record(v, record(base, st0 + s, groups, t), static_cast<int>(t % 8));
+    if (t != m - 1) continue;
+    for (int64_t tok = m; tok < int64_t{groups} * 8; ++tok) {
+      const float z[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      write_record(z, record(base, st0 + s, groups, tok), static_cast<int>(tok % 8));
+    }
+  }
+}
+
 }  // namespace tpnode::cuda::kq
