@@ -349,8 +349,9 @@ int64_t row_tiles(const GemmKqGroupParams& p) {
   return n;
 }
 
+// 48-token tiles too: a batch of 33-48 (or 65-96) tokens does not pay 64-token MMAs.
 GemmTokenTiling token_tiling(int64_t m, const GemmKqPlan& plan) {
-  return gemm_token_tiling(m, plan.max_tile_tokens / 8);
+  return gemm_token_tiling(m, plan.max_tile_tokens / 8, true);
 }
 
 bool workspace_fits(const GemmKqGroupParams& p, const GemmKqPlan& plan, int splits) {
@@ -397,6 +398,7 @@ bool gemm_kq_supports(const DeviceMatrix& w) {
 void gemm_kq_init() {
   set_smem_limit<4, 1>();
   set_smem_limit<4, 2>();
+  set_smem_limit<6, 1>();
   set_smem_limit<8, 1>();
   const int dev = current_device("gemm_kq");
   if (g_available[dev].load() == 0) {
@@ -525,6 +527,8 @@ void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStrea
                   static_cast<unsigned>(plan.k_splits));
   if (plan.ctas_per_sm == 2) {
     launch<4, 2>(grid, a, stream);
+  } else if (tk.nb == 6) {
+    launch<6, 1>(grid, a, stream);
   } else {
     TPNODE_DISPATCH_TOKEN_TILES("gemm_kq", tk.nb, NB, { launch<NB, 1>(grid, a, stream); })
   }

@@ -13,15 +13,16 @@ inline constexpr int kGemmTileRows = 128;
 inline constexpr int kGemmMaxNB = 8;  // n-tiles per token tile: 64 tokens
 
 // The m tokens in tiles of at most 8 * max_nb (32 or 64), as even as can be, each a 32- or
-// 64-token MMA tile (tokens past m are computed and not stored).
+// 64-token MMA tile, or with `with48` a 48-token one where that holds the tile's tokens
+// (tokens past m are computed and not stored).
 struct GemmTokenTiling {
   int tiles = 1;
   int nb = 4;  // n-tiles of 8 per tile
 };
-inline GemmTokenTiling gemm_token_tiling(int64_t m, int max_nb = kGemmMaxNB) {
+inline GemmTokenTiling gemm_token_tiling(int64_t m, int max_nb = kGemmMaxNB, bool with48 = false) {
   const int64_t tiles = (m + 8 * max_nb - 1) / (8 * max_nb);
   const int64_t per_tile = (m + tiles - 1) / tiles;
-  return {static_cast<int>(tiles), per_tile <= 32 ? 4 : 8};
+  return {static_cast<int>(tiles), per_tile <= 32 ? 4 : with48 && per_tile <= 48 ? 6 : 8};
 }
 
 // What a gemm_dq or gemm_kq kernel reads of its launch's k split and token tiling.

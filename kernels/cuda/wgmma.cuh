@@ -87,6 +87,38 @@ struct WgmmaS8<8> {
   }
 };
 template <>
+struct WgmmaBf16<6> {
+  __device__ static void run(float (&d)[6][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                             uint64_t b, int accumulate = 1) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %29, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23}, "
+        "{%24,%25,%26,%27}, %28, p, 1, 1, 0;\n}\n"
+        : TPNODE_D4F(0), TPNODE_D4F(1), TPNODE_D4F(2), TPNODE_D4F(3), TPNODE_D4F(4),
+          TPNODE_D4F(5)
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b), "r"(accumulate)
+        : "memory");
+  }
+};
+template <>
+struct WgmmaS8<6> {
+  __device__ static void run(int (&d)[6][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                             uint64_t b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %29, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n48k32.s32.s8.s8 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23}, "
+        "{%24,%25,%26,%27}, %28, p;\n}\n"
+        : TPNODE_D4I(0), TPNODE_D4I(1), TPNODE_D4I(2), TPNODE_D4I(3), TPNODE_D4I(4),
+          TPNODE_D4I(5)
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b), "r"(accumulate)
+        : "memory");
+  }
+};
+template <>
 struct WgmmaS8<4> {
   __device__ static void run(int (&d)[4][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                              uint64_t b, int accumulate) {

@@ -338,6 +338,16 @@ TEST_F(GemmKqTest, ThirtyTwoTokenTiles) {
   }
 }
 
+// Tiles of 33-48 tokens (one tile of a batch of 33-48, two of 65-96) run as 48-token MMAs.
+TEST_F(GemmKqTest, FortyEightTokenTiles) {
+  uint32_t seed = 90;
+  for (const int64_t m : {33, 41, 48, 72, 96}) check({.rows = 200, .cols = 768, .m = m}, seed++);
+  for (const int splits : {1, 3}) {
+    check({.rows = 320, .cols = 2048, .m = 40, .ldy = 333, .splits = splits}, seed++);
+  }
+  check({.rows = 4096, .cols = 4096, .m = 48}, seed++);  // q / o
+}
+
 // The plan keeps two CTAs per SM to 32-token tiles, and both kernels add in the same order.
 TEST_F(GemmKqTest, TwoCtasPerSmBitwiseAsOne) {
   kc::GemmKqGroupParams g;
