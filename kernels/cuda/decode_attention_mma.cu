@@ -26,21 +26,21 @@ using namespace decode;
 constexpr int kKeys = 16;  // keys per warp tile
 // Tiles in a warp's ring (S): two leave room for three four-warp CTAs per SM (measured
 // slightly ahead of three tiles at two CTAs per SM on an H200, batches 32-64).
-constexpr int kStages = 2, kDeepStages = 3;
+constexpr int kRingTiles = 2, kDeepRingTiles = 3;
 constexpr int kMaxHeads = 8;  // the query heads of a CTA (an MMA's N)
 // The narrow variant: two warps per CTA, five CTAs per SM (shared memory allows five of its
 // 37.5 KB at head_dim 128), or four with three-tile rings, so grids that would take more
 // than one wave of the four-warp CTAs (three per SM) run in one.
 constexpr int kWideWarps = kDecodeWarps, kNarrowWarps = 2;
-constexpr int ctas_per_sm(int warps, int stages) {
-  return warps == kWideWarps ? 3 : stages == kDeepStages ? 4 : 5;
+constexpr int ctas_per_sm(int warps, int tiles) {
+  return warps == kWideWarps ? 3 : tiles == kDeepRingTiles ? 4 : 5;
 }
 
-template <int HD, int W, int kStages>
+template <int HD, int W, int S>
 struct Geom {
   static constexpr int kChunks = HD / 8;         // 16-byte chunks per key row
   static constexpr int kTile = kKeys * kChunks;  // int4s of a K (or V) tile
-  static constexpr int kWarpRing = kStages * 2 * kTile;
+  static constexpr int kWarpRing = S * 2 * kTile;
   static constexpr int kRing = W * kWarpRing;
   // After the ring (the merge's states reuse the ring): q of 8 heads, the new key and value,
   // the rotation table.
@@ -52,7 +52,7 @@ struct Geom {
   // decode_load_rows's passes hold q of a whole group and the new key and value.
   static_assert((kMaxHeads + 2) * (HD / 8) <= kDecodeStagePasses * W * 32);
   // ctas_per_sm's residency: 1 KB of each CTA's shared memory is the system's.
-  static_assert(ctas_per_sm(W, kStages) * (kSmemBytes + 1024) <= 228 * 1024);
+  static_assert(ctas_per_sm(W, S) * (kSmemBytes + 1024) <= 228 * 1024);
 };
 
 __device__ __forceinline__ int swz(int row, int chunk, int chunks) {
@@ -77,10 +77,10 @@ __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t a) {
   return d;
 }
 
-template <typename KvT, int HD, int W, int kStages>
-__global__ void __launch_bounds__(W * 32, ctas_per_sm(W, kStages))
+template <typename KvT, int HD, int W, int S>
+__global__ void __launch_bounds__(W * 32, ctas_per_sm(W, S))
     decode_attention_mma_kernel(DecodeAttentionParams p) {
-  using G = Geom<HD, W, kStages>;
+  using G = Geom<HD, W, S>;
   constexpr int KS = HD / 16;  // k steps of S^T, m tiles of O^T
   extern __shared__ __align__(16) int4 smem[];
 
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(W * 32, ctas_per_sm(W, kStages))
   // split's cached keys read as zeros (the token's own key is written in later).
   auto issue = [&](int i, int blk_lane) {
     if (i < my_tiles) {
-      int4* kt = ring + (i % kStages) * 2 * G::kTile;
+      int4* kt = ring + (i % S) * 2 * G::kTile;
       int4* vt = kt + G::kTile;
       const int key0 = tile_key(i);
 #pragma unroll
@@ -151,12 +151,12 @@ __global__ void __launch_bounds__(W * 32, ctas_per_sm(W, kStages))
   if (!fused) pdl_wait();
   int blk_next;
   {
-    int blk[kStages - 1];
+    int blk[S - 1];
 #pragma unroll
-    for (int i = 0; i < kStages - 1; ++i) blk[i] = block_of(i);
-    blk_next = block_of(kStages - 1);
+    for (int i = 0; i < S - 1; ++i) blk[i] = block_of(i);
+    blk_next = block_of(S - 1);
 #pragma unroll
-    for (int i = 0; i < kStages - 1; ++i) issue(i, blk[i]);
+    for (int i = 0; i < S - 1; ++i) issue(i, blk[i]);
   }
 
   const DecodeRows rows = decode_rows_at(
@@ -216,10 +216,10 @@ __global__ void __launch_bounds__(W * 32, ctas_per_sm(W, kStages))
 
   for (int i = 0; i < my_tiles; ++i) {
     __syncwarp();  // every lane's reads of the slot refilled next are done
-    issue(i + kStages - 1, blk_next);
-    blk_next = block_of(i + kStages);
-    cp_async_wait<kStages - 1>();
-    int4* kt = ring + (i % kStages) * 2 * G::kTile;
+    issue(i + S - 1, blk_next);
+    blk_next = block_of(i + S);
+    cp_async_wait<S - 1>();
+    int4* kt = ring + (i % S) * 2 * G::kTile;
     int4* vt = kt + G::kTile;
     const int key0 = tile_key(i);
     if (own_here && own / kKeys == warp + W * i && lane < G::kChunks) {
@@ -304,9 +304,9 @@ void set_smem_limit() {
 }
 template <typename KvT, int HD>
 void set_smem_limits() {
-  set_smem_limit<KvT, HD, kWideWarps, kStages>();
-  set_smem_limit<KvT, HD, kNarrowWarps, kStages>();
-  set_smem_limit<KvT, HD, kNarrowWarps, kDeepStages>();
+  set_smem_limit<KvT, HD, kWideWarps, kRingTiles>();
+  set_smem_limit<KvT, HD, kNarrowWarps, kRingTiles>();
+  set_smem_limit<KvT, HD, kNarrowWarps, kDeepRingTiles>();
 }
 
 template <typename KvT, int HD, int W, int S>
@@ -318,11 +318,11 @@ void launch(const DecodeAttentionParams& p, LaunchShape s, cudaStream_t stream) 
 template <typename KvT, int HD>
 void launch_variant(const DecodeAttentionParams& p, const LaunchShape& s, cudaStream_t stream) {
   if (p.mma_warps != kNarrowWarps) {
-    launch<KvT, HD, kWideWarps, kStages>(p, s, stream);
+    launch<KvT, HD, kWideWarps, kRingTiles>(p, s, stream);
   } else if (p.mma_deep) {
-    launch<KvT, HD, kNarrowWarps, kDeepStages>(p, s, stream);
+    launch<KvT, HD, kNarrowWarps, kDeepRingTiles>(p, s, stream);
   } else {
-    launch<KvT, HD, kNarrowWarps, kStages>(p, s, stream);
+    launch<KvT, HD, kNarrowWarps, kRingTiles>(p, s, stream);
   }
 }
 
@@ -338,13 +338,13 @@ int decode_mma_stage_keys(int warps) { return warps * kKeys; }
 
 int decode_mma_warps(int64_t ctas, int n_sms, int want) {
   if (want == kWideWarps || want == kNarrowWarps) return want;
-  return ctas > static_cast<int64_t>(ctas_per_sm(kWideWarps, kStages)) * n_sms ? kNarrowWarps
+  return ctas > static_cast<int64_t>(ctas_per_sm(kWideWarps, kRingTiles)) * n_sms ? kNarrowWarps
                                                                               : kWideWarps;
 }
 
 bool decode_mma_deep(int64_t ctas, int n_sms, int warps, bool allow) {
   return allow && warps == kNarrowWarps &&
-         ctas <= static_cast<int64_t>(ctas_per_sm(kNarrowWarps, kDeepStages)) * n_sms;
+         ctas <= static_cast<int64_t>(ctas_per_sm(kNarrowWarps, kDeepRingTiles)) * n_sms;
 }
 
 void decode_attention_mma_init() {

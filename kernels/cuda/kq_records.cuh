@@ -45,9 +45,9 @@ __device__ __forceinline__ void write_record(const float (&v)[8], uint8_t* rec, 
 }
 
 // A CTA's share of token t's records, of m tokens: stages st0 .. st0 + n_st - 1, whose values
-// are vals[256 s ..] (s from 0), one stage per warp in turn (W warps); the CTA of the last token
-// also writes the zeros of the padding tokens up to a multiple of 8. Every lane of every warp
-// must call it.
+// are vals[256 s ..] (s from 0; 16-byte aligned, read as float4), one stage per warp in turn
+// (W warps); the CTA of the last token also writes the zeros of the padding tokens up to a
+// multiple of 8. Every lane of every warp must call it.
 __device__ __forceinline__ void write_token_records(uint8_t* base, const float* vals, int64_t st0,
                                                     int64_t n_st, int64_t t, int64_t m, int W) {
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
