@@ -173,6 +173,64 @@ TEST(PaddedCpu, LogitsMatchUnpaddedSteps) {
   EXPECT_EQ(shaped.capture_ends, decode_steps);
 }
 
+// Above 32 sequences decode steps pad to multiples of 8 (graph_seqs), not the next power of two:
+// 47 sequences take the 48-sequence shape, 39 the 40-sequence one, 32 their own; the logits are
+// those of the unpadded steps. (One padding sequence at most: the CPU backend refuses two
+// sequences writing one KV block, which padding sequences do, all in the spare block.)
+TEST(PaddedCpu, ManySequencesPadToMultiplesOfEight) {
+  const std::string path = fixture("tests/fixtures/model_files/tiny_llama.gguf");
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
+  auto file = ModelFile::open(path);
+  const HParams& hp = file->hparams();
+  FileWeightSource src_a(*file), src_b(*file);
+  CpuBackendOptions co;
+  co.n_threads = 2;
+  auto cpu_a = make_cpu_backend(co);
+  auto cpu_b = make_cpu_backend(co);
+  GraphShapedBackend shaped(*cpu_b);
+  SingleRankCollective c1, c2;
+  EngineOptions eo;
+  eo.max_context = 64;
+  eo.kv_tokens = 1024;
+  eo.max_batch_tokens = 160;
+  eo.max_seqs = 48;
+  Engine plain(hp, src_a, *cpu_a, c1, eo);
+  Engine padded(hp, src_b, shaped, c2, eo);
+  const auto V = static_cast<int32_t>(hp.n_vocab);
+  std::vector<SeqStep> seqs;
+  for (int32_t i = 0; i < 47; ++i) {
+    seqs.push_back({.seq_id = static_cast<uint64_t>(i + 1),
+                    .n_past = 0,
+                    .tokens = {(i * 7 + 1) % V, (i * 11 + 2) % V, (i * 13 + 3) % V},
+                    .blocks = {i},
+                    .want_logits = true});
+  }
+  auto step = [&](int32_t want_seqs) {
+    StepPlan plan;
+    plan.seqs = seqs;
+    const std::vector<float> a = plain.step(plan);
+    const std::vector<float> b = padded.step(plan);
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_LT(nmse(b, a), 1e-10) << plan.seqs.size() << " sequences";
+    if (want_seqs > 0) {
+      EXPECT_EQ(shaped.last_key.n_seqs, want_seqs) << plan.seqs.size() << " sequences";
+      EXPECT_EQ(shaped.last_tokens, want_seqs);
+    }
+    size_t row = 0;
+    for (SeqStep& s : seqs) {
+      s.n_past += static_cast<int32_t>(s.tokens.size());
+      s.tokens = {tsupport::argmax_row(a, row++, static_cast<size_t>(V))};
+    }
+  };
+  step(0);  // the prompts: no graph shape
+  step(48);
+  step(48);
+  seqs.resize(39);
+  step(40);
+  seqs.resize(32);
+  step(32);
+}
+
 class CudaGraphs : public CudaVsCpu, public ::testing::WithParamInterface<const char*> {
  protected:
   CpuBackendOptions cpu_options() const override {
