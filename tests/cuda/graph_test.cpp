@@ -132,25 +132,45 @@ void run_script(const HParams& hp, std::vector<Engine*> engines, Check check) {
   for (int i = 0; i < 4; ++i) advance(seqs, run(seqs));
 }
 
-TEST(PaddedCpu, LogitsMatchUnpaddedSteps) {
-  const std::string path = fixture("tests/fixtures/model_files/tiny_llama.gguf");
-  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
-  auto file = ModelFile::open(path);
-  const HParams& hp = file->hparams();
-  FileWeightSource src_a(*file), src_b(*file);
+// The tiny model on two CPU backends, one behind GraphShapedBackend: the same steps run plain
+// and padded to graph shapes.
+CpuBackendOptions two_threads() {
   CpuBackendOptions co;
   co.n_threads = 2;  // two backends at once: keep them off each other's cores
-  auto cpu_a = make_cpu_backend(co);
-  auto cpu_b = make_cpu_backend(co);
-  GraphShapedBackend shaped(*cpu_b);
+  return co;
+}
+struct PaddedPair {
+  static constexpr const char* kModel = "tests/fixtures/model_files/tiny_llama.gguf";
+  explicit PaddedPair(const EngineOptions& eo)
+      : file(ModelFile::open(fixture(kModel))),
+        src_a(*file),
+        src_b(*file),
+        cpu_a(make_cpu_backend(two_threads())),
+        cpu_b(make_cpu_backend(two_threads())),
+        shaped(*cpu_b),
+        plain(file->hparams(), src_a, *cpu_a, c1, eo),
+        padded(file->hparams(), src_b, shaped, c2, eo) {}
+  std::unique_ptr<ModelFile> file;
+  FileWeightSource src_a, src_b;
+  std::unique_ptr<Backend> cpu_a, cpu_b;
+  GraphShapedBackend shaped;
   SingleRankCollective c1, c2;
+  Engine plain, padded;
+};
+
+TEST(PaddedCpu, LogitsMatchUnpaddedSteps) {
+  const std::string path = fixture(PaddedPair::kModel);
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
   EngineOptions eo;
   eo.max_context = 128;
   eo.kv_tokens = 512;
   eo.max_batch_tokens = 96;
   eo.max_seqs = 8;
-  Engine plain(hp, src_a, *cpu_a, c1, eo);
-  Engine padded(hp, src_b, shaped, c2, eo);
+  PaddedPair pair(eo);
+  const HParams& hp = pair.file->hparams();
+  Engine& plain = pair.plain;
+  Engine& padded = pair.padded;
+  GraphShapedBackend& shaped = pair.shaped;
   EXPECT_EQ(padded.kv_blocks(), plain.kv_blocks());
   EXPECT_EQ(shaped.kv_blocks, plain.kv_blocks() + 1);  // the spare block for padding
 
@@ -178,24 +198,18 @@ TEST(PaddedCpu, LogitsMatchUnpaddedSteps) {
 // those of the unpadded steps. (One padding sequence at most: the CPU backend refuses two
 // sequences writing one KV block, which padding sequences do, all in the spare block.)
 TEST(PaddedCpu, ManySequencesPadToMultiplesOfEight) {
-  const std::string path = fixture("tests/fixtures/model_files/tiny_llama.gguf");
+  const std::string path = fixture(PaddedPair::kModel);
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
-  auto file = ModelFile::open(path);
-  const HParams& hp = file->hparams();
-  FileWeightSource src_a(*file), src_b(*file);
-  CpuBackendOptions co;
-  co.n_threads = 2;
-  auto cpu_a = make_cpu_backend(co);
-  auto cpu_b = make_cpu_backend(co);
-  GraphShapedBackend shaped(*cpu_b);
-  SingleRankCollective c1, c2;
   EngineOptions eo;
   eo.max_context = 64;
   eo.kv_tokens = 1024;
   eo.max_batch_tokens = 160;
   eo.max_seqs = 48;
-  Engine plain(hp, src_a, *cpu_a, c1, eo);
-  Engine padded(hp, src_b, shaped, c2, eo);
+  PaddedPair pair(eo);
+  const HParams& hp = pair.file->hparams();
+  Engine& plain = pair.plain;
+  Engine& padded = pair.padded;
+  GraphShapedBackend& shaped = pair.shaped;
   const auto V = static_cast<int32_t>(hp.n_vocab);
   std::vector<SeqStep> seqs;
   for (int32_t i = 0; i < 47; ++i) {
