@@ -147,6 +147,9 @@ __global__ void rope_kernel(RopeKernelParams p) {
 // One thread per value. With the 8-bit copy n % 32 == 0 (group 32: a warp is one chunk, in or
 // out as a whole) or n % 256 == 0 (group 256: a CTA of 256 threads is one group); with the
 // gemm_dq copy the grid also covers the padding tokens, which write its zeros only.
+// silu(g) * u: the one formula of both SwiGLU kernels (their outputs are bitwise the same).
+__device__ __forceinline__ float swiglu1(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
+
 __global__ void swiglu_kernel(SwigluParams p) {
   pdl_wait();
   pdl_launch_dependents();
@@ -161,8 +164,7 @@ __global__ void swiglu_kernel(SwigluParams p) {
     }
     return;
   }
-  const float g = p.gate[i];
-  const float v = g / (1.0f + __expf(-g)) * p.up[i];
+  const float v = swiglu1(p.gate[i], p.up[i]);
   p.out[i] = v;
   if (p.out_bf16 != nullptr) p.out_bf16[i] = __float2bfloat16(v);
   if (p.out_dq != nullptr) {
@@ -181,8 +183,7 @@ __global__ void swiglu4_kernel(SwigluParams p) {
   if (4 * i >= p.n) return;
   const float4 g = reinterpret_cast<const float4*>(p.gate)[i];
   const float4 u = reinterpret_cast<const float4*>(p.up)[i];
-  const float4 v{g.x / (1.0f + __expf(-g.x)) * u.x, g.y / (1.0f + __expf(-g.y)) * u.y,
-                 g.z / (1.0f + __expf(-g.z)) * u.z, g.w / (1.0f + __expf(-g.w)) * u.w};
+  const float4 v{swiglu1(g.x, u.x), swiglu1(g.y, u.y), swiglu1(g.z, u.z), swiglu1(g.w, u.w)};
   reinterpret_cast<float4*>(p.out)[i] = v;
   if (p.out_bf16 != nullptr) {
     auto* b = reinterpret_cast<__nv_bfloat162*>(p.out_bf16) + 2 * i;
