@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cmath>
 #include <fstream>
@@ -41,6 +42,7 @@ struct BenchServeOptions {
   int gen_tokens = 128;
   uint64_t seed = 1;
   std::string json_out;
+  double wait_ready_s = 60;  // how long to retry while the server is loading (not_ready)
 };
 
 struct Result {
@@ -126,15 +128,51 @@ double percentile(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, rank == 0 ? 0 : rank - 1)];
 }
 
+// Waits until the server answers a one-token request (it refuses requests with not_ready
+// while loading, and its port may not be open yet); false after `seconds`.
+bool wait_until_ready(const BenchServeOptions& o, double seconds_max) {
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(seconds_max));
+  BenchServeOptions probe = o;
+  probe.prompt_words = 1;
+  probe.gen_tokens = 1;
+  while (true) {
+    asio::io_context io;
+    asio::ip::tcp::socket socket(io);
+    asio::streambuf buf;
+    boost::system::error_code ec;
+    asio::ip::tcp::resolver resolver(io);
+    const auto endpoints = resolver.resolve(o.host, std::to_string(o.port), ec);
+    if (!ec) asio::connect(socket, endpoints, ec);
+    std::string error = ec ? "cannot connect: " + ec.message() : "";
+    if (!ec) {
+      const Result r = run_one(socket, buf, probe, -1);
+      if (r.ok) return true;
+      error = r.error;
+    }
+    if (Clock::now() >= deadline) {
+      fmt::print(stderr, "bench-serve: the server at {}:{} is not ready ({})\n", o.host, o.port,
+                 error);
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
 int run_bench_serve(const BenchServeOptions& o) {
   TPNODE_CHECK(o.clients > 0 && o.requests > 0 && o.gen_tokens > 0 && o.prompt_words >= 0,
                "clients, requests and gen tokens must be positive");
+  if (o.wait_ready_s > 0 && !wait_until_ready(o, o.wait_ready_s)) return 1;
   std::atomic<int> next{0};
   std::atomic<int> finished{0};
   std::atomic<int64_t> tokens{0};
   std::mutex mu;
+  std::condition_variable all_done;
   std::vector<Result> results;
   const auto t0 = Clock::now();
+  // When the last request finished: the wall time is measured to it, not to the end of the
+  // progress display's wait.
+  Clock::time_point t_end = t0;
   std::vector<std::thread> threads;
   for (int c = 0; c < o.clients; ++c) {
     threads.emplace_back([&] {
@@ -153,15 +191,22 @@ int run_bench_serve(const BenchServeOptions& o) {
           r = run_one(socket, buf, o, i);
         }
         tokens += r.completion_tokens;
-        ++finished;
         std::lock_guard lock(mu);
         results.push_back(std::move(r));
+        if (++finished == o.requests) {
+          t_end = Clock::now();
+          all_done.notify_all();
+        }
       }
     });
   }
   const bool tty = isatty(fileno(stderr)) != 0;
   while (finished.load() < o.requests) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(tty ? 250 : 2000));
+    {
+      std::unique_lock lock(mu);
+      all_done.wait_for(lock, std::chrono::milliseconds(tty ? 250 : 2000),
+                        [&] { return finished.load() >= o.requests; });
+    }
     const double t = seconds(Clock::now() - t0);
     std::fprintf(stderr, "%s[bench-serve] %d/%d requests, %.1f output tok/s, %.1f s%s",
                  tty ? "\r" : "", finished.load(), o.requests,
@@ -169,7 +214,7 @@ int run_bench_serve(const BenchServeOptions& o) {
     std::fflush(stderr);
   }
   for (auto& t : threads) t.join();
-  const double wall = seconds(Clock::now() - t0);
+  const double wall = seconds(t_end - t0);
   if (tty) std::fputs("\n", stderr);
 
   std::vector<double> ttft, gaps;
@@ -227,6 +272,9 @@ const RegisterCommand kRegister{Command{
       app.add_option("--gen-tokens", o->gen_tokens, "tokens generated per request");
       app.add_option("--seed", o->seed, "seed of the prompt generator");
       app.add_option("--json-out", o->json_out, "also write the results as JSON here");
+      app.add_option("--wait-ready", o->wait_ready_s,
+                     "seconds to wait for the server to finish loading before the run (0: "
+                     "start at once)");
       return [o] { return run_bench_serve(*o); };
     }}};
 

@@ -74,6 +74,12 @@ exec 3>&-
 "$BIN" bench-serve --port "$PORT" -c 4 -r 8 --prompt-words 16 --gen-tokens 8 >"$WORK/bench" 2>&1 ||
   fail "bench-serve: $(cat "$WORK/bench")"
 grep -q "requests: 8 ok" "$WORK/bench" || fail "bench-serve: $(cat "$WORK/bench")"
+# Its wall time runs to the last reply, not to the next tick of its progress display (2 s).
+"$BIN" bench-serve --port "$PORT" -c 1 -r 1 --prompt-words 4 --gen-tokens 2 >"$WORK/bench1" 2>&1 ||
+  fail "bench-serve: $(cat "$WORK/bench1")"
+WALL=$(sed -n 's/^requests: 1 ok, 0 failed, 1 clients, \([0-9.]*\) s$/\1/p' "$WORK/bench1")
+[ -n "$WALL" ] && awk -v w="$WALL" 'BEGIN { exit !(w < 1.5) }' ||
+  fail "bench-serve wall time '$WALL' for one short request: $(cat "$WORK/bench1")"
 
 # 6. Every KV block is free again.
 sleep 0.5
