@@ -137,6 +137,8 @@ const RegisterCommand kRegister{Command{
       o->sampling.top_k = 40;
       o->sampling.top_p = 0.95f;
       o->sampling.min_p = 0.05f;
+      // One sequence: an automatic KV cache of one context, not of a server's many.
+      o->runtime.engine.max_seqs = 1;
       add_runtime_options(app, o->runtime);
       app.add_option("-p,--prompt", o->prompt, "the prompt")->required();
       app.add_option("-n,--n-predict", o->n_predict, "tokens to generate");

@@ -34,13 +34,17 @@ void add_runtime_options(CLI::App& app, RuntimeOptions& o) {
       ->check(CLI::Range(0.05, 1.0));
   app.add_option("-c,--ctx", o.engine.max_context,
                  "maximum tokens per sequence (0 = model's, capped at 4096)");
-  app.add_option("--kv-tokens", o.engine.kv_tokens, "KV cache capacity in tokens (0 = auto)");
+  app.add_option("--kv-tokens", o.engine.kv_tokens,
+                 "KV cache capacity in tokens (0 = auto: on a GPU what --gpu-memory-fraction "
+                 "leaves after the weights, at most --max-seqs full contexts; on the CPU four "
+                 "contexts)");
   app.add_option("--kv-bytes", o.engine.kv_bytes, "KV cache capacity per rank in bytes");
   app.add_option("--kv-block-size", o.engine.kv_block_size, "tokens per KV block")
       ->check(CLI::Range(1, 1024));
   app.add_option("--max-batch-tokens", o.engine.max_batch_tokens, "most tokens per step")
       ->check(CLI::Range(1, 1 << 20));
-  app.add_option("--max-seqs", o.engine.max_seqs, "most sequences per step")
+  app.add_option("--max-seqs", o.engine.max_seqs,
+                 "most sequences per step (default: 256 on a GPU, 16 on the CPU)")
       ->check(CLI::Range(1, 4096));
   app.add_option("--collective-timeout", o.collective_timeout_s,
                  "seconds before a silent rank is declared lost");

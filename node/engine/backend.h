@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -114,6 +115,9 @@ class Backend {
 
   // Backend memory that lives as long as the backend. Throws ErrorKind::kOutOfMemory.
   virtual void* alloc(size_t bytes) = 0;
+  // Bytes alloc() can still hand out under the backend's memory budget, or nullopt for a
+  // backend on host memory without one (the engine then sizes its KV cache by the context).
+  virtual std::optional<uint64_t> memory_available() const { return std::nullopt; }
   virtual void copy_to_device(void* dst, const void* src, size_t bytes) = 0;
   // Waits for queued work, then copies.
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;

@@ -114,6 +114,8 @@ Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
                            weights.row_parallel_block(hp_));
   if (options_.max_context <= 0) options_.max_context = std::min<int64_t>(hp_.n_ctx_train, 4096);
   if (options_.max_context <= 0) options_.max_context = 4096;
+  const std::optional<uint64_t> budget = backend.memory_available();
+  if (options_.max_seqs == 0) options_.max_seqs = budget ? kDeviceMaxSeqs : kHostMaxSeqs;
   TPNODE_CHECK(options_.max_batch_tokens > 0 && options_.max_seqs > 0 &&
                    options_.kv_block_size > 0,
                "engine options: max_batch_tokens, max_seqs and kv_block_size must be positive");
@@ -185,23 +187,7 @@ Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
     L.down = load_next();
   }
 
-  // KV cache: this rank's KV heads for every layer, in blocks.
-  const int64_t bs = options_.kv_block_size;
-  const int64_t bytes_per_token =
-      2 * hp_.n_layer * kv_rows * static_cast<int64_t>(backend.kv_element_bytes());
-  int64_t kv_tokens = options_.kv_tokens;
-  if (kv_tokens <= 0 && options_.kv_bytes > 0) kv_tokens = options_.kv_bytes / bytes_per_token;
-  if (kv_tokens <= 0) kv_tokens = 4 * options_.max_context;
-  kv_blocks_ = kv_tokens / bs;
-  TPNODE_CHECK_KIND(kv_blocks_ >= (options_.max_context + bs - 1) / bs, ErrorKind::kOutOfMemory,
-                    "KV cache of {} tokens cannot hold one sequence of the maximum context {} "
-                    "(raise --kv-tokens/--kv-bytes or lower --ctx)",
-                    kv_blocks_ * bs, options_.max_context);
-  options_.kv_tokens = kv_blocks_ * bs;
-  const bool graphs = backend.decode_graphs();
-  if (graphs) m.pad_block = static_cast<int32_t>(kv_blocks_);
-  backend.init_kv_cache({hp_.n_layer, kv_blocks_ + (graphs ? 1 : 0), bs, shard_.n_head_kv, hd});
-
+  // Step buffers before the KV cache, which may take what the backend has left after them.
   const int64_t T = options_.max_batch_tokens, S = options_.max_seqs;
   m.s.x = alloc_f32(backend, T * E);
   m.s.x2 = alloc_f32(backend, T * E);
@@ -217,6 +203,28 @@ Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
   m.s.normed = alloc_f32(backend, S * E);
   m.s.logits = alloc_f32(backend, S * shard_.n_vocab);
 
+  // KV cache: this rank's KV heads for every layer, in blocks.
+  const int64_t bs = options_.kv_block_size;
+  const int64_t bytes_per_token =
+      2 * hp_.n_layer * kv_rows * static_cast<int64_t>(backend.kv_element_bytes());
+  int64_t kv_tokens = options_.kv_tokens;
+  if (kv_tokens <= 0 && options_.kv_bytes > 0) kv_tokens = options_.kv_bytes / bytes_per_token;
+  if (kv_tokens <= 0 && budget) {
+    kv_tokens = auto_kv_blocks(backend, collective, bytes_per_token * bs) * bs;
+  } else if (kv_tokens <= 0) {
+    kv_tokens = 4 * options_.max_context;
+  }
+  kv_blocks_ = kv_tokens / bs;
+  TPNODE_CHECK_KIND(kv_blocks_ >= (options_.max_context + bs - 1) / bs, ErrorKind::kOutOfMemory,
+                    "KV cache of {} tokens cannot hold one sequence of the maximum context {} "
+                    "(raise --kv-tokens/--kv-bytes or --gpu-memory-fraction, or lower --ctx)",
+                    kv_blocks_ * bs, options_.max_context);
+  options_.kv_tokens = kv_blocks_ * bs;
+  const bool graphs = backend.decode_graphs();
+  if (graphs) m.pad_block = static_cast<int32_t>(kv_blocks_);
+  backend.init_kv_cache({hp_.n_layer, kv_blocks_ + (graphs ? 1 : 0), bs, shard_.n_head_kv, hd});
+
+
   m.rope = {shard_.n_head, shard_.n_head_kv, hd, hp_.rope_style, hp_.rope_theta,
             hp_.rope_scaling};
   m.attn.n_head = shard_.n_head;
@@ -227,6 +235,30 @@ Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
 }
 
 Engine::~Engine() = default;
+
+// The KV blocks an automatic cache takes on a backend with a memory budget: what it has left
+// less kDeviceScratchReserve and a twentieth of the rest, at most max_seqs sequences of
+// max_context, and the least over the ranks, which share block ids (every rank calls this).
+int64_t Engine::auto_kv_blocks(Backend& backend, Collective& collective,
+                               int64_t bytes_per_block) const {
+  const uint64_t left = backend.memory_available().value_or(0);
+  const uint64_t reserve = kDeviceScratchReserve + left / 20;
+  const int64_t bs = options_.kv_block_size;
+  int64_t blocks = left > reserve ? static_cast<int64_t>((left - reserve) / bytes_per_block) : 0;
+  blocks = std::min(blocks, options_.max_seqs * ((options_.max_context + bs - 1) / bs));
+  if (collective.size() == 1) return blocks;
+  // The minimum through the sum collective: each rank's count in its own slot (floats: exact
+  // below 2^24 blocks).
+  blocks = std::min<int64_t>(blocks, (int64_t{1} << 24) - 1);
+  const auto n = static_cast<size_t>(collective.size());
+  std::vector<float> slots(n, 0.0f);
+  slots[static_cast<size_t>(collective.rank())] = static_cast<float>(blocks);
+  float* dev = alloc_f32(backend, static_cast<int64_t>(n));
+  backend.copy_to_device(dev, slots.data(), n * sizeof(float));
+  collective.all_reduce_sum(dev, n);
+  backend.copy_to_host(slots.data(), dev, n * sizeof(float));
+  return static_cast<int64_t>(*std::min_element(slots.begin(), slots.end()));
+}
 
 namespace {
 

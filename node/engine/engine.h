@@ -17,13 +17,24 @@
 
 namespace tpnode {
 
+inline constexpr int64_t kHostMaxSeqs = 16;
+inline constexpr int64_t kDeviceMaxSeqs = 256;
+// Device memory an automatic KV cache leaves to the backend's own scratch (GEMM staging and
+// workspaces, graphs, activation copies), besides a twentieth of what is left.
+inline constexpr uint64_t kDeviceScratchReserve = uint64_t{3} << 29;  // 1.5 GiB
+
 struct EngineOptions {
   int64_t kv_block_size = 16;
-  int64_t kv_tokens = 0;   // KV capacity in tokens; 0 = from kv_bytes, else 4 * max_context
+  // KV capacity in tokens; 0 = from kv_bytes, else automatic: on a backend with a memory budget
+  // (a GPU) what it has left after the weights and step buffers, less a reserve for its own
+  // scratch, at most max_seqs sequences of max_context; on host memory 4 * max_context.
+  int64_t kv_tokens = 0;
   int64_t kv_bytes = 0;    // KV capacity in bytes of this rank's cache (used when kv_tokens = 0)
   int64_t max_context = 0; // per sequence; 0 = the model's training context, capped at 4096
   int64_t max_batch_tokens = 512;  // most tokens one step may carry
-  int64_t max_seqs = 16;           // most sequences one step may carry
+  // Most sequences one step may carry; 0 = kDeviceMaxSeqs on a backend with a memory budget,
+  // kHostMaxSeqs on host memory.
+  int64_t max_seqs = 0;
   // Called while loading with (bytes done, bytes total); may be empty.
   std::function<void(uint64_t, uint64_t)> progress;
 };
@@ -58,6 +69,7 @@ class Engine {
 
  private:
   struct Impl;
+  int64_t auto_kv_blocks(Backend& backend, Collective& collective, int64_t bytes_per_block) const;
   std::unique_ptr<Impl> impl_;
   HParams hp_;
   ShardPlan shard_;

@@ -93,6 +93,9 @@ class CudaBackend final : public Backend {
   size_t kv_element_bytes() const override { return 2; }  // BF16 or F16
   void init_kv_cache(const KvCacheShape& shape) override;
   void begin_step(const BatchMeta& batch) override;
+  std::optional<uint64_t> memory_available() const override {
+    return mem_->budget() > mem_->used() ? mem_->budget() - mem_->used() : 0;
+  }
 
   void embed(const Weight& table, float* x) override;
   void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
