@@ -23,36 +23,6 @@ std::string tiny_llama() {
   return std::string(TPNODE_SOURCE_DIR) + "/tests/fixtures/model_files/tiny_llama.gguf";
 }
 
-// The CPU backend with a memory budget: alloc() and the KV cache draw on it, and the last
-// answer of memory_available() is kept, so that a test can check what the engine made of it.
-class BudgetBackend final : public tsupport::ForwardingBackend {
- public:
-  explicit BudgetBackend(uint64_t budget) : budget_(budget) {}
-  mutable std::optional<uint64_t> answered;  // what memory_available() said last
-  uint64_t kv_bytes = 0;             // what init_kv_cache asked for
-
-  std::optional<uint64_t> memory_available() const override {
-    const uint64_t left = budget_ > used_ ? budget_ - used_ : 0;
-    answered = left;
-    return left;
-  }
-  void* alloc(size_t bytes) override {
-    used_ += bytes;
-    return ForwardingBackend::alloc(bytes);
-  }
-  void init_kv_cache(const KvCacheShape& s) override {
-    kv_bytes = static_cast<uint64_t>(2 * s.n_layer * s.n_blocks * s.block_size * s.n_head_kv *
-                                     s.head_dim) *
-               kv_element_bytes();
-    used_ += kv_bytes;
-    ForwardingBackend::init_kv_cache(s);
-  }
-
- private:
-  uint64_t budget_;
-  uint64_t used_ = 0;
-};
-
 struct Loaded {
   std::unique_ptr<ModelFile> file = ModelFile::open(tiny_llama());
   FileWeightSource weights{*file};
@@ -81,7 +51,7 @@ TEST(EngineLimits, ABudgetSizesSequencesAndTheKvCache) {
   // Room for 100 full contexts past the reserve (1.5 GiB and a twentieth of what is left) and
   // the step buffers (< 4 MiB here): the memory decides.
   const uint64_t kv_room = static_cast<uint64_t>(100 * 128 * per_token);
-  BudgetBackend tight((kDeviceScratchReserve + kv_room) / 19 * 20 + (uint64_t{4} << 20));
+  tsupport::BudgetBackend tight((kDeviceScratchReserve + kv_room) / 19 * 20 + (uint64_t{4} << 20));
   Engine a(hp, m.weights, tight, m.one, eo);
   ASSERT_TRUE(tight.answered.has_value());
   const uint64_t left = *tight.answered;
@@ -93,7 +63,7 @@ TEST(EngineLimits, ABudgetSizesSequencesAndTheKvCache) {
   EXPECT_LE(tight.kv_bytes, left - kDeviceScratchReserve);
 
   // Plenty of memory: capped at max_seqs full contexts.
-  BudgetBackend roomy(uint64_t{64} << 30);
+  tsupport::BudgetBackend roomy(uint64_t{64} << 30);
   eo.max_seqs = 8;
   Engine b(hp, m.weights, roomy, m.one, eo);
   EXPECT_EQ(b.options().max_seqs, 8);
@@ -101,7 +71,7 @@ TEST(EngineLimits, ABudgetSizesSequencesAndTheKvCache) {
 
   // Explicit capacity wins over the budget.
   eo.kv_tokens = 320;
-  BudgetBackend any(uint64_t{64} << 30);
+  tsupport::BudgetBackend any(uint64_t{64} << 30);
   Engine c(hp, m.weights, any, m.one, eo);
   EXPECT_EQ(c.kv_blocks(), 320 / bs);
 }
@@ -110,7 +80,7 @@ TEST(EngineLimits, ABudgetTooSmallForOneContextIsAnOutOfMemoryError) {
   Loaded m;
   EngineOptions eo;
   eo.max_context = 128;
-  BudgetBackend small(kDeviceScratchReserve);  // nothing past the reserve
+  tsupport::BudgetBackend small(kDeviceScratchReserve);  // nothing past the reserve
   try {
     Engine e(m.file->hparams(), m.weights, small, m.one, eo);
     FAIL() << "no error";

@@ -1,8 +1,11 @@
 // A Backend that forwards every op to a CPU backend, for tests that give the engine a backend
-// with one trait of another (device sampling, a memory budget) while the math stays the CPU's.
+// with one trait of another (device sampling, a memory budget) while the math stays the CPU's;
+// and BudgetBackend, the CPU backend with a memory budget.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string_view>
 
 #include "node/backend/cpu/cpu_backend.h"
@@ -62,6 +65,36 @@ class ForwardingBackend : public Backend {
 
  private:
   std::unique_ptr<Backend> inner_;
+};
+
+// The CPU backend with a memory budget: alloc() and the KV cache draw on it, and the last
+// answer of memory_available() is kept, so that a test can check what the engine made of it.
+class BudgetBackend final : public ForwardingBackend {
+ public:
+  explicit BudgetBackend(uint64_t budget) : budget_(budget) {}
+  mutable std::optional<uint64_t> answered;  // what memory_available() said last
+  uint64_t kv_bytes = 0;                     // what init_kv_cache asked for
+
+  std::optional<uint64_t> memory_available() const override {
+    const uint64_t left = budget_ > used_ ? budget_ - used_ : 0;
+    answered = left;
+    return left;
+  }
+  void* alloc(size_t bytes) override {
+    used_ += bytes;
+    return ForwardingBackend::alloc(bytes);
+  }
+  void init_kv_cache(const KvCacheShape& s) override {
+    kv_bytes = static_cast<uint64_t>(2 * s.n_layer * s.n_blocks * s.block_size * s.n_head_kv *
+                                     s.head_dim) *
+               kv_element_bytes();
+    used_ += kv_bytes;
+    ForwardingBackend::init_kv_cache(s);
+  }
+
+ private:
+  uint64_t budget_;
+  uint64_t used_ = 0;
 };
 
 }  // namespace tpnode::tsupport
