@@ -128,6 +128,20 @@ double percentile(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, rank == 0 ? 0 : rank - 1)];
 }
 
+// One client connection to the server; ec holds why it could not connect.
+struct Connection {
+  asio::io_context io;
+  asio::ip::tcp::socket socket{io};
+  asio::streambuf buf;
+  boost::system::error_code ec;
+
+  explicit Connection(const BenchServeOptions& o) {
+    asio::ip::tcp::resolver resolver(io);
+    const auto endpoints = resolver.resolve(o.host, std::to_string(o.port), ec);
+    if (!ec) asio::connect(socket, endpoints, ec);
+  }
+};
+
 // Waits until the server answers a one-token request (it refuses requests with not_ready
 // while loading, and its port may not be open yet); false after `seconds`.
 bool wait_until_ready(const BenchServeOptions& o, double seconds_max) {
@@ -137,16 +151,10 @@ bool wait_until_ready(const BenchServeOptions& o, double seconds_max) {
   probe.prompt_words = 1;
   probe.gen_tokens = 1;
   while (true) {
-    asio::io_context io;
-    asio::ip::tcp::socket socket(io);
-    asio::streambuf buf;
-    boost::system::error_code ec;
-    asio::ip::tcp::resolver resolver(io);
-    const auto endpoints = resolver.resolve(o.host, std::to_string(o.port), ec);
-    if (!ec) asio::connect(socket, endpoints, ec);
-    std::string error = ec ? "cannot connect: " + ec.message() : "";
-    if (!ec) {
-      const Result r = run_one(socket, buf, probe, -1);
+    Connection c(o);
+    std::string error = c.ec ? "cannot connect: " + c.ec.message() : "";
+    if (!c.ec) {
+      const Result r = run_one(c.socket, c.buf, probe, -1);
       if (r.ok) return true;
       error = r.error;
     }
@@ -176,19 +184,13 @@ int run_bench_serve(const BenchServeOptions& o) {
   std::vector<std::thread> threads;
   for (int c = 0; c < o.clients; ++c) {
     threads.emplace_back([&] {
-      asio::io_context io;
-      asio::ip::tcp::socket socket(io);
-      asio::streambuf buf;
-      boost::system::error_code ec;
-      asio::ip::tcp::resolver resolver(io);
-      const auto endpoints = resolver.resolve(o.host, std::to_string(o.port), ec);
-      if (!ec) asio::connect(socket, endpoints, ec);
+      Connection conn(o);
       for (int i = next++; i < o.requests; i = next++) {
         Result r;
-        if (ec) {
-          r.error = "cannot connect: " + ec.message();
+        if (conn.ec) {
+          r.error = "cannot connect: " + conn.ec.message();
         } else {
-          r = run_one(socket, buf, o, i);
+          r = run_one(conn.socket, conn.buf, o, i);
         }
         tokens += r.completion_tokens;
         std::lock_guard lock(mu);
