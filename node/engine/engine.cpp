@@ -114,8 +114,10 @@ Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
                            weights.row_parallel_block(hp_));
   if (options_.max_context <= 0) options_.max_context = std::min<int64_t>(hp_.n_ctx_train, 4096);
   if (options_.max_context <= 0) options_.max_context = 4096;
-  const std::optional<uint64_t> budget = backend.memory_available();
-  if (options_.max_seqs == 0) options_.max_seqs = budget ? kDeviceMaxSeqs : kHostMaxSeqs;
+  // Whether the backend has a memory budget (its size is asked again once the weights and step
+  // buffers are in, by auto_kv_blocks).
+  const bool has_budget = backend.memory_available().has_value();
+  if (options_.max_seqs == 0) options_.max_seqs = has_budget ? kDeviceMaxSeqs : kHostMaxSeqs;
   TPNODE_CHECK(options_.max_batch_tokens > 0 && options_.max_seqs > 0 &&
                    options_.kv_block_size > 0,
                "engine options: max_batch_tokens, max_seqs and kv_block_size must be positive");
@@ -209,7 +211,7 @@ Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
       2 * hp_.n_layer * kv_rows * static_cast<int64_t>(backend.kv_element_bytes());
   int64_t kv_tokens = options_.kv_tokens;
   if (kv_tokens <= 0 && options_.kv_bytes > 0) kv_tokens = options_.kv_bytes / bytes_per_token;
-  if (kv_tokens <= 0 && budget) {
+  if (kv_tokens <= 0 && has_budget) {
     kv_tokens = auto_kv_blocks(backend, collective, bytes_per_token * bs) * bs;
   } else if (kv_tokens <= 0) {
     kv_tokens = 4 * options_.max_context;
@@ -223,7 +225,6 @@ Engine::Engine(const HParams& hp, WeightSource& weights, Backend& backend,
   const bool graphs = backend.decode_graphs();
   if (graphs) m.pad_block = static_cast<int32_t>(kv_blocks_);
   backend.init_kv_cache({hp_.n_layer, kv_blocks_ + (graphs ? 1 : 0), bs, shard_.n_head_kv, hd});
-
 
   m.rope = {shard_.n_head, shard_.n_head_kv, hd, hp_.rope_style, hp_.rope_theta,
             hp_.rope_scaling};

@@ -5,7 +5,7 @@
 // and a budget too small for one context is a clear out-of-memory error.
 #include <gtest/gtest.h>
 
-#include <optional>
+#include <memory>
 #include <string>
 
 #include "node/common/error.h"

@@ -39,7 +39,7 @@ TEST(TpKvLimits, EveryRankTakesTheSmallestBudgetsBlocks) {
   const int64_t bs = eo.kv_block_size;
   const uint64_t left = backend.answered.value();
   const auto mine = static_cast<int64_t>((left - kDeviceScratchReserve - left / 20) / (per_token * bs));
-  // Every rank's count, gathered on rank 0 through the sum collective (one slot each).
+  // Every rank's count on every rank, through the sum collective (one slot each).
   std::vector<float> counts(static_cast<size_t>(comm.size()), 0.0f);
   counts[static_cast<size_t>(comm.rank())] = static_cast<float>(engine.kv_blocks());
   comm.all_reduce_sum(counts.data(), counts.size());
