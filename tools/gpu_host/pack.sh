@@ -13,8 +13,13 @@ rm -rf $PK; mkdir -p $PK/stage/bin $PK/stage/lib
 for b in "${BINS[@]}"; do cp "$BUILD/$b" $PK/stage/bin/; strip $PK/stage/bin/$b; done
 # EXTRA="name=path ...": more binaries (e.g. a baseline tpnode) under bin/name.
 for e in ${EXTRA:-}; do cp "${e#*=}" "$PK/stage/bin/${e%%=*}"; done
-[[ -f $BUILD/bench/libtpnode_kernel_trace.so ]] && cp $BUILD/bench/libtpnode_kernel_trace.so $PK/stage/
-ldd $PK/stage/bin/* $PK/stage/*.so 2>/dev/null | awk '/=>/ {print $3}' | sort -u |
+# The CUPTI tracer (bench_helpers.sh's trace) when built: ninja -C $BUILD tpnode_kernel_trace.
+if [[ -f $BUILD/bench/libtpnode_kernel_trace.so ]]; then
+  cp $BUILD/bench/libtpnode_kernel_trace.so $PK/stage/
+else
+  echo "pack: no $BUILD/bench/libtpnode_kernel_trace.so (trace helpers will not work)" >&2
+fi
+ldd $PK/stage/bin/* $(ls $PK/stage/*.so 2>/dev/null) 2>/dev/null | awk '/=>/ {print $3}' | sort -u |
   grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|libdl|libpthread|librt|ld-linux[^/]*|libcuda|libcublas|libcublasLt|libcudart|libnccl|libresolv|libutil)\.so' |
   xargs -I{} cp -L {} $PK/stage/lib/
 # Open MPI and PMIx at their Debian paths (copied there without overwriting anything).
