@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The llama.cpp peer for `tpnode bench`: runs llama.cpp's CUDA llama-bench and
-# llama-batched-bench on a Llama-3-8B-shaped GGUF with random weights in the Q4_K_M-like mix
-# that `tpnode bench --shape llama3-8b --type q4_k_m` synthesises (Q4_K matrices and
-# token_embd, Q6_K ffn_down and output, F32 ones for norms; Llama 3.1 rope_freqs), so both
-# engines read the same bytes per token. The GGUF is written on the GPU machine (~5 GB) with
-# gguf-py and numpy. Given a tpnode binary, `run` also runs `tpnode bench -m <that file>` at the
-# same points right after llama.cpp (one GPU; with NGPU >= 2, `mpirun -np NGPU` tensor parallel
-# after llama.cpp's multi-GPU runs) and prints both side by side with the ratio
-# (bench/peer_table.py).
+# llama-batched-bench on a Llama-3-8B-shaped GGUF with random weights in llama.cpp's Q4_K_M
+# mix, the one `tpnode bench --shape llama3-8b --type q4_k_m` synthesises (Q4_K matrices and
+# token_embd; Q6_K output, and Q6_K attn_v and ffn_down in 16 of the 32 layers; F32 ones for
+# norms; Llama 3.1 rope_freqs), so both engines read the same bytes per token. The GGUF
+# setting mix=flat gives the earlier records' mix (Q6_K ffn_down everywhere); the Q5_K attn_v
+# that llama.cpp gives an 80-layer model is not written. The GGUF is written on the GPU
+# machine (~5 GB) with gguf-py and numpy. Given a tpnode binary, `run` also runs `tpnode bench
+# -m <that file>` at the same points right after llama.cpp (one GPU; with NGPU >= 2, `mpirun
+# -np NGPU` tensor parallel after llama.cpp's multi-GPU runs) and prints both side by side with
+# the ratio (bench/peer_table.py).
 #
 # Here (CPU machine):
 #   bench/llamacpp_gpu.sh pack [CUDA_BUILD]   -> .device/llama (llama-tools.xz, lib-fallback.tar.xz,
@@ -18,13 +20,15 @@
 #   bench/llamacpp_gpu.sh run OUTDIR [NGPU [TPNODE]]   GGUF + benchmarks; OUTDIR gets
 #                                             llama_summary.md, llama_results.tgz (raw outputs)
 #                                             and, with a tpnode binary, tpnode_vs_llama.md
-#   bench/llamacpp_gpu.sh gguf FILE [key=value...]   the GGUF alone (layers=, vocab=, embd=, ...)
+#   bench/llamacpp_gpu.sh gguf FILE [key=value...]   the GGUF alone (layers=, vocab=, embd=, ...,
+#                                             mix=llama|flat)
 # Anywhere:
 #   bench/llamacpp_gpu.sh table RAW               the comparison again from saved raw outputs
 #                                             (a directory or llama_results.tgz)
 # Settings (environment, for this script only): LLAMA_DIR (default .device/llama),
 # LLAMA_WORK (default /tmp/tpnode-llama: unpacked binary, GGUF, raw results),
-# LLAMA_GGUF (default $LLAMA_WORK/llama3-8b-q4_k_m-random.gguf),
+# LLAMA_MIX (the mix `run` writes: llama, the default, or flat),
+# LLAMA_GGUF (default $LLAMA_WORK/llama3-8b-q4_k_m-random.gguf, -flat-random for mix flat),
 # TPNODE_BIN (the tpnode binary when none is given as an argument; none: llama.cpp alone),
 # TPNODE_MPIRUN (default "mpirun --allow-run-as-root --bind-to none"; -np NGPU is added),
 # TPNODE_BENCH_ARGS (extra `tpnode bench` arguments), TPNODE_TIMEOUT (seconds per tpnode
@@ -33,7 +37,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LLAMA="${LLAMA_DIR:-$ROOT/.device/llama}"
 WORK="${LLAMA_WORK:-/tmp/tpnode-llama}"   # unpacked binaries, the GGUF, raw results
-GGUF="${LLAMA_GGUF:-$WORK/llama3-8b-q4_k_m-random.gguf}"
+MIX="${LLAMA_MIX:-llama}"
+GGUF="${LLAMA_GGUF:-$WORK/llama3-8b-q4_k_m$([[ $MIX == llama ]] || echo "-$MIX")-random.gguf}"
 LLAMA_SRC="${LLAMA_SRC:-/work/llama/src}"
 TOOLS="$WORK/bin/llama-tools"   # llama-bench + llama-batched-bench (see pack)
 LLAMA_BENCH=("$TOOLS" bench)
@@ -68,9 +73,14 @@ from gguf import GGMLQuantizationType as QT
 
 out = sys.argv[1]
 cfg = dict(layers=32, embd=4096, heads=32, kv_heads=8, ff=14336, vocab=128256)
+mix = "llama"
 for kv in sys.argv[2:]:
     k, v = kv.split("=")
-    assert k in cfg, f"unknown setting {k} (expected {', '.join(cfg)})"
+    if k == "mix":
+        assert v in ("llama", "flat"), f"mix={v} (expected llama or flat)"
+        mix = v
+        continue
+    assert k in cfg, f"unknown setting {k} (expected {', '.join(cfg)}, mix)"
     cfg[k] = int(v)
 L, E, H, KV, FF, V = (cfg[k] for k in ("layers", "embd", "heads", "kv_heads", "ff", "vocab"))
 HD = E // H
@@ -156,6 +166,14 @@ w.add_tensor("token_embd.weight", q4_k(V, E), raw_dtype=QT.Q4_K)
 w.add_tensor("rope_freqs.weight", rope_freqs())
 w.add_tensor("output_norm.weight", ones)
 w.add_tensor("output.weight", q6_k(V, E), raw_dtype=QT.Q6_K)
+# mix=llama: llama.cpp's Q4_K_M (llama-quant.cpp): attn_v and ffn_down in Q6_K where
+# use_more_bits (the first and last eighth of the layers, every third between), else Q4_K;
+# `tpnode bench --type q4_k_m` synthesises the same. mix=flat: Q6_K ffn_down everywhere, Q4_K
+# attn_v (`--type q4_k_m-flat`, the records before 2026-12-01).
+def more_bits(i):
+    return mix == "flat" or i < L // 8 or i >= 7 * L // 8 or (i - L // 8) % 3 == 2
+
+
 layer = {
     "attn_q.weight": (q4_k(H * HD, E), QT.Q4_K),
     "attn_k.weight": (q4_k(KV * HD, E), QT.Q4_K),
@@ -163,12 +181,17 @@ layer = {
     "attn_output.weight": (q4_k(E, H * HD), QT.Q4_K),
     "ffn_gate.weight": (q4_k(FF, E), QT.Q4_K),
     "ffn_up.weight": (q4_k(FF, E), QT.Q4_K),
-    "ffn_down.weight": (q6_k(E, FF), QT.Q6_K),
+    "ffn_down.weight": (q4_k(E, FF), QT.Q4_K),
 }
+more = {"ffn_down.weight": (q6_k(E, FF), QT.Q6_K)}
+if mix == "llama":
+    more["attn_v.weight"] = (q6_k(KV * HD, E), QT.Q6_K)
 for l in range(L):
     w.add_tensor(f"blk.{l}.attn_norm.weight", ones)
     w.add_tensor(f"blk.{l}.ffn_norm.weight", ones)
     for name, (data, qt) in layer.items():
+        if more_bits(l) and name in more:
+            data, qt = more[name]
         w.add_tensor(f"blk.{l}.{name}", data, raw_dtype=qt)
 t1 = time.time()
 w.write_header_to_file()
@@ -308,7 +331,7 @@ run() {
   else
     rm -f "$GGUF.done"
     local t0=$SECONDS
-    make_gguf "$GGUF"
+    make_gguf "$GGUF" "mix=$MIX"
     touch "$GGUF.done"
     echo "   GGUF: $((SECONDS - t0)) s"
   fi

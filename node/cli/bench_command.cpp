@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "node/engine/single_rank_collective.h"
+#include "node/engine/synthetic_mix.h"
 #include "node/backend/cpu/cpu_backend.h"
 #include "node/cli/command.h"
 #include "node/common/error.h"
@@ -116,23 +117,6 @@ HParams shape_hparams(const std::string& shape) {
                  "--shape {}: expected smollm2-135m, llama3-8b, llama3-70b or qwen2-7b", shape);
   }
   return hp;
-}
-
-// --type -> the matrix type and per-tensor overrides (q4_k_m: Q6_K ffn_down and output, as
-// llama.cpp's Q4_K_M does for most of them).
-std::pair<TensorType, std::vector<std::pair<std::string, TensorType>>> bench_types(
-    const std::string& t) {
-  if (t == "q4_k") return {TensorType::kQ4_K, {}};
-  if (t == "q4_k_m") {
-    return {TensorType::kQ4_K,
-            {{"ffn_down.weight", TensorType::kQ6_K}, {"output.weight", TensorType::kQ6_K}}};
-  }
-  // Any weight type by its name, every matrix of that type.
-  if (const std::optional<TensorType> type = tensor_type_from_name(t)) return {*type, {}};
-  TPNODE_THROW(ErrorKind::kInvalidInput,
-               "--type {}: expected q4_k_m or a weight type (f32, f16, bf16, q8_0, q4_0, q4_1, "
-               "q5_0, q5_1, q4_k, q5_k, q6_k)",
-               t);
 }
 
 // One status line, rewritten in place on a terminal.
@@ -278,8 +262,8 @@ int run_bench(const BenchOptions& o) {
     label = o.model;
   } else {
     hp = shape_hparams(o.shape);
-    auto [type, overrides] = bench_types(o.type);
-    source = std::make_unique<SyntheticWeightSource>(hp, type, 1, overrides);
+    SyntheticMix bt = synthetic_mix(o.type, hp);
+    source = std::make_unique<SyntheticWeightSource>(hp, bt.matrix, 1, std::move(bt.overrides));
     label = fmt::format("{} {} (synthetic weights)", o.shape, o.type);
   }
   if (tp.size > 1) label += fmt::format(", tensor parallel over {} GPUs", tp.size);
@@ -434,8 +418,11 @@ const RegisterCommand kRegister{Command{
       auto o = std::make_shared<BenchOptions>();
       sub.add_option("--shape", o->shape, "smollm2-135m, llama3-8b, llama3-70b or qwen2-7b");
       sub.add_option("--type", o->type,
-                     "q4_k_m (Q6_K ffn_down and output) or one weight type for every matrix: "
-                     "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k "
+                     "q4_k_m (llama.cpp's mix: Q4_K, Q6_K output and, in the first and last "
+                     "eighth of the layers and every third between, Q6_K attn_v and ffn_down; Q5_K "
+                     "attn_v in the other layers of llama3-70b), "
+                     "q4_k_m-flat (Q6_K ffn_down in every layer) or one weight type for every "
+                     "matrix: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k "
                      "(synthetic weights)");
       sub.add_option("-m,--model", o->model, "a model file instead of a shape");
       sub.add_option("--backend", o->backend, "auto, cpu or cuda")

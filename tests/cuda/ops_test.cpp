@@ -148,37 +148,45 @@ TEST_F(CudaOps, NormAndSwigluWriteTheBf16CopyTheNextGemmReads) {
 }
 
 TEST_F(CudaOps, MatmulSharedEqualsSeparateMatmuls) {
-  // One grouped launch for same-type matrices (Q4_K, Q6_K), the plain loop for mixed ones.
+  // One grouped launch for same-type matrices (Q4_K, Q6_K); for mixed ones (the q/k/v of a
+  // Q4_K_M model whose v is Q6_K) one launch per type at batch 1 and gemm_kq for the Q4_K part
+  // of a larger batch; every part equal to the CPU backend's separate matmuls.
   const int64_t n = 512;
-  const auto x = put(cuda_random_floats(n, 21));
+  const int64_t max_m = 33;
+  const auto x = put(cuda_random_floats(max_m * n, 21));
   struct Case {
     std::vector<TensorType> types;
     std::vector<int64_t> rows;
   };
-  const std::vector<Case> cases = {{{TensorType::kQ4_K, TensorType::kQ4_K, TensorType::kQ4_K}, {67, 16, 9000}},
-                                   {{TensorType::kQ6_K, TensorType::kQ6_K}, {5000, 4100}},
-                                   {{TensorType::kQ4_K, TensorType::kQ6_K}, {33, 31}}};
+  const std::vector<Case> cases = {
+      {{TensorType::kQ4_K, TensorType::kQ4_K, TensorType::kQ4_K}, {67, 16, 9000}},
+      {{TensorType::kQ6_K, TensorType::kQ6_K}, {5000, 4100}},
+      {{TensorType::kQ4_K, TensorType::kQ6_K}, {33, 31}},
+      {{TensorType::kQ4_K, TensorType::kQ4_K, TensorType::kQ6_K}, {512, 128, 128}},
+      {{TensorType::kQ6_K, TensorType::kQ4_K, TensorType::kQ6_K}, {300, 257, 64}}};
   for (const Case& c : cases) {
     std::vector<std::vector<uint8_t>> host;
     std::vector<Weight> wg, wc;
-    std::vector<Pair> ys;
     for (size_t i = 0; i < c.types.size(); ++i) {
       host.push_back(random_gguf_rows(c.types[i], c.rows[i], n, 30 + static_cast<uint32_t>(i)));
       const HostMatrix hm{c.types[i], host.back().data(), c.rows[i], n, host.back().size() / c.rows[i]};
       wg.push_back(cuda_->upload_weight(hm));
       wc.push_back(cpu_->upload_weight(hm));
-      ys.push_back(zeros(c.rows[i]));
     }
-    std::vector<Backend::MatmulOut> og, oc;
-    for (size_t i = 0; i < c.types.size(); ++i) {
-      og.push_back({&wg[i], ys[i].gpu});
-      oc.push_back({&wc[i], ys[i].cpu});
-    }
-    cuda_->matmul_shared(og, x.gpu, 1);
-    cpu_->matmul_shared(oc, x.cpu, 1);
-    for (size_t i = 0; i < c.types.size(); ++i) {
-      EXPECT_LT(nmse(gpu(ys[i], c.rows[i]), cpu(ys[i], c.rows[i])), 1e-3)
-          << type_name(c.types[i]) << " part " << i;
+    for (int64_t m : {int64_t{1}, max_m}) {
+      std::vector<Pair> ys;
+      std::vector<Backend::MatmulOut> og, oc;
+      for (size_t i = 0; i < c.types.size(); ++i) ys.push_back(zeros(m * c.rows[i]));
+      for (size_t i = 0; i < c.types.size(); ++i) {
+        og.push_back({&wg[i], ys[i].gpu});
+        oc.push_back({&wc[i], ys[i].cpu});
+      }
+      cuda_->matmul_shared(og, x.gpu, m);
+      cpu_->matmul_shared(oc, x.cpu, m);
+      for (size_t i = 0; i < c.types.size(); ++i) {
+        EXPECT_LT(nmse(gpu(ys[i], m * c.rows[i]), cpu(ys[i], m * c.rows[i])), 1e-3)
+            << type_name(c.types[i]) << " part " << i << ", batch " << m;
+      }
     }
   }
 }

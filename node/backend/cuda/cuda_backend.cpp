@@ -201,6 +201,7 @@ class CudaBackend final : public Backend {
   const uint8_t* kq_acts(const float* x, int64_t m, int64_t k);
   // Batch 1 on the int8 GEMV (or gemv_stream); with a push, also to the peers (GemvLlPush).
   void gemv1(std::span<const MatmulOut> outs, const float* x, const kc::GemvLlPush& push = {});
+  void gemv1_by_type(std::span<const MatmulOut> outs, const float* x);
   const __nv_bfloat16* bf16_acts(const float* x, int64_t m, int64_t k, bool dq_layout = false);
   __nv_bfloat16* fused_bf16_out(int64_t m, int64_t k);
   const float* rope_freqs(const RopeParams& p);
@@ -710,8 +711,14 @@ void CudaBackend::matmul_reduced(const Weight& w, const float* x, float* y, int6
 // type at batch 1, a float type up to kFloatGemvBestBatch.
 void CudaBackend::matmul_shared(std::span<const MatmulOut> outs, const float* x, int64_t m) {
   bool same = !outs.empty() && outs.size() <= static_cast<size_t>(kc::kMaxGemvGroup);
+  bool all_quant = same;
   for (const MatmulOut& o : outs) {
     same = same && o.w->type == outs[0].w->type && o.w->cols == outs[0].w->cols;
+    all_quant = all_quant && kc::is_quantized(o.w->type) && o.w->cols == outs[0].w->cols;
+  }
+  if (m == 1 && all_quant && !same) {
+    gemv1_by_type(outs, x);
+    return;
   }
   const bool quant = same && kc::is_quantized(outs[0].w->type);
   bool floats = same && !quant && m <= kc::kFloatGemvBestBatch;
@@ -783,6 +790,24 @@ void CudaBackend::gemv1(std::span<const MatmulOut> outs, const float* x,
     kc::gemv_stream(p, stream_);
   } else {
     kc::gemv_group(p, stream_);
+  }
+}
+
+// Quantized matrices of several types sharing x at batch 1 (q/k/v of a Q4_K_M model whose v
+// is Q6_K): one gemv1 launch per type, in the order each type first appears.
+void CudaBackend::gemv1_by_type(std::span<const MatmulOut> outs, const float* x) {
+  MatmulOut group[kc::kMaxGemvGroup];
+  bool done[kc::kMaxGemvGroup] = {};
+  for (size_t i = 0; i < outs.size(); ++i) {
+    if (done[i]) continue;
+    size_t n = 0;
+    for (size_t j = i; j < outs.size(); ++j) {
+      if (!done[j] && outs[j].w->type == outs[i].w->type) {
+        group[n++] = outs[j];
+        done[j] = true;
+      }
+    }
+    gemv1(std::span<const MatmulOut>(group, n), x);
   }
 }
 
