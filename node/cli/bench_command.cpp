@@ -47,6 +47,7 @@ struct BenchOptions {
   int reps = 3;                       // timed prefill repetitions
   bool bf16_copies = true;            // CUDA: keep BF16 copies of quantized weights for GEMMs
   bool pdl = true;                    // CUDA: programmatic dependent launch between kernels
+  bool side_stream = true;            // CUDA: a group's other-type matrices on a second stream
   bool graphs = true;                 // CUDA: replay decode steps from CUDA graphs
   bool device_sampling = false;       // decode steps sample on the device (when it can)
   bool greedy_tokens = false;         // decode steps return argmax tokens, not logits
@@ -211,6 +212,7 @@ int run_bench(const BenchOptions& o) {
         std::max({*std::max_element(o.prefills.begin(), o.prefills.end()), o.context, 64});
     co.bf16_copy_fraction = o.bf16_copies ? 0.5 : 0.0;
     co.pdl = o.pdl;
+    co.side_stream = o.side_stream;
     co.use_cuda_graphs = o.graphs;
     co.quant_gemv_max_batch = o.quant_gemv_max_batch;
     co.dq_gemm_max_batch = o.dq_gemm_max_batch;
@@ -435,6 +437,10 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--context", o->context, "KV tokens per sequence before timed decode");
       sub.add_option("--decode-steps", o->decode_steps, "timed decode steps per batch size");
       sub.add_option("--reps", o->reps, "timed prefill repetitions (best is reported)");
+      sub.add_flag("!--no-side-stream", o->side_stream,
+                   "a shared group's matrices that its grouped kernel does not take (a Q6_K "
+                   "attn_v beside Q4_K q and k) run after that kernel, not beside it on a "
+                   "second stream");
       sub.add_flag("--pdl,!--no-pdl", o->pdl,
                    "programmatic dependent launch between decode kernels (default on; "
                    "compute capability >= 9.0)");

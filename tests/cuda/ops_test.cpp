@@ -150,10 +150,10 @@ TEST_F(CudaOps, NormAndSwigluWriteTheBf16CopyTheNextGemmReads) {
 TEST_F(CudaOps, MatmulSharedEqualsSeparateMatmuls) {
   // One grouped launch for same-type matrices (Q4_K, Q6_K); for mixed ones (the q/k/v of a
   // Q4_K_M model whose v is Q6_K) one launch per type at batch 1 and gemm_kq for the Q4_K part
-  // of a larger batch; every part equal to the CPU backend's separate matmuls.
+  // of a larger batch, the rest beside them on the side stream (int8 MMAs at 8, gemm_dq at 33,
+  // cuBLASLt at 64); every part equal to the CPU backend's separate matmuls.
   const int64_t n = 512;
-  const int64_t max_m = 33;
-  const auto x = put(cuda_random_floats(max_m * n, 21));
+  const auto x = put(cuda_random_floats(64 * n, 21));
   struct Case {
     std::vector<TensorType> types;
     std::vector<int64_t> rows;
@@ -173,7 +173,7 @@ TEST_F(CudaOps, MatmulSharedEqualsSeparateMatmuls) {
       wg.push_back(cuda_->upload_weight(hm));
       wc.push_back(cpu_->upload_weight(hm));
     }
-    for (int64_t m : {int64_t{1}, max_m}) {
+    for (int64_t m : {1, 8, 33, 64}) {
       std::vector<Pair> ys;
       std::vector<Backend::MatmulOut> og, oc;
       for (size_t i = 0; i < c.types.size(); ++i) ys.push_back(zeros(m * c.rows[i]));

@@ -209,6 +209,15 @@ class CudaBackend final : public Backend {
   CudaBackendOptions opt_;
   cudaDeviceProp prop_{};
   cudaStream_t stream_ = nullptr;
+  // The second stream (side_stream): fork_side() makes it wait for what stream_ holds, an
+  // OnSide scope sends the ops inside it there, join_side() makes stream_ wait for it.
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t fork_event_ = nullptr;
+  cudaEvent_t join_event_ = nullptr;
+  kc::GemmDqWorkspace side_ws_;  // dq_ws_ for the side stream, which may run beside gemm_kq
+  void fork_side();
+  void join_side();
+  class OnSide;
   uint64_t total_bytes_ = 0;
   std::unique_ptr<kc::DeviceMemory> mem_;  // first in, last out: frees every buffer
   std::unique_ptr<Scratches> scratch_;
@@ -283,6 +292,11 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   TPNODE_CUDA_CHECK(cudaSetDevice(options.device));
   TPNODE_CUDA_CHECK(cudaGetDeviceProperties(&prop_, options.device));
   TPNODE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  if (options.side_stream) {
+    TPNODE_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+    TPNODE_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
+    TPNODE_CUDA_CHECK(cudaEventCreateWithFlags(&join_event_, cudaEventDisableTiming));
+  }
   kc::set_pdl_enabled(options.pdl && prop_.major >= 9);
   TPNODE_CHECK(options.quant_gemv_max_batch >= 1 && options.quant_gemv_max_batch <= kc::kGemvMmaMaxBatch,
                "quant_gemv_max_batch {} outside 1..{}", options.quant_gemv_max_batch,
@@ -326,14 +340,17 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   if (options.dq_gemm_max_batch > quant_gemv_max_ || gemm_kq_) {
     kc::gemm_dq_init();  // shared-memory limits, set once outside any graph capture
     const kc::GemmDqWorkspaceSize ws = kc::gemm_dq_workspace_size();
-    dq_ws_.partial_floats = ws.partial_floats;
-    dq_ws_.n_counters = ws.n_counters;
-    dq_ws_.partials = static_cast<float*>(
-        mem_->alloc(static_cast<size_t>(ws.partial_floats) * sizeof(float), "gemm_dq partial sums"));
-    dq_ws_.counters = static_cast<unsigned*>(
-        mem_->alloc(static_cast<size_t>(ws.n_counters) * sizeof(unsigned), "gemm_dq counters"));
-    TPNODE_CUDA_CHECK(cudaMemsetAsync(dq_ws_.counters, 0,
-                                      static_cast<size_t>(ws.n_counters) * sizeof(unsigned), stream_));
+    for (kc::GemmDqWorkspace* w : {&dq_ws_, &side_ws_}) {
+      if (w == &side_ws_ && side_ == nullptr) break;
+      w->partial_floats = ws.partial_floats;
+      w->n_counters = ws.n_counters;
+      w->partials = static_cast<float*>(mem_->alloc(
+          static_cast<size_t>(ws.partial_floats) * sizeof(float), "gemm_dq partial sums"));
+      w->counters = static_cast<unsigned*>(
+          mem_->alloc(static_cast<size_t>(ws.n_counters) * sizeof(unsigned), "gemm_dq counters"));
+      TPNODE_CUDA_CHECK(cudaMemsetAsync(
+          w->counters, 0, static_cast<size_t>(ws.n_counters) * sizeof(unsigned), stream_));
+    }
   }
   spdlog::info("cuda: {} ({} SMs, {:.1f} GiB), budget {:.1f} GiB", prop_.name,
                prop_.multiProcessorCount, total_bytes / 1073741824.0, budget / 1073741824.0);
@@ -351,8 +368,40 @@ CudaBackend::~CudaBackend() {
   uploader_.reset();
   scratch_.reset();
   mem_.reset();
+  if (side_) cudaStreamDestroy(side_);
+  if (fork_event_) cudaEventDestroy(fork_event_);
+  if (join_event_) cudaEventDestroy(join_event_);
   if (stream_) cudaStreamDestroy(stream_);
 }
+
+void CudaBackend::fork_side() {
+  TPNODE_CUDA_CHECK(cudaEventRecord(fork_event_, stream_));
+  TPNODE_CUDA_CHECK(cudaStreamWaitEvent(side_, fork_event_, 0));
+}
+
+void CudaBackend::join_side() {
+  TPNODE_CUDA_CHECK(cudaEventRecord(join_event_, side_));
+  TPNODE_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_event_, 0));
+}
+
+// Within its scope the backend's ops go to the side stream with the side's gemm_dq workspace
+// (the main stream may be running gemm_kq on its own). The scratch buffers they use otherwise
+// (8-bit and BF16 copies of x) are not the ones gemm_kq reads, and the caches that name them
+// stay right: the join orders every later reader after the side's writes.
+class CudaBackend::OnSide {
+ public:
+  explicit OnSide(CudaBackend& b) : b_(b) { swap(); }
+  ~OnSide() { swap(); }
+  OnSide(const OnSide&) = delete;
+  OnSide& operator=(const OnSide&) = delete;
+
+ private:
+  void swap() {
+    std::swap(b_.stream_, b_.side_);
+    std::swap(b_.dq_ws_, b_.side_ws_);
+  }
+  CudaBackend& b_;
+};
 
 void CudaBackend::wrote(const void* p, size_t bytes) {
   const auto* b = static_cast<const uint8_t*>(p);
@@ -794,7 +843,8 @@ void CudaBackend::gemv1(std::span<const MatmulOut> outs, const float* x,
 }
 
 // Quantized matrices of several types sharing x at batch 1 (q/k/v of a Q4_K_M model whose v
-// is Q6_K): one gemv1 launch per type, in the order each type first appears.
+// is Q6_K): one gemv1 launch per type, in the order each type first appears. (On the side
+// stream they gained nothing: each GEMV already starts during the one before it, PDL.)
 void CudaBackend::gemv1_by_type(std::span<const MatmulOut> outs, const float* x) {
   MatmulOut group[kc::kMaxGemvGroup];
   bool done[kc::kMaxGemvGroup] = {};
@@ -837,12 +887,25 @@ bool CudaBackend::kq_group(std::span<const MatmulOut> outs, const float* x, int6
   }
   if (g.n < 2) return false;
   wrote_outs(outs, m);
+  // The others first, on the side stream where there is one, so they run beside gemm_kq.
+  const bool side = side_ != nullptr && g.n < static_cast<int>(outs.size());
+  if (side) {
+    fork_side();
+    OnSide on(*this);
+    for (size_t i = 0; i < outs.size(); ++i) {
+      if (!grouped[i]) matmul(*outs[i].w, x, outs[i].y, m);
+    }
+  }
   g.x = kq_acts(x, m, g.outs[0].w.cols);
   g.m = m;
   g.ws = dq_ws_;
   kc::gemm_kq_group(g, kc::gemm_kq_plan(g, kq_tuning()), stream_);
-  for (size_t i = 0; i < outs.size(); ++i) {
-    if (!grouped[i]) matmul(*outs[i].w, x, outs[i].y, m);
+  if (side) {
+    join_side();
+  } else {
+    for (size_t i = 0; i < outs.size(); ++i) {
+      if (!grouped[i]) matmul(*outs[i].w, x, outs[i].y, m);
+    }
   }
   return true;
 }

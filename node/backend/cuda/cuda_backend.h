@@ -112,6 +112,11 @@ struct CudaBackendOptions {
   // With fold_all_reduce, a batch-1 int8 GEMV whose output that norm reduces next (o, down)
   // sends each output to the peers itself as the all-reduce's LL word, so the norm only waits.
   bool gemv_push = true;
+  // The matrices of a shared group (q/k/v, gate/up) that its grouped kernel does not take,
+  // such as the Q6_K attn_v beside the Q4_K q and k of a Q4_K_M model, run on a second stream
+  // beside that kernel (a parallel branch of the decode graph) instead of after it: on an H200
+  // (8B, llama.cpp's Q4_K_M mix) batches 8-64 ran 0.6-1.4% faster (docs/BENCHMARKS.md).
+  bool side_stream = true;
 };
 
 // Number of usable CUDA devices; 0 when there is no driver or no GPU (never throws).
