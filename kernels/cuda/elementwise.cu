@@ -192,6 +192,65 @@ __global__ void swiglu4_kernel(SwigluParams p) {
   }
 }
 
+// SwiGLU that also writes gemm_kq's records: one warp per (token slot, 256-value stage), as
+// gemm_kq_acts lays them out; lane l holds values 8l..8l+7 of the stage. It writes every copy
+// asked for (f32, BF16, gemm_dq's layout, 8-bit in groups of 256), each bitwise what the
+// kernels above and gemm_kq_acts / gemm_dq_acts / quantize_acts write. Slots past the last
+// token get zero records (and zeros in gemm_dq's layout).
+__global__ void swiglu_kq_kernel(SwigluParams p, int groups, int64_t n_warps) {
+  const int64_t wid = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  pdl_wait();
+  pdl_launch_dependents();
+  if (wid >= n_warps) return;
+  const int64_t m = p.n / p.cols, slots = int64_t{groups} * 8;
+  const int64_t tok = wid % slots, st = wid / slots, col = st * 256 + 8 * lane;
+  float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  if (tok < m) {
+    const int64_t i = tok * p.cols + col;
+    const float4* g = reinterpret_cast<const float4*>(p.gate + i);
+    const float4* u = reinterpret_cast<const float4*>(p.up + i);
+    const float4 g0 = g[0], g1 = g[1], u0 = u[0], u1 = u[1];
+    v[0] = swiglu1(g0.x, u0.x), v[1] = swiglu1(g0.y, u0.y), v[2] = swiglu1(g0.z, u0.z);
+    v[3] = swiglu1(g0.w, u0.w), v[4] = swiglu1(g1.x, u1.x), v[5] = swiglu1(g1.y, u1.y);
+    v[6] = swiglu1(g1.z, u1.z), v[7] = swiglu1(g1.w, u1.w);
+    float4* o = reinterpret_cast<float4*>(p.out + i);
+    o[0] = make_float4(v[0], v[1], v[2], v[3]);
+    o[1] = make_float4(v[4], v[5], v[6], v[7]);
+    if (p.out_bf16 != nullptr) {
+      auto* b = reinterpret_cast<__nv_bfloat162*>(p.out_bf16 + i);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b[j] = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+    }
+  }
+  if (p.quant.q != nullptr) {  // group 256: the stage is the group (all lanes take part)
+    int q[8], chunk_sum = 0;
+    const float d = quantize_group256(v, q, chunk_sum);
+    if (tok < m) {
+      const int64_t i = tok * p.cols + col;
+      uint32_t lo = 0, hi = 0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        lo |= static_cast<uint32_t>(q[j] & 0xFF) << (8 * j);
+        hi |= static_cast<uint32_t>(q[j + 4] & 0xFF) << (8 * j);
+      }
+      *reinterpret_cast<uint2*>(p.quant.q + i) = make_uint2(lo, hi);
+      if (lane % 4 == 0) {
+        p.quant.d[i / 32] = d;
+        p.quant.s[i / 32] = d * static_cast<float>(chunk_sum);
+      }
+    }
+  }
+  if (p.out_dq != nullptr) {  // values 2j, 2j + 1 are neighbours in gemm_dq's layout
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      *reinterpret_cast<__nv_bfloat162*>(p.out_dq + gemm_dq_act_index(m, tok, col + 2 * j)) =
+          __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+    }
+  }
+  kq::write_record(v, kq::record(p.kq, st, groups, tok), static_cast<int>(tok % 8));
+}
+
 __global__ void add_kernel(AddParams p) {
   pdl_wait();
   pdl_launch_dependents();
@@ -262,6 +321,21 @@ void swiglu(const SwigluParams& p, cudaStream_t stream) {
                "and no 8-bit copy",
                p.n, p.cols);
   const auto aligned = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
+  if (p.kq != nullptr) {
+    TPNODE_CHECK(p.cols > 0 && p.cols % 256 == 0 && p.n % p.cols == 0 &&
+                     (!quant || p.quant.group == 256) && aligned(p.gate) && aligned(p.up) &&
+                     aligned(p.out) && aligned(p.kq) &&
+                     (p.out_bf16 == nullptr || reinterpret_cast<uintptr_t>(p.out_bf16) % 4 == 0),
+                 "swiglu: gemm_kq records need whole rows of a multiple of 256 (n = {}, cols = "
+                 "{}), 16-byte aligned buffers and an 8-bit copy, if any, in groups of 256",
+                 p.n, p.cols);
+    const int groups = static_cast<int>((p.n / p.cols + 7) / 8);
+    const int64_t n_warps = int64_t{groups} * 8 * (p.cols / 256);
+    launch_pdl(swiglu_kq_kernel, dim3(blocks_for(n_warps * 32)), dim3(kThreads), 0, stream, p,
+               groups, n_warps);
+    TPNODE_CUDA_CHECK_LAUNCH();
+    return;
+  }
   if (!quant && p.out_dq == nullptr && p.n % 4 == 0 && aligned(p.gate) && aligned(p.up) &&
       aligned(p.out) && (p.out_bf16 == nullptr || reinterpret_cast<uintptr_t>(p.out_bf16) % 8 == 0)) {
     launch_pdl(swiglu4_kernel, dim3(blocks_for(p.n / 4)), dim3(kThreads), 0, stream, p);

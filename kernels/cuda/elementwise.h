@@ -61,6 +61,10 @@ struct SwigluParams {
   // (cols % 256 == 0), padding tokens zero.
   __nv_bfloat16* out_dq = nullptr;
   int64_t cols = 0;
+  // Optional gemm_kq records of out as [n / cols, cols] (gemm_kq_acts' bytes; cols % 256 == 0),
+  // so that a Q4_K matmul on gemm_kq next needs no gemm_kq_acts launch. With it the 8-bit copy
+  // can only be in groups of 256.
+  uint8_t* kq = nullptr;
 };
 void swiglu(const SwigluParams& p, cudaStream_t stream);
 

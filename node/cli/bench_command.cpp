@@ -62,6 +62,7 @@ struct BenchOptions {
   int gemm_kq_min_batch = 2;          // CUDA: smallest batch on gemm_kq
   bool norm_kq_records = true;        // CUDA: RMSNorms write gemm_kq's activation records
   bool attention_kq_records = true;   // CUDA: decode attention writes them for attn_output
+  bool swiglu_kq_records = true;      // CUDA: SwiGLU writes them for ffn_down
   int dq_gemm_over_copies = 32;       // CUDA: batches up to this skip the BF16 copies
   bool gemm_autotune = true;          // CUDA: time cuBLASLt's candidates per decode shape
   bool gemv_stream = false;           // CUDA: batch-1 GEMVs stream weights through shared memory
@@ -226,6 +227,7 @@ int run_bench(const BenchOptions& o) {
     co.gemm_kq_min_batch = o.gemm_kq_min_batch;
     co.norm_kq_records = o.norm_kq_records;
     co.attention_kq_records = o.attention_kq_records;
+    co.swiglu_kq_records = o.swiglu_kq_records;
     if (!o.gemm_autotune) co.gemm_autotune_max_rows = 0;
     co.gemv_stream = o.gemv_stream;
     co.decode_max_splits = o.decode_max_splits;
@@ -481,6 +483,9 @@ const RegisterCommand kRegister{Command{
           ->check(CLI::IsMember({1, 2}));
       sub.add_flag("!--no-norm-kq-records", o->norm_kq_records,
                    "gemm_kq's activation records by a launch of their own, not by the RMSNorm "
+                   "before it");
+      sub.add_flag("!--no-swiglu-kq-records", o->swiglu_kq_records,
+                   "ffn_down's gemm_kq records by a launch of their own, not by the SwiGLU "
                    "before it");
       sub.add_flag("!--no-attention-kq-records", o->attention_kq_records,
                    "attn_output's gemm_kq records by a launch of their own, not by decode "

@@ -1,7 +1,7 @@
 // SwiGLU's copies of its output in the layouts the next matmul's kernel reads, bitwise against
 // the launches they replace: the 8-bit copy in 256-value groups (quantize_acts, group 256, for
-// the K-quant MMA GEMVs) and the BF16 copy in gemm_dq's layout (gemm_dq_acts), padding tokens
-// included.
+// the K-quant MMA GEMVs), the BF16 copy in gemm_dq's layout (gemm_dq_acts) and gemm_kq's
+// records (gemm_kq_acts), padding tokens included.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm_dq.h"
+#include "kernels/cuda/gemm_kq.h"
 #include "kernels/cuda/gemv.h"
 #include "node/common/error.h"
 #include "tests/cuda/cuda_test_support.h"
@@ -141,6 +142,71 @@ TEST_F(SwigluCopies, GemmDqLayoutAsGemmDqActsWritesIt) {
   }
 }
 
+// With gemm_kq's records SwiGLU runs a warp per (token, stage): the records are gemm_kq_acts'
+// bytes of its output, and every other copy it writes beside them (the 8-bit one in groups of
+// 256 at GEMV batches, gemm_dq's above them, BF16 for cuBLASLt) and the output itself are
+// bitwise what the kernels without records write.
+TEST_F(SwigluCopies, GemmKqRecordsAsGemmKqActsWritesThem) {
+  uint32_t seed = 90;
+  for (const int64_t m : {2, 5, 8, 13, 32, 33, 64}) {
+    for (const int64_t k : {256, 768}) {
+      SCOPED_TRACE(fmt::format("m={} k={}", m, k));
+      inputs(m, k, seed++);
+      const int64_t n = m * k, rec_bytes = kc::gemm_kq_acts_bytes(m, k);
+      const int64_t dq_elems = kc::gemm_dq_acts_elems(m, k);
+      const bool gemv = m <= 8, dq = m > 8 && m <= 32;
+      DeviceBytes rec1(rec_bytes), rec2(rec_bytes), ref(n * 4);
+      DeviceBytes q1(n), d1(n / 32 * 4), s1(n / 32 * 4), q2(n), d2(n / 32 * 4), s2(n / 32 * 4);
+      DeviceBytes y1(dq_elems * 2), y2(dq_elems * 2), bf1(n * 2), bf2(n * 2);
+      // Different fills: a byte the kernel leaves unwritten differs from the reference's.
+      SW_CUDA_OK(cudaMemset(rec1.as<uint8_t>(), 0xA5, rec_bytes));
+      SW_CUDA_OK(cudaMemset(rec2.as<uint8_t>(), 0x5A, rec_bytes));
+      SW_CUDA_OK(cudaMemset(y1.as<uint8_t>(), 0xA5, dq_elems * 2));
+      kc::SwigluParams p{.gate = gate_.as<float>(), .up = up_.as<float>(), .out = out_.as<float>(),
+                         .n = n, .quant = {}};
+      p.kq = rec1.as<uint8_t>();
+      p.cols = k;
+      if (gemv) p.quant = {q1.as<int8_t>(), d1.as<float>(), s1.as<float>(), 256};
+      if (dq) p.out_dq = y1.as<__nv_bfloat16>();
+      if (!gemv && !dq) p.out_bf16 = bf1.as<__nv_bfloat16>();
+      kc::swiglu(p, stream_);
+      // The reference: SwiGLU without records (one value per thread, with the group-256 copy
+      // where that is asked), then the launches the records replace.
+      kc::swiglu({.gate = gate_.as<float>(), .up = up_.as<float>(), .out = ref.as<float>(), .n = n,
+                  .quant = {q2.as<int8_t>(), d2.as<float>(), s2.as<float>(), 256},
+                  .out_bf16 = nullptr},
+                 stream_);
+      kc::gemm_kq_acts({.x = ref.as<float>(), .y = rec2.as<uint8_t>(), .m = m, .cols = k}, stream_);
+      kc::gemm_dq_acts({.x = ref.as<float>(), .y = y2.as<__nv_bfloat16>(), .m = m, .cols = k},
+                       stream_);
+      kc::swiglu({.gate = gate_.as<float>(), .up = up_.as<float>(), .out = ref.as<float>(), .n = n,
+                  .quant = {}, .out_bf16 = bf2.as<__nv_bfloat16>()},
+                 stream_);
+      SW_CUDA_OK(cudaStreamSynchronize(stream_));
+      const auto out = host<uint32_t>(out_, n), want = host<uint32_t>(ref, n);
+      EXPECT_EQ(std::memcmp(out.data(), want.data(), n * 4), 0);
+      const auto ra = host<uint8_t>(rec1, rec_bytes), rb = host<uint8_t>(rec2, rec_bytes);
+      EXPECT_EQ(std::memcmp(ra.data(), rb.data(), rec_bytes), 0);
+      if (gemv) {
+        const auto qa = host<int8_t>(q1, n), qb = host<int8_t>(q2, n);
+        EXPECT_EQ(std::memcmp(qa.data(), qb.data(), n), 0);
+        const auto da = host<float>(d1, n / 32), db = host<float>(d2, n / 32);
+        const auto sa = host<float>(s1, n / 32), sb = host<float>(s2, n / 32);
+        EXPECT_EQ(std::memcmp(da.data(), db.data(), da.size() * 4), 0);
+        EXPECT_EQ(std::memcmp(sa.data(), sb.data(), sa.size() * 4), 0);
+      }
+      if (dq) {
+        const auto ya = host<uint16_t>(y1, dq_elems), yb = host<uint16_t>(y2, dq_elems);
+        EXPECT_EQ(std::memcmp(ya.data(), yb.data(), dq_elems * 2), 0);
+      }
+      if (!gemv && !dq) {
+        const auto ba = host<uint16_t>(bf1, n), bb = host<uint16_t>(bf2, n);
+        EXPECT_EQ(std::memcmp(ba.data(), bb.data(), n * 2), 0);
+      }
+    }
+  }
+}
+
 TEST_F(SwigluCopies, RefusesShapesItCannotWrite) {
   inputs(2, 320, 70);
   DeviceBytes q(640), d(80), s(80), y(kc::gemm_dq_acts_elems(2, 320) * 2);
@@ -155,6 +221,14 @@ TEST_F(SwigluCopies, RefusesShapesItCannotWrite) {
   p.quant = {};
   p.out_dq = y.as<__nv_bfloat16>();
   p.cols = 320;  // rows of gemm_dq's layout are whole 256-value stages
+  EXPECT_THROW(kc::swiglu(p, stream_), Error);
+  DeviceBytes rec(kc::gemm_kq_acts_bytes(2, 512));
+  p.out_dq = nullptr;
+  p.kq = rec.as<uint8_t>();  // nor are gemm_kq's records
+  EXPECT_THROW(kc::swiglu(p, stream_), Error);
+  p.cols = 256;
+  p.n = 512;
+  p.quant = {q.as<int8_t>(), d.as<float>(), s.as<float>(), 32};  // its copy: groups of 256 only
   EXPECT_THROW(kc::swiglu(p, stream_), Error);
 }
 

@@ -1138,10 +1138,28 @@ void CudaBackend::swiglu(const float* gate, const float* up, float* out, int64_t
                         loaded(k, [&](TensorType t) {
                           return kc::gemv_mma_block_type(t) && !gemm_kq_type(t, m);
                         });
-  const bool fuse = n % 32 == 0 && n <= quant_gemv_max_ * std::max<int64_t>(max_cols_, 32);
+  bool fuse = n % 32 == 0 && n <= quant_gemv_max_ * std::max<int64_t>(max_cols_, 32);
+  // gemm_kq's records for the Q4_K weights of this width that take it at this batch. The
+  // records' kernel writes the 8-bit copy in groups of 256 only: where another weight of this
+  // width would read groups of 32, gemm_kq_acts makes the records instead; where none reads
+  // the copy at all, it is not written.
+  bool kq = opt_.swiglu_kq_records && k256 &&
+            loaded(k, [&](TensorType t) { return gemm_kq_type(t, m); });
+  if (kq && fuse && !group256) {
+    const bool copy_read = loaded(k, [&](TensorType t) { return !gemm_kq_type(t, m); });
+    if (copy_read) {
+      kq = false;
+    } else {
+      fuse = false;
+    }
+  }
   if (fuse) {
     p.quant = act_buffers(n);
     if (group256) p.quant.group = 256;
+  }
+  if (kq) {
+    p.kq = scratch_->gemm_xq.as<uint8_t>(kc::gemm_kq_acts_bytes(m, k));
+    p.cols = k;
   }
   const bool dq = k256 && m > quant_gemv_max_ && m <= opt_.dq_gemm_over_copies_max_batch &&
                   m <= opt_.dq_gemm_max_batch &&
@@ -1155,6 +1173,7 @@ void CudaBackend::swiglu(const float* gate, const float* up, float* out, int64_t
   if (fuse) act_ = {.x = out, .n = n, .group = p.quant.group};
   if (p.out_bf16 != nullptr) bf16_act_ = {out, n, false, k};
   if (dq) bf16_act_ = {.x = out, .n = n, .dq_layout = true, .cols = k};
+  if (kq) kq_act_ = {.x = out, .n = n, .cols = k};
 }
 
 void CudaBackend::add(const float* x, const float* y, float* out, int64_t n) {

@@ -70,6 +70,9 @@ struct CudaBackendOptions {
   // Likewise decode attention for attn_output, where a CTA's heads are one 256-value stage and
   // no cluster merges them (kc::decode_kq_records_supports).
   bool attention_kq_records = true;
+  // Likewise SwiGLU for ffn_down: with llama.cpp's Q4_K_M half the layers' ffn_down are Q4_K
+  // (gemm_kq) and half Q6_K, so its records are written beside the other copies.
+  bool swiglu_kq_records = true;
   // cuBLASLt GEMMs of at most this many rows (decode batches) use the fastest of the
   // heuristic's first candidates for their shape, timed the first time it runs
   // (kernels/cuda/gemm_lt.h), instead of its first: on an H200 batch 64 gained 2%, while
