@@ -54,6 +54,13 @@ class SwigluCopies : public ::testing::Test {
     return v;
   }
 
+  // The first n elements of two device buffers are bitwise the same.
+  template <typename T>
+  void expect_same(const DeviceBytes& a, const DeviceBytes& b, size_t n) {
+    const auto ha = host<T>(a, n), hb = host<T>(b, n);
+    EXPECT_EQ(std::memcmp(ha.data(), hb.data(), n * sizeof(T)), 0);
+  }
+
   cudaStream_t stream_ = nullptr;
   DeviceBytes gate_, up_, out_;
 };
@@ -73,12 +80,9 @@ TEST_F(SwigluCopies, GroupsOf256AsQuantizeActsWritesThem) {
                  stream_);
       kc::quantize_acts({.x = out_.as<float>(), .m = m, .k = k, .out = b}, stream_);
       SW_CUDA_OK(cudaStreamSynchronize(stream_));
-      const auto qa = host<int8_t>(q1, n), qb = host<int8_t>(q2, n);
-      EXPECT_EQ(std::memcmp(qa.data(), qb.data(), n), 0);
-      const auto da = host<float>(d1, n / 32), db = host<float>(d2, n / 32);
-      const auto sa = host<float>(s1, n / 32), sb = host<float>(s2, n / 32);
-      EXPECT_EQ(std::memcmp(da.data(), db.data(), da.size() * 4), 0);
-      EXPECT_EQ(std::memcmp(sa.data(), sb.data(), sa.size() * 4), 0);
+      expect_same<int8_t>(q1, q2, n);
+      expect_same<float>(d1, d2, n / 32);
+      expect_same<float>(s1, s2, n / 32);
     }
   }
 }
@@ -183,26 +187,15 @@ TEST_F(SwigluCopies, GemmKqRecordsAsGemmKqActsWritesThem) {
                   .quant = {}, .out_bf16 = bf2.as<__nv_bfloat16>()},
                  stream_);
       SW_CUDA_OK(cudaStreamSynchronize(stream_));
-      const auto out = host<uint32_t>(out_, n), want = host<uint32_t>(ref, n);
-      EXPECT_EQ(std::memcmp(out.data(), want.data(), n * 4), 0);
-      const auto ra = host<uint8_t>(rec1, rec_bytes), rb = host<uint8_t>(rec2, rec_bytes);
-      EXPECT_EQ(std::memcmp(ra.data(), rb.data(), rec_bytes), 0);
+      expect_same<uint32_t>(out_, ref, n);
+      expect_same<uint8_t>(rec1, rec2, rec_bytes);
       if (gemv) {
-        const auto qa = host<int8_t>(q1, n), qb = host<int8_t>(q2, n);
-        EXPECT_EQ(std::memcmp(qa.data(), qb.data(), n), 0);
-        const auto da = host<float>(d1, n / 32), db = host<float>(d2, n / 32);
-        const auto sa = host<float>(s1, n / 32), sb = host<float>(s2, n / 32);
-        EXPECT_EQ(std::memcmp(da.data(), db.data(), da.size() * 4), 0);
-        EXPECT_EQ(std::memcmp(sa.data(), sb.data(), sa.size() * 4), 0);
+        expect_same<int8_t>(q1, q2, n);
+        expect_same<float>(d1, d2, n / 32);
+        expect_same<float>(s1, s2, n / 32);
       }
-      if (dq) {
-        const auto ya = host<uint16_t>(y1, dq_elems), yb = host<uint16_t>(y2, dq_elems);
-        EXPECT_EQ(std::memcmp(ya.data(), yb.data(), dq_elems * 2), 0);
-      }
-      if (!gemv && !dq) {
-        const auto ba = host<uint16_t>(bf1, n), bb = host<uint16_t>(bf2, n);
-        EXPECT_EQ(std::memcmp(ba.data(), bb.data(), n * 2), 0);
-      }
+      if (dq) expect_same<uint16_t>(y1, y2, dq_elems);
+      if (!gemv && !dq) expect_same<uint16_t>(bf1, bf2, n);
     }
   }
 }
