@@ -223,22 +223,15 @@ __global__ void swiglu_kq_kernel(SwigluParams p, int groups, int64_t n_warps) {
       for (int j = 0; j < 4; ++j) b[j] = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
     }
   }
-  if (p.quant.q != nullptr) {  // group 256: the stage is the group (all lanes take part)
-    int q[8], chunk_sum = 0;
-    const float d = quantize_group256(v, q, chunk_sum);
-    if (tok < m) {
-      const int64_t i = tok * p.cols + col;
-      uint32_t lo = 0, hi = 0;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        lo |= static_cast<uint32_t>(q[j] & 0xFF) << (8 * j);
-        hi |= static_cast<uint32_t>(q[j + 4] & 0xFF) << (8 * j);
-      }
-      *reinterpret_cast<uint2*>(p.quant.q + i) = make_uint2(lo, hi);
-      if (lane % 4 == 0) {
-        p.quant.d[i / 32] = d;
-        p.quant.s[i / 32] = d * static_cast<float>(chunk_sum);
-      }
+  // The stage is the 8-bit copy's 256-value group: one quantization serves it and the record.
+  int q[8], chunk_sum = 0;
+  const float d = quantize_group256(v, q, chunk_sum);
+  if (p.quant.q != nullptr && tok < m) {
+    const int64_t i = tok * p.cols + col;
+    *reinterpret_cast<uint2*>(p.quant.q + i) = make_uint2(pack_s8x4(q), pack_s8x4(q + 4));
+    if (lane % 4 == 0) {
+      p.quant.d[i / 32] = d;
+      p.quant.s[i / 32] = d * static_cast<float>(chunk_sum);
     }
   }
   if (p.out_dq != nullptr) {  // values 2j, 2j + 1 are neighbours in gemm_dq's layout
@@ -248,7 +241,8 @@ __global__ void swiglu_kq_kernel(SwigluParams p, int groups, int64_t n_warps) {
           __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
     }
   }
-  kq::write_record(v, kq::record(p.kq, st, groups, tok), static_cast<int>(tok % 8));
+  kq::write_quantized_record(q, d, chunk_sum, kq::record(p.kq, st, groups, tok),
+                             static_cast<int>(tok % 8));
 }
 
 __global__ void add_kernel(AddParams p) {

@@ -20,28 +20,30 @@ __device__ __forceinline__ uint8_t* record(uint8_t* base, int64_t st, int groups
   return base + (st * groups + tok / 8) * kRec;
 }
 
-// One warp writes token slot t8 of a record from the stage's 256 values: lane l holds values
-// 8l..8l+7 (chunk l / 4, i = l % 4), quantized with the group's scale and written as chunk c's
-// pieces 2c (values 8i..8i+3) and 2c + 1 (8i+4..8i+7) at byte 4i of the token's row; the
-// chunk's four lanes add its sum. Every lane of the warp must call it.
-__device__ __forceinline__ void write_record(const float (&v)[8], uint8_t* rec, int t8) {
+// One warp writes token slot t8 of a record from the stage's 256 values quantized by
+// quantize_group256 (lane l: values 8l..8l+7, chunk l / 4, i = l % 4; d the group's scale,
+// chunk_sum the sum of q over the lane's chunk): chunk c's pieces 2c (values 8i..8i+3) and
+// 2c + 1 (8i+4..8i+7) at byte 4i of the token's row, and the chunk's d * sum. Every lane of
+// the warp must call it.
+__device__ __forceinline__ void write_quantized_record(const int (&q)[8], float d, int chunk_sum,
+                                                       uint8_t* rec, int t8) {
   const int lane = static_cast<int>(threadIdx.x % 32);
-  int q[8], sum = 0;
-  const float d = quantize_group256(v, q, sum);
-  auto pack4 = [&](int o) {
-    return (static_cast<uint32_t>(q[o] & 0xFF)) | (static_cast<uint32_t>(q[o + 1] & 0xFF) << 8) |
-           (static_cast<uint32_t>(q[o + 2] & 0xFF) << 16) |
-           (static_cast<uint32_t>(q[o + 3] & 0xFF) << 24);
-  };
   const int c = lane / 4, i = lane % 4;
-  *reinterpret_cast<uint32_t*>(rec + (2 * c) * kPiece + t8 * 16 + 4 * i) = pack4(0);
-  *reinterpret_cast<uint32_t*>(rec + (2 * c + 1) * kPiece + t8 * 16 + 4 * i) = pack4(4);
+  *reinterpret_cast<uint32_t*>(rec + (2 * c) * kPiece + t8 * 16 + 4 * i) = pack_s8x4(q);
+  *reinterpret_cast<uint32_t*>(rec + (2 * c + 1) * kPiece + t8 * 16 + 4 * i) = pack_s8x4(q + 4);
   if (i == 0) {
     reinterpret_cast<__nv_bfloat16*>(rec + kSumsOff + t8 * 16)[c] =
-        __float2bfloat16_rn(d * static_cast<float>(sum));
+        __float2bfloat16_rn(d * static_cast<float>(chunk_sum));
   }
   if (lane < 4) *reinterpret_cast<uint32_t*>(rec + kSumsOff + kPiece + t8 * 16 + 4 * lane) = 0;
   if (lane == 0) reinterpret_cast<float*>(rec + kXScaleOff)[t8] = d;
+}
+
+// The same from the stage's float values (lane l holds values 8l..8l+7).
+__device__ __forceinline__ void write_record(const float (&v)[8], uint8_t* rec, int t8) {
+  int q[8], sum = 0;
+  const float d = quantize_group256(v, q, sum);
+  write_quantized_record(q, d, sum, rec, t8);
 }
 
 // A CTA's share of token t's records, of m tokens: stages st0 .. st0 + n_st - 1, whose values

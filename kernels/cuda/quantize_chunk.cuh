@@ -11,6 +11,12 @@
 
 namespace tpnode::cuda {
 
+// Four 8-bit values q[0..3] packed little-endian into a word, as they lie in memory.
+__device__ __forceinline__ uint32_t pack_s8x4(const int* q) {
+  return (static_cast<uint32_t>(q[0] & 0xFF)) | (static_cast<uint32_t>(q[1] & 0xFF) << 8) |
+         (static_cast<uint32_t>(q[2] & 0xFF) << 16) | (static_cast<uint32_t>(q[3] & 0xFF) << 24);
+}
+
 // Quantizes the chunk whose 32 values the 32 lanes of a warp hold in order (lane i: value i).
 // The maximum is exact in any order and so is the sum (at most 32 * 127 in magnitude).
 __device__ __forceinline__ void quantize_chunk32(const QuantActs& out, int64_t chunk, float v) {
@@ -65,9 +71,7 @@ __device__ __forceinline__ void quantize_chunk8(const QuantActs& out, int64_t ch
     q[2] = __float2int_rn(v.z / d);
     q[3] = __float2int_rn(v.w / d);
   }
-  const int packed = (q[0] & 0xFF) | ((q[1] & 0xFF) << 8) | ((q[2] & 0xFF) << 16) |
-                     (static_cast<int>(static_cast<unsigned>(q[3]) << 24));
-  if (store) reinterpret_cast<int*>(out.q + chunk * 32)[part] = packed;
+  if (store) reinterpret_cast<uint32_t*>(out.q + chunk * 32)[part] = pack_s8x4(q);
   float sum = static_cast<float>(q[0] + q[1] + q[2] + q[3]);
 #pragma unroll
   for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
