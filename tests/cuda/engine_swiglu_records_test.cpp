@@ -7,11 +7,8 @@
 #include <memory>
 #include <vector>
 
-#include "node/engine/engine.h"
-#include "node/engine/single_rank_collective.h"
-#include "node/engine/synthetic_mix.h"
-#include "node/engine/weight_source.h"
 #include "tests/cuda/cuda_test_support.h"
+#include "tests/cuda/mix_engine_pair.h"
 #include "tests/engine/test_support.h"
 
 namespace tpnode::test {
@@ -19,26 +16,18 @@ namespace {
 
 TEST(CudaEngineSwigluRecords, BitwiseEqualToRecordsByTheirOwnLaunch) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gave 0)";
-  HParams hp = tsupport::small_llama("swiglu records", 512);
-  hp.n_layer = 8;
-  const SyntheticMix mix = synthetic_mix("q4_k_m", hp);
   CudaBackendOptions on;
   on.gpu_memory_fraction = 0.05;
   on.use_cuda_graphs = false;
   CudaBackendOptions off = on;
   off.swiglu_kq_records = false;
-  auto cuda_on = make_cuda_backend(on);
-  auto cuda_off = make_cuda_backend(off);
-  SyntheticWeightSource src_on(hp, mix.matrix, 11, mix.overrides);
-  SyntheticWeightSource src_off(hp, mix.matrix, 11, mix.overrides);
-  SingleRankCollective c1, c2;
   EngineOptions eo;
   eo.max_context = 64;
   eo.kv_tokens = 64 * 16;  // a block of 16 for each of the 55 sequences
   eo.max_batch_tokens = 256;
   eo.max_seqs = 48;
-  Engine with(hp, src_on, *cuda_on, c1, eo);
-  Engine without(hp, src_off, *cuda_off, c2, eo);
+  MixEnginePair pair("swiglu records", on, off, 11, eo);
+  const HParams& hp = pair.hp;
   const size_t V = static_cast<size_t>(hp.n_vocab);
   int32_t next_id = 1;
   for (const int batch : {2, 13, 40}) {
@@ -47,7 +36,8 @@ TEST(CudaEngineSwigluRecords, BitwiseEqualToRecordsByTheirOwnLaunch) {
     StepPlan plan;
     for (int s = 0; s < batch; ++s) {
       const int32_t id = next_id++;
-      SeqStep q{.seq_id = static_cast<uint64_t>(id), .n_past = 0, .tokens = {}, .blocks = {}, .want_logits = true};
+      SeqStep q{.seq_id = static_cast<uint64_t>(id), .n_past = 0, .tokens = {}, .blocks = {},
+                .want_logits = true};
       for (int t = 0; t < 3 + s % 4; ++t) {
         q.tokens.push_back(static_cast<int32_t>((id * 31 + t * 7) % hp.n_vocab));
       }
@@ -55,8 +45,8 @@ TEST(CudaEngineSwigluRecords, BitwiseEqualToRecordsByTheirOwnLaunch) {
       plan.seqs.push_back(q);
     }
     for (int step = 0; step < 4; ++step) {
-      const std::vector<float> a = with.step(plan);
-      const std::vector<float> b = without.step(plan);
+      const std::vector<float> a = pair.a.step(plan);
+      const std::vector<float> b = pair.b.step(plan);
       ASSERT_EQ(a.size(), static_cast<size_t>(batch) * V);
       ASSERT_EQ(b.size(), a.size());
       EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << "step " << step;

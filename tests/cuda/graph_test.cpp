@@ -8,10 +8,10 @@
 
 #include "node/engine/single_rank_collective.h"
 #include "node/engine/engine.h"
-#include "node/engine/synthetic_mix.h"
 #include "node/engine/weight_source.h"
 #include "node/model/model_file.h"
 #include "tests/cuda/cuda_test_support.h"
+#include "tests/cuda/mix_engine_pair.h"
 #include "tests/engine/test_support.h"
 
 namespace tpnode::test {
@@ -288,27 +288,18 @@ TEST_P(CudaGraphs, BitwiseEqualToOpByOp) {
 // batches of 3-4 (graph bucket 4) and 1 (one GEMV launch per type).
 TEST(CudaGraphsSideStream, MixedTypesBitwiseEqualToOneStreamOpByOp) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gave 0)";
-  HParams hp = tsupport::small_llama("side stream", 512);
-  hp.n_layer = 8;
-  const SyntheticMix mix = synthetic_mix("q4_k_m", hp);
   CudaBackendOptions on;
   on.gpu_memory_fraction = 0.05;
   CudaBackendOptions off = on;
   off.use_cuda_graphs = false;
   off.side_stream = false;
-  auto cuda_on = make_cuda_backend(on);
-  auto cuda_off = make_cuda_backend(off);
-  SyntheticWeightSource src_on(hp, mix.matrix, 7, mix.overrides);
-  SyntheticWeightSource src_off(hp, mix.matrix, 7, mix.overrides);
-  SingleRankCollective c1, c2;
   EngineOptions eo;
   eo.max_context = 128;
   eo.kv_tokens = 512;
   eo.max_batch_tokens = 96;
   eo.max_seqs = 8;
-  Engine side(hp, src_on, *cuda_on, c1, eo);
-  Engine one(hp, src_off, *cuda_off, c2, eo);
-  run_script(hp, {&side, &one},
+  MixEnginePair pair("side stream", on, off, 7, eo);
+  run_script(pair.hp, {&pair.a, &pair.b},
              [&](int step, const StepPlan&, const std::vector<std::vector<float>>& out) {
                ASSERT_EQ(out[0].size(), out[1].size()) << "step " << step;
                EXPECT_EQ(0, std::memcmp(out[0].data(), out[1].data(), out[0].size() * sizeof(float)))
