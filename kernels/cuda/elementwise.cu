@@ -19,11 +19,13 @@ constexpr int kThreads = 256;
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 
-// One CTA per row, float4 per thread and pass; the row stays in registers between the sum
-// of squares and the scaling when it fits (kRegPasses passes), else it is read again. With
-// p.kq, y also goes to shared memory, from which each warp writes the records of 256-value
-// stages; the last row's CTA also writes the zeros of the padding tokens up to a multiple of 8.
-constexpr int kRegPasses = 4;
+// One CTA per row, float4 per thread and pass; the first kRegPasses passes of the row stay in
+// registers between the sum of squares and the scaling, later ones are read again (two passes
+// of 1024 threads hold rows of up to 8192 values in 53 registers; four spilled to the stack at
+// __launch_bounds__(1024)). With p.kq, y also goes to shared memory, from which each warp
+// writes the records of 256-value stages; the last row's CTA also writes the zeros of the
+// padding tokens up to a multiple of 8.
+constexpr int kRegPasses = 2;
 
 __device__ void write_kq_records(const RmsNormParams& p, const float* ys, int64_t row) {
   __syncthreads();
@@ -37,48 +39,49 @@ __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
   const int64_t row = blockIdx.x;
   const int64_t n4 = p.n / 4;
   const int passes = static_cast<int>((n4 + blockDim.x - 1) / blockDim.x);
+  auto index = [&](int j) { return static_cast<int64_t>(j) * blockDim.x + threadIdx.x; };
   // The norm weights are no kernel's output: their loads go out before waiting for the launch
-  // before, and in parallel with x's, instead of after the sum of squares.
+  // before, and in parallel with x's, instead of after the sum of squares. The first
+  // kRegPasses passes keep w and the row in registers: their loops are unrolled (constant
+  // indices), the passes after them read both again.
   const float4* wv = reinterpret_cast<const float4*>(p.w);
   float4 wr[kRegPasses];
 #pragma unroll
   for (int j = 0; j < kRegPasses; ++j) {
-    const int64_t i = static_cast<int64_t>(j) * blockDim.x + threadIdx.x;
-    if (j < passes && i < n4) wr[j] = wv[i];
+    if (j < passes && index(j) < n4) wr[j] = wv[index(j)];
   }
   pdl_wait();
   pdl_launch_dependents();
   const float4* x = reinterpret_cast<const float4*>(p.x + row * p.n);
   const float4* r = p.r ? reinterpret_cast<const float4*>(p.r + row * p.n) : nullptr;
   float4* xo = p.x_out ? reinterpret_cast<float4*>(p.x_out + row * p.n) : nullptr;
-  float4 v[kRegPasses];
-  float ss = 0.0f;
-  for (int j = 0; j < passes; ++j) {
-    const int64_t i = static_cast<int64_t>(j) * blockDim.x + threadIdx.x;
+  auto load = [&](int j) {
+    const int64_t i = index(j);
     float4 a{0.0f, 0.0f, 0.0f, 0.0f};
     if (i < n4) {
       a = x[i];
       if (r) a = add4(a, r[i]);
       if (xo) xo[i] = a;
     }
-    if (j < kRegPasses) v[j] = a;
-    ss = add_squares4(ss, a);
+    return a;
+  };
+  float4 v[kRegPasses];
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kRegPasses; ++j) {
+    if (j < passes) {
+      v[j] = load(j);
+      ss = add_squares4(ss, v[j]);
+    }
   }
+  for (int j = kRegPasses; j < passes; ++j) ss = add_squares4(ss, load(j));
   const float inv = rms_inverse(ss, p.n, p.eps);
   float4* y = reinterpret_cast<float4*>(p.y + row * p.n);
   // Every lane runs every pass, so the 8-lane shuffles of the quantization stay converged.
-  for (int j = 0; j < passes; ++j) {
-    const int64_t i = static_cast<int64_t>(j) * blockDim.x + threadIdx.x;
-    float4 a;
-    if (j < kRegPasses) {
-      a = v[j];
-    } else if (i < n4) {
-      a = xo ? xo[i] : x[i];
-      if (r && !xo) a = add4(a, r[i]);
-    }
+  auto store = [&](int j, float4 a, float4 w) {
+    const int64_t i = index(j);
     float4 o{0.0f, 0.0f, 0.0f, 0.0f};
     if (i < n4) {
-      const float4 w = j < kRegPasses ? wr[j] : wv[i];
       o = rms_scale4(a, inv, w);
       y[i] = o;
       if (p.y_bf16 != nullptr) {
@@ -90,6 +93,20 @@ __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
     // n % 32 == 0: 8-lane groups are wholly inside or outside the row.
     if (p.quant.q != nullptr) quantize_chunk8(p.quant, (row * p.n + 4 * i) / 32, o, i < n4);
     if (p.kq != nullptr && i < n4) reinterpret_cast<float4*>(ys)[i] = o;
+  };
+#pragma unroll
+  for (int j = 0; j < kRegPasses; ++j) {
+    if (j < passes) store(j, v[j], wr[j]);
+  }
+  for (int j = kRegPasses; j < passes; ++j) {
+    const int64_t i = index(j);
+    float4 a{0.0f, 0.0f, 0.0f, 0.0f}, w{0.0f, 0.0f, 0.0f, 0.0f};
+    if (i < n4) {
+      a = xo ? xo[i] : x[i];
+      if (r && !xo) a = add4(a, r[i]);
+      w = wv[i];
+    }
+    store(j, a, w);
   }
   if (p.kq != nullptr) write_kq_records(p, ys, row);
 }
