@@ -23,11 +23,13 @@ namespace {
 
 using namespace decode;
 
-// Element offset of (key, kv head) in a layer's K or V blocks.
+// Element offset of (key, kv head) in a layer's K or V blocks. Keys are positions (int32):
+// the division by the block size is a 32-bit one (a 64-bit division is several times longer).
 __device__ __forceinline__ int64_t kv_row(const PagedKv& kv, const DeviceBatch& b, int seq,
                                           int64_t key, int64_t kvh) {
-  const int64_t blk = b.block_tables[static_cast<int64_t>(seq) * b.max_blocks + key / kv.block_size];
-  return ((blk * kv.n_head_kv + kvh) * kv.block_size + key % kv.block_size) * kv.head_dim;
+  const int k = static_cast<int>(key), bs = static_cast<int>(kv.block_size);
+  const int64_t blk = b.block_tables[static_cast<int64_t>(seq) * b.max_blocks + k / bs];
+  return ((blk * kv.n_head_kv + kvh) * bs + k % bs) * kv.head_dim;
 }
 
 // ---- store ---------------------------------------------------------------------------

@@ -89,6 +89,9 @@ __global__ void __launch_bounds__(W * 32, ctas_per_sm(W, S))
   const int group = static_cast<int>(p.n_head) / n_kv;
   const int kvh = blockIdx.y, h0 = kvh * group;
   const int split = blockIdx.z;
+  // Independent of everything else: its load goes out first.
+  static_assert(HD / 2 <= W * 32, "one rotation pair per thread at most");
+  const float rope_freq = decode_rope_freq(p, HD);
 
   // The step's metadata is uploaded before any kernel of the step: readable before pdl_wait.
   const int64_t t = p.tokens != nullptr ? p.tokens[blockIdx.x] : blockIdx.x;
@@ -110,33 +113,33 @@ __global__ void __launch_bounds__(W * 32, ctas_per_sm(W, S))
 
   // This warp's ring. A tile's copies go in kChunks / 2 instructions of 32 lanes, each
   // instruction whole rows (consecutive lanes, consecutive 16-byte chunks: every 32-byte
-  // sector asked once); lane l looks up the block of row l % 16 and the others take it by a
-  // shuffle.
+  // sector asked once); lane l finds the cache row of key row l % 16 (the one division by the
+  // block size per tile) and the others take it by a shuffle.
   int4* ring = smem + warp * G::kWarpRing;
   constexpr int kRowsPerCopy = 32 / G::kChunks;
   const int lch = lane % G::kChunks, lrow = lane / G::kChunks;
   auto tile_key = [&](int i) { return begin + (warp + W * i) * kKeys; };
-  auto block_of = [&](int i) {
+  auto row_of = [&](int i) -> int64_t {
     const int key = tile_key(i) + lane % kKeys;
-    return i < my_tiles && key < cache_end ? __ldg(table + key / bs) : -1;
+    if (i >= my_tiles || key >= cache_end) return -1;
+    const int64_t blk = __ldg(table + key / bs);
+    return (blk * n_kv + kvh) * bs + key % bs;
   };
   // One commit group per tile, empty or not, so that the waits count tiles. Rows past the
   // split's cached keys read as zeros (the token's own key is written in later).
-  auto issue = [&](int i, int blk_lane) {
+  auto issue = [&](int i, int64_t row_lane) {
     if (i < my_tiles) {
       int4* kt = ring + (i % S) * 2 * G::kTile;
       int4* vt = kt + G::kTile;
-      const int key0 = tile_key(i);
 #pragma unroll
       for (int c = 0; c < G::kChunks / 2; ++c) {
         const int r = c * kRowsPerCopy + lrow;
-        const int blk = __shfl_sync(0xffffffffu, blk_lane, r);
+        const int64_t row = __shfl_sync(0xffffffffu, row_lane, r);
         const int slot = swz(r, lch, G::kChunks);
-        if (blk >= 0) {
-          const int64_t row =
-              ((static_cast<int64_t>(blk) * n_kv + kvh) * bs + (key0 + r) % bs) * HD + lch * 8;
-          cp_async16(kt + slot, kc + row);
-          cp_async16(vt + slot, vc + row);
+        if (row >= 0) {
+          const int64_t at = row * HD + lch * 8;
+          cp_async16(kt + slot, kc + at);
+          cp_async16(vt + slot, vc + at);
         } else {
           kt[slot] = make_int4(0, 0, 0, 0);
           vt[slot] = make_int4(0, 0, 0, 0);
@@ -149,14 +152,14 @@ __global__ void __launch_bounds__(W * 32, ctas_per_sm(W, S))
   // Fused, the launch before wrote only q and the new K/V: the cache's older keys can be in
   // flight before waiting for it. Otherwise kv_store (the launch before) wrote cache slots.
   if (!fused) pdl_wait();
-  int blk_next;
+  int64_t row_next;
   {
-    int blk[S - 1];
+    int64_t rows[S - 1];
 #pragma unroll
-    for (int i = 0; i < S - 1; ++i) blk[i] = block_of(i);
-    blk_next = block_of(S - 1);
+    for (int i = 0; i < S - 1; ++i) rows[i] = row_of(i);
+    row_next = row_of(S - 1);
 #pragma unroll
-    for (int i = 0; i < S - 1; ++i) issue(i, blk[i]);
+    for (int i = 0; i < S - 1; ++i) issue(i, rows[i]);
   }
 
   const DecodeRows rows = decode_rows_at(
@@ -170,7 +173,7 @@ __global__ void __launch_bounds__(W * 32, ctas_per_sm(W, S))
                       .split = split,
                       .n_active = n_active,
                       .own_key = own_key};
-  decode_stage_rows<W>(p, cta, rows, fused);
+  decode_stage_rows<W>(p, cta, rows, fused, rope_freq);
 
   // The token's own key and value as the cache rounds them: warp 0 stores them in the cache
   // (no CTA reads that slot), and the warp whose tile holds the key writes them into its row.
@@ -216,8 +219,8 @@ __global__ void __launch_bounds__(W * 32, ctas_per_sm(W, S))
 
   for (int i = 0; i < my_tiles; ++i) {
     __syncwarp();  // every lane's reads of the slot refilled next are done
-    issue(i + S - 1, blk_next);
-    blk_next = block_of(i + S);
+    issue(i + S - 1, row_next);
+    row_next = row_of(i + S);
     cp_async_wait<S - 1>();
     int4* kt = ring + (i % S) * 2 * G::kTile;
     int4* vt = kt + G::kTile;

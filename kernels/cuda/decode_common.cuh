@@ -176,6 +176,27 @@ __device__ __forceinline__ void decode_rope_table(const DecodeAttentionParams& p
   __syncthreads();
 }
 
+// The rotation table from inverse frequencies this thread loaded at the kernel's start
+// (decode_rope_freq: pair threadIdx.x, the only one it builds), so that the load does not wait
+// behind the cache copies issued before the table is built.
+__device__ __forceinline__ float decode_rope_freq(const DecodeAttentionParams& p, int hd) {
+  return p.rope.inv_freq != nullptr && static_cast<int>(threadIdx.x) < hd / 2
+             ? p.rope.inv_freq[threadIdx.x]
+             : 0.0f;
+}
+__device__ __forceinline__ void decode_rope_table(const DecodeAttentionParams& p,
+                                                  const DecodeCta& c, const DecodeRows& s,
+                                                  float freq) {
+  if (p.rope.inv_freq == nullptr) return;
+  const int half = c.hd / 2, i = threadIdx.x;
+  if (i < half) {
+    const RopeCosSin r = rope_cos_sin_at(c.pos, freq);
+    s.cs_s[i] = r.cs;
+    s.cs_s[half + i] = r.sn;
+  }
+  __syncthreads();
+}
+
 // The rows this CTA reads from the launch before: q of its heads and, in the split holding
 // the token's own key, k_new and v_new, each once from global memory into shared memory,
 // rotated there when RoPE is fused. Items of 8 elements, 4 rotation pairs each: neox pairs
@@ -260,6 +281,17 @@ __device__ __forceinline__ void decode_stage_rows(const DecodeAttentionParams& p
                                                   const DecodeCta& c, const DecodeRows& s,
                                                   bool fused) {
   decode_rope_table<W>(p, c, s);
+  if (fused) pdl_wait();
+  pdl_launch_dependents();
+  decode_load_rows<W>(p, c, s);
+}
+// The same with the table built from a frequency loaded earlier (decode_rope_freq; head_dim / 2
+// at most W * 32 pairs).
+template <int W>
+__device__ __forceinline__ void decode_stage_rows(const DecodeAttentionParams& p,
+                                                  const DecodeCta& c, const DecodeRows& s,
+                                                  bool fused, float freq) {
+  decode_rope_table(p, c, s, freq);
   if (fused) pdl_wait();
   pdl_launch_dependents();
   decode_load_rows<W>(p, c, s);
@@ -377,7 +409,10 @@ __device__ __forceinline__ void decode_finish(const DecodeAttentionParams& p, co
       }
       emit(o, mg.result());
     }
-    cluster.sync();
+    // Only keeps every CTA's shared memory alive until the others' reads of it are done (their
+    // values were used above): no memory ordering, so no fence before the arrival.
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
 #else
     __trap();  // never launched: the planner needs compute capability >= 9.0
 #endif

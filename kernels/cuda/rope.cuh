@@ -14,11 +14,14 @@ struct RopeCosSin {
   float cs;
   float sn;
 };
-__device__ __forceinline__ RopeCosSin rope_cos_sin(int32_t pos, const float* inv_freq, int64_t i) {
-  const float angle = static_cast<float>(pos) * inv_freq[i];
+__device__ __forceinline__ RopeCosSin rope_cos_sin_at(int32_t pos, float inv_freq) {
+  const float angle = static_cast<float>(pos) * inv_freq;
   double sd, cd;
   sincos(static_cast<double>(angle), &sd, &cd);
   return {static_cast<float>(cd), static_cast<float>(sd)};
+}
+__device__ __forceinline__ RopeCosSin rope_cos_sin(int32_t pos, const float* inv_freq, int64_t i) {
+  return rope_cos_sin_at(pos, inv_freq[i]);
 }
 
 // The pair (x0, x1) rotated: x0' = x0 cos - x1 sin, x1' = x0 sin + x1 cos. Explicit roundings,
