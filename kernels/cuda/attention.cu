@@ -151,10 +151,13 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   auto key_of = [&](int i, int u) {
     return begin + i * stage_keys + warp * warp_keys + u * kr + grp;
   };
-  // The block of row u of stage i, or -1 past the split's cached keys.
-  auto block_of = [&](int i, int u) {
+  // The cache row of row u of stage i (one division by the block size), or -1 past the
+  // split's cached keys.
+  auto row_of = [&](int i, int u) -> int64_t {
     const int key = key_of(i, u);
-    return key < cache_end ? __ldg(table + key / bs) : -1;
+    if (key >= cache_end) return -1;
+    const int64_t blk = __ldg(table + key / bs);
+    return (blk * n_kv + kvh) * bs + key % bs;
   };
   auto k_slot = [&](int i, int u, int c) {
     return smem + (i % S) * kStageInt4 + (u * NC + c) * kDecodeThreads + tid;
@@ -162,17 +165,16 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   // Stage i into the ring from its rows' blocks; rows past the split's cached keys and chunks
   // past head_dim read as zeros. One commit group per stage, empty or not, so that the waits
   // count stages.
-  auto issue_stage = [&](int i, const int (&blk)[U]) {
+  auto issue_stage = [&](int i, const int64_t (&rows)[U]) {
     if (i < n_stages) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int64_t row =
-            ((static_cast<int64_t>(blk[u]) * n_kv + kvh) * bs + key_of(i, u) % bs) * hd;
+        const int64_t row = rows[u] * hd;
 #pragma unroll
         for (int c = 0; c < NC; ++c) {
           const int ch = c * tx + jl;
           int4* dst = k_slot(i, u, c);
-          if (blk[u] >= 0 && ch < nch) {
+          if (rows[u] >= 0 && ch < nch) {
             cp_async16(dst, kc + row + ch * 8);
             cp_async16(dst + kV, vc + row + ch * 8);
           } else {
@@ -188,18 +190,18 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   // Fused, the launch before wrote only q and the new K/V: the cache's older keys can be in
   // flight before waiting for it. Otherwise kv_store (the launch before) wrote cache slots.
   if (!fused) pdl_wait();
-  int blk_next[U];  // the blocks of the next stage to issue
+  int64_t rows_next[U];  // the cache rows of the next stage to issue
   {
-    int blk[S - 1][U];
+    int64_t rows[S - 1][U];
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) blk[i][u] = block_of(i, u);
+      for (int u = 0; u < U; ++u) rows[i][u] = row_of(i, u);
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) blk_next[u] = block_of(S - 1, u);
+    for (int u = 0; u < U; ++u) rows_next[u] = row_of(S - 1, u);
 #pragma unroll
-    for (int i = 0; i < S - 1; ++i) issue_stage(i, blk[i]);
+    for (int i = 0; i < S - 1; ++i) issue_stage(i, rows[i]);
   }
   // Head chunk 0's lanes that hold the new key also store it (no CTA reads that slot).
   const bool store_new = own_key && hchunk == 0 && warp == 0 && grp == 0;
@@ -284,9 +286,9 @@ __global__ void __launch_bounds__(kDecodeThreads, GB >= 8 ? 2 : 3)
   }
 
   for (int i = 0; i < n_stages; ++i) {
-    issue_stage(i + S - 1, blk_next);
+    issue_stage(i + S - 1, rows_next);
 #pragma unroll
-    for (int u = 0; u < U; ++u) blk_next[u] = block_of(i + S, u);
+    for (int u = 0; u < U; ++u) rows_next[u] = row_of(i + S, u);
     cp_async_wait<S - 1>();  // stage i has landed (this thread's copies)
     float s[U][GB];
 #pragma unroll
