@@ -628,9 +628,10 @@ DecodeSplit plan_decode_split(const DecodeShape& s) {
   const int64_t stage =
       s.mma ? decode_mma_stage_keys(r.mma_warps)
             : decode_stage_keys(static_cast<int>(s.head_dim), decode_chunks_per_lane(heads));
-  // Split the key axis while the unsplit grid would leave SMs idle: about two CTAs per SM,
-  // each split whole ring stages.
-  const int64_t target = 2 * static_cast<int64_t>(std::max(s.n_sms, 1));
+  // Split the key axis while the unsplit grid would leave SMs idle: about two CTAs per SM (one
+  // of the whole variant, which fills an SM), each split whole ring stages.
+  const bool whole = s.mma && r.mma_warps == kDecodeMmaWholeWarps;
+  const int64_t target = (whole ? 1 : 2) * static_cast<int64_t>(std::max(s.n_sms, 1));
   if (ctas >= target) return r;
   const int cap = s.max_splits > 0 ? std::min(s.max_splits, kDecodeMaxSplits) : kDecodeMaxSplits;
   // Splits of `min_len` or more keys, at most `most` of them.

@@ -109,8 +109,8 @@ struct DecodeAttentionParams {
   // The tensor-core kernel (decode_attention_mma.h: decode_mma_supports), which takes a KV
   // head's whole query group per CTA; heads_per_cta is then unused.
   bool mma = false;
-  // With mma: warps per CTA, 4 or 2 (the narrow variant, five CTAs per SM instead of three;
-  // plan_decode_split's DecodeSplit::mma_warps); 0: 4. A split's keys go in rounds of 16 per
+  // With mma: warps per CTA, 4, 2 (the narrow variant, five CTAs per SM instead of three) or
+  // 12 (the whole variant, one CTA per SM; plan_decode_split's DecodeSplit::mma_warps); 0: 4. A split's keys go in rounds of 16 per
   // warp, so split_len is a multiple of decode_mma_stage_keys(warps) when n_splits > 1.
   int mma_warps = 0;
   // With mma_warps 2: three-tile rings per warp (four CTAs per SM instead of five).
@@ -144,7 +144,7 @@ struct DecodeShape {
   bool clusters = false;  // the device runs thread-block clusters (compute capability >= 9.0)
   int heads_per_cta = 0;  // as DecodeAttentionParams::heads_per_cta
   bool mma = false;       // as DecodeAttentionParams::mma
-  int mma_warps = 0;      // with mma: 4 or 2 warps per CTA, 0: the planner's pick
+  int mma_warps = 0;      // with mma: 4, 2 or 12 warps per CTA, 0: the planner's pick
   bool mma_deep = false;  // with mma: narrow CTAs may take three-tile rings (decode_mma_deep)
 };
 struct DecodeSplit {

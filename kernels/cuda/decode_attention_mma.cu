@@ -30,10 +30,17 @@ constexpr int kRingTiles = 2, kDeepRingTiles = 3;
 constexpr int kMaxHeads = 8;  // the query heads of a CTA (an MMA's N)
 // The narrow variant: two warps per CTA, five CTAs per SM (shared memory allows five of its
 // 37.5 KB at head_dim 128), or four with three-tile rings, so grids that would take more
-// than one wave of the four-warp CTAs (three per SM) run in one.
-constexpr int kWideWarps = kDecodeWarps, kNarrowWarps = 2;
+// than one wave of the four-warp CTAs (three per SM) run in one. The whole variant: twelve
+// warps, one CTA per SM, for grids of a few tokens that leave most SMs idle: a round of its
+// warps covers 192 keys, so a short context needs no key split (whose merge, across a
+// cluster, cost a batch-1 CTA of four warps about as many instructions as its keys) and a
+// long one fewer splits.
+constexpr int kWideWarps = kDecodeWarps, kNarrowWarps = 2, kWholeWarps = kDecodeMmaWholeWarps;
 constexpr int ctas_per_sm(int warps, int tiles) {
-  return warps == kWideWarps ? 3 : tiles == kDeepRingTiles ? 4 : 5;
+  return warps == kWholeWarps  ? 1
+         : warps == kWideWarps ? 3
+         : tiles == kDeepRingTiles ? 4
+                                   : 5;
 }
 
 template <int HD, int W, int S>
@@ -308,6 +315,7 @@ void set_smem_limit() {
 template <typename KvT, int HD>
 void set_smem_limits() {
   set_smem_limit<KvT, HD, kWideWarps, kRingTiles>();
+  set_smem_limit<KvT, HD, kWholeWarps, kRingTiles>();
   set_smem_limit<KvT, HD, kNarrowWarps, kRingTiles>();
   set_smem_limit<KvT, HD, kNarrowWarps, kDeepRingTiles>();
 }
@@ -320,7 +328,9 @@ void launch(const DecodeAttentionParams& p, LaunchShape s, cudaStream_t stream) 
 }
 template <typename KvT, int HD>
 void launch_variant(const DecodeAttentionParams& p, const LaunchShape& s, cudaStream_t stream) {
-  if (p.mma_warps != kNarrowWarps) {
+  if (p.mma_warps == kWholeWarps) {
+    launch<KvT, HD, kWholeWarps, kRingTiles>(p, s, stream);
+  } else if (p.mma_warps != kNarrowWarps) {
     launch<KvT, HD, kWideWarps, kRingTiles>(p, s, stream);
   } else if (p.mma_deep) {
     launch<KvT, HD, kNarrowWarps, kDeepRingTiles>(p, s, stream);
@@ -340,7 +350,8 @@ bool decode_mma_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim) {
 int decode_mma_stage_keys(int warps) { return warps * kKeys; }
 
 int decode_mma_warps(int64_t ctas, int n_sms, int want) {
-  if (want == kWideWarps || want == kNarrowWarps) return want;
+  if (want == kWideWarps || want == kNarrowWarps || want == kWholeWarps) return want;
+  if (ctas * kDecodeMmaWholeGridShare <= n_sms) return kWholeWarps;
   return ctas > static_cast<int64_t>(ctas_per_sm(kWideWarps, kRingTiles)) * n_sms ? kNarrowWarps
                                                                               : kWideWarps;
 }
@@ -362,9 +373,10 @@ void decode_attention_mma(const DecodeAttentionParams& p, const LaunchShape& sha
   TPNODE_CHECK(decode_mma_supports(p.n_head, p.kv.n_head_kv, p.kv.head_dim),
                "decode_attention_mma: {} heads over {} KV heads of dim {} unsupported", p.n_head,
                p.kv.n_head_kv, p.kv.head_dim);
-  TPNODE_CHECK(p.mma_warps == 0 || p.mma_warps == kWideWarps || p.mma_warps == kNarrowWarps,
-               "decode_attention_mma: {} warps per CTA (0, {} or {})", p.mma_warps, kWideWarps,
-               kNarrowWarps);
+  TPNODE_CHECK(p.mma_warps == 0 || p.mma_warps == kWideWarps || p.mma_warps == kNarrowWarps ||
+                   p.mma_warps == kWholeWarps,
+               "decode_attention_mma: {} warps per CTA (0, {}, {} or {})", p.mma_warps,
+               kWideWarps, kNarrowWarps, kWholeWarps);
   TPNODE_DISPATCH_KV(p.kv.dtype, KvT, {
     if (p.kv.head_dim == 64) {
       launch_variant<KvT, 64>(p, shape, stream);

@@ -20,8 +20,16 @@ namespace tpnode::cuda {
 bool decode_mma_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim);
 // Keys a CTA of `warps` warps takes per round of them (the split planner's stage).
 int decode_mma_stage_keys(int warps);
-// Warps per CTA for a grid of `ctas` CTAs: `want` when it is 4 or 2, else (0) two (the narrow
-// variant) where four-warp CTAs would take more than one wave.
+// The whole variant: twelve warps per CTA, one CTA per SM, taken by grids of at most one CTA
+// per kDecodeMmaWholeGridShare SMs.
+inline constexpr int kDecodeMmaWholeWarps = 12;
+// At most one CTA per eight SMs (batches 1-2 of Llama-3-8B's 8 KV heads on 132 SMs): at batch
+// 4 the whole variant's longer-context splits (four-CTA clusters of one CTA per SM) measured
+// 6% slower steps on an H200 (docs/BENCHMARKS.md).
+inline constexpr int kDecodeMmaWholeGridShare = 8;
+// Warps per CTA for a grid of `ctas` CTAs: `want` when it is 4, 2 or 12, else (0) twelve (the
+// whole variant) for grids of at most one CTA per kDecodeMmaWholeGridShare SMs, two (the
+// narrow variant) where four-warp CTAs would take more than one wave, four otherwise.
 int decode_mma_warps(int64_t ctas, int n_sms, int want);
 // Whether narrow CTAs take three-tile rings (four CTAs per SM instead of five): when `allow`
 // and the grid still fits one wave of them.

@@ -465,9 +465,9 @@ const RegisterCommand kRegister{Command{
                      "smallest decode batch whose attention runs on tensor cores (0: never)")
           ->check(CLI::NonNegativeNumber);
       sub.add_option("--decode-mma-warps", o->decode_mma_warps,
-                     "warps per tensor-core decode attention CTA (0: two where four would take "
-                     "more than one wave)")
-          ->check(CLI::IsMember({0, 2, 4}));
+                     "warps per tensor-core decode attention CTA (0: twelve for grids of a few "
+                     "tokens, two where four would take more than one wave, else four)")
+          ->check(CLI::IsMember({0, 2, 4, 12}));
       sub.add_flag("!--no-decode-mma-deep", o->decode_mma_deep,
                    "narrow tensor-core attention CTAs keep two-tile rings (by default three "
                    "where four CTAs per SM hold the grid)");

@@ -397,7 +397,8 @@ enum class QuantVariant {
   kMmaCluster,
   kMmaNarrowGlobal,
   kMmaNarrowCluster,
-  kMmaNarrowDeep  // and three-tile rings; clusters where the plan takes them
+  kMmaNarrowDeep,  // and three-tile rings; clusters where the plan takes them
+  kMmaWhole        // twelve warps per CTA; clusters where the plan splits
 };
 
 const char* variant_name(QuantVariant v) {
@@ -409,6 +410,7 @@ const char* variant_name(QuantVariant v) {
     case QuantVariant::kMmaNarrowGlobal: return "mma2_global";
     case QuantVariant::kMmaNarrowCluster: return "mma2_cluster";
     case QuantVariant::kMmaNarrowDeep: return "mma2_deep";
+    case QuantVariant::kMmaWhole: return "mma12";
   }
   return "?";
 }
@@ -436,11 +438,13 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
   const bool deep = variant == QuantVariant::kMmaNarrowDeep;
   const bool narrow = deep || variant == QuantVariant::kMmaNarrowGlobal ||
                       variant == QuantVariant::kMmaNarrowCluster;
+  const bool whole = variant == QuantVariant::kMmaWhole;
   const bool clusters = variant == QuantVariant::kCluster ||
                         variant == QuantVariant::kMmaCluster ||
-                        variant == QuantVariant::kMmaNarrowCluster || deep;
-  const bool mma =
-      narrow || variant == QuantVariant::kMmaGlobal || variant == QuantVariant::kMmaCluster;
+                        variant == QuantVariant::kMmaNarrowCluster || deep || whole;
+  const bool mma = narrow || whole || variant == QuantVariant::kMmaGlobal ||
+                   variant == QuantVariant::kMmaCluster;
+  const int warps = narrow ? 2 : whole ? 12 : 4;
   if (clusters && major < 9) GTEST_SKIP() << "thread-block clusters need compute capability >= 9.0";
   if (mma && !kc::decode_mma_supports(c.n_head, c.n_head_kv, c.head_dim)) {
     GTEST_SKIP() << "the tensor-core kernel takes groups of at most 8 heads";
@@ -514,13 +518,13 @@ TEST_P(CudaDecodeQuant, CopyEqualsQuantizeActsBitwise) {
                                                        .clusters = clusters,
                                                        .heads_per_cta = heads,
                                                        .mma = mma,
-                                                       .mma_warps = narrow ? 2 : 0,
+                                                       .mma_warps = warps,
                                                        .mma_deep = deep});
   if (variant == QuantVariant::kCluster) {
     EXPECT_TRUE(split.n_splits == 1 || split.cluster) << "the plan should merge in a cluster";
   }
   if (mma) {
-    EXPECT_EQ(split.mma_warps, narrow ? 2 : 4);
+    EXPECT_EQ(split.mma_warps, warps);
     EXPECT_EQ(split.mma_deep, deep);
   }
   DeviceBuffer part_out(split.part_out_floats * sizeof(float)),
@@ -637,7 +641,7 @@ INSTANTIATE_TEST_SUITE_P(
         ::testing::Values(QuantVariant::kGlobal, QuantVariant::kCluster,
                           QuantVariant::kMmaGlobal, QuantVariant::kMmaCluster,
                           QuantVariant::kMmaNarrowGlobal, QuantVariant::kMmaNarrowCluster,
-                          QuantVariant::kMmaNarrowDeep)),
+                          QuantVariant::kMmaNarrowDeep, QuantVariant::kMmaWhole)),
     [](const auto& i) {
       const QuantCase& c = std::get<0>(i.param);
       return fmt::format("hd{}_h{}kv{}_n{}_ctx{}_w{}_{}", c.head_dim, c.n_head, c.n_head_kv,
@@ -788,7 +792,10 @@ INSTANTIATE_TEST_SUITE_P(
                       LongCase{128, 4, 4, KvCacheDtype::kF16, 4096, true},
                       LongCase{128, 32, 8, KvCacheDtype::kBF16, 4096, true, 2},
                       LongCase{64, 8, 1, KvCacheDtype::kF16, 4096, true, 2},
-                      LongCase{128, 32, 8, KvCacheDtype::kBF16, 4096, true, 2, true}),
+                      LongCase{128, 32, 8, KvCacheDtype::kBF16, 4096, true, 2, true},
+                      LongCase{128, 32, 8, KvCacheDtype::kBF16, 4096, true, 4},
+                      LongCase{128, 32, 8, KvCacheDtype::kBF16, 32768, true, 12},
+                      LongCase{64, 8, 1, KvCacheDtype::kF16, 4096, true, 12}),
     [](const auto& i) {
       return fmt::format("hd{}_h{}kv{}_{}_ctx{}{}{}{}", i.param.head_dim, i.param.n_head,
                          i.param.n_head_kv, dtype_name(i.param.kv), i.param.context,
@@ -961,13 +968,13 @@ TEST(DecodeSplitPlan, NarrowTensorCoreCtasForGridsOverOneWave) {
   EXPECT_EQ(plan(50, 256).mma_warps, 2);  // 400
   EXPECT_EQ(plan(64, 256).mma_warps, 2);
   EXPECT_EQ(plan(64, 256).n_splits, 1);
-  EXPECT_EQ(plan(1, 256).mma_warps, 4);
+  EXPECT_EQ(plan(1, 256, 4).mma_warps, 4);
   EXPECT_EQ(plan(64, 256, 4).mma_warps, 4);
   const kc::DecodeSplit forced = plan(1, 256, 2);
   EXPECT_EQ(forced.mma_warps, 2);
   EXPECT_GT(forced.n_splits, 1);
   EXPECT_EQ(forced.split_len % 32, 0);
-  EXPECT_EQ(plan(1, 256).split_len % 64, 0);
+  EXPECT_EQ(plan(1, 256, 4).split_len % 64, 0);
   // Three-tile rings for narrow CTAs where four per SM hold the grid (528 on 132 SMs).
   auto deep = [](int64_t n) {
     return kc::plan_decode_split({.n = n, .n_head = 32, .n_head_kv = 8, .head_dim = 128,
@@ -978,6 +985,32 @@ TEST(DecodeSplitPlan, NarrowTensorCoreCtasForGridsOverOneWave) {
   EXPECT_FALSE(deep(67).mma_deep);
   EXPECT_FALSE(deep(32).mma_deep);  // four warps
   EXPECT_FALSE(plan(64, 256).mma_deep);
+}
+
+// Grids of at most one CTA per eight SMs (batches 1-2 of Llama-3-8B's 8 KV heads on 132 SMs)
+// take twelve-warp CTAs, whose rounds of 192 keys leave short contexts unsplit.
+TEST(DecodeSplitPlan, WholeTensorCoreCtasForGridsOfAFewTokens) {
+  auto plan = [](int64_t n, int64_t keys, int warps = 0) {
+    return kc::plan_decode_split({.n = n, .n_head = 32, .n_head_kv = 8, .head_dim = 128,
+                                  .max_keys = keys, .n_sms = 132, .clusters = true,
+                                  .mma = true, .mma_warps = warps});
+  };
+  EXPECT_EQ(kc::decode_mma_stage_keys(12), 192);
+  for (int64_t n : {1, 2}) {
+    EXPECT_EQ(plan(n, 192).mma_warps, 12) << n;
+    EXPECT_EQ(plan(n, 192).n_splits, 1) << n;  // the benchmark's 129-192 keys: one round
+  }
+  EXPECT_EQ(plan(3, 192).mma_warps, 4);  // 24 CTAs
+  const kc::DecodeSplit two = plan(1, 256);
+  EXPECT_EQ(two.mma_warps, 12);
+  EXPECT_TRUE(two.cluster);
+  EXPECT_EQ(two.n_splits, 2);
+  EXPECT_EQ(two.split_len, 192);
+  const kc::DecodeSplit long_ctx = plan(1, 4096);
+  EXPECT_EQ(long_ctx.split_len % 192, 0);
+  EXPECT_GE(static_cast<int64_t>(long_ctx.n_splits) * long_ctx.split_len, 4096);
+  EXPECT_LE(long_ctx.n_splits, kc::kDecodeMaxSplits);
+  EXPECT_EQ(plan(1, 192, 4).mma_warps, 4);  // asked for
 }
 
 // ---- timing ------------------------------------------------------------------------------

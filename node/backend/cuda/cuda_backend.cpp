@@ -328,8 +328,8 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   TPNODE_CHECK(options.decode_mma_min_batch >= 0, "decode_mma_min_batch {} is negative",
                options.decode_mma_min_batch);
   TPNODE_CHECK(options.decode_mma_warps == 0 || options.decode_mma_warps == 2 ||
-                   options.decode_mma_warps == 4,
-               "decode_mma_warps {} is not 0, 2 or 4", options.decode_mma_warps);
+                   options.decode_mma_warps == 4 || options.decode_mma_warps == 12,
+               "decode_mma_warps {} is not 0, 2, 4 or 12", options.decode_mma_warps);
   if (options.decode_mma_min_batch > 0 && prop_.major >= 8) {
     kc::decode_attention_mma_init();  // shared-memory limits, outside any graph capture
   }

@@ -96,8 +96,11 @@ struct CudaBackendOptions {
   // shapes, the CUDA-core kernel. On an H200 (Llama-3-8B Q4_K_M, context 128) every batch
   // measured faster on tensor cores: batch 1 2.8%, 32 3%, 64 3.4% (docs/BENCHMARKS.md).
   int64_t decode_mma_min_batch = 1;
-  // Warps per tensor-core decode attention CTA: 4, 2 (five CTAs per SM instead of three), or 0,
-  // two where four-warp CTAs would take more than one wave (kc::decode_mma_warps).
+  // Warps per tensor-core decode attention CTA: 4, 2 (five CTAs per SM instead of three), 12
+  // (one CTA per SM), or 0: twelve for grids of at most one CTA per eight SMs (batch 1 of
+  // Llama-3-8B on an H200: attention 212 -> 152 us per step at context 128, 410 -> 303 at
+  // 2048), two where four-warp CTAs would take more than one wave, four otherwise
+  // (kc::decode_mma_warps).
   int decode_mma_warps = 0;
   // Narrow CTAs take three-tile rings where four of them per SM still hold the grid (batch 64
   // of Llama-3-8B on an H200: ~0.8% shorter steps, docs/BENCHMARKS.md).
