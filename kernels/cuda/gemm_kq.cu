@@ -118,25 +118,37 @@ struct StageView {
 };
 using PairFrags = uint32_t[2][2][4];  // [chunk of the pair][hi, lo][a0..a3]
 
-// Chunks 2p and 2p + 1 of the lane's quants times the halves of their scales (MMA fragments).
-template <int NB, int CPS>
-__device__ __forceinline__ void decode_pair(const StageView<NB, CPS>& v, int p, PairFrags& f) {
+// What pair_frags needs of chunks 2p and 2p + 1 of rows g and g + 8: their scales and the
+// lane's quants.
+struct PairRaw {
+  quant::KScales k0, k1;
+  uint2 u0, u1;
+};
+__device__ __forceinline__ PairRaw load_pair(const uint8_t* w0, const uint8_t* w1, int4 h0,
+                                             int4 h1, int p) {
   const int t = threadIdx.x % 4;
-  const quant::KScales k0 = quant::k_scales(v.h0, p), k1 = quant::k_scales(v.h1, p);
-  const uint2 u0 = *reinterpret_cast<const uint2*>(v.w0 + kQsOff + 32 * p + 8 * t);
-  const uint2 u1 = *reinterpret_cast<const uint2*>(v.w1 + kQsOff + 32 * p + 8 * t);
+  return {quant::k_scales(h0, p), quant::k_scales(h1, p),
+          *reinterpret_cast<const uint2*>(w0 + kQsOff + 32 * p + 8 * t),
+          *reinterpret_cast<const uint2*>(w1 + kQsOff + 32 * p + 8 * t)};
+}
+// The pair's quants times the halves of their scales: MMA fragments.
+__device__ __forceinline__ void pair_frags(const PairRaw& r, PairFrags& f) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const uint32_t s0 = static_cast<uint32_t>(h ? k0.sc1 : k0.sc0);
-    const uint32_t s1 = static_cast<uint32_t>(h ? k1.sc1 : k1.sc0);
-    const uint32_t n0x = (u0.x >> (4 * h)) & kNib, n0y = (u0.y >> (4 * h)) & kNib;
-    const uint32_t n1x = (u1.x >> (4 * h)) & kNib, n1y = (u1.y >> (4 * h)) & kNib;
+    const uint32_t s0 = static_cast<uint32_t>(h ? r.k0.sc1 : r.k0.sc0);
+    const uint32_t s1 = static_cast<uint32_t>(h ? r.k1.sc1 : r.k1.sc0);
+    const uint32_t n0x = (r.u0.x >> (4 * h)) & kNib, n0y = (r.u0.y >> (4 * h)) & kNib;
+    const uint32_t n1x = (r.u1.x >> (4 * h)) & kNib, n1y = (r.u1.y >> (4 * h)) & kNib;
     // Byte-wise products stay below 256: one multiply per four quants.
     f[h][0][0] = n0x * (s0 >> 3), f[h][0][1] = n1x * (s1 >> 3);
     f[h][0][2] = n0y * (s0 >> 3), f[h][0][3] = n1y * (s1 >> 3);
     f[h][1][0] = n0x * (s0 & 7), f[h][1][1] = n1x * (s1 & 7);
     f[h][1][2] = n0y * (s0 & 7), f[h][1][3] = n1y * (s1 & 7);
   }
+}
+template <int NB, int CPS>
+__device__ __forceinline__ void decode_pair(const StageView<NB, CPS>& v, int p, PairFrags& f) {
+  pair_frags(load_pair(v.w0, v.w1, v.h0, v.h1, p), f);
 }
 
 // Pair p's four MMAs (hi and lo of its two chunks) as one commit group; chunk 0 overwrites
@@ -156,14 +168,50 @@ __device__ __forceinline__ void issue_pair(uint64_t desc0, int p, const PairFrag
   wg_commit();
 }
 
-// A stage's MMAs, pair 0 decoded already (into af[0]). Then the mins' BF16 MMA (lane t holds
-// k = 2t, 2t + 1: chunks 2t, 2t + 1 of rows g and g + 8) into the float accumulator, and on
-// return the groups of pairs 2, 3 and the mins' are pending (af[0] free once the oldest is).
+// The mins' BF16 MMA into the float accumulator as one commit group: lane t holds k = 2t,
+// 2t + 1 (chunks 2t, 2t + 1, pair t) of rows g (header h0) and g + 8 (h1), -dmin * m against
+// the chunks' sums of x.
+template <int NB>
+__device__ __forceinline__ void issue_mins(int4 h0, int4 h1, const uint8_t* xb,
+                                           float (&acc)[NB][4]) {
+  const int t = threadIdx.x % 4;
+  const quant::KScales m0 = quant::k_scales(h0, t), m1 = quant::k_scales(h1, t);
+  const float2 dm0 = __half22float2(*reinterpret_cast<const __half2*>(&h0.x));
+  const float2 dm1 = __half22float2(*reinterpret_cast<const __half2*>(&h1.x));
+  const uint32_t am0 = pack_bf16(-dm0.y * static_cast<float>(m0.m0), -dm0.y * static_cast<float>(m0.m1));
+  const uint32_t am1 = pack_bf16(-dm1.y * static_cast<float>(m1.m0), -dm1.y * static_cast<float>(m1.m1));
+  wg_fence();  // acc was last written by the previous stage's conversions
+  WgmmaBf16<NB>::run(acc, am0, am1, 0u, 0u, wg_desc(smem_u32(xb + kSumsOff), kPiece, kRec), 1);
+  wg_commit();
+}
+
+// Once the stage's MMAs are done: acc += (8 hi + lo) * d * x_scale (rows g (d of h0), g + 8
+// (of h1); tokens 8nt + 2t, + 1), then the fence that orders these generic-proxy reads of
+// the buffer before the bulk copy that refills it.
+template <int NB>
+__device__ __forceinline__ void convert(int4 h0, int4 h1, const uint8_t* xb,
+                                        const int (&hi)[NB][4], const int (&lo)[NB][4],
+                                        float (&acc)[NB][4]) {
+  const int t = threadIdx.x % 4;
+  const float d0 = __low2float(*reinterpret_cast<const __half2*>(&h0.x));
+  const float d1 = __low2float(*reinterpret_cast<const __half2*>(&h1.x));
+#pragma unroll
+  for (int nt = 0; nt < NB; ++nt) {
+    const float2 xs = *reinterpret_cast<const float2*>(xb + nt * kRec + kXScaleOff + 8 * t);
+    const float s[4] = {d0 * xs.x, d0 * xs.y, d1 * xs.x, d1 * xs.y};
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      acc[nt][i] = fmaf(static_cast<float>(8 * hi[nt][i] + lo[nt][i]), s[i], acc[nt][i]);
+  }
+  fence_proxy_async();
+}
+
+// A stage's MMAs, pair 0 decoded already (into af[0]), and the mins': on return the groups
+// of pairs 2, 3 and the mins' are pending (af[0] is free once the oldest is done).
 template <int NB, int CPS>
 __device__ __forceinline__ void issue_stage(const StageView<NB, CPS>& v, PairFrags (&af)[2],
                                             int (&hi)[NB][4], int (&lo)[NB][4],
                                             float (&acc)[NB][4]) {
-  const int t = threadIdx.x % 4;
   const uint64_t desc0 = wg_desc(smem_u32(v.xb), kPiece, kRec);
   issue_pair<NB>(desc0, 0, af[0], hi, lo);
 #pragma unroll
@@ -173,34 +221,7 @@ __device__ __forceinline__ void issue_stage(const StageView<NB, CPS>& v, PairFra
     decode_pair(v, p, af[p % 2]);
     issue_pair<NB>(desc0, p, af[p % 2], hi, lo);
   }
-  const quant::KScales m0 = quant::k_scales(v.h0, t), m1 = quant::k_scales(v.h1, t);
-  const float2 dm0 = __half22float2(*reinterpret_cast<const __half2*>(&v.h0.x));
-  const float2 dm1 = __half22float2(*reinterpret_cast<const __half2*>(&v.h1.x));
-  const uint32_t am0 = pack_bf16(-dm0.y * static_cast<float>(m0.m0), -dm0.y * static_cast<float>(m0.m1));
-  const uint32_t am1 = pack_bf16(-dm1.y * static_cast<float>(m1.m0), -dm1.y * static_cast<float>(m1.m1));
-  wg_fence();  // acc was last written by the previous stage's conversions
-  WgmmaBf16<NB>::run(acc, am0, am1, 0u, 0u, wg_desc(smem_u32(v.xb + kSumsOff), kPiece, kRec), 1);
-  wg_commit();
-}
-
-// Once the stage's MMAs are done: acc += (8 hi + lo) * d * x_scale (rows g (d0), g + 8 (d1);
-// tokens 8nt + 2t, + 1).
-template <int NB, int CPS>
-__device__ __forceinline__ void convert_stage(const StageView<NB, CPS>& v, const int (&hi)[NB][4],
-                                              const int (&lo)[NB][4], float (&acc)[NB][4]) {
-  const int t = threadIdx.x % 4;
-  const float d0 = __low2float(*reinterpret_cast<const __half2*>(&v.h0.x));
-  const float d1 = __low2float(*reinterpret_cast<const __half2*>(&v.h1.x));
-#pragma unroll
-  for (int nt = 0; nt < NB; ++nt) {
-    const float2 xs = *reinterpret_cast<const float2*>(v.xb + nt * kRec + kXScaleOff + 8 * t);
-    const float s[4] = {d0 * xs.x, d0 * xs.y, d1 * xs.x, d1 * xs.y};
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      acc[nt][i] = fmaf(static_cast<float>(8 * hi[nt][i] + lo[nt][i]), s[i], acc[nt][i]);
-  }
-  // The generic-proxy reads of this buffer come before the bulk copy that refills it.
-  fence_proxy_async();
+  issue_mins<NB>(v.h0, v.h1, v.xb, acc);
 }
 
 // One stage of the warpgroup on its own (`buf` holds the stage's weights and activation
@@ -209,69 +230,28 @@ template <int NB, int CPS>
 __device__ __forceinline__ void compute_stage(const uint8_t* buf, int wg, int wr,
                                               float (&acc)[NB][4]) {
   using L = Layout<NB, CPS>;
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lane = threadIdx.x % 32, g = lane / 4;
   const uint8_t* w0 = buf + (64 * wg + 16 * wr + g) * L::kQStride;
   const uint8_t* w1 = w0 + 8 * L::kQStride;
   const int4 h0 = *reinterpret_cast<const int4*>(w0);
   const int4 h1 = *reinterpret_cast<const int4*>(w1);
   const uint8_t* xb = buf + L::kXOff;
   const uint64_t desc0 = wg_desc(smem_u32(xb), kPiece, kRec);
-  const uint64_t sums_desc = wg_desc(smem_u32(xb + kSumsOff), kPiece, kRec);
   int hi[NB][4], lo[NB][4];
   // Fragments of two chunk pairs: pair p decodes into af[p % 2] once the MMAs of pair p - 2
   // (the last readers of those registers) are done.
   uint32_t af[2][2][2][4];  // [buffer][chunk of the pair][hi, lo][a0..a3]
 #pragma unroll
   for (int p = 0; p < 4; ++p) {
-    const quant::KScales k0 = quant::k_scales(h0, p), k1 = quant::k_scales(h1, p);
-    const uint2 u0 = *reinterpret_cast<const uint2*>(w0 + kQsOff + 32 * p + 8 * t);
-    const uint2 u1 = *reinterpret_cast<const uint2*>(w1 + kQsOff + 32 * p + 8 * t);
+    const PairRaw raw = load_pair(w0, w1, h0, h1, p);
     if (p >= 2) wg_wait<1>();
     uint32_t(&f)[2][2][4] = af[p % 2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint32_t s0 = static_cast<uint32_t>(h ? k0.sc1 : k0.sc0);
-      const uint32_t s1 = static_cast<uint32_t>(h ? k1.sc1 : k1.sc0);
-      const uint32_t n0x = (u0.x >> (4 * h)) & kNib, n0y = (u0.y >> (4 * h)) & kNib;
-      const uint32_t n1x = (u1.x >> (4 * h)) & kNib, n1y = (u1.y >> (4 * h)) & kNib;
-      // Byte-wise products stay below 256: one multiply per four quants.
-      f[h][0][0] = n0x * (s0 >> 3), f[h][0][1] = n1x * (s1 >> 3);
-      f[h][0][2] = n0y * (s0 >> 3), f[h][0][3] = n1y * (s1 >> 3);
-      f[h][1][0] = n0x * (s0 & 7), f[h][1][1] = n1x * (s1 & 7);
-      f[h][1][2] = n0y * (s0 & 7), f[h][1][3] = n1y * (s1 & 7);
-    }
-    wg_fence();
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int c = 2 * p + h;
-      const uint64_t b = desc0 + ((2 * c * kPiece) >> 4);
-      const int accumulate = c > 0;
-      WgmmaS8<NB>::run(hi, f[h][0][0], f[h][0][1], f[h][0][2], f[h][0][3], b, accumulate);
-      WgmmaS8<NB>::run(lo, f[h][1][0], f[h][1][1], f[h][1][2], f[h][1][3], b, accumulate);
-    }
-    wg_commit();
+    pair_frags(raw, f);
+    issue_pair<NB>(desc0, p, f, hi, lo);
   }
-  // The mins: lane t holds k = 2t, 2t + 1 (chunks 2t, 2t + 1, pair t) of rows g and g + 8.
-  const quant::KScales m0 = quant::k_scales(h0, t), m1 = quant::k_scales(h1, t);
-  const float2 dm0 = __half22float2(*reinterpret_cast<const __half2*>(&h0.x));
-  const float2 dm1 = __half22float2(*reinterpret_cast<const __half2*>(&h1.x));
-  const uint32_t am0 = pack_bf16(-dm0.y * static_cast<float>(m0.m0), -dm0.y * static_cast<float>(m0.m1));
-  const uint32_t am1 = pack_bf16(-dm1.y * static_cast<float>(m1.m0), -dm1.y * static_cast<float>(m1.m1));
-  wg_fence();  // acc was last written by the previous stage's conversions
-  WgmmaBf16<NB>::run(acc, am0, am1, 0u, 0u, sums_desc, 1);
-  wg_commit();
+  issue_mins<NB>(h0, h1, xb, acc);
   wg_wait<0>();
-  // acc += (8 hi + lo) * d * x_scale: rows g (d0), g + 8 (d1); tokens 8nt + 2t, + 1.
-#pragma unroll
-  for (int nt = 0; nt < NB; ++nt) {
-    const float2 xs = *reinterpret_cast<const float2*>(xb + nt * kRec + kXScaleOff + 8 * t);
-    const float s[4] = {dm0.x * xs.x, dm0.x * xs.y, dm1.x * xs.x, dm1.x * xs.y};
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      acc[nt][i] = fmaf(static_cast<float>(8 * hi[nt][i] + lo[nt][i]), s[i], acc[nt][i]);
-  }
-  // The generic-proxy reads of this buffer come before the bulk copy that refills it.
-  fence_proxy_async();
+  convert<NB>(h0, h1, xb, hi, lo, acc);
 }
 #endif
 
@@ -426,7 +406,7 @@ __global__ void __launch_bounds__(kThreads, CPS) gemm_kq_kernel(KernelArgs a) {
         decode_pair(next, 0, af[0]);
       }
       wg_wait<0>();
-      convert_stage(cur, hi, lo, acc);
+      convert<NB>(cur.h0, cur.h1, cur.xb, hi, lo, acc);
       release(it);
       cur = next;
     }
