@@ -7,10 +7,13 @@
 //     build/tpnode bench ... --profile-decode
 //
 // writes trace.<pid>.csv (one row per kernel: start and end in ns, device, stream, graph id,
-// correlation id of the launch, grid and block size, demangled name); bench/kernel_trace.py
-// turns it into a per-kernel table of the steps replayed from graphs. When the program calls
-// cudaProfilerStart/Stop (tpnode bench --profile-decode: around each batch's timed decode
-// steps), only what runs between them is kept.
+// correlation id of the launch, grid and block size, demangled name, kind "kernel"; one per
+// memory copy, kind "memcpy": its bytes in the grid column, its direction in the name; one per
+// CUDA runtime call on the host, kind "api": its name, device -1), all on CUPTI's one clock;
+// bench/kernel_trace.py turns it into a per-kernel table of the steps replayed from graphs and,
+// with --gaps, what happens between two of them. When the program calls cudaProfilerStart/Stop
+// (tpnode bench --profile-decode: around each batch's timed decode steps), only what runs
+// between them is kept.
 #include <cupti.h>
 #include <cxxabi.h>
 #include <unistd.h>
@@ -50,6 +53,20 @@ std::string demangle(const char* name) {
   return s;
 }
 
+const char* copy_kind(uint8_t k) {
+  switch (k) {
+    case CUPTI_ACTIVITY_MEMCPY_KIND_HTOD: return "HtoD";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_DTOH: return "DtoH";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_DTOD: return "DtoD";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_PTOP: return "PtoP";
+    default: return "other";
+  }
+}
+
+// What the tracer records: kernels, memory copies and the host's CUDA runtime calls.
+constexpr CUpti_ActivityKind kKinds[] = {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL,
+                                         CUPTI_ACTIVITY_KIND_MEMCPY, CUPTI_ACTIVITY_KIND_RUNTIME};
+
 void CUPTIAPI buffer_requested(uint8_t** buffer, size_t* size, size_t* max_records) {
   *size = 16u << 20;
   *buffer = static_cast<uint8_t*>(std::aligned_alloc(8, *size));
@@ -60,16 +77,32 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
   std::lock_guard<std::mutex> lock(g_mutex);
   CUpti_Activity* rec = nullptr;
   while (cuptiActivityGetNextRecord(buffer, valid, &rec) == CUPTI_SUCCESS) {
-    if (rec->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL || g_out == nullptr || g_discard) {
-      continue;
+    if (g_out == nullptr || g_discard) continue;
+    if (rec->kind == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) {
+      const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(rec);
+      std::fprintf(g_out, "%llu,%llu,%u,%u,%u,%u,%d,%d,%d,%d,%s,kernel\n",
+                   static_cast<unsigned long long>(k->start), static_cast<unsigned long long>(k->end),
+                   k->deviceId, k->streamId, k->graphId, k->correlationId,
+                   k->gridX * k->gridY * k->gridZ, k->blockX * k->blockY * k->blockZ,
+                   k->registersPerThread,
+                   static_cast<int>(k->dynamicSharedMemory + k->staticSharedMemory),
+                   demangle(k->name).c_str());
+    } else if (rec->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
+      const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(rec);
+      std::fprintf(g_out, "%llu,%llu,%u,%u,%u,%u,%llu,0,0,0,memcpy %s,memcpy\n",
+                   static_cast<unsigned long long>(m->start), static_cast<unsigned long long>(m->end),
+                   m->deviceId, m->streamId, m->graphId, m->correlationId,
+                   static_cast<unsigned long long>(m->bytes), copy_kind(m->copyKind));
+    } else if (rec->kind == CUPTI_ACTIVITY_KIND_RUNTIME) {
+      const auto* a = reinterpret_cast<const CUpti_ActivityAPI*>(rec);
+      const char* name = nullptr;
+      if (cuptiGetCallbackName(CUPTI_CB_DOMAIN_RUNTIME_API, a->cbid, &name) != CUPTI_SUCCESS) {
+        name = "?";
+      }
+      std::fprintf(g_out, "%llu,%llu,-1,0,0,%u,0,0,0,0,%s,api\n",
+                   static_cast<unsigned long long>(a->start), static_cast<unsigned long long>(a->end),
+                   a->correlationId, name);
     }
-    const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(rec);
-    std::fprintf(g_out, "%llu,%llu,%u,%u,%u,%u,%d,%d,%d,%d,%s\n",
-                 static_cast<unsigned long long>(k->start), static_cast<unsigned long long>(k->end),
-                 k->deviceId, k->streamId, k->graphId, k->correlationId, k->gridX * k->gridY * k->gridZ,
-                 k->blockX * k->blockY * k->blockZ, k->registersPerThread,
-                 static_cast<int>(k->dynamicSharedMemory + k->staticSharedMemory),
-                 demangle(k->name).c_str());
   }
   std::free(buffer);
 }
@@ -86,10 +119,10 @@ void CUPTIAPI on_api(void*, CUpti_CallbackDomain domain, CUpti_CallbackId id, co
       g_discard = false;
       g_started = true;
     }
-    TRACE_CUPTI(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL));
+    for (CUpti_ActivityKind k : kKinds) TRACE_CUPTI(cuptiActivityEnable(k));
   } else if (id == CUPTI_RUNTIME_TRACE_CBID_cudaProfilerStop_v4000) {
     TRACE_CUPTI(cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED));
-    TRACE_CUPTI(cuptiActivityDisable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL));
+    for (CUpti_ActivityKind k : kKinds) TRACE_CUPTI(cuptiActivityDisable(k));
   }
 }
 
@@ -112,7 +145,8 @@ extern "C" int InitializeInjection(void) {
     std::fprintf(stderr, "kernel_trace: cannot write %s\n", path.c_str());
     return 0;
   }
-  std::fprintf(g_out, "start_ns,end_ns,device,stream,graph,correlation,grid,block,regs,smem,name\n");
+  std::fprintf(g_out,
+               "start_ns,end_ns,device,stream,graph,correlation,grid,block,regs,smem,name,kind\n");
   TRACE_CUPTI(cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed));
   CUpti_SubscriberHandle sub;
   TRACE_CUPTI(cuptiSubscribe(&sub, on_api, nullptr));
@@ -120,8 +154,9 @@ extern "C" int InitializeInjection(void) {
                                   CUPTI_RUNTIME_TRACE_CBID_cudaProfilerStart_v4000));
   TRACE_CUPTI(cuptiEnableCallback(1, sub, CUPTI_CB_DOMAIN_RUNTIME_API,
                                   CUPTI_RUNTIME_TRACE_CBID_cudaProfilerStop_v4000));
-  TRACE_CUPTI(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL));
+  for (CUpti_ActivityKind k : kKinds) TRACE_CUPTI(cuptiActivityEnable(k));
   std::atexit(at_exit);
-  std::fprintf(stderr, "kernel_trace: recording kernels into %s\n", path.c_str());
+  std::fprintf(stderr, "kernel_trace: recording kernels, copies and runtime calls into %s\n",
+               path.c_str());
   return 1;
 }

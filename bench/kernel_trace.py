@@ -8,7 +8,12 @@ lose without it when kernels run back to back; `busy` is its own start-to-end ti
 `early` how long it had started before the previous kernel ended (programmatic dependent
 launch lets its prologue run then). Rows aggregate kernels of one name per step.
 
-  bench/kernel_trace.py trace.1234.csv [--steps N] [--device D] [--top K] [--list K]
+With --gaps it also shows what separates one step from the next (traces that hold copies and
+runtime calls, kind memcpy and api): the idle time from a step's last kernel to the next step's
+first, and within it the kernels outside graphs (such as sampling), the copies, and the host's
+runtime calls (the time inside each call, clipped to the gap), medians over the steps.
+
+  bench/kernel_trace.py trace.1234.csv [--steps N] [--device D] [--top K] [--list K] [--gaps]
 """
 import argparse
 import collections
@@ -42,14 +47,18 @@ def main():
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--width", type=int, default=70)
     ap.add_argument("--list", type=int, default=0, help="also list the last step's first K kernels in order")
+    ap.add_argument("--gaps", action="store_true", help="also show what lies between two steps")
     a = ap.parse_args()
 
     groups = collections.OrderedDict()
+    others = []  # kernels outside graphs, copies, runtime calls
     with open(a.csv) as f:
         for r in csv.DictReader(f):
-            if int(r["graph"]) == 0:
+            kind = r.get("kind") or "kernel"
+            if kind == "kernel" and a.device is not None and int(r["device"]) != a.device:
                 continue
-            if a.device is not None and int(r["device"]) != a.device:
+            if kind != "kernel" or int(r["graph"]) == 0:
+                others.append(r)
                 continue
             key = (r["device"], r["correlation"])
             groups.setdefault(key, []).append(r)
@@ -100,6 +109,37 @@ def main():
             print(f"{short(r['name'], a.width):<{a.width}} {(s - t0) / 1e3:>8.1f} {(e - t0) / 1e3:>8.1f} "
                   f"{max(0, e - prev_end) / 1e3:>9.1f} {r['grid']:>6} {r['block']:>6}")
             prev_end = max(prev_end, e)
+
+
+    if a.gaps:
+        gaps(steps, others, a.width)
+
+
+def gaps(steps, others, width):
+    """Between consecutive steps: the idle time and what fills it (medians over the steps)."""
+    spans = sorted((min(int(r["start_ns"]) for r in ks), max(int(r["end_ns"]) for r in ks)) for ks in steps)
+    idle, inside = [], collections.defaultdict(list)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        idle.append(max(0, start - end) / 1e3)
+        sums = collections.defaultdict(float)
+        for r in others:
+            s, e = max(int(r["start_ns"]), end), min(int(r["end_ns"]), start)
+            if e <= s:
+                continue
+            kind = r.get("kind") or "kernel"
+            label = short(r["name"], width - 8) if kind == "kernel" else r["name"]
+            sums[f"{kind}: {label}"] += (e - s) / 1e3
+        for k in set(inside) | set(sums):
+            inside[k].append(sums.get(k, 0.0))
+    if not idle:
+        print("\nno two consecutive steps")
+        return
+    med = statistics.median
+    print(f"\nbetween steps: idle {med(idle):.1f} us median (min {min(idle):.1f}, max {max(idle):.1f}) "
+          f"over {len(idle)} gaps; inside it (us, median; runtime calls on the host):")
+    for k, v in sorted(inside.items(), key=lambda kv: -med(kv[1] + [0.0] * (len(idle) - len(kv[1])))):
+        v = v + [0.0] * (len(idle) - len(v))
+        print(f"  {k:<{width}} {med(v):>9.1f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""bench/kernel_trace.py on a hand-made trace: the step table's sums against values worked out
+"""bench/kernel_trace.py on hand-made traces: the step table's sums against values worked out
 here from the kernels' start and end times (overlap by PDL, an idle gap, a kernel outside any
-graph, two graph launches)."""
+graph, two graph launches), and --gaps: what lies between steps (kernels outside graphs, copies,
+runtime calls)."""
 import os
 import subprocess
 import sys
@@ -64,7 +65,34 @@ def main():
     # --list prints the last step in order with offsets from its first kernel.
     listed = run(csv, "--list", "3").splitlines()[-3:]
     assert listed[1].split()[-5:-2] == ["1.5", "4.0", "2.0"], listed
-    print("kernel_trace.py: step table as expected")
+    gaps_between_steps()
+    print("kernel_trace.py: step table and gaps as expected")
+
+
+def gaps_between_steps():
+    """--gaps on a trace with copies and runtime calls (the kind column): three steps, between
+    each two a sampling kernel outside the graph, a copy to the host and the host's calls."""
+    csv = HEADER.rstrip("\n") + ",kind\n"
+    for i, corr in enumerate((20, 21, 22)):
+        t = 100000 * i
+        csv += row(t, t + 3000, corr, GEMV).rstrip("\n") + ",kernel\n"
+        if i == 2:
+            break
+        # The gap from t + 3000 to t + 100000: sampling 3500-5500, the copy 6000-7000, the sync
+        # call 3100-7200 and the next launch's call 90000-95000, all inside it.
+        csv += row(t + 3500, t + 5500, 200 + i, "void sample_kernel(int)", graph=0).rstrip("\n") + ",kernel\n"
+        csv += f"{t + 6000},{t + 7000},0,7,0,{300 + i},4,0,0,0,memcpy DtoH,memcpy\n"
+        csv += f"{t + 3100},{t + 7200},-1,0,0,{400 + i},0,0,0,0,cudaStreamSynchronize_v3020,api\n"
+        csv += f"{t + 90000},{t + 95000},-1,0,0,{corr + 1},0,0,0,0,cudaGraphLaunch_v10000,api\n"
+    out = run(csv, "--gaps")
+    assert "3 steps (graph launches)" in out, out  # copies and calls are not steps
+    assert "between steps: idle 97.0 us median (min 97.0, max 97.0) over 2 gaps" in out, out
+    inside = {}
+    for line in out.split("between steps:")[1].splitlines()[1:]:
+        name, value = line.rsplit(None, 1)
+        inside[name.strip()] = float(value)
+    assert inside == {"api: cudaStreamSynchronize_v3020": 4.1, "api: cudaGraphLaunch_v10000": 5.0,
+                      "kernel: sample_kernel": 2.0, "memcpy: memcpy DtoH": 1.0}, inside
 
 
 if __name__ == "__main__":
