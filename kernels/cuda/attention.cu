@@ -622,7 +622,7 @@ DecodeSplit plan_decode_split(const DecodeShape& s) {
   const int heads = decode_heads_per_cta(group, s.heads_per_cta, s.n, s.n_head_kv, s.mma);
   const int64_t ctas = s.n * s.n_head_kv * ceil_div(group, heads);
   if (s.mma) {
-    r.mma_warps = decode_mma_warps(ctas, s.n_sms, s.mma_warps);
+    r.mma_warps = decode_mma_warps(ctas, s.n_sms, s.mma_warps, s.mma_whole);
     r.mma_deep = decode_mma_deep(ctas, s.n_sms, r.mma_warps, s.mma_deep);
   }
   const int64_t stage =

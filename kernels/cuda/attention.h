@@ -146,6 +146,7 @@ struct DecodeShape {
   bool mma = false;       // as DecodeAttentionParams::mma
   int mma_warps = 0;      // with mma: 4, 2 or 12 warps per CTA, 0: the planner's pick
   bool mma_deep = false;  // with mma: narrow CTAs may take three-tile rings (decode_mma_deep)
+  bool mma_whole = true;  // with mma: the device holds twelve-warp CTAs (decode_mma_whole_fits)
 };
 struct DecodeSplit {
   int n_splits = 1;

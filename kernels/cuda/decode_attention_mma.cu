@@ -313,11 +313,18 @@ void set_smem_limit() {
                                          static_cast<int>(Geom<HD, W, S>::kSmemBytes)));
 }
 template <typename KvT, int HD>
-void set_smem_limits() {
+void set_smem_limits(size_t smem_per_cta) {
   set_smem_limit<KvT, HD, kWideWarps, kRingTiles>();
-  set_smem_limit<KvT, HD, kWholeWarps, kRingTiles>();
+  if (decode_mma_whole_fits(HD, smem_per_cta)) set_smem_limit<KvT, HD, kWholeWarps, kRingTiles>();
   set_smem_limit<KvT, HD, kNarrowWarps, kRingTiles>();
   set_smem_limit<KvT, HD, kNarrowWarps, kDeepRingTiles>();
+}
+
+size_t device_smem_per_cta() {
+  int dev = 0, bytes = 0;
+  TPNODE_CUDA_CHECK(cudaGetDevice(&dev));
+  TPNODE_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return static_cast<size_t>(bytes);
 }
 
 template <typename KvT, int HD, int W, int S>
@@ -349,9 +356,20 @@ bool decode_mma_supports(int64_t n_head, int64_t n_head_kv, int64_t head_dim) {
 
 int decode_mma_stage_keys(int warps) { return warps * kKeys; }
 
-int decode_mma_warps(int64_t ctas, int n_sms, int want) {
+bool decode_mma_whole_fits(int64_t head_dim, size_t smem_per_cta) {
+  const size_t bytes = head_dim == 64    ? Geom<64, kWholeWarps, kRingTiles>::kSmemBytes
+                       : head_dim == 128 ? Geom<128, kWholeWarps, kRingTiles>::kSmemBytes
+                                         : SIZE_MAX;
+  return bytes <= smem_per_cta;
+}
+
+int decode_mma_warps(int64_t ctas, int n_sms, int want, bool whole_fits) {
+  TPNODE_CHECK(want != kWholeWarps || whole_fits,
+               "decode attention: {}-warp CTAs need more shared memory per CTA than this GPU "
+               "gives (choose 4 or 2 warps)",
+               kWholeWarps);
   if (want == kWideWarps || want == kNarrowWarps || want == kWholeWarps) return want;
-  if (ctas * kDecodeMmaWholeGridShare <= n_sms) return kWholeWarps;
+  if (whole_fits && ctas * kDecodeMmaWholeGridShare <= n_sms) return kWholeWarps;
   return ctas > static_cast<int64_t>(ctas_per_sm(kWideWarps, kRingTiles)) * n_sms ? kNarrowWarps
                                                                               : kWideWarps;
 }
@@ -362,10 +380,11 @@ bool decode_mma_deep(int64_t ctas, int n_sms, int warps, bool allow) {
 }
 
 void decode_attention_mma_init() {
-  set_smem_limits<__nv_bfloat16, 64>();
-  set_smem_limits<__nv_bfloat16, 128>();
-  set_smem_limits<__half, 64>();
-  set_smem_limits<__half, 128>();
+  const size_t smem = device_smem_per_cta();
+  set_smem_limits<__nv_bfloat16, 64>(smem);
+  set_smem_limits<__nv_bfloat16, 128>(smem);
+  set_smem_limits<__half, 64>(smem);
+  set_smem_limits<__half, 128>(smem);
 }
 
 void decode_attention_mma(const DecodeAttentionParams& p, const LaunchShape& shape,
@@ -377,6 +396,11 @@ void decode_attention_mma(const DecodeAttentionParams& p, const LaunchShape& sha
                    p.mma_warps == kWholeWarps,
                "decode_attention_mma: {} warps per CTA (0, {}, {} or {})", p.mma_warps,
                kWideWarps, kNarrowWarps, kWholeWarps);
+  TPNODE_CHECK(p.mma_warps != kWholeWarps ||
+                   decode_mma_whole_fits(p.kv.head_dim, device_smem_per_cta()),
+               "decode_attention_mma: {}-warp CTAs at head_dim {} need more shared memory per "
+               "CTA than this GPU gives",
+               kWholeWarps, p.kv.head_dim);
   TPNODE_DISPATCH_KV(p.kv.dtype, KvT, {
     if (p.kv.head_dim == 64) {
       launch_variant<KvT, 64>(p, shape, stream);

@@ -8,6 +8,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/cuda/attention.h"
@@ -27,14 +28,20 @@ inline constexpr int kDecodeMmaWholeWarps = 12;
 // 4 the whole variant's longer-context splits (four-CTA clusters of one CTA per SM) measured
 // 6% slower steps on an H200 (docs/BENCHMARKS.md).
 inline constexpr int kDecodeMmaWholeGridShare = 8;
+// Whether a device that gives a CTA at most `smem_per_cta` bytes of shared memory (its opt-in
+// limit) runs the whole variant at this head_dim: 202 KB at head_dim 128 (Hopper's 227 KB holds
+// it, an A100's 163 KB does not), ~99 KB at 64.
+bool decode_mma_whole_fits(int64_t head_dim, size_t smem_per_cta);
 // Warps per CTA for a grid of `ctas` CTAs: `want` when it is 4, 2 or 12, else (0) twelve (the
-// whole variant) for grids of at most one CTA per kDecodeMmaWholeGridShare SMs, two (the
-// narrow variant) where four-warp CTAs would take more than one wave, four otherwise.
-int decode_mma_warps(int64_t ctas, int n_sms, int want);
+// whole variant, where `whole_fits`) for grids of at most one CTA per kDecodeMmaWholeGridShare
+// SMs, two (the narrow variant) where four-warp CTAs would take more than one wave, four
+// otherwise. Throws when 12 is asked for and does not fit.
+int decode_mma_warps(int64_t ctas, int n_sms, int want, bool whole_fits = true);
 // Whether narrow CTAs take three-tile rings (four CTAs per SM instead of five): when `allow`
 // and the grid still fits one wave of them.
 bool decode_mma_deep(int64_t ctas, int n_sms, int warps, bool allow);
-// Shared-memory limits of the kernel's variants (outside any graph capture, at set-up).
+// Shared-memory limits of the kernel's variants that the current device holds (outside any
+// graph capture, at set-up).
 void decode_attention_mma_init();
 // The launch decode_attention checked and shaped (grid: tokens x KV heads x splits).
 void decode_attention_mma(const DecodeAttentionParams& p, const LaunchShape& shape,

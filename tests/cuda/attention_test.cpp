@@ -1011,6 +1011,20 @@ TEST(DecodeSplitPlan, WholeTensorCoreCtasForGridsOfAFewTokens) {
   EXPECT_GE(static_cast<int64_t>(long_ctx.n_splits) * long_ctx.split_len, 4096);
   EXPECT_LE(long_ctx.n_splits, kc::kDecodeMaxSplits);
   EXPECT_EQ(plan(1, 192, 4).mma_warps, 4);  // asked for
+  // Devices whose CTAs get less shared memory (an A100: 163 KB) keep four warps at head_dim
+  // 128; asking them for twelve is an error.
+  EXPECT_TRUE(kc::decode_mma_whole_fits(128, 227 * 1024));
+  EXPECT_FALSE(kc::decode_mma_whole_fits(128, 163 * 1024));
+  EXPECT_TRUE(kc::decode_mma_whole_fits(64, 163 * 1024));
+  EXPECT_FALSE(kc::decode_mma_whole_fits(64, 96 * 1024));
+  EXPECT_FALSE(kc::decode_mma_whole_fits(80, 227 * 1024));
+  auto small = [](int warps) {
+    return kc::plan_decode_split({.n = 1, .n_head = 32, .n_head_kv = 8, .head_dim = 128,
+                                  .max_keys = 192, .n_sms = 108, .clusters = true, .mma = true,
+                                  .mma_warps = warps, .mma_whole = false});
+  };
+  EXPECT_EQ(small(0).mma_warps, 4);
+  EXPECT_THROW(small(12), Error);
 }
 
 // ---- timing ------------------------------------------------------------------------------

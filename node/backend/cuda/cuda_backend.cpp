@@ -1084,7 +1084,8 @@ void CudaBackend::attention(const float* q, const float* k, const float* v, floa
          .heads_per_cta = opt_.decode_heads_per_cta,
          .mma = d.mma,
          .mma_warps = opt_.decode_mma_warps,
-         .mma_deep = opt_.decode_mma_deep});
+         .mma_deep = opt_.decode_mma_deep,
+         .mma_whole = kc::decode_mma_whole_fits(p.head_dim, prop_.sharedMemPerBlockOptin)});
     d.heads_per_cta = opt_.decode_heads_per_cta;
     // Batches whose attn_output takes gemm_kq: its records too, instead of a gemm_kq_acts launch.
     const int64_t width = p.n_head * p.head_dim;
