@@ -676,6 +676,12 @@ class CudaDecodeLong : public ::testing::TestWithParam<LongCase> {
  protected:
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gave 0)";
+    int smem = 0;
+    ASSERT_EQ(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0), cudaSuccess);
+    if (GetParam().mma_warps == 12 &&
+        !kc::decode_mma_whole_fits(GetParam().head_dim, static_cast<size_t>(smem))) {
+      GTEST_SKIP() << "twelve-warp CTAs need more shared memory per CTA than this GPU gives";
+    }
     CudaBackendOptions o;
     o.gpu_memory_fraction = 0.5;
     o.kv_dtype = GetParam().kv;
