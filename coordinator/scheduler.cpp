@@ -81,6 +81,8 @@ void Scheduler::expire(Clock::time_point now) {
 }
 
 StepPlan Scheduler::plan(Clock::time_point now) {
+  TPNODE_CHECK_KIND(in_flight_.empty(), ErrorKind::kRuntime,
+                    "scheduler: plan() while step {} is not completed", in_flight_.front().step);
   planned_.clear();
   expire(now);
   int64_t budget = options_.max_batch_tokens;
@@ -110,6 +112,8 @@ StepPlan Scheduler::plan(Clock::time_point now) {
     }
     plan.seqs.push_back(std::move(step));
   }
+  in_flight_.push_back({plan.step, std::move(planned_)});
+  planned_.clear();
   if (spdlog::should_log(spdlog::level::debug)) {
     spdlog::debug("step {}: {} seqs, {} tokens; running {}, waiting {}, kv free {}/{}", plan.step,
                   plan.seqs.size(), options_.max_batch_tokens - budget, running_.size(),
@@ -190,9 +194,51 @@ void Scheduler::admit_waiting(int64_t& budget) {
   }
 }
 
+StepPlan Scheduler::plan_ahead(Clock::time_point now) {
+  StepPlan plan;
+  if (in_flight_.size() != 1 || !options_.device_sampling) return plan;
+  expire(now);
+  // Requests that could start now go through plan() instead.
+  if (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_seqs) return plan;
+  const std::vector<Planned>& current = in_flight_.front().planned;
+  std::vector<Planned> ahead;
+  for (const auto& owned : running_) {
+    Sequence& s = *owned;
+    if (s.state != Sequence::State::kRunning) continue;
+    const auto it = std::find_if(current.begin(), current.end(),
+                                 [&](const Planned& p) { return p.seq == &s; });
+    // A sequence left out of the current step, or still in its prompt after it, needs plan().
+    if (it == current.end() || s.n_computed + it->n_new != s.n_tokens()) return {};
+    const DeviceSampling sampling = device_sampling_for(s.request().sampling);
+    if (!sampling.enabled) return {};
+    const GenerationRequest& req = s.request();
+    // Its token from the current step ends it (length): no step after.
+    if (s.n_generated() + 1 >= req.max_tokens || s.n_tokens() + 1 >= context_limit_) continue;
+    // plan() may preempt. (Blocks reserved for the others stay theirs: they need them next.)
+    if (!kv_.reserve(s.seq_id, s.n_tokens() + 1)) return {};
+    SeqStep step;
+    step.seq_id = s.seq_id;
+    step.n_past = static_cast<int32_t>(s.n_tokens());
+    step.tokens = {kChainedToken};
+    step.blocks = kv_.table(s.seq_id);
+    step.want_logits = true;
+    step.sampling = sampling;
+    plan.seqs.push_back(std::move(step));
+    ahead.push_back({&s, 1});
+  }
+  if (plan.seqs.empty()) return plan;
+  plan.step = ++step_;
+  in_flight_.push_back({plan.step, std::move(ahead)});
+  return plan;
+}
+
 void Scheduler::complete(const StepPlan& plan, const StepOutput& out) {
-  TPNODE_CHECK_KIND(plan.seqs.size() == planned_.size() && plan.step == step_, ErrorKind::kRuntime,
-                    "scheduler: complete() for step {} does not match the last plan", plan.step);
+  TPNODE_CHECK_KIND(!in_flight_.empty() && plan.step == in_flight_.front().step &&
+                        plan.seqs.size() == in_flight_.front().planned.size(),
+                    ErrorKind::kRuntime,
+                    "scheduler: complete() for step {} does not match the oldest plan", plan.step);
+  const std::vector<Planned> planned = std::move(in_flight_.front().planned);
+  in_flight_.pop_front();
   const int64_t n_rows = plan.n_logits();
   TPNODE_CHECK_KIND(out.tokens.empty() || static_cast<int64_t>(out.tokens.size()) == n_rows,
                     ErrorKind::kRuntime, "scheduler: {} token rows for {} sequences",
@@ -208,9 +254,14 @@ void Scheduler::complete(const StepPlan& plan, const StepOutput& out) {
   }
   size_t row = 0;
   int64_t host_row = 0;
-  for (size_t i = 0; i < planned_.size(); ++i) {
-    Sequence& seq = *planned_[i].seq;
-    seq.n_computed += planned_[i].n_new;
+  for (size_t i = 0; i < planned.size(); ++i) {
+    Sequence& seq = *planned[i].seq;
+    if (seq.state != Sequence::State::kRunning) {
+      // Ended while this step ran (by the step before it, a cancel or a deadline).
+      if (plan.seqs[i].want_logits) host_row += out.sampled(row++) ? 0 : 1;
+      continue;
+    }
+    seq.n_computed += planned[i].n_new;
     if (!plan.seqs[i].want_logits) continue;
     int32_t token;
     if (out.sampled(row)) {
@@ -224,7 +275,6 @@ void Scheduler::complete(const StepPlan& plan, const StepOutput& out) {
     ++row;
     advance(seq, token);
   }
-  planned_.clear();
   erase_finished();
 }
 
@@ -295,7 +345,16 @@ void Scheduler::report_end(Sequence& seq, RequestEnd end) {
 }
 
 void Scheduler::erase_finished() {
-  const auto done = [](const auto& s) { return s->state == Sequence::State::kFinished; };
+  // A plan in flight still names its sequences: they go once it is completed.
+  const auto done = [&](const auto& s) {
+    if (s->state != Sequence::State::kFinished) return false;
+    for (const InFlight& f : in_flight_) {
+      for (const Planned& p : f.planned) {
+        if (p.seq == s.get()) return false;
+      }
+    }
+    return true;
+  };
   std::erase_if(running_, done);
   std::erase_if(waiting_, done);
 }
@@ -304,12 +363,20 @@ void Scheduler::end_all(FinishReason reason) {
   for (auto& seq : running_) finish(*seq, reason);
   for (auto& seq : waiting_) finish(*seq, reason);
   planned_.clear();
+  in_flight_.clear();
   erase_finished();
 }
 
-void Scheduler::fail_planned(const std::string& message) {
-  for (const Planned& p : planned_) finish_error(*p.seq, ErrorCode::kInternal, message);
-  planned_.clear();
+void Scheduler::fail_planned(const std::string& message, bool newest) {
+  if (in_flight_.empty()) return;
+  const std::vector<Planned> planned =
+      std::move(newest ? in_flight_.back().planned : in_flight_.front().planned);
+  if (newest) {
+    in_flight_.pop_back();
+  } else {
+    in_flight_.pop_front();
+  }
+  for (const Planned& p : planned) finish_error(*p.seq, ErrorCode::kInternal, message);
   erase_finished();
 }
 

@@ -48,14 +48,23 @@ class Scheduler {
   // Ends cancelled and expired requests, then builds the next step. An empty plan means
   // there is nothing to run.
   StepPlan plan(Clock::time_point now);
-  // Consumes the output of the plan returned by the last plan() call: one row per sequence
-  // with want_logits, a token sampled on the device or logits to sample here.
+  // While the plan of the last plan() call runs (not yet completed), the step after it, for
+  // an executor that chains: every running sequence of that plan decodes the token the plan
+  // draws for it on the device (kChainedToken), one position on. Empty (nothing planned)
+  // unless every running sequence with work can go on so, no other is left waiting for a
+  // plan, and no step is planned ahead yet. Cancelled and expired requests end first.
+  StepPlan plan_ahead(Clock::time_point now);
+  // Consumes the output of the oldest plan not yet completed: one row per sequence with
+  // want_logits, a token sampled on the device or logits to sample here. Rows of sequences
+  // that ended meanwhile (their last token came in the plan before) are dropped.
   void complete(const StepPlan& plan, const StepOutput& out);
 
   // Ends every request, running or waiting, with `reason` (kCancelled when draining).
   void end_all(FinishReason reason);
-  // Ends the requests of the last plan with an internal error (the step failed).
-  void fail_planned(const std::string& message);
+  // Ends the requests of the oldest plan not yet completed with an internal error (the step
+  // failed), or of the newest with `newest` (a plan ahead that could not be submitted).
+  void fail_planned(const std::string& message, bool newest = false);
+  bool in_flight() const { return !in_flight_.empty(); }
 
   bool has_work() const { return !running_.empty() || !waiting_.empty(); }
   int64_t waiting() const { return static_cast<int64_t>(waiting_.size()); }
@@ -93,7 +102,13 @@ class Scheduler {
   int64_t preemptions_ = 0;
   std::deque<std::unique_ptr<Sequence>> waiting_;  // by arrival order
   std::vector<std::unique_ptr<Sequence>> running_;  // by arrival order
-  std::vector<Planned> planned_;                    // what the last plan() returned
+  // Plans returned and not yet completed, oldest first (at most two: one planned ahead).
+  struct InFlight {
+    uint64_t step;
+    std::vector<Planned> planned;
+  };
+  std::vector<Planned> planned_;  // what plan() is building
+  std::deque<InFlight> in_flight_;
 };
 
 }  // namespace tpnode::coord

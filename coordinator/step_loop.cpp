@@ -95,23 +95,9 @@ void StepLoop::run() {
     for (auto& h : incoming) scheduler_.add(std::move(h));
     incoming.clear();
 
-    const StepPlan plan = scheduler_.plan(Clock::now());
-    if (!plan.seqs.empty()) {
-      const auto t0 = Clock::now();
-      try {
-        scheduler_.complete(plan, executor_.run(plan));
-      } catch (const std::exception& e) {
-        // The step's requests cannot continue (their KV state is unknown); others can.
-        spdlog::error("step {} failed: {}", plan.step, e.what());
-        scheduler_.fail_planned(e.what());
-      }
-      if (metrics_) {
-        metrics_->observe_step(std::chrono::duration<double>(Clock::now() - t0).count(),
-                               plan.n_tokens());
-      }
-    }
+    StepPlan plan = scheduler_.plan(Clock::now());
+    if (!plan.seqs.empty()) run_steps(std::move(plan));
     std::unique_lock lock(mu_);
-    ++stats_.steps;
     publish_stats_locked();
     if (plan.seqs.empty() && scheduler_.has_work()) {
       // Nothing could run although requests wait (cannot happen with a consistent KV
@@ -119,6 +105,59 @@ void StepLoop::run() {
       cv_.wait_for(lock, std::chrono::milliseconds(5));
     }
   }
+}
+
+// Runs `plan` and, while the executor chains and nothing else needs the scheduler, the
+// steps planned ahead of it: each next step is submitted before the one before it is
+// collected, so the device never waits for the host between them.
+void StepLoop::run_steps(StepPlan plan) {
+  auto t0 = Clock::now();
+  try {
+    executor_.submit(plan);
+  } catch (const std::exception& e) {
+    // The step's requests cannot continue (their KV state is unknown); others can.
+    spdlog::error("step {} failed: {}", plan.step, e.what());
+    scheduler_.fail_planned(e.what());
+    return;
+  }
+  while (true) {
+    StepPlan ahead;
+    if (options_.overlap && executor_.chains() && !interrupted()) {
+      ahead = scheduler_.plan_ahead(Clock::now());
+    }
+    if (!ahead.seqs.empty()) {
+      try {
+        executor_.submit(ahead);
+      } catch (const std::exception& e) {
+        spdlog::error("step {} failed: {}", ahead.step, e.what());
+        scheduler_.fail_planned(e.what(), /*newest=*/true);
+        ahead.seqs.clear();
+      }
+    }
+    try {
+      scheduler_.complete(plan, executor_.collect());
+    } catch (const std::exception& e) {
+      spdlog::error("step {} failed: {}", plan.step, e.what());
+      scheduler_.fail_planned(e.what());
+    }
+    const auto t1 = Clock::now();
+    if (metrics_) {
+      metrics_->observe_step(std::chrono::duration<double>(t1 - t0).count(), plan.n_tokens());
+    }
+    t0 = t1;
+    {
+      std::lock_guard lock(mu_);
+      ++stats_.steps;
+      publish_stats_locked();
+    }
+    if (ahead.seqs.empty()) return;
+    plan = std::move(ahead);
+  }
+}
+
+bool StepLoop::interrupted() const {
+  std::lock_guard lock(mu_);
+  return !inbox_.empty() || draining_;
 }
 
 void StepLoop::start() {

@@ -30,6 +30,9 @@ struct StepLoopOptions {
   int64_t kv_blocks = 0;      // KV cache size in blocks (the engine's)
   int64_t kv_block_size = 16;
   int64_t max_queue = 256;    // requests waiting to start; past it submit() says overloaded
+  // With an executor that chains, queue each decode step before the one before it completes
+  // (Scheduler::plan_ahead); false: one step at a time.
+  bool overlap = true;
 };
 
 // A consistent view for tests and /metrics.
@@ -72,6 +75,8 @@ class StepLoop {
 
  private:
   bool drained_locked() const;
+  void run_steps(StepPlan plan);
+  bool interrupted() const;  // requests arrived or draining began
   void publish_stats_locked();
 
   StepLoopOptions options_;

@@ -53,13 +53,19 @@ __global__ void dequant_float_kernel(DequantParams p) {
   p.out[i] = __float2bfloat16(FloatElem<T>::to_float(row[c]));
 }
 
+__device__ __forceinline__ int32_t gather_id(const GatherRowsParams& p, int64_t t) {
+  const int32_t id = p.ids[t];
+  if (id >= 0 || p.chained == nullptr) return id;
+  return p.chained[-1 - id];
+}
+
 template <TensorType T>
 __global__ void gather_quant_kernel(GatherRowsParams p) {
   const int64_t chunks_per_row = p.table.cols / 32;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= p.n * chunks_per_row) return;
   const int64_t t = i / chunks_per_row, j = i % chunks_per_row;
-  const int32_t id = p.ids[t];
+  const int32_t id = gather_id(p, t);
   float v[32];
   if (id >= 0 && id < p.table.rows) {
     row_chunk<T>(p.table, id, j, v);
@@ -78,7 +84,7 @@ __global__ void gather_float_kernel(GatherRowsParams p) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= p.n * p.table.cols) return;
   const int64_t t = i / p.table.cols, c = i % p.table.cols;
-  const int32_t id = p.ids[t];
+  const int32_t id = gather_id(p, t);
   float v = 0.0f;
   if (id >= 0 && id < p.table.rows) {
     v = FloatElem<T>::to_float(reinterpret_cast<const E*>(p.table.q + id * p.table.q_row_bytes)[c]);

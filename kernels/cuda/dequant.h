@@ -18,10 +18,12 @@ struct DequantParams {
 };
 void dequant_to_bf16(const DequantParams& p, cudaStream_t stream);
 
-// x[i, :] = table[ids[i], :] as F32. Ids outside [0, rows) give a row of zeros.
+// x[i, :] = table[ids[i], :] as F32. An id -1 - j < 0 stands for chained[j] (a token the
+// previous step drew on the device). Ids outside [0, rows) give a row of zeros.
 struct GatherRowsParams {
   DeviceMatrix table;              // [rows, cols]
   const int32_t* ids = nullptr;    // [n] device
+  const int32_t* chained = nullptr;  // device, or null: negative ids then give zeros
   int64_t n = 0;
   float* out = nullptr;            // [n, cols]
 };

@@ -1,5 +1,6 @@
 #include "kernels/cuda/sampling.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -365,18 +366,28 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
   r.vec = (reinterpret_cast<uintptr_t>(r.x) & 15u) == 0;
   r.iters = (r.n + 4 * kThreads - 1) / (4 * kThreads);
 
-  // The top token: largest key, lowest id among equals.
+  // The top token: largest key, lowest id among equals. kBatch loads go out before any is
+  // compared (one trip to memory per batch, not per load: a row of 128K logits is 32 loads a
+  // thread); the max is the same in any order.
+  constexpr int kBatch = 8;
   unsigned long long top = 0;
-  for (int32_t it = 0; it < r.iters; ++it) {
-    const int32_t base = 4 * (it * kThreads + static_cast<int32_t>(threadIdx.x));
-    if (base >= r.n) break;
-    float v[4];
-    load4(r, base, v);
+  for (int32_t it0 = 0; it0 < r.iters; it0 += kBatch) {
+    float v[kBatch][4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if (base + j >= r.n) break;
-      const uint32_t id = static_cast<uint32_t>(base + j);
-      top = max(top, (static_cast<unsigned long long>(order_key(v[j])) << 32) | (kAllIds - id));
+    for (int b = 0; b < kBatch; ++b) {
+      const int32_t base = 4 * ((it0 + b) * kThreads + static_cast<int32_t>(threadIdx.x));
+      if (it0 + b < r.iters && base < r.n) load4(r, base, v[b]);
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int32_t base = 4 * ((it0 + b) * kThreads + static_cast<int32_t>(threadIdx.x));
+      if (it0 + b >= r.iters || base >= r.n) continue;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (base + j >= r.n) break;
+        const uint32_t id = static_cast<uint32_t>(base + j);
+        top = max(top, (static_cast<unsigned long long>(order_key(v[b][j])) << 32) | (kAllIds - id));
+      }
     }
   }
   top = block_max(top, sh);
@@ -411,6 +422,73 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
   }
 }
 
+// Greedy rows over many CTAs (SampleParams::all_greedy): CTA (s, row) takes slice s of the
+// row, kSplitBatch float4 loads a thread in flight; the row's last CTA in merges the slices'
+// (key, id) maxima, the same choice as sample_kernel's (largest key, lowest id).
+constexpr int kSplitThreads = 256;
+constexpr int kSplitBatch = 4;
+constexpr int32_t kSplitSlice = 4 * kSplitThreads * kSplitBatch;  // values one batch covers
+
+__global__ void __launch_bounds__(kSplitThreads) argmax_split_kernel(SampleParams p, int splits) {
+  __shared__ unsigned long long red[kSplitThreads / 32];
+  __shared__ bool last;
+  const int row = static_cast<int>(blockIdx.y);
+  const SampleRowParams rp = p.rows[row];
+  const float* x = p.logits + static_cast<int64_t>(rp.logit_row) * p.n_vocab;
+  const auto n = static_cast<int32_t>(p.n_vocab);
+  const int32_t per = ((n + splits - 1) / splits + 3) / 4 * 4;
+  const int32_t lo = static_cast<int32_t>(blockIdx.x) * per, hi = min(n, lo + per);
+  const bool vec = (reinterpret_cast<uintptr_t>(x) & 15u) == 0;
+  const int32_t tid = static_cast<int32_t>(threadIdx.x);
+  unsigned long long top = 0;
+  for (int32_t b0 = lo; b0 < hi; b0 += kSplitSlice) {
+    float v[kSplitBatch][4];
+#pragma unroll
+    for (int k = 0; k < kSplitBatch; ++k) {
+      const int32_t base = b0 + 4 * (k * kSplitThreads + tid);
+      if (vec && base + 4 <= hi) {
+        const float4 t = *reinterpret_cast<const float4*>(x + base);
+        v[k][0] = t.x, v[k][1] = t.y, v[k][2] = t.z, v[k][3] = t.w;
+      } else {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[k][j] = base + j < hi ? x[base + j] : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kSplitBatch; ++k) {
+      const int32_t base = b0 + 4 * (k * kSplitThreads + tid);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (base + j >= hi) break;
+        const uint32_t id = static_cast<uint32_t>(base + j);
+        top = max(top, (static_cast<unsigned long long>(order_key(v[k][j])) << 32) | (kAllIds - id));
+      }
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) top = max(top, __shfl_xor_sync(kFullMask, top, o));
+  if (tid % 32 == 0) red[tid / 32] = top;
+  __syncthreads();
+  if (tid == 0) {
+    for (int w = 1; w < kSplitThreads / 32; ++w) top = max(top, red[w]);
+    p.partials[row * kSampleMaxSplits + blockIdx.x] = top;
+    __threadfence();
+    last = atomicAdd(p.counters + row, 1u) == static_cast<unsigned>(splits) - 1;
+  }
+  __syncthreads();
+  if (!last || tid >= 32) return;
+  __threadfence();
+  unsigned long long m = tid < splits ? __ldcg(p.partials + row * kSampleMaxSplits + tid) : 0ull;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(kFullMask, m, o));
+  if (tid == 0) {
+    const uint32_t id = kAllIds - static_cast<uint32_t>(m);
+    p.tokens[row] = static_cast<int32_t>(id);
+    if (p.best != nullptr) p.best[row] = x[id];
+    p.counters[row] = 0;
+  }
+}
+
 }  // namespace
 
 void sample_tokens(const SampleParams& p, cudaStream_t stream) {
@@ -420,7 +498,14 @@ void sample_tokens(const SampleParams& p, cudaStream_t stream) {
   if (p.n_rows == 0) return;
   TPNODE_CHECK(p.logits != nullptr && p.rows != nullptr && p.tokens != nullptr,
                "sample_tokens: null buffer");
-  sample_kernel<<<static_cast<unsigned>(p.n_rows), kThreads, 0, stream>>>(p);
+  if (p.all_greedy && p.partials != nullptr && p.counters != nullptr) {
+    const int splits = static_cast<int>(std::clamp<int64_t>(
+        (p.n_vocab + kSplitSlice - 1) / kSplitSlice, 1, kSampleMaxSplits));
+    argmax_split_kernel<<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(p.n_rows)),
+                          kSplitThreads, 0, stream>>>(p, splits);
+  } else {
+    sample_kernel<<<static_cast<unsigned>(p.n_rows), kThreads, 0, stream>>>(p);
+  }
   TPNODE_CUDA_CHECK_LAUNCH();
 }
 

@@ -41,6 +41,9 @@ struct SampleRowParams {
 };
 static_assert(sizeof(SampleRowParams) == 40, "SampleRowParams is copied to the device as is");
 
+// Greedy rows split over up to this many CTAs each (SampleParams::partials).
+inline constexpr int kSampleMaxSplits = 32;
+
 struct SampleParams {
   const float* logits = nullptr;          // [*, n_vocab] device
   int64_t n_vocab = 0;                    // < 2^30
@@ -48,6 +51,14 @@ struct SampleParams {
   int32_t n_rows = 0;
   int32_t* tokens = nullptr;  // [n_rows] device: the sampled ids
   float* best = nullptr;      // [n_rows] device, optional: a greedy row's logit at its id
+  // Optional, for draws whose rows are all greedy (all_greedy, which the caller vouches
+  // for): each row's argmax is split over several CTAs, whose best (key, id) meet in
+  // partials [n_rows * kSampleMaxSplits]; the last CTA of a row in (a ticket in counters
+  // [n_rows], 0 before the launch and left at 0) writes its id. One CTA per row takes a whole
+  // row of 128K logits through one SM.
+  bool all_greedy = false;
+  unsigned long long* partials = nullptr;
+  unsigned* counters = nullptr;
 };
 
 // Enqueues the sampling of every row on `stream`.

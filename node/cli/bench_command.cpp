@@ -51,6 +51,9 @@ struct BenchOptions {
   bool graphs = true;                 // CUDA: replay decode steps from CUDA graphs
   bool device_sampling = false;       // decode steps sample on the device (when it can)
   bool greedy_tokens = false;         // decode steps return argmax tokens, not logits
+  // Steps with device draws queue the next step before reading a step's tokens, whose
+  // input token the device takes from the draw (Engine::submit with kChainedToken).
+  bool overlap = true;
   int quant_gemv_max_batch = 8;       // CUDA: largest quantized matmul batch on int8 GEMVs
   int kquant_mma_max_batch = 8;       // CUDA: largest K-quant one on block-summed int8 MMAs
   int mma_row_tiles = 0;              // CUDA: those matmuls' forced work split (0: planner's)
@@ -384,12 +387,28 @@ int run_bench(const BenchOptions& o) {
       engine.step(plan);
       for (auto& sq : plan.seqs) ++sq.n_past;
     }
+    const bool overlap = o.overlap && engine.chains() && (o.device_sampling || o.greedy_tokens);
+    StepPlan chained = plan;
+    for (auto& sq : chained.seqs) sq.tokens = {kChainedToken};
     profile_capture(o, kind, true);
     const auto t0 = Clock::now();
-    for (int i = 0; i < o.decode_steps; ++i) {
-      if (i % 4 == 0) status.show("decode batch {}: step {}/{}", b, i, o.decode_steps);
-      engine.step(plan);
-      for (auto& sq : plan.seqs) ++sq.n_past;
+    if (overlap) {
+      // One step always queued ahead: step i + 1 goes in before step i's tokens come out.
+      engine.submit(plan);
+      for (int i = 1; i < o.decode_steps; ++i) {
+        if (i % 4 == 0) status.show("decode batch {}: step {}/{}", b, i, o.decode_steps);
+        for (size_t k = 0; k < plan.seqs.size(); ++k) chained.seqs[k].n_past = plan.seqs[k].n_past + i;
+        engine.submit(chained);
+        engine.collect();
+      }
+      engine.collect();
+      for (auto& sq : plan.seqs) sq.n_past += o.decode_steps;
+    } else {
+      for (int i = 0; i < o.decode_steps; ++i) {
+        if (i % 4 == 0) status.show("decode batch {}: step {}/{}", b, i, o.decode_steps);
+        engine.step(plan);
+        for (auto& sq : plan.seqs) ++sq.n_past;
+      }
     }
     const double per_step_s = seconds_since(t0) / o.decode_steps;
     profile_capture(o, kind, false);
@@ -525,6 +544,9 @@ const RegisterCommand kRegister{Command{
                    "decode attention's key splits always merge through global memory, never "
                    "inside a thread-block cluster");
       sub.add_flag("!--no-graphs", o->graphs, "run decode steps op by op instead of CUDA graphs");
+      sub.add_flag("!--no-overlap", o->overlap,
+                   "with device draws, wait for each step's tokens before queueing the next "
+                   "(by default the next step is queued first and takes its token on the device)");
       sub.add_flag("--greedy-tokens", o->greedy_tokens,
                    "decode steps return argmax tokens instead of logits (device or distributed argmax)");
       sub.add_flag("--device-sampling", o->device_sampling,

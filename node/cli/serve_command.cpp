@@ -38,6 +38,7 @@ struct ServeOptions {
   coord::ServiceOptions service;
   bool no_http = false;
   bool host_sampling = false;  // sample every request on the host, never on the GPU
+  bool overlap = true;         // queue decode steps ahead where the engine chains
   int64_t max_queue = 256;
   double drain_seconds = 30.0;
   int io_threads = 2;
@@ -148,6 +149,7 @@ int run_serve(ServeOptions& o) {
   lo.kv_blocks = engine.kv_blocks();
   lo.kv_block_size = engine.options().kv_block_size;
   lo.max_queue = o.max_queue;
+  lo.overlap = o.overlap;
   coord::StepLoop loop(lo, *rt->executor, *rt->tokenizer, &metrics);
   service.attach(*rt->tokenizer, loop, chat_renderer(*rt->tokenizer));
   if (!frontend) frontend = std::make_unique<Frontend>(o, service);
@@ -192,6 +194,9 @@ const RegisterCommand kRegister{Command{
       app.add_flag("--host-sampling", o->host_sampling,
                    "sample on the host even where the GPU could (one-GPU runs sample unpenalised "
                    "requests on the device by default)");
+      app.add_flag("!--no-overlap", o->overlap,
+                   "run one step at a time (by default, on one GPU, each decode step is queued "
+                   "before the one before it returns its tokens)");
       app.add_option("--model-name", o->service.model_name,
                      "model id reported by /v1/models (default: the file name)");
       app.add_option("--max-queue", o->max_queue, "requests waiting to start before overloaded")

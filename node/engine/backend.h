@@ -40,7 +40,7 @@ struct HostMatrix {
 
 // This step's batch, as the host builds it. Tokens of a sequence are contiguous and ordered.
 struct BatchMeta {
-  std::vector<int32_t> tokens;        // [n_tokens]
+  std::vector<int32_t> tokens;        // [n_tokens]; -1 - i: id i of the last draw (can_chain)
   std::vector<int32_t> positions;     // [n_tokens] absolute position in its sequence
   std::vector<int32_t> token_seq;     // [n_tokens] index into the sequences below
   std::vector<int32_t> seq_start;     // [n_seqs + 1] first token of each sequence
@@ -262,6 +262,25 @@ class Backend {
     (void)rows;
     (void)tokens;
     TPNODE_THROW(ErrorKind::kUnsupported, "backend {} cannot sample tokens", name());
+  }
+  // Asynchronous draws and chained tokens (optional). When can_chain() is true (it implies
+  // can_sample()), sample_async() enqueues sample_tokens()'s draws after the work queued so
+  // far and returns at once; take_sampled() waits for the oldest draw not yet taken and
+  // copies its n ids to tokens (host memory). At most two draws are outstanding. Until the
+  // next sample_async(), a batch token -1 - i (BatchMeta::tokens) stands for id i of the last
+  // draw, which the backend reads where the draw left it.
+  virtual bool can_chain() const { return false; }
+  virtual void sample_async(const float* logits, int64_t n_vocab,
+                            const std::vector<SampleRow>& rows) {
+    (void)logits;
+    (void)n_vocab;
+    (void)rows;
+    TPNODE_THROW(ErrorKind::kUnsupported, "backend {} cannot draw tokens asynchronously", name());
+  }
+  virtual void take_sampled(int32_t* tokens, size_t n) {
+    (void)tokens;
+    (void)n;
+    TPNODE_THROW(ErrorKind::kUnsupported, "backend {} cannot draw tokens asynchronously", name());
   }
 };
 

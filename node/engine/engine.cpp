@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <deque>
 #include <optional>
 
 #include "node/common/error.h"
@@ -70,8 +71,18 @@ struct Engine::Impl {
   std::vector<float> local_logits;  // [seqs, n_vocab of this rank] on the host
   std::vector<float> staged_logits; // graph steps: LM head rows before picking the wanted
   std::vector<float> gathered;      // rank order, before re-interleaving
-  StepOutput out;                   // what run() returns on rank 0
-  StepOutput none;                  // what run() returns on other ranks
+  StepOutput out;                   // what collect() returns on rank 0
+  StepOutput none;                  // what collect() returns on other ranks
+  // A submitted step not yet collected: its output, less the ids of its asynchronous draw.
+  struct Pending {
+    StepOutput out;
+    bool root = true;               // out is this rank's to return (else none)
+    std::vector<size_t> drawn_at;   // output rows of its draw, in draw order (empty: none)
+  };
+  std::deque<Pending> pending;
+  // The last submitted step's draw: (seq_id, index in the draw) of each sequence it drew for.
+  std::vector<std::pair<uint64_t, int32_t>> last_draw;
+  std::vector<int32_t> drawn;       // a taken draw's ids
   std::vector<SampleRow> sample_rows;  // rows sampled on the device this step
   std::vector<size_t> sampled_at;      // their output rows
   std::vector<int32_t> sampled;        // their tokens
@@ -428,15 +439,36 @@ void Engine::Impl::tp_greedy(int64_t vocab0, int64_t vocab, StepOutput& out, int
   }
 }
 
-const StepOutput& Engine::run(const StepPlan& plan) {
+bool Engine::chains() const { return impl_->c.size() == 1 && impl_->b.can_chain(); }
+
+void Engine::submit(const StepPlan& plan) {
   Impl& m = *impl_;
   Backend& b = m.b;
   const HParams& hp = hp_;
+  TPNODE_CHECK(m.pending.size() < 2, "submit: two steps are already uncollected");
   build_batch(plan, options_, kv_blocks_, m.meta);
-  for (int32_t tok : m.meta.tokens) {
-    TPNODE_CHECK(tok >= 0 && tok < hp.n_vocab, "token id {} outside the vocabulary of {}", tok,
-                 hp.n_vocab);
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const SeqStep& s = plan.seqs[i];
+    for (size_t j = 0; j < s.tokens.size(); ++j) {
+      const int32_t tok = s.tokens[j];
+      if (tok != kChainedToken) {
+        TPNODE_CHECK(tok >= 0 && tok < hp.n_vocab, "token id {} outside the vocabulary of {}",
+                     tok, hp.n_vocab);
+        continue;
+      }
+      TPNODE_CHECK(chains(), "sequence {}: a chained token, but this engine cannot chain",
+                   s.seq_id);
+      TPNODE_CHECK(s.tokens.size() == 1, "sequence {}: a chained token with {} others",
+                   s.seq_id, s.tokens.size() - 1);
+      const auto it = std::find_if(m.last_draw.begin(), m.last_draw.end(),
+                                   [&](const auto& d) { return d.first == s.seq_id; });
+      TPNODE_CHECK(it != m.last_draw.end(),
+                   "sequence {}: a chained token, but the previous step drew none for it",
+                   s.seq_id);
+      m.meta.tokens[static_cast<size_t>(m.meta.seq_start[i])] = -1 - it->second;
+    }
   }
+  m.last_draw.clear();  // read by this step's embedding only
   // Rows of the LM head output to return, in sequence order. A graph step computes logits
   // for every (padded) sequence, so the rows are picked out on the way to the host.
   std::vector<int64_t> wanted;
@@ -457,13 +489,14 @@ const StepOutput& Engine::run(const StepPlan& plan) {
     if (graph) b.graph_capture_end();
   }
 
-  StepOutput& out = m.out;
-  out.tokens.clear();
-  out.logits.clear();
+  Impl::Pending p;
+  StepOutput& out = p.out;
+  p.root = m.c.rank() == 0;
   const int64_t n_out = static_cast<int64_t>(wanted.size());
   if (n_out == 0) {
     b.sync();
-    return out;
+    m.pending.push_back(std::move(p));
+    return;
   }
   const int64_t V = hp.n_vocab, Vl = shard_.n_vocab;
 
@@ -503,23 +536,40 @@ const StepOutput& Engine::run(const StepPlan& plan) {
   }
   if (!m.greedy_rows.empty()) m.tp_greedy(shard_.vocab0, Vl, out, n_out);
   if (!m.sample_rows.empty()) {
-    m.sampled.resize(m.sample_rows.size());
-    b.sample_tokens(m.s.logits, Vl, m.sample_rows, m.sampled.data());
-    out.tokens.assign(static_cast<size_t>(n_out), -1);
-    for (size_t k = 0; k < m.sampled.size(); ++k) {
-      const int32_t tok = m.sampled[k];
-      TPNODE_CHECK_KIND(tok >= 0 && tok < V, ErrorKind::kRuntime,
-                        "device sampling returned token {} outside the vocabulary of {}", tok, V);
-      out.tokens[m.sampled_at[k]] = tok;
+    if (out.tokens.empty()) out.tokens.assign(static_cast<size_t>(n_out), -1);
+    if (chains()) {
+      // The ids arrive in collect(); the next step may read them on the device.
+      b.sample_async(m.s.logits, Vl, m.sample_rows);
+      p.drawn_at = m.sampled_at;
+      size_t k = 0;
+      for (const SeqStep& s : plan.seqs) {
+        if (s.want_logits && s.sampling.enabled) {
+          m.last_draw.emplace_back(s.seq_id, static_cast<int32_t>(k++));
+        }
+      }
+    } else {
+      m.sampled.resize(m.sample_rows.size());
+      b.sample_tokens(m.s.logits, Vl, m.sample_rows, m.sampled.data());
+      for (size_t k = 0; k < m.sampled.size(); ++k) {
+        const int32_t tok = m.sampled[k];
+        TPNODE_CHECK_KIND(tok >= 0 && tok < V, ErrorKind::kRuntime,
+                          "device sampling returned token {} outside the vocabulary of {}", tok,
+                          V);
+        out.tokens[m.sampled_at[k]] = tok;
+      }
     }
   }
 
   const int64_t n_host = static_cast<int64_t>(m.host_rows.size());
-  if (n_host == 0) return m.c.rank() == 0 ? out : m.none;
+  if (n_host == 0) {
+    m.pending.push_back(std::move(p));
+    return;
+  }
   m.fetch_rows(m.host_rows, Vl, m.local_logits);
   if (m.c.size() == 1) {
     out.logits.swap(m.local_logits);
-    return out;
+    m.pending.push_back(std::move(p));
+    return;
   }
 
   // Each rank holds [n_host, its vocabulary rows]; rank 0 receives them in rank order and
@@ -530,7 +580,10 @@ const StepOutput& Engine::run(const StepPlan& plan) {
   m.gathered.resize(root ? static_cast<size_t>(n_host * V) : 0);
   m.c.gather_host(m.local_logits.data(), m.local_logits.size(), root ? m.gathered.data() : nullptr,
                   counts);
-  if (!root) return m.none;
+  if (!root) {
+    m.pending.push_back(std::move(p));
+    return;
+  }
   out.logits.resize(static_cast<size_t>(n_host * V));
   int64_t col0 = 0, off = 0;
   for (int64_t cnt : shard_.vocab_counts) {
@@ -540,7 +593,27 @@ const StepOutput& Engine::run(const StepPlan& plan) {
     off += cnt * n_host;
     col0 += cnt;
   }
-  return out;
+  m.pending.push_back(std::move(p));
+}
+
+const StepOutput& Engine::collect() {
+  Impl& m = *impl_;
+  TPNODE_CHECK(!m.pending.empty(), "collect: no submitted step");
+  Impl::Pending p = std::move(m.pending.front());
+  m.pending.pop_front();
+  if (!p.drawn_at.empty()) {
+    m.drawn.resize(p.drawn_at.size());
+    m.b.take_sampled(m.drawn.data(), m.drawn.size());
+    for (size_t k = 0; k < m.drawn.size(); ++k) {
+      const int32_t tok = m.drawn[k];
+      TPNODE_CHECK_KIND(tok >= 0 && tok < hp_.n_vocab, ErrorKind::kRuntime,
+                        "device sampling returned token {} outside the vocabulary of {}", tok,
+                        hp_.n_vocab);
+      p.out.tokens[p.drawn_at[k]] = tok;
+    }
+  }
+  m.out = std::move(p.out);
+  return p.root ? m.out : m.none;
 }
 
 // The layer sequence on the current batch (begin_step done): embedding, every layer, and the
@@ -624,5 +697,15 @@ void Engine::Impl::forward(const HParams& hp, const ShardPlan& shard) {
 int32_t graph_seqs(int32_t n) { return n <= 32 ? next_pow2(n) : (n + 7) / 8 * 8; }
 
 const StepOutput& LocalExecutor::run(const StepPlan& plan) { return engine_.run(plan); }
+bool LocalExecutor::chains() const { return engine_.chains(); }
+void LocalExecutor::submit(const StepPlan& plan) { engine_.submit(plan); }
+const StepOutput& LocalExecutor::collect() { return engine_.collect(); }
+
+const StepOutput& StepExecutor::collect() {
+  TPNODE_CHECK(done_ != nullptr, "collect: no submitted step");
+  const StepOutput* out = done_;
+  done_ = nullptr;
+  return *out;
+}
 
 }  // namespace tpnode

@@ -55,7 +55,21 @@ class Engine {
   // engine can sample (a backend with can_sample() and one rank), logits for the others. On
   // other ranks returns an empty output. Tensor-parallel engines always return logits: each
   // rank holds a slice of the vocabulary, and rank 0 samples after the gather.
-  const StepOutput& run(const StepPlan& plan);
+  const StepOutput& run(const StepPlan& plan) {
+    submit(plan);
+    return collect();
+  }
+  // run() in two halves, so that the host can queue a step while the one before it runs:
+  // submit() checks and enqueues a step; collect() waits for the oldest uncollected step and
+  // returns its output (valid until the next collect). At most two steps are uncollected. On
+  // an engine that chains(), a decode sequence whose previous submitted step drew its token
+  // on the device may pass that token as kChainedToken: the device reads it there, so the
+  // step can be submitted before the host has the token. A step that returns logits or runs
+  // tensor parallel completes inside submit().
+  void submit(const StepPlan& plan);
+  const StepOutput& collect();
+  // One rank on a backend that draws tokens asynchronously and reads chained ones.
+  bool chains() const;
   // run()'s logits: all of [plan.n_logits(), n_vocab] when the plan asks for no device
   // sampling (the form tests and benchmarks use).
   const std::vector<float>& step(const StepPlan& plan) { return run(plan).logits; }

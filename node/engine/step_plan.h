@@ -29,10 +29,15 @@ struct DeviceSampling {
 // The device form of `p`, disabled when `p` uses penalties.
 DeviceSampling device_sampling_for(const SamplingParams& p);
 
+// A decode token that is not on the host yet: the one the engine's previous submitted step
+// drew on the device for this sequence (Engine::submit, on engines that chain()).
+inline constexpr int32_t kChainedToken = -1;
+
 struct SeqStep {
   uint64_t seq_id = 0;
   int32_t n_past = 0;             // tokens of this sequence already in the KV cache
-  std::vector<int32_t> tokens;    // new tokens this step (a prefill chunk or one decode token)
+  std::vector<int32_t> tokens;    // new tokens this step (a prefill chunk or one decode token,
+                                  // which may be kChainedToken)
   std::vector<int32_t> blocks;    // KV block table covering n_past + tokens.size() tokens
   bool want_logits = true;        // return logits of the last new token
   // With want_logits: sample on the device when the engine can. (`= {}` keeps aggregate

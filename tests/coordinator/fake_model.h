@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -111,6 +112,9 @@ struct FakeExecutorOptions {
   // When set, rows whose plan asks for device sampling come back as this function's token
   // (a stand-in for a backend that samples), the others as logits.
   NextToken device_next = {};
+  // With device_next: chains() (steps submitted ahead take kChainedToken from the draw of the
+  // step submitted before them).
+  bool chain = false;
 };
 
 class FakeExecutor final : public StepExecutor {
@@ -178,6 +182,38 @@ class FakeExecutor final : public StepExecutor {
     return out_;
   }
 
+  bool chains() const override { return o_.chain; }
+  void submit(const StepPlan& plan) override {
+    if (!o_.chain) return StepExecutor::submit(plan);
+    check(queued_.size() < 2, "a third uncollected step");
+    StepPlan p = plan;
+    for (SeqStep& s : p.seqs) {
+      if (s.tokens.empty() || s.tokens[0] != kChainedToken) continue;
+      check(s.tokens.size() == 1, "a chained token with others");
+      const auto it = last_draw_.find(s.seq_id);
+      check(it != last_draw_.end(), "a chained token without a draw in the step before");
+      s.tokens[0] = it->second;
+      ++chained_;
+    }
+    const StepOutput& out = run(p);
+    last_draw_.clear();
+    size_t row = 0;
+    for (const SeqStep& s : p.seqs) {
+      if (!s.want_logits) continue;
+      if (out.sampled(row)) last_draw_[s.seq_id] = out.tokens[row];
+      ++row;
+    }
+    queued_.push_back(out);
+  }
+  const StepOutput& collect() override {
+    if (!o_.chain) return StepExecutor::collect();
+    check(!queued_.empty(), "collect without a step");
+    collected_ = std::move(queued_.front());
+    queued_.pop_front();
+    return collected_;
+  }
+  int64_t chained() const { return chained_; }
+
   // The last plan run() saw.
   StepPlan last_plan() const {
     std::lock_guard lock(mu_);
@@ -212,6 +248,10 @@ class FakeExecutor final : public StepExecutor {
   std::vector<uint64_t> owner_;
   StepOutput out_;
   StepPlan last_plan_;
+  std::map<uint64_t, int32_t> last_draw_;  // chain: seq_id -> the last submitted step's draw
+  std::deque<StepOutput> queued_;
+  StepOutput collected_;
+  int64_t chained_ = 0;
   int64_t steps_ = 0;
   int64_t max_step_tokens_ = 0;
   std::atomic<int> shutdowns_{0};

@@ -39,6 +39,26 @@ struct Harness {
     return plan;
   }
 
+  // As the step loop does it with an executor that chains: the plan, then while the
+  // scheduler can plan ahead, each next step submitted before the one before it completes.
+  // Returns the steps run.
+  int step_chained() {
+    StepPlan plan = sched.plan(Clock::now());
+    if (plan.seqs.empty()) return 0;
+    exec.submit(plan);
+    int n = 1;
+    while (true) {
+      StepPlan ahead = sched.plan_ahead(Clock::now());
+      if (!ahead.seqs.empty()) {
+        exec.submit(ahead);
+        ++n;
+      }
+      sched.complete(plan, exec.collect());
+      if (ahead.seqs.empty()) return n;
+      plan = std::move(ahead);
+    }
+  }
+
   int run_until_idle(int max_steps = 10000) {
     int n = 0;
     while (sched.has_work()) {
@@ -238,6 +258,85 @@ TEST(Scheduler, TakesDeviceSampledTokensAndSamplesLogitsRowsOnTheHost) {
   EXPECT_EQ(obs_host->text(),
             reference_text(h.model, h.tok, prompt_of(h.tok, "world"), 6, so.max_context));
   EXPECT_EQ(obs_dev->end().usage.completion_tokens, 6);
+}
+
+// Steps planned ahead (each decode token taken from the draw of the step before, which the
+// scheduler has not yet seen) give every request the text of steps run one at a time:
+// requests that end by EOS, by length, and one with penalties (never drawn on the device,
+// so while it runs nothing is planned ahead); then a request that arrives later.
+TEST(Scheduler, StepsPlannedAheadGiveTheTextsOfStepsOneAtATime) {
+  SchedulerOptions so{.max_batch_tokens = 16, .max_seqs = 4, .max_context = 64};
+  FakeExecutorOptions fo;
+  fo.device_next = testing::hashed_model(/*eos_every=*/23);
+  fo.chain = true;
+  Harness h(so, fo, testing::hashed_model(/*eos_every=*/23));
+  const std::vector<std::string> prompts = {"hello world", "a", "the quick brown fox jumps", "zz",
+                                            "lorem ipsum dolor"};
+  std::vector<std::shared_ptr<RecordingObserver>> obs;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    GenerationRequest r = make_request("r" + std::to_string(i), prompt_of(h.tok, prompts[i]),
+                                       /*max_tokens=*/3 + 7 * static_cast<int64_t>(i));
+    if (i == 3) r.sampling.repetition_penalty = 1.0001f;  // too small to change the choice
+    obs.push_back(h.add(r));
+  }
+  int steps = 0, calls = 0;
+  while (h.sched.has_work() && calls < 1000) {
+    steps += h.step_chained();
+    ++calls;
+  }
+  EXPECT_GT(steps, calls) << "no step was planned ahead";
+  EXPECT_GT(h.exec.chained(), 0);
+  auto late = h.add(make_request("late", prompt_of(h.tok, "x y z"), 12));
+  while (h.sched.has_work() && calls < 2000) {
+    h.step_chained();
+    ++calls;
+  }
+  obs.push_back(late);
+  for (size_t i = 0; i < obs.size(); ++i) {
+    ASSERT_TRUE(obs[i]->ended()) << "request " << i;
+    const bool is_late = i == prompts.size();
+    const std::string prompt = is_late ? "x y z" : prompts[i];
+    const int64_t max_tokens = is_late ? 12 : 3 + 7 * static_cast<int64_t>(i);
+    EXPECT_EQ(obs[i]->text(), reference_text(h.model, h.tok, prompt_of(h.tok, prompt), max_tokens,
+                                             so.max_context))
+        << "request " << i;
+    EXPECT_NE(obs[i]->end().reason, FinishReason::kError);
+  }
+  EXPECT_EQ(h.kv.free_blocks(), h.kv.total_blocks());
+  EXPECT_FALSE(h.sched.in_flight());
+}
+
+// A request cancelled while steps run ahead ends as cancelled within a step or two, and the
+// others go on.
+TEST(Scheduler, CancelWhileStepsRunAheadEndsTheRequest) {
+  SchedulerOptions so{.max_batch_tokens = 16, .max_seqs = 4, .max_context = 64};
+  FakeExecutorOptions fo;
+  fo.device_next = testing::hashed_model();
+  fo.chain = true;
+  Harness h(so, fo);
+  auto a = h.add(make_request("a", prompt_of(h.tok, "hello"), 40));
+  auto b = h.add(make_request("b", prompt_of(h.tok, "world"), 20));
+  StepPlan plan = h.sched.plan(Clock::now());
+  h.exec.submit(plan);
+  for (int i = 0; i < 6; ++i) {
+    if (i == 3) h.handles[0]->cancel();
+    StepPlan ahead = h.sched.plan_ahead(Clock::now());
+    if (i < 3) {
+      ASSERT_EQ(ahead.seqs.size(), 2u) << "step " << i;
+    } else {
+      ASSERT_EQ(ahead.seqs.size(), 1u) << "step " << i << ": a is cancelled";
+    }
+    h.exec.submit(ahead);
+    h.sched.complete(plan, h.exec.collect());
+    plan = std::move(ahead);
+  }
+  h.sched.complete(plan, h.exec.collect());
+  ASSERT_TRUE(a->ended());
+  EXPECT_EQ(a->end().reason, FinishReason::kCancelled);
+  EXPECT_FALSE(b->ended());
+  h.run_until_idle();
+  EXPECT_EQ(b->text(), reference_text(h.model, h.tok, prompt_of(h.tok, "world"), 20, 64));
+  EXPECT_EQ(h.kv.free_blocks(), h.kv.total_blocks());
 }
 
 TEST(Scheduler, DeviceSamplingCanBeTurnedOff) {

@@ -519,6 +519,49 @@ TEST_P(CudaEngineSampling, SeededSamplingRepeats) {
   EXPECT_EQ(first.size(), 12u);
 }
 
+// Steps queued ahead, each decode token taken on the device from the step before's draw
+// (kChainedToken; decode steps replay graphs), give the tokens of steps fed from the host.
+TEST_P(CudaEngineSampling, ChainedStepsGiveTheHostFedTokens) {
+  auto file = ModelFile::open(path());
+  const HParams& hp = file->hparams();
+  auto gpu = backend();
+  FileWeightSource src(*file);
+  SingleRankCollective c;
+  Engine engine(hp, src, *gpu, c, engine_options());
+  ASSERT_TRUE(engine.chains());
+  constexpr int kSteps = 10;
+  auto sampled = [&](StepPlan plan) {
+    for (size_t s = 0; s < plan.seqs.size(); ++s) {
+      // One greedy sequence, one drawing with a seed.
+      plan.seqs[s].sampling = {.enabled = true, .temperature = s == 0 ? 0.0f : 1.0f,
+                               .top_p = 0.95f, .seed = 5 + s};
+    }
+    return plan;
+  };
+  std::vector<int32_t> fed;
+  StepPlan plan = sampled(prompts(hp.n_vocab, 1, 0));
+  for (int step = 0; step < kSteps; ++step) {
+    const StepOutput& out = engine.run(plan);
+    ASSERT_EQ(out.tokens.size(), 2u);
+    fed.insert(fed.end(), out.tokens.begin(), out.tokens.end());
+    advance(plan, out.tokens);
+  }
+
+  std::vector<int32_t> chained;
+  plan = sampled(prompts(hp.n_vocab, 3, 8));  // other sequences, other KV blocks
+  engine.submit(plan);
+  for (int step = 1; step < kSteps; ++step) {
+    advance(plan, {kChainedToken, kChainedToken});
+    engine.submit(plan);
+    const StepOutput& out = engine.collect();
+    ASSERT_EQ(out.tokens.size(), 2u);
+    chained.insert(chained.end(), out.tokens.begin(), out.tokens.end());
+  }
+  const StepOutput& last = engine.collect();
+  chained.insert(chained.end(), last.tokens.begin(), last.tokens.end());
+  EXPECT_EQ(chained, fed);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, CudaEngineSampling,
                          ::testing::Values("tests/fixtures/model_files/tiny_llama.gguf",
                                            "tests/fixtures/model_files/tiny_qwen2.gguf",

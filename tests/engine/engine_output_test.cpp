@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 
 #include "node/backend/cpu/cpu_backend.h"
 #include "node/engine/engine.h"
@@ -19,7 +20,7 @@ namespace {
 
 // The CPU backend plus sample_tokens: greedy rows get the argmax of their logits row, other
 // rows (seed * 1000 + draw) % n_vocab, so a test can see which row, seed and draw arrived.
-class SamplingCpuBackend final : public tsupport::ForwardingBackend {
+class SamplingCpuBackend : public tsupport::ForwardingBackend {
  public:
   std::vector<SampleRow> seen;  // every row sample_tokens was given
 
@@ -37,6 +38,41 @@ class SamplingCpuBackend final : public tsupport::ForwardingBackend {
               : static_cast<int32_t>((r.seed * 1000 + r.draw) % static_cast<uint64_t>(n_vocab));
     }
   }
+};
+
+// The stand-in plus asynchronous draws: a draw is computed at once and queued, and a batch
+// token -1 - i becomes id i of the last draw before the CPU backend sees the batch.
+class ChainingCpuBackend final : public SamplingCpuBackend {
+ public:
+  int taken = 0;  // draws taken
+
+  std::string_view name() const override { return "chaining-cpu"; }
+  bool can_chain() const override { return true; }
+  void sample_async(const float* logits, int64_t n_vocab,
+                    const std::vector<SampleRow>& rows) override {
+    ASSERT_LT(queued_.size(), 2u) << "at most two draws outstanding";
+    last_.assign(rows.size(), -1);
+    sample_tokens(logits, n_vocab, rows, last_.data());
+    queued_.push_back(last_);
+  }
+  void take_sampled(int32_t* tokens, size_t n) override {
+    ASSERT_FALSE(queued_.empty());
+    ASSERT_EQ(queued_.front().size(), n);
+    std::copy(queued_.front().begin(), queued_.front().end(), tokens);
+    queued_.pop_front();
+    ++taken;
+  }
+  void begin_step(const BatchMeta& batch) override {
+    BatchMeta b = batch;
+    for (int32_t& t : b.tokens) {
+      if (t < 0) t = last_.at(static_cast<size_t>(-1 - t));
+    }
+    SamplingCpuBackend::begin_step(b);
+  }
+
+ private:
+  std::vector<int32_t> last_;
+  std::deque<std::vector<int32_t>> queued_;
 };
 
 EngineOptions small_options() {
@@ -117,6 +153,69 @@ TEST(EngineOutput, SampledRowsComeBackAsTokensAndTheRestAsLogits) {
   ASSERT_EQ(out2.tokens.size(), 1u);
   EXPECT_TRUE(out2.logits.empty());
   EXPECT_EQ(out2.tokens[0], static_cast<int32_t>((3 * 1000 + 6) % V));
+}
+
+// Two sequences decoding greedily, each step submitted before the one before it is
+// collected and taking its tokens from that step's draw (kChainedToken): the same tokens as
+// steps run one at a time with the tokens passed from the host.
+TEST(EngineOutput, ChainedStepsGiveTheTokensOfStepsFedFromTheHost) {
+  auto file = ModelFile::open(tiny_llama());
+  const HParams& hp = file->hparams();
+  FileWeightSource src(*file), ref_src(*file);
+  ChainingCpuBackend backend;
+  SamplingCpuBackend ref_backend;
+  SingleRankCollective c1, c2;
+  Engine engine(hp, src, backend, c1, small_options());
+  Engine reference(hp, ref_src, ref_backend, c2, small_options());
+  ASSERT_TRUE(engine.chains());
+  ASSERT_FALSE(reference.chains());
+
+  StepPlan prompt;
+  SeqStep a{.seq_id = 1, .n_past = 0, .tokens = {5, 9, 2}, .blocks = {0}, .want_logits = true};
+  SeqStep b{.seq_id = 2, .n_past = 0, .tokens = {7, 1}, .blocks = {1}, .want_logits = true};
+  a.sampling = b.sampling = {.enabled = true, .temperature = 0.0f};
+  prompt.seqs = {a, b};
+  constexpr int kSteps = 6;
+
+  // The reference: one step at a time, tokens from the host.
+  std::vector<std::vector<int32_t>> want;
+  StepPlan plan = prompt;
+  for (int i = 0; i <= kSteps; ++i) {
+    const StepOutput& out = reference.run(plan);
+    ASSERT_EQ(out.tokens.size(), 2u);
+    want.push_back(out.tokens);
+    for (size_t k = 0; k < 2; ++k) {
+      plan.seqs[k].n_past += static_cast<int32_t>(plan.seqs[k].tokens.size());
+      plan.seqs[k].tokens = {out.tokens[k]};
+    }
+  }
+
+  // Chained: step i + 1 is submitted before step i is collected.
+  engine.submit(prompt);
+  StepPlan chained = prompt;
+  std::vector<std::vector<int32_t>> got;
+  for (int i = 1; i <= kSteps; ++i) {
+    for (size_t k = 0; k < 2; ++k) {
+      chained.seqs[k].n_past = static_cast<int32_t>(prompt.seqs[k].tokens.size()) + i - 1;
+      chained.seqs[k].tokens = {kChainedToken};
+    }
+    engine.submit(chained);
+    if (i == 1) EXPECT_THROW(engine.submit(chained), Error) << "a third uncollected step";
+    got.push_back(engine.collect().tokens);
+  }
+  got.push_back(engine.collect().tokens);
+  EXPECT_THROW(engine.collect(), Error) << "nothing submitted";
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(backend.taken, kSteps + 1);
+
+  // A chained token needs a draw for its sequence in the previous submitted step.
+  StepPlan other = chained;
+  other.seqs[0].seq_id = 3;
+  other.seqs[0].blocks = {2};
+  other.seqs.resize(1);
+  EXPECT_THROW(engine.submit(other), Error);
+  // And an engine that cannot chain refuses chained tokens.
+  EXPECT_THROW(reference.submit(chained), Error);
 }
 
 // A plan asking for device sampling on a backend that cannot sample gets logits for every

@@ -28,6 +28,7 @@
 #include "kernels/cuda/synth.h"
 #include "kernels/cpu/rope.h"
 #include "node/backend/cuda/device_memory.h"
+#include "node/backend/cuda/sample_queue.h"
 #include "node/backend/cuda/step_upload.h"
 
 namespace tpnode {
@@ -124,6 +125,9 @@ class CudaBackend final : public Backend {
   void graph_capture_end() override;
 
   bool can_sample() const override { return true; }
+  bool can_chain() const override { return true; }
+  void sample_async(const float* logits, int64_t n_vocab, const std::vector<SampleRow>& rows) override;
+  void take_sampled(int32_t* tokens, size_t n) override;
   void sample_tokens(const float* logits, int64_t n_vocab, const std::vector<SampleRow>& rows,
                      int32_t* tokens) override;
   void argmax_rows(const float* logits, int64_t n_vocab, const std::vector<int32_t>& rows,
@@ -222,6 +226,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<kc::DeviceMemory> mem_;  // first in, last out: frees every buffer
   std::unique_ptr<Scratches> scratch_;
   std::unique_ptr<kc::StepUploader> uploader_;
+  std::unique_ptr<kc::SampleQueue> draws_;  // sample_tokens / sample_async
   std::unique_ptr<kc::GemmLt> gemm_;
   uint64_t bf16_copy_bytes_ = 0;
   int64_t max_cols_ = 0;
@@ -318,6 +323,9 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   scratch_ = std::make_unique<Scratches>(*mem_);
   uploader_ = std::make_unique<kc::StepUploader>(*mem_, stream_);
   uploader_->reserve(static_cast<size_t>(options.max_batch_tokens) * 16 + 65536);
+  // A step draws for at most one row per sequence, and has at most max_batch_tokens of them.
+  draws_ = std::make_unique<kc::SampleQueue>(
+      *mem_, stream_, static_cast<size_t>(std::max<int64_t>(options.max_batch_tokens, 1)));
   gemm_ = std::make_unique<kc::GemmLt>(mem_->alloc(kGemmWorkspaceBytes, "cuBLASLt workspace"),
                                        kGemmWorkspaceBytes, options.gemm_autotune_max_rows);
   if (options.gemv_stream && prop_.major >= 9) kc::gemv_stream_init();  // outside any capture
@@ -365,6 +373,7 @@ CudaBackend::~CudaBackend() {
   if (stream_) cudaStreamSynchronize(stream_);
   for (DecodeGraph& g : graphs_) cudaGraphExecDestroy(g.exec);
   gemm_.reset();
+  draws_.reset();
   uploader_.reset();
   scratch_.reset();
   mem_.reset();
@@ -642,8 +651,12 @@ void CudaBackend::begin_step(const BatchMeta& b) {
 }
 
 void CudaBackend::embed(const Weight& table, float* x) {
-  kc::gather_weight_rows(
-      {.table = view(table), .ids = step_.tokens, .n = step_.n_tokens, .out = x}, stream_);
+  kc::gather_weight_rows({.table = view(table),
+                          .ids = step_.tokens,
+                          .chained = draws_->device_ids(),
+                          .n = step_.n_tokens,
+                          .out = x},
+                         stream_);
   wrote(x, step_.n_tokens * table.cols * sizeof(float));
 }
 
@@ -1239,8 +1252,24 @@ void CudaBackend::graph_capture_end() {
 
 void CudaBackend::sample_tokens(const float* logits, int64_t n_vocab,
                                 const std::vector<SampleRow>& rows, int32_t* tokens) {
-  run_sampling(logits, n_vocab, rows, tokens, nullptr);
+  TPNODE_CHECK(draws_->outstanding() == 0,
+               "sample_tokens: asynchronous draws are outstanding (take them first)");
+  if (rows.empty()) return;
+  if (rows.size() > draws_->max_rows()) {
+    // More rows than a step of this backend carries (direct calls): buffers of their own.
+    run_sampling(logits, n_vocab, rows, tokens, nullptr);
+    return;
+  }
+  draws_->push(logits, n_vocab, rows);
+  draws_->take(tokens, rows.size());
 }
+
+void CudaBackend::sample_async(const float* logits, int64_t n_vocab,
+                               const std::vector<SampleRow>& rows) {
+  draws_->push(logits, n_vocab, rows);
+}
+
+void CudaBackend::take_sampled(int32_t* tokens, size_t n) { draws_->take(tokens, n); }
 
 void CudaBackend::argmax_rows(const float* logits, int64_t n_vocab,
                               const std::vector<int32_t>& rows, float* best, int32_t* ids) {
