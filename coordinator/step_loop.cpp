@@ -96,10 +96,11 @@ void StepLoop::run() {
     incoming.clear();
 
     StepPlan plan = scheduler_.plan(Clock::now());
-    if (!plan.seqs.empty()) run_steps(std::move(plan));
+    const bool idle = plan.seqs.empty();
+    if (!idle) run_steps(std::move(plan));
     std::unique_lock lock(mu_);
     publish_stats_locked();
-    if (plan.seqs.empty() && scheduler_.has_work()) {
+    if (idle && scheduler_.has_work()) {
       // Nothing could run although requests wait (cannot happen with a consistent KV
       // budget); sleep briefly rather than spin.
       cv_.wait_for(lock, std::chrono::milliseconds(5));
