@@ -200,7 +200,9 @@ TEST(EngineOutput, ChainedStepsGiveTheTokensOfStepsFedFromTheHost) {
       chained.seqs[k].tokens = {kChainedToken};
     }
     engine.submit(chained);
-    if (i == 1) EXPECT_THROW(engine.submit(chained), Error) << "a third uncollected step";
+    if (i == 1) {
+      EXPECT_THROW(engine.submit(chained), Error) << "a third uncollected step";
+    }
     got.push_back(engine.collect().tokens);
   }
   got.push_back(engine.collect().tokens);
