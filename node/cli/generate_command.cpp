@@ -27,6 +27,7 @@ struct GenerateOptions {
   std::string logits_out;  // every sampled step's logits, float32, for comparisons
   std::string tokens_out;  // generated token ids, one per line
   bool host_sampling = false;  // sample on the host even when the backend can
+  bool overlap = true;         // queue each decode step before reading the last one's token
   SamplingParams sampling;
 };
 
@@ -77,6 +78,12 @@ int run_generate(const GenerateOptions& o) {
   // Prefill in chunks of the step budget; only the last chunk's logits are needed.
   const int64_t chunk = engine.options().max_batch_tokens;
   std::vector<int32_t> pending(tokens.begin(), tokens.end());
+  // Tokens drawn on the device can feed the next step there (kChainedToken): that step is
+  // queued before this one's token is read, so the GPU does not wait for the host.
+  const DeviceSampling device =
+      !logits_file && !o.host_sampling ? device_sampling_for(o.sampling) : DeviceSampling{};
+  const bool chain = o.overlap && device.enabled && rt->executor->chains();
+  bool queued = false;  // this iteration's step went in as the last one's chained successor
   while (true) {
     const int64_t take = std::min<int64_t>(chunk, static_cast<int64_t>(pending.size()));
     plan.step += 1;
@@ -88,15 +95,30 @@ int run_generate(const GenerateOptions& o) {
     s.blocks = kv.table(kSeq);
     s.want_logits = take == static_cast<int64_t>(pending.size());
     // Sampled where the logits are when the engine can, unless the logits are wanted.
-    if (s.want_logits && !logits_file && !o.host_sampling) {
-      s.sampling = device_sampling_for(o.sampling);
+    if (s.want_logits) s.sampling = device;
+    if (!queued) rt->executor->submit(plan);
+    // The next step goes in now when this step's token will be used and so would the next's;
+    // if this token ends the text, the queued step is collected and dropped.
+    queued = chain && s.want_logits && n_gen + 1 < o.n_predict && n_past + take + 1 < n_total;
+    if (queued) {
+      StepPlan next = plan;
+      next.step += 1;
+      next.seqs[0].n_past = static_cast<int32_t>(n_past + take);
+      next.seqs[0].tokens = {kChainedToken};
+      rt->executor->submit(next);
     }
-    const StepOutput& out = rt->executor->run(plan);
+    const StepOutput& out = rt->executor->collect();
     n_past += take;
     pending.erase(pending.begin(), pending.begin() + take);
     if (!pending.empty()) continue;
     if (n_gen == 0) prompt_s = seconds_since(t0);
-    if (n_gen >= o.n_predict || n_past >= n_total) break;
+    auto drop_queued = [&] {
+      if (queued) rt->executor->collect();
+    };
+    if (n_gen >= o.n_predict || n_past >= n_total) {
+      drop_queued();
+      break;
+    }
 
     if (logits_file) {
       logits_file.write(reinterpret_cast<const char*>(out.logits.data()),
@@ -106,7 +128,10 @@ int run_generate(const GenerateOptions& o) {
     tokens.push_back(next);
     ++n_gen;
     if (tokens_file) tokens_file << next << '\n';
-    if (!o.ignore_eos && tok.is_eog(next)) break;
+    if (!o.ignore_eos && tok.is_eog(next)) {
+      drop_queued();
+      break;
+    }
     const std::string piece = o.show_special ? tok.token_to_piece(next, true) : decoder.push(next);
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
@@ -156,6 +181,9 @@ const RegisterCommand kRegister{Command{
                    "sample on the host even when the backend can sample on the device (a "
                    "seeded run then matches the CPU backend's tokens)");
       app.add_flag("--ignore-eos", o->ignore_eos, "keep generating past end-of-generation");
+      app.add_flag("!--no-overlap", o->overlap,
+                   "read each token before queueing the next step (by default, with tokens "
+                   "drawn on one GPU, the next step is queued first and takes it there)");
       app.add_flag("--special", o->show_special, "print control tokens");
       app.add_option("--logits-out", o->logits_out, "write each sampled step's logits (f32)");
       app.add_option("--tokens-out", o->tokens_out, "write generated token ids");
