@@ -201,14 +201,19 @@ StepPlan Scheduler::plan_ahead(Clock::time_point now) {
   // Requests that could start now go through plan() instead.
   if (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_seqs) return plan;
   const std::vector<Planned>& current = in_flight_.front().planned;
+  const auto is_running = [](const Sequence& s) { return s.state == Sequence::State::kRunning; };
+  // A running sequence left out of the current step needs plan().
+  const auto n_running = std::count_if(running_.begin(), running_.end(),
+                                       [&](const auto& s) { return is_running(*s); });
+  const auto n_current = std::count_if(current.begin(), current.end(),
+                                       [&](const Planned& p) { return is_running(*p.seq); });
+  if (n_current != n_running) return plan;
   std::vector<Planned> ahead;
-  for (const auto& owned : running_) {
-    Sequence& s = *owned;
-    if (s.state != Sequence::State::kRunning) continue;
-    const auto it = std::find_if(current.begin(), current.end(),
-                                 [&](const Planned& p) { return p.seq == &s; });
-    // A sequence left out of the current step, or still in its prompt after it, needs plan().
-    if (it == current.end() || s.n_computed + it->n_new != s.n_tokens()) return {};
+  for (const Planned& p : current) {
+    Sequence& s = *p.seq;
+    if (!is_running(s)) continue;
+    // Still in its prompt after the current step: its next chunk needs plan().
+    if (s.n_computed + p.n_new != s.n_tokens()) return {};
     const DeviceSampling sampling = device_sampling_for(s.request().sampling);
     if (!sampling.enabled) return {};
     const GenerationRequest& req = s.request();

@@ -392,7 +392,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
   }
   top = block_max(top, sh);
   const uint32_t argmax = kAllIds - static_cast<uint32_t>(top);
-  if (!(rp.temperature > 0.0f) || rp.top_k == 1) {
+  if (greedy_row(rp.temperature, rp.top_k)) {
     if (threadIdx.x == 0) {
       p.tokens[blockIdx.x] = static_cast<int32_t>(argmax);
       if (p.best != nullptr) p.best[blockIdx.x] = r.x[argmax];

@@ -41,6 +41,11 @@ struct SampleRowParams {
 };
 static_assert(sizeof(SampleRowParams) == 40, "SampleRowParams is copied to the device as is");
 
+// A row whose draw is its argmax: temperature <= 0 (or NaN), or top_k == 1.
+__host__ __device__ inline bool greedy_row(float temperature, int32_t top_k) {
+  return !(temperature > 0.0f) || top_k == 1;
+}
+
 // Greedy rows split over up to this many CTAs each (SampleParams::partials).
 inline constexpr int kSampleMaxSplits = 32;
 

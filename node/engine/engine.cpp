@@ -82,10 +82,9 @@ struct Engine::Impl {
   std::deque<Pending> pending;
   // The last submitted step's draw: (seq_id, index in the draw) of each sequence it drew for.
   std::vector<std::pair<uint64_t, int32_t>> last_draw;
-  std::vector<int32_t> drawn;       // a taken draw's ids
+  std::vector<int32_t> drawn;       // a draw's ids, as the backend returned them
   std::vector<SampleRow> sample_rows;  // rows sampled on the device this step
   std::vector<size_t> sampled_at;      // their output rows
-  std::vector<int32_t> sampled;        // their tokens
   std::vector<int64_t> host_rows;      // LM head rows returned as logits
   // Tensor parallel greedy rows: each rank sends its best (logit, id) per row, not its logits.
   std::vector<int64_t> greedy_rows;    // their LM head rows
@@ -100,6 +99,8 @@ struct Engine::Impl {
   // Tokens of the greedy rows: every rank's best logit of its vocabulary slice, gathered
   // on rank 0 (ties to the lowest id, as the host sampler's argmax).
   void tp_greedy(int64_t vocab0, int64_t vocab, StepOutput& out, int64_t n_out);
+  // Puts the ids in `drawn` at their output rows `at` of out.tokens, checking each.
+  void place_drawn(const std::vector<size_t>& at, int64_t vocab, StepOutput& out) const;
   // A KV block outside the scheduler's range: padding sequences of graph steps write and
   // read there. -1 when the backend runs no graphs.
   int32_t pad_block = -1;
@@ -526,6 +527,10 @@ void Engine::submit(const StepPlan& plan) {
            .seed = s.sampling.seed,
            .draw = static_cast<uint64_t>(s.n_past) + static_cast<uint64_t>(s.tokens.size())});
       m.sampled_at.push_back(row);
+      // What a chained token of the next step names (the draw's order is this one).
+      if (chains()) {
+        m.last_draw.emplace_back(s.seq_id, static_cast<int32_t>(m.sample_rows.size() - 1));
+      }
     } else if (m.c.size() > 1 && s.sampling.enabled && s.sampling.temperature <= 0.0f) {
       m.greedy_rows.push_back(lm_row);
       m.greedy_at.push_back(row);
@@ -541,22 +546,10 @@ void Engine::submit(const StepPlan& plan) {
       // The ids arrive in collect(); the next step may read them on the device.
       b.sample_async(m.s.logits, Vl, m.sample_rows);
       p.drawn_at = m.sampled_at;
-      size_t k = 0;
-      for (const SeqStep& s : plan.seqs) {
-        if (s.want_logits && s.sampling.enabled) {
-          m.last_draw.emplace_back(s.seq_id, static_cast<int32_t>(k++));
-        }
-      }
     } else {
-      m.sampled.resize(m.sample_rows.size());
-      b.sample_tokens(m.s.logits, Vl, m.sample_rows, m.sampled.data());
-      for (size_t k = 0; k < m.sampled.size(); ++k) {
-        const int32_t tok = m.sampled[k];
-        TPNODE_CHECK_KIND(tok >= 0 && tok < V, ErrorKind::kRuntime,
-                          "device sampling returned token {} outside the vocabulary of {}", tok,
-                          V);
-        out.tokens[m.sampled_at[k]] = tok;
-      }
+      m.drawn.resize(m.sample_rows.size());
+      b.sample_tokens(m.s.logits, Vl, m.sample_rows, m.drawn.data());
+      m.place_drawn(m.sampled_at, V, out);
     }
   }
 
@@ -596,6 +589,16 @@ void Engine::submit(const StepPlan& plan) {
   m.pending.push_back(std::move(p));
 }
 
+void Engine::Impl::place_drawn(const std::vector<size_t>& at, int64_t vocab,
+                               StepOutput& out) const {
+  for (size_t k = 0; k < at.size(); ++k) {
+    const int32_t tok = drawn[k];
+    TPNODE_CHECK_KIND(tok >= 0 && tok < vocab, ErrorKind::kRuntime,
+                      "device sampling returned token {} outside the vocabulary of {}", tok, vocab);
+    out.tokens[at[k]] = tok;
+  }
+}
+
 const StepOutput& Engine::collect() {
   Impl& m = *impl_;
   TPNODE_CHECK(!m.pending.empty(), "collect: no submitted step");
@@ -604,13 +607,7 @@ const StepOutput& Engine::collect() {
   if (!p.drawn_at.empty()) {
     m.drawn.resize(p.drawn_at.size());
     m.b.take_sampled(m.drawn.data(), m.drawn.size());
-    for (size_t k = 0; k < m.drawn.size(); ++k) {
-      const int32_t tok = m.drawn[k];
-      TPNODE_CHECK_KIND(tok >= 0 && tok < hp_.n_vocab, ErrorKind::kRuntime,
-                        "device sampling returned token {} outside the vocabulary of {}", tok,
-                        hp_.n_vocab);
-      p.out.tokens[p.drawn_at[k]] = tok;
-    }
+    m.place_drawn(p.drawn_at, hp_.n_vocab, p.out);
   }
   m.out = std::move(p.out);
   return p.root ? m.out : m.none;

@@ -1294,17 +1294,7 @@ void CudaBackend::run_sampling(const float* logits, int64_t n_vocab,
     sampled_best_ = static_cast<float*>(mem_->alloc(sample_capacity_ * sizeof(float), "greedy logits"));
   }
   std::vector<kc::SampleRowParams> host(rows.size());
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const SampleRow& r = rows[i];
-    host[i] = {.logit_row = r.logit_row,
-               .temperature = r.temperature,
-               .top_k = r.top_k,
-               .top_p = r.top_p,
-               .min_p = r.min_p,
-               .pad = 0,
-               .seed = r.seed,
-               .draw = r.draw};
-  }
+  std::transform(rows.begin(), rows.end(), host.begin(), kc::device_row);
   // From pageable memory: the copy has left `host` when cudaMemcpyAsync returns.
   TPNODE_CUDA_CHECK(cudaMemcpyAsync(sample_params_, host.data(),
                                     host.size() * sizeof(kc::SampleRowParams),

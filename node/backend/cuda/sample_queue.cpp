@@ -7,6 +7,17 @@
 
 namespace tpnode::cuda {
 
+SampleRowParams device_row(const ::tpnode::SampleRow& r) {
+  return {.logit_row = r.logit_row,
+          .temperature = r.temperature,
+          .top_k = r.top_k,
+          .top_p = r.top_p,
+          .min_p = r.min_p,
+          .pad = 0,
+          .seed = r.seed,
+          .draw = r.draw};
+}
+
 SampleQueue::SampleQueue(DeviceMemory& mem, cudaStream_t stream, size_t max_rows)
     : mem_(mem), stream_(stream), max_rows_(max_rows) {
   params_ = static_cast<SampleRowParams*>(
@@ -45,22 +56,12 @@ void SampleQueue::push(const float* logits, int64_t n_vocab,
                rows.size(), max_rows_);
   Slot& s = slots_[next_push_];
   // The slot's last draw was taken (outstanding < 2), so its copies have completed.
+  bool all_greedy = true;
   for (size_t i = 0; i < rows.size(); ++i) {
-    const ::tpnode::SampleRow& r = rows[i];
-    s.params[i] = {.logit_row = r.logit_row,
-                   .temperature = r.temperature,
-                   .top_k = r.top_k,
-                   .top_p = r.top_p,
-                   .min_p = r.min_p,
-                   .pad = 0,
-                   .seed = r.seed,
-                   .draw = r.draw};
+    s.params[i] = device_row(rows[i]);
+    all_greedy = all_greedy && greedy_row(rows[i].temperature, rows[i].top_k);
   }
   s.n = rows.size();
-  bool all_greedy = true;
-  for (const ::tpnode::SampleRow& r : rows) {
-    all_greedy = all_greedy && (!(r.temperature > 0.0f) || r.top_k == 1);
-  }
   TPNODE_CUDA_CHECK(cudaMemcpyAsync(params_, s.params, s.n * sizeof(SampleRowParams),
                                     cudaMemcpyHostToDevice, stream_));
   sample_tokens({.logits = logits,

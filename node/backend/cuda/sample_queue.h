@@ -16,6 +16,9 @@
 
 namespace tpnode::cuda {
 
+// The device form of a row of draws.
+SampleRowParams device_row(const ::tpnode::SampleRow& r);
+
 class SampleQueue {
  public:
   // Draws of up to max_rows rows; the device buffers are allocated here, once.
