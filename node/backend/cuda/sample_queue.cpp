@@ -1,6 +1,7 @@
 #include "node/backend/cuda/sample_queue.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "kernels/cuda/cuda_check.h"
 #include "node/common/error.h"
@@ -8,6 +9,11 @@
 namespace tpnode::cuda {
 
 SampleRowParams device_row(const ::tpnode::SampleRow& r) {
+  // A greedy row's draw reads nothing but these three, so greedy steps in a row have the same
+  // parameters (SampleQueue then skips their upload).
+  if (greedy_row(r.temperature, r.top_k)) {
+    return {.logit_row = r.logit_row, .temperature = r.temperature, .top_k = r.top_k};
+  }
   return {.logit_row = r.logit_row,
           .temperature = r.temperature,
           .top_k = r.top_k,
@@ -28,6 +34,9 @@ SampleQueue::SampleQueue(DeviceMemory& mem, cudaStream_t stream, size_t max_rows
       max_rows_ * kSampleMaxSplits * sizeof(unsigned long long), "split argmax partials"));
   counters_ = static_cast<unsigned*>(mem_.alloc(max_rows_ * sizeof(unsigned), "split argmax tickets"));
   TPNODE_CUDA_CHECK(cudaMemsetAsync(counters_, 0, max_rows_ * sizeof(unsigned), stream_));
+  TPNODE_CUDA_CHECK(cudaStreamCreateWithFlags(&copies_, cudaStreamNonBlocking));
+  TPNODE_CUDA_CHECK(cudaEventCreateWithFlags(&drawn_, cudaEventDisableTiming));
+  on_device_.reserve(max_rows_);
   for (Slot& s : slots_) {
     TPNODE_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&s.params),
                                      max_rows_ * sizeof(SampleRowParams)));
@@ -43,6 +52,8 @@ SampleQueue::~SampleQueue() {
     if (s.ids) cudaFreeHost(s.ids);
     if (s.done) cudaEventDestroy(s.done);
   }
+  if (drawn_) cudaEventDestroy(drawn_);
+  if (copies_) cudaStreamDestroy(copies_);
   mem_.free(params_);
   mem_.free(ids_);
   mem_.free(partials_);
@@ -62,8 +73,16 @@ void SampleQueue::push(const float* logits, int64_t n_vocab,
     all_greedy = all_greedy && greedy_row(rows[i].temperature, rows[i].top_k);
   }
   s.n = rows.size();
-  TPNODE_CUDA_CHECK(cudaMemcpyAsync(params_, s.params, s.n * sizeof(SampleRowParams),
-                                    cudaMemcpyHostToDevice, stream_));
+  // The device keeps the last parameters: a draw with the same ones (greedy decode steps)
+  // uploads nothing.
+  if (on_device_.size() != s.n ||
+      std::memcmp(on_device_.data(), s.params, s.n * sizeof(SampleRowParams)) != 0) {
+    TPNODE_CUDA_CHECK(cudaMemcpyAsync(params_, s.params, s.n * sizeof(SampleRowParams),
+                                      cudaMemcpyHostToDevice, stream_));
+    on_device_.assign(s.params, s.params + s.n);
+  }
+  // The last draw's ids must have left ids_ before this one overwrites them.
+  if (pushed_) TPNODE_CUDA_CHECK(cudaStreamWaitEvent(stream_, slots_[next_push_ ^ 1].done, 0));
   sample_tokens({.logits = logits,
                  .n_vocab = n_vocab,
                  .rows = params_,
@@ -74,9 +93,14 @@ void SampleQueue::push(const float* logits, int64_t n_vocab,
                  .partials = partials_,
                  .counters = counters_},
                 stream_);
+  // The ids come down on a stream of their own, so the next step (queued behind this draw on
+  // the main stream) need not wait for the copy.
+  TPNODE_CUDA_CHECK(cudaEventRecord(drawn_, stream_));
+  TPNODE_CUDA_CHECK(cudaStreamWaitEvent(copies_, drawn_, 0));
   TPNODE_CUDA_CHECK(
-      cudaMemcpyAsync(s.ids, ids_, s.n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
-  TPNODE_CUDA_CHECK(cudaEventRecord(s.done, stream_));
+      cudaMemcpyAsync(s.ids, ids_, s.n * sizeof(int32_t), cudaMemcpyDeviceToHost, copies_));
+  TPNODE_CUDA_CHECK(cudaEventRecord(s.done, copies_));
+  pushed_ = true;
   next_push_ ^= 1;
   ++outstanding_;
 }
