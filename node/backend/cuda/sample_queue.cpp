@@ -81,8 +81,9 @@ void SampleQueue::push(const float* logits, int64_t n_vocab,
                                       cudaMemcpyHostToDevice, stream_));
     on_device_.assign(s.params, s.params + s.n);
   }
-  // The last draw's ids must have left ids_ before this one overwrites them.
-  if (pushed_) TPNODE_CUDA_CHECK(cudaStreamWaitEvent(stream_, slots_[next_push_ ^ 1].done, 0));
+  // The last draw's ids must have left ids_ before this one overwrites them (before any draw,
+  // the event was never recorded and the wait passes at once).
+  TPNODE_CUDA_CHECK(cudaStreamWaitEvent(stream_, slots_[next_push_ ^ 1].done, 0));
   sample_tokens({.logits = logits,
                  .n_vocab = n_vocab,
                  .rows = params_,
@@ -100,7 +101,6 @@ void SampleQueue::push(const float* logits, int64_t n_vocab,
   TPNODE_CUDA_CHECK(
       cudaMemcpyAsync(s.ids, ids_, s.n * sizeof(int32_t), cudaMemcpyDeviceToHost, copies_));
   TPNODE_CUDA_CHECK(cudaEventRecord(s.done, copies_));
-  pushed_ = true;
   next_push_ ^= 1;
   ++outstanding_;
 }

@@ -1,7 +1,7 @@
 // Token draws that run behind the host: the sampling kernel's parameters go up from pinned
 // memory (only when they changed) and its ids come back to pinned memory on a stream of their
-// own, each draw in one of two slots with an event,
-// so the host can queue the next step before it reads a draw's ids. The device keeps the
+// own, each draw in one of two slots with an event, so the host can queue the next step
+// before it reads a draw's ids. The device keeps the
 // last draw's ids in one buffer at a fixed address, where the next step's embedding reads
 // chained tokens (graphs capture that address).
 #pragma once
@@ -55,7 +55,6 @@ class SampleQueue {
   cudaStream_t copies_ = nullptr;  // the ids' copies to the host
   cudaEvent_t drawn_ = nullptr;    // the last draw's kernel done (copies_ waits for it)
   std::vector<SampleRowParams> on_device_;  // what params_ holds
-  bool pushed_ = false;
   int next_push_ = 0;
   size_t outstanding_ = 0;
 };
