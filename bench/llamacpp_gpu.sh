@@ -247,7 +247,8 @@ summarise() {
 # at this script's points.
 compare() {
   local dir="$1"; shift
-  python3 "$PEER_TABLE" compare "$dir" --prefill "$PP" --batches "$NPL" --tg "$TG" "$@"
+  python3 "$PEER_TABLE" compare "$dir" --prefill "$PP" --batches "$NPL" --tg "$TG" \
+    --depth "$BB_PP" "$@"
 }
 
 # One llama-bench run: NAME, then extra arguments. Failures are reported, not fatal.
@@ -255,7 +256,8 @@ bench_one() {
   local name="$1"; shift
   local t0=$SECONDS
   echo "== llama-bench $name: $*"
-  if "${LLAMA_BENCH[@]}" -m "$GGUF" -ngl 99 -fa 1 -p "$PP" -n "$TG" -r 3 -o md -oe json "$@" \
+  if "${LLAMA_BENCH[@]}" -m "$GGUF" -ngl 99 -fa 1 -p "$PP" -n "$TG" -d "0,$BB_PP" -r 3 -o md \
+      -oe json "$@" \
       2> "$RAW/llama_bench_$name.json" | tee "$RAW/llama_bench_$name.md"; then
     echo "   ($((SECONDS - t0)) s)"
   else
@@ -284,13 +286,17 @@ batched_one() {
 # One `tpnode bench` on the GGUF llama.cpp read, at the same points: prefill lengths PP,
 # decode batches NPL after BB_PP tokens of context, BB_TG timed steps (llama-batched-bench's
 # -npp and -ntg). NAME, then the launcher words (none, or mpirun ... -np N). The output goes to
-# $RAW/tpnode_NAME.log; failures are reported, not fatal (the table shows "-").
+# $RAW/tpnode_NAME.log; failures are reported, not fatal (the table shows "-"). With NAME
+# ending in _d0, llama-bench's tg point instead: batch 1 from an empty context (one token),
+# TG steps.
 tpnode_one() {
   local name="$1"; shift
   local log="$RAW/tpnode_$name.log" t0=$SECONDS extra=()
   read -ra extra <<< "${TPNODE_BENCH_ARGS:-}"
-  local cmd=("$@" "$TPNODE" bench -m "$GGUF" --backend "$TPNODE_BACKEND" --batches "$NPL"
-             --prefill "$PP" --context "$BB_PP" --decode-steps "$BB_TG" --reps "$TPNODE_REPS"
+  local points=(--batches "$NPL" --prefill "$PP" --context "$BB_PP" --decode-steps "$BB_TG"
+                --reps "$TPNODE_REPS")
+  [[ $name != *_d0 ]] || points=(--batches 1 --prefill 16 --context 1 --decode-steps "$TG" --reps 1)
+  local cmd=("$@" "$TPNODE" bench -m "$GGUF" --backend "$TPNODE_BACKEND" "${points[@]}"
              --greedy-tokens "${extra[@]}")
   echo "== tpnode $name: ${cmd[*]}"
   echo "# command: ${cmd[*]}" > "$log"
@@ -347,7 +353,10 @@ run() {
   local gpu0="${gpus[0]}"
   CUDA_VISIBLE_DEVICES="$gpu0" bench_one 1gpu
   CUDA_VISIBLE_DEVICES="$gpu0" batched_one 1gpu
-  [[ -z "$TPNODE" ]] || CUDA_VISIBLE_DEVICES="$gpu0" tpnode_one 1gpu
+  if [[ -n "$TPNODE" ]]; then
+    CUDA_VISIBLE_DEVICES="$gpu0" tpnode_one 1gpu
+    CUDA_VISIBLE_DEVICES="$gpu0" tpnode_one 1gpu_d0
+  fi
   if ((ngpu >= 2)); then
     local devs
     devs="$(IFS=,; echo "${gpus[*]:0:ngpu}")"

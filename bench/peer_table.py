@@ -5,9 +5,11 @@
                                   (llama_bench_<label>.json) and llama-batched-bench point
                                   (batched_<label>.log)
   peer_table.py compare RAWDIR [--single LABEL] [--prefill 512,2048] [--batches 1,8,32,64]
-                               [--tg 128]
+                               [--tg 128] [--depth 128]
                                   tpnode (tpnode_<label>.log: `tpnode bench` output) next to
-                                  llama.cpp measured in the same run, with the ratio
+                                  llama.cpp measured in the same run, with the ratio; at
+                                  batch 1 also against llama-bench's tg at the depth of
+                                  tpnode's --context (--depth), where llama-bench ran it (-d)
 
 compare prints one section for LABEL (default 1gpu) and one for each N >= 2 with raw files
 named <N>gpu_*: tpnode_<N>gpu_tp.log (tensor parallel under mpirun) against the fastest
@@ -62,12 +64,20 @@ def llama_bench_rows(path):
     return rows
 
 
+def test_name(kind, n, depth=0):
+    """llama-bench's name of a test: "pp512", "tg128", and at a depth "tg128 @ d128"."""
+    return f"{kind}{n}" + (f" @ d{depth}" if depth else "")
+
+
 def llama_bench_tests(path):
-    """{"pp512": (mean, sd), "tg128": (mean, sd)} from one llama-bench JSON file."""
+    """{"pp512": (mean, sd), "tg128": (mean, sd), "tg128 @ d128": ...} from one llama-bench
+    JSON file (the depth is the KV context filled before the test, -d)."""
     out = {}
     for r in llama_bench_rows(path):
         try:
-            test = f"pp{r['n_prompt']}" if r["n_gen"] == 0 else f"tg{r['n_gen']}"
+            depth = int(r.get("n_depth", 0) or 0)
+            test = (test_name("pp", r["n_prompt"], depth) if r["n_gen"] == 0
+                    else test_name("tg", r["n_gen"], depth))
             out[test] = (float(r["avg_ts"]), float(r.get("stddev_ts", 0.0)))
         except (KeyError, TypeError, ValueError):
             continue
@@ -157,8 +167,10 @@ def mode_note(mode):
 
 
 def compare_section(raw, title, tpnode_label, peer_labels, points):
-    prefills, batches, tg = points
+    prefills, batches, tg, depth = points
     tp_prefill, tp_decode, header = tpnode_points(os.path.join(raw, f"tpnode_{tpnode_label}.log"))
+    # tpnode at llama-bench's tg point (batch 1 from an empty context), where it was run.
+    _, tp_empty, _ = tpnode_points(os.path.join(raw, f"tpnode_{tpnode_label}_d0.log"))
     peer = Peer(raw, peer_labels)
     print(f"\n## {title}\n")
     for line in header:
@@ -179,11 +191,19 @@ def compare_section(raw, title, tpnode_label, peer_labels, points):
                 else f"llama-batched-bench S_TG, B={b}")
         print(f"| decode batch {b} | {num(mine)} | {num(s_tg)} ({what}{mode_note(mode)}) "
               f"| {ratio(mine, s_tg)} |")
-        if b == 1:
-            mean, sd, mode = peer.bench.get(f"tg{tg}", (None, None, ""))
+        if b != 1:
+            continue
+        for d in sorted({0, depth}):
+            test = test_name("tg", tg, d)
+            mean, sd, mode = peer.bench.get(test, (None, None, ""))
+            if mean is None and d:
+                continue  # llama-bench ran no test at that depth (no -d)
             theirs = f"{num(mean)} ± {num(sd)}" if mean is not None else "-"
-            print(f"| decode batch 1 | {num(mine)} | {theirs} (llama-bench tg{tg}{mode_note(mode)}) "
-                  f"| {ratio(mine, mean)} |")
+            ours, phase = mine, "decode batch 1"
+            if d == 0 and 1 in tp_empty:
+                ours, phase = tp_empty[1], "decode batch 1, empty context"
+            print(f"| {phase} | {num(ours)} | {theirs} (llama-bench {test}{mode_note(mode)}) "
+                  f"| {ratio(ours, mean)} |")
 
 
 def int_list(s):
@@ -192,19 +212,22 @@ def int_list(s):
 
 def compare(args):
     raw = args[0] if args else "."
-    opts = {"--single": "1gpu", "--prefill": "512,2048", "--batches": "1,8,32,64", "--tg": "128"}
+    opts = {"--single": "1gpu", "--prefill": "512,2048", "--batches": "1,8,32,64", "--tg": "128",
+            "--depth": "128"}
     rest = args[1:]
     for flag, value in zip(rest[::2], rest[1::2]):
         if flag not in opts:
             sys.exit(f"peer_table.py compare: unknown option {flag} (expected {', '.join(opts)})")
         opts[flag] = value
-    points = (int_list(opts["--prefill"]), int_list(opts["--batches"]), int(opts["--tg"]))
+    points = (int_list(opts["--prefill"]), int_list(opts["--batches"]), int(opts["--tg"]),
+              int(opts["--depth"]))
     single = opts["--single"]
     print("\n# tpnode against llama.cpp, same GGUF, same machine, same run\n")
     print("tok/s: tpnode prefill is the best of its repetitions, llama-bench the mean ± sd of 3 "
           "runs; decode compares one step of B sequences (tpnode --context and --decode-steps "
           "as llama-batched-bench's -npp and -ntg) and, for B=1, llama-bench's tg from an "
-          "empty context.")
+          "empty context (against tpnode from one token of context where that was run, "
+          "tpnode_<label>_d0.log) and, where it ran one, at the depth of tpnode's context (-d).")
     compare_section(raw, f"{single}: tpnode against llama.cpp", single, [single], points)
     sizes = set()
     for path in glob.glob(os.path.join(raw, "*_*gpu_*.*")):
