@@ -633,6 +633,12 @@ DecodeSplit plan_decode_split(const DecodeShape& s) {
   const bool whole = s.mma && r.mma_warps == kDecodeMmaWholeWarps;
   const int64_t target = (whole ? 1 : 2) * static_cast<int64_t>(std::max(s.n_sms, 1));
   if (ctas >= target) return r;
+  // At batch 1 a whole CTA takes a second round of keys behind the first (its warps' rings
+  // hold two tiles) rather than a split whose cluster merge costs more, while that round is
+  // at most half full (on an H200, Llama-3-8B batch 1, tables of 208 keys: 1.825 ms per step
+  // unsplit against 1.866 in two splits; of 272: 1.851 against 1.865; of 372, 301-364 keys
+  // used: 1.885 against 1.862, and batch 2 of 208: 3.548 against 3.495; docs/BENCHMARKS.md).
+  if (whole && s.n == 1 && 2 * max_keys <= 3 * stage) return r;
   const int cap = s.max_splits > 0 ? std::min(s.max_splits, kDecodeMaxSplits) : kDecodeMaxSplits;
   // Splits of `min_len` or more keys, at most `most` of them.
   auto split_by = [&](int64_t min_len, int64_t most) {

@@ -22,6 +22,7 @@
 #include <numeric>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/decode_attention_mma.h"
@@ -994,7 +995,8 @@ TEST(DecodeSplitPlan, NarrowTensorCoreCtasForGridsOverOneWave) {
 }
 
 // Grids of at most one CTA per eight SMs (batches 1-2 of Llama-3-8B's 8 KV heads on 132 SMs)
-// take twelve-warp CTAs, whose rounds of 192 keys leave short contexts unsplit.
+// take twelve-warp CTAs, whose rounds of 192 keys leave short contexts unsplit: at batch 1 up
+// to a round and a half (288 keys).
 TEST(DecodeSplitPlan, WholeTensorCoreCtasForGridsOfAFewTokens) {
   auto plan = [](int64_t n, int64_t keys, int warps = 0) {
     return kc::plan_decode_split({.n = n, .n_head = 32, .n_head_kv = 8, .head_dim = 128,
@@ -1007,11 +1009,19 @@ TEST(DecodeSplitPlan, WholeTensorCoreCtasForGridsOfAFewTokens) {
     EXPECT_EQ(plan(n, 192).n_splits, 1) << n;  // the benchmark's 129-192 keys: one round
   }
   EXPECT_EQ(plan(3, 192).mma_warps, 4);  // 24 CTAs
-  const kc::DecodeSplit two = plan(1, 256);
-  EXPECT_EQ(two.mma_warps, 12);
-  EXPECT_TRUE(two.cluster);
-  EXPECT_EQ(two.n_splits, 2);
-  EXPECT_EQ(two.split_len, 192);
+  for (int64_t keys : {208, 256, 272, 288}) {  // the benchmark's tables of 200 and 264 keys
+    const kc::DecodeSplit one = plan(1, keys);
+    EXPECT_EQ(one.mma_warps, 12) << keys;
+    EXPECT_EQ(one.n_splits, 1) << keys;
+    EXPECT_GE(one.split_len, keys) << keys;
+  }
+  for (const auto& [n, keys] : {std::pair<int64_t, int64_t>{1, 289}, {1, 372}, {2, 208}}) {
+    const kc::DecodeSplit two = plan(n, keys);
+    EXPECT_EQ(two.mma_warps, 12) << n << " " << keys;
+    EXPECT_TRUE(two.cluster) << n << " " << keys;
+    EXPECT_EQ(two.n_splits, 2) << n << " " << keys;
+    EXPECT_EQ(two.split_len, 192) << n << " " << keys;
+  }
   const kc::DecodeSplit long_ctx = plan(1, 4096);
   EXPECT_EQ(long_ctx.split_len % 192, 0);
   EXPECT_GE(static_cast<int64_t>(long_ctx.n_splits) * long_ctx.split_len, 4096);
