@@ -2,10 +2,11 @@
 # Sourced on the GPU host after tools/gpu_host/pack.sh: the set-up, then helpers that run
 # `tpnode bench` on one GPU (tp1), two ranks (tp2), or under the CUPTI kernel tracer (trace,
 # trace2), printing tagged result lines (results under $OUT). TYPE picks the synthetic mix
-# (default q4_k_m; q4_k_m-flat for the records before 2026-12-01).
+# (default q4_k_m; q4_k_m-flat for the records before 2026-12-01); CONTEXT and STEPS the
+# decode point (default 128 and 64: `tpnode bench` takes --context and --decode-steps once).
 source .device/pk/setup_remote.sh
 B=/tmp/pk/bin
-bench_args() { echo "bench --shape llama3-8b --type ${TYPE:-q4_k_m} --greedy-tokens --decode-steps 64 --prefill 512 --context 128"; }
+bench_args() { echo "bench --shape llama3-8b --type ${TYPE:-q4_k_m} --greedy-tokens --decode-steps ${STEPS:-64} --prefill 512 --context ${CONTEXT:-128}"; }
 A=$(bench_args)
 line() { grep -E "^decode batch|^prefill" | sed "s|^|$1 |"; }
 tp1() { local tag=$1 bin=$2; shift 2; CUDA_VISIBLE_DEVICES=${GPU:-0} $B/$bin $(bench_args) "$@" 2>&1 | line "$tag TP1"; }
