@@ -3,11 +3,13 @@
 # independent reference and benchmark peer for tpnode. Only the targets we use are built:
 # libllama, llama-bench, llama-tokenize, plus our own tools/llamacpp_greedy.cpp.
 #
-# usage: tools/build_llamacpp.sh [--cuda] [--dir DIR] [--jobs N] [--version X.Y.Z]
+# usage: tools/build_llamacpp.sh [--cuda [--full]] [--dir DIR] [--jobs N] [--version X.Y.Z]
 #   --dir DIR      where to download, unpack and build (default /work/llama)
 #   --cuda         GPU build: -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 (H100/H200), static,
 #                  build dir build-cuda, llama-bench and llama-batched-bench for
 #                  bench/llamacpp_gpu.sh pack
+#   --full         with --cuda, every ggml-cuda template instance; by default the instances this
+#                  model never runs are left out (see "slim" below)
 #   --jobs N       parallel build jobs (default 2)
 #   --version V    llama-cpp-python sdist version (default: the one pinned below)
 # Prints the path of the binaries directory on its last line.
@@ -15,6 +17,7 @@ set -euo pipefail
 
 DIR=/work/llama
 CUDA=0
+SLIM=1
 JOBS=2
 # Pinned so that fixtures and benchmarks are reproducible; bump deliberately.
 VERSION=0.3.36
@@ -23,9 +26,10 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) DIR="$2"; shift 2 ;;
     --cuda) CUDA=1; shift ;;
+    --full) SLIM=0; shift ;;
     --jobs) JOBS="$2"; shift 2 ;;
     --version) VERSION="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -53,6 +57,25 @@ if [[ ! -f "$SRC/CMakeLists.txt" || ! -f "$SRC/.sdist-$VERSION" ]]; then
   touch "$SRC/.sdist-$VERSION"
 fi
 
+# 2b. Slim (--cuda without --full): bench/llamacpp_gpu.sh pack drops from libggml-cuda.a every
+# MMQ, FlashAttention tile and vector instance but Q4_K/Q6_K MMQ, the head-128 tile kernel and
+# the F16 vector kernel (stubs that abort with the kernel's name stand in for the rest), so
+# building them is wasted: about half of the CUDA build. They move to $DIR/unused-instances
+# (back again for --full); the vector instances of the default GGML_CUDA_FA_QUANTS stay, since
+# configure requires their files.
+INSTANCES="$SRC/ggml/src/ggml-cuda/template-instances"
+UNUSED="$DIR/unused-instances"
+KEEP='^(mmq-instance-(q4_k|q6_k)|fattn-tile-instance-dkq128-dv128|fattn-vec-instance-(f16-f16|q4_0-q4_0|q8_0-q8_0|bf16-bf16))\.cu$'
+if [[ $CUDA == 1 && $SLIM == 1 ]]; then
+  mkdir -p "$UNUSED"
+  find "$INSTANCES" -maxdepth 1 -regextype posix-extended \
+    -regex '.*/(mmq|fattn-tile|fattn-vec)-instance-[^/]*\.cu' -printf '%f\n' |
+    { grep -Ev "$KEEP" || true; } | while read -r f; do mv "$INSTANCES/$f" "$UNUSED/"; done
+  echo "slim: $(ls "$UNUSED" | wc -l) template instances left out (in $UNUSED)"
+elif [[ -d "$UNUSED" ]]; then
+  find "$UNUSED" -maxdepth 1 -name '*.cu' -exec mv -t "$INSTANCES" {} +
+fi
+
 # 3. Configure and build the few targets we need.
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
@@ -77,7 +100,20 @@ cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" "${LAUNCHER[@]}" \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
   "${BACKEND[@]}"
 
-cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}"
+if [[ $CUDA == 1 && $SLIM == 1 ]]; then
+  # The tools' own links fail on the left-out instances; pack links its binary from the
+  # libraries, so build all of those (keep going past the failed links) and check them.
+  KEEP_GOING=(-k)
+  [[ ${#GEN[@]} -gt 0 ]] && KEEP_GOING=(-k 0)
+  cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" -- "${KEEP_GOING[@]}" || true
+  for lib in tools/llama-bench/libllama-bench-impl.a tools/batched-bench/libllama-batched-bench-impl.a \
+             src/libllama.a ggml/src/ggml-cuda/libggml-cuda.a ggml/src/libggml-base.a; do
+    [[ -f "$BUILD/$lib" ]] || { echo "slim build: $BUILD/$lib is missing" >&2; exit 1; }
+  done
+  echo "(slim: the links of llama-bench and llama-batched-bench fail on the left-out kernels; that is expected)"
+else
+  cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}"
+fi
 if [[ $CUDA == 1 ]]; then
   echo "llama.cpp (CUDA, static) from llama-cpp-python $VERSION built in $BUILD;"
   echo "next: bench/llamacpp_gpu.sh pack $BUILD"
