@@ -46,6 +46,7 @@ LLAMA_BATCHED_BENCH=("$TOOLS" batched-bench)
 TPNODE_BACKEND=cuda
 TPNODE_REPS=3
 PEER_TABLE="$ROOT/bench/peer_table.py"
+source "$ROOT/bench/llamacpp_instances.sh"
 
 # Prompt lengths, generation length, decode batch sizes: the same points as `tpnode bench`.
 PP="512,2048"
@@ -387,9 +388,9 @@ run() {
 slim_cuda_library() {
   local build="$1" tmp="$2"
   cp "$build/ggml/src/ggml-cuda/libggml-cuda.a" "$tmp/libggml-cuda.a"
-  ar t "$tmp/libggml-cuda.a" | grep -E '^(mmq|fattn-tile|fattn-vec)-instance-' |
-    grep -Ev '^(mmq-instance-(q4_k|q6_k)|fattn-tile-instance-dkq128-dv128|fattn-vec-instance-f16-f16)\.' \
-    > "$tmp/dropped"
+  # Nothing to drop after a slim build; grep finds no line then.
+  ar t "$tmp/libggml-cuda.a" | grep -E "$LLAMA_INSTANCE_FAMILIES" |
+    { grep -Ev "$LLAMA_INSTANCES_USED" || true; } > "$tmp/dropped"
   xargs ar d "$tmp/libggml-cuda.a" < "$tmp/dropped"
   echo "dropped $(wc -l < "$tmp/dropped") kernel instance objects from libggml-cuda.a"
 }

@@ -57,20 +57,19 @@ if [[ ! -f "$SRC/CMakeLists.txt" || ! -f "$SRC/.sdist-$VERSION" ]]; then
   touch "$SRC/.sdist-$VERSION"
 fi
 
-# 2b. Slim (--cuda without --full): bench/llamacpp_gpu.sh pack drops from libggml-cuda.a every
-# MMQ, FlashAttention tile and vector instance but Q4_K/Q6_K MMQ, the head-128 tile kernel and
-# the F16 vector kernel (stubs that abort with the kernel's name stand in for the rest), so
-# building them is wasted: about half of the CUDA build. They move to $DIR/unused-instances
-# (back again for --full); the vector instances of the default GGML_CUDA_FA_QUANTS stay, since
-# configure requires their files.
+# 2b. Slim (--cuda without --full): the template instances the benchmark's model never runs
+# (bench/llamacpp_instances.sh), which `pack` drops from libggml-cuda.a anyway, move to
+# $DIR/unused-instances (back again for --full): about half of the CUDA build. The vector
+# instances of the default GGML_CUDA_FA_QUANTS stay, since configure requires their files.
+source "$HERE/../bench/llamacpp_instances.sh"
 INSTANCES="$SRC/ggml/src/ggml-cuda/template-instances"
 UNUSED="$DIR/unused-instances"
-KEEP='^(mmq-instance-(q4_k|q6_k)|fattn-tile-instance-dkq128-dv128|fattn-vec-instance-(f16-f16|q4_0-q4_0|q8_0-q8_0|bf16-bf16))\.cu$'
+CONFIGURE_NEEDS='^fattn-vec-instance-(q4_0-q4_0|q8_0-q8_0|bf16-bf16)\.cu$'
 if [[ $CUDA == 1 && $SLIM == 1 ]]; then
   mkdir -p "$UNUSED"
-  find "$INSTANCES" -maxdepth 1 -regextype posix-extended \
-    -regex '.*/(mmq|fattn-tile|fattn-vec)-instance-[^/]*\.cu' -printf '%f\n' |
-    { grep -Ev "$KEEP" || true; } | while read -r f; do mv "$INSTANCES/$f" "$UNUSED/"; done
+  ls "$INSTANCES" | grep -E "$LLAMA_INSTANCE_FAMILIES" |
+    { grep -Ev "$LLAMA_INSTANCES_USED|$CONFIGURE_NEEDS" || true; } |
+    while read -r f; do mv "$INSTANCES/$f" "$UNUSED/"; done
   echo "slim: $(ls "$UNUSED" | wc -l) template instances left out (in $UNUSED)"
 elif [[ -d "$UNUSED" ]]; then
   find "$UNUSED" -maxdepth 1 -name '*.cu' -exec mv -t "$INSTANCES" {} +

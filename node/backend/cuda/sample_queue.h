@@ -1,9 +1,8 @@
 // Token draws that run behind the host: the sampling kernel's parameters go up from pinned
 // memory (only when they changed) and its ids come back to pinned memory on a stream of their
 // own, each draw in one of two slots with an event, so the host can queue the next step
-// before it reads a draw's ids. The device keeps the
-// last draw's ids in one buffer at a fixed address, where the next step's embedding reads
-// chained tokens (graphs capture that address).
+// before it reads a draw's ids. The device keeps the last draw's ids in one buffer at a fixed
+// address, where the next step's embedding reads chained tokens (graphs capture that address).
 #pragma once
 
 #include <cuda_runtime.h>
