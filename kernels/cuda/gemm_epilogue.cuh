@@ -34,25 +34,26 @@ __device__ __forceinline__ void store_tile(const TileOut& out, const float (&v)[
   }
 }
 
-// The k split: every CTA of the tile leaves its values at `part` (the lane's slot of split 0; splits are
-// split_floats apart, values 32 floats apart: coalesced), and the last to arrive on the tile's
-// counter adds all splits in split order (its own from registers, bitwise the same) into
+// Parts of one output tile computed by several CTAs (k splits, or the segments of a tile that
+// a stream-K launch spread over CTAs): every CTA leaves its values at slot(own) (the lane's
+// place in its part: values 32 floats apart, coalesced) and the last to arrive on the tile's
+// counter adds the n parts in part order (its own from registers, bitwise the same) into
 // `sum`. Returns whether this CTA is that last one (the caller then stores `sum` and resets
 // the counter). Every thread of the CTA must call it; s_last is a __shared__ int of the kernel.
-template <int NB>
-__device__ __forceinline__ bool sum_splits(const float (&v)[NB][4], float* part,
-                                           int64_t split_floats, int split, int splits,
-                                           unsigned* counter, int& s_last, float (&sum)[NB][4]) {
+template <int NB, typename SlotOf>
+__device__ __forceinline__ bool sum_parts(const float (&v)[NB][4], SlotOf slot, int own, int n,
+                                          unsigned* counter, int& s_last, float (&sum)[NB][4]) {
+  float* mine = slot(own);
 #pragma unroll
   for (int nt = 0; nt < NB; ++nt) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) part[split * split_floats + (nt * 4 + i) * 32] = v[nt][i];
+    for (int i = 0; i < 4; ++i) mine[(nt * 4 + i) * 32] = v[nt][i];
   }
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
     const unsigned prev = atomicAdd(counter, 1u);
-    s_last = prev == static_cast<unsigned>(splits - 1);
+    s_last = prev == static_cast<unsigned>(n - 1);
   }
   __syncthreads();
   if (!s_last) return false;
@@ -63,16 +64,26 @@ __device__ __forceinline__ bool sum_splits(const float (&v)[NB][4], float* part,
     for (int i = 0; i < 4; ++i) sum[nt][i] = 0.0f;
   }
 #pragma unroll 1
-  for (int s = 0; s < splits; ++s) {
-    const float* src = part + s * split_floats;
+  for (int s = 0; s < n; ++s) {
+    const float* src = slot(s);
 #pragma unroll
     for (int nt = 0; nt < NB; ++nt) {
 #pragma unroll
       for (int i = 0; i < 4; ++i)
-        sum[nt][i] += s == split ? v[nt][i] : __ldcg(src + (nt * 4 + i) * 32);
+        sum[nt][i] += s == own ? v[nt][i] : __ldcg(src + (nt * 4 + i) * 32);
     }
   }
   return true;
+}
+
+// The k split: split s of the tile leaves its part at part + s * split_floats (`part`: the
+// lane's slot of split 0).
+template <int NB>
+__device__ __forceinline__ bool sum_splits(const float (&v)[NB][4], float* part,
+                                           int64_t split_floats, int split, int splits,
+                                           unsigned* counter, int& s_last, float (&sum)[NB][4]) {
+  return sum_parts<NB>(v, [&](int s) { return part + s * split_floats; }, split, splits, counter,
+                       s_last, sum);
 }
 
 }  // namespace tpnode::cuda

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdint>
 
 #include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/cp_async.cuh"
@@ -78,6 +79,7 @@ struct OutArgs {
 struct KernelArgs {
   OutArgs outs[kGemmKqMaxGroup];
   int n_outs = 1;
+  int row_tiles = 0;  // of all the matrices
   const uint8_t* x = nullptr;
   GemmSplitArgs sp;
 };
@@ -253,6 +255,86 @@ __device__ __forceinline__ void compute_stage(const uint8_t* buf, int wg, int wr
   wg_wait<0>();
   convert<NB>(h0, h1, xb, hi, lo, acc);
 }
+#endif
+
+#if TPNODE_WGMMA
+// Tile ti of a launch is row tile ti / token_tiles (of the matrix it falls in) times token tile
+// ti % token_tiles. What a CTA needs of it to copy its stages and to store it.
+struct TileRef {
+  OutArgs o;
+  int64_t row0;  // first row within the matrix
+  int tok0;
+};
+__device__ __forceinline__ TileRef tile_ref(const KernelArgs& a, int gt, int tt, int nb) {
+  // A selection, not an index: the parameters stay in constant memory.
+  TileRef r;
+  r.o = a.outs[0];
+  if (a.n_outs > 1 && gt >= a.outs[1].tile0) r.o = a.outs[1];
+  if (a.n_outs > 2 && gt >= a.outs[2].tile0) r.o = a.outs[2];
+  r.row0 = static_cast<int64_t>(gt - r.o.tile0) * kTileRows;
+  r.tok0 = tt * nb * 8;
+  return r;
+}
+// Where a row tile starts in its stage window of `span` stages: row tiles start at different
+// stages so that they do not all ask the same L2 lines of x at once.
+__device__ __forceinline__ int tile_rotation(const KernelArgs& a, int gt, int span) {
+  int o0 = 0, o1 = a.n_outs > 1 ? a.outs[1].tile0 : a.row_tiles;
+  if (a.n_outs > 1 && gt >= a.outs[1].tile0) {
+    o0 = a.outs[1].tile0;
+    o1 = a.n_outs > 2 ? a.outs[2].tile0 : a.row_tiles;
+  }
+  if (a.n_outs > 2 && gt >= a.outs[2].tile0) o0 = a.outs[2].tile0, o1 = a.row_tiles;
+  return static_cast<int>(static_cast<int64_t>(gt - o0) * span / (o1 - o0));
+}
+
+// The CTAs of a launch share its tiles' stages, tile by tile, in even contiguous ranges (one
+// CTA per tile and k split, or stream-K: a resident grid whose CTAs each take ~1/C of all).
+// In 32 bits: the host keeps total x CTAs below 2^32.
+struct Ranges {
+  uint32_t total;  // tiles x stages
+  uint32_t ctas;
+  __device__ explicit Ranges(const KernelArgs& a)
+      : total(static_cast<uint32_t>(a.row_tiles * a.sp.token_tiles * a.sp.n_stages)),
+        ctas(gridDim.x) {}
+  __device__ int begin(int c) const { return static_cast<int>(total * c / ctas); }
+  __device__ int cta_of(int i) const { return static_cast<int>(((i + 1) * ctas - 1) / total); }
+};
+
+// The cursor of a stream-K CTA's copies into the ring: the tile, the next copy's stage (the
+// tile's stages visited from its rotation on) and how many of them are left to copy, worked
+// out once per tile.
+template <int NB>
+struct Filler {
+  int ti = 0, stage = 0, left = 0, hi = 0;
+  const uint8_t* q = nullptr;  // the tile's matrix
+  uint32_t w_src[kWSlots];     // this thread's 16-byte pieces of the tile's rows (rows past the
+                               // end copy the last row, computed and never stored)
+  uint32_t x = 0;              // the tile's records: offset in a stage | bytes << 16
+
+  __device__ void set_tile(const KernelArgs& a, int tile) {
+    ti = tile;
+    const int gt = tile / a.sp.token_tiles;
+    const TileRef r = tile_ref(a, gt, tile - gt * a.sp.token_tiles, NB);
+    q = r.o.q;
+    const int64_t last = r.o.rows - 1;
+#pragma unroll
+    for (int k = 0; k < kWSlots; ++k) {
+      const int i = min(static_cast<int>(threadIdx.x) + k * kThreads, kWTotal - 1);
+      w_src[k] = static_cast<uint32_t>(min(r.row0 + i / kWPieces, last) * r.o.q_row_bytes +
+                                       16 * (i % kWPieces));
+    }
+    stage = tile_rotation(a, gt, hi);
+    left = hi;
+    x = static_cast<uint32_t>(r.tok0 / 8 * kRec) |
+        static_cast<uint32_t>(min(NB, a.sp.groups - r.tok0 / 8)) * kRec << 16;
+  }
+  // Past the CTA's last tile this works out a tile that no copy then reads.
+  __device__ void advance(const KernelArgs& a) {
+    if (++stage == hi) stage = 0;
+    if (--left == 0) set_tile(a, ti + 1);
+  }
+};
+static_assert(kGemmMaxNB * kRec < (1 << 16) && kGemmKqMaxBatch / 8 * kRec < (1 << 16));
 #endif
 
 // CPS CTAs per SM: one takes most of shared memory for its ring; two (32-token tiles) fit
@@ -442,6 +524,215 @@ __global__ void __launch_bounds__(kThreads, CPS) gemm_kq_kernel(KernelArgs a) {
 #endif
 }
 
+// Stream-K (one CTA per SM): CTA c of C computes iterations [T c / C, T (c + 1) / C) of the T =
+// tiles x stages of the launch, tile after tile, its ring running on from one tile into the
+// next. The stages and their ring are gemm_kq_kernel's; the tile-per-CTA kernel stays apart
+// because its two-CTA form has no registers to spare for the tile cursor.
+template <int NB>
+__global__ void __launch_bounds__(kThreads, 1) gemm_kq_stream_kernel(KernelArgs a) {
+#if TPNODE_WGMMA
+  constexpr int CPS = 1;
+  using L = Layout<NB, CPS>;
+  constexpr int S = L::kStages;
+  constexpr int kAhead = S - 2;
+  extern __shared__ __align__(128) uint8_t smem[];
+  __shared__ int s_last;
+  __shared__ __align__(8) uint64_t s_full[kMaxStages];
+  __shared__ __align__(8) uint64_t s_empty[kMaxStages];
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = __shfl_sync(0xffffffffu, tid / 32, 0);
+  const int wg = warp / 4, wr = warp % 4;
+  const int n_st = a.sp.n_stages;
+  // The CTA's first iteration (tile * n_st + its place in the tile's order) and count.
+  const int it0 = Ranges(a).begin(static_cast<int>(blockIdx.x));
+  const int n_it = Ranges(a).begin(static_cast<int>(blockIdx.x) + 1) - it0;
+
+  uint32_t w_dst[kWSlots];  // where this thread's pieces of a stage go in a ring buffer
+#pragma unroll
+  for (int k = 0; k < kWSlots; ++k) {
+    const int i = min(tid + k * kThreads, kWTotal - 1);
+    w_dst[k] = static_cast<uint32_t>(i / kWPieces * L::kQStride + 16 * (i % kWPieces));
+  }
+  Filler<NB> fill;
+  fill.hi = n_st;
+  fill.set_tile(a, it0 / n_st);
+  {
+    const int j0 = it0 % n_st;  // the range begins j0 stages into the tile's order
+    fill.stage = fill.stage + j0 >= n_st ? fill.stage + j0 - n_st : fill.stage + j0;
+    fill.left -= j0;
+  }
+  auto copy_weights = [&](const Filler<NB>& f, uint8_t* buf) {
+    const uint8_t* q = f.q + static_cast<int64_t>(f.stage) * kBlockBytes;
+#pragma unroll
+    for (int k = 0; k < kWSlots; ++k) {
+      if (kWTotal % kThreads == 0 || tid + k * kThreads < kWTotal)
+        cp_async16(buf + w_dst[k], q + f.w_src[k]);
+    }
+  };
+  // Groups of the tile past m keep stale bytes: they reach only y's columns that are not stored.
+  auto copy_acts = [&](const Filler<NB>& f, uint8_t* buf, uint32_t bar) {
+    if (tid == 0) {
+      const uint32_t bytes = f.x >> 16;
+      mbar_arrive_expect_tx(bar, bytes);
+      bulk_copy(smem_u32(buf + L::kXOff),
+                a.x + (f.x & 0xFFFFu) + static_cast<int64_t>(f.stage) * a.sp.groups * kRec, bytes,
+                bar);
+    }
+  };
+
+  // The ring runs on mbarriers, no CTA barrier per stage, so that the two warpgroups drift
+  // apart and their MMAs, decodes and conversions interleave. full[b]: the stage in buffer b
+  // landed (every thread's cp.async and the records' bulk copy); empty[b]: every warp is done
+  // reading it. A refill takes the buffer of stage it + kAhead - S, released by every warp
+  // that has come this far.
+  const uint32_t full = smem_u32(s_full), empty = smem_u32(s_empty);
+  if (tid == 0) {
+    for (int i = 0; i < S; ++i) {
+      mbar_init(full + 8 * i, kThreads + 1);
+      mbar_init(empty + 8 * i, kThreads / 32);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+  // The weights of the first stages are in flight before the previous kernel has finished;
+  // x is its output.
+  {
+    Filler<NB> f = fill;
+#pragma unroll
+    for (int s = 0; s < kAhead; ++s) {
+      if (s < n_it) {
+        copy_weights(f, smem + s * L::kStageBytes);
+        f.advance(a);
+      }
+    }
+  }
+  pdl_wait();
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < n_it) {
+      copy_acts(fill, smem + s * L::kStageBytes, full + 8 * s);
+      cp_async_mbar_arrive(full + 8 * s);
+      fill.advance(a);
+    }
+  }
+
+  float acc[NB][4];
+#pragma unroll
+  for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[nt][i] = 0.0f;
+  }
+  // The tile being computed, and the iteration (of this CTA's) where its part of it ends.
+  int ti = it0 / n_st;
+  const int first_end = min(n_it, (ti + 1) * n_st - it0);
+  // Once the tile's last stage of this CTA is converted: a whole tile is stored; a part goes
+  // to the workspace, and the tile's last CTA to arrive adds the parts in CTA order and
+  // stores them. A CTA holds at most two parts (its range's first and last tiles): its first
+  // goes to slot 2c, its last to 2c + 1. The counter is that of the tile's first CTA, which
+  // starts no other tile that another CTA finishes.
+  auto finish_tile = [&]() {
+    const int gt = ti / a.sp.token_tiles;
+    const TileRef r = tile_ref(a, gt, ti - gt * a.sp.token_tiles, NB);
+    const int64_t row_base = r.row0 + 64 * wg + 16 * wr;
+    const TileOut out{r.o.y, r.o.ldy, r.o.rows, a.sp.m};
+    const int t_begin = ti * n_st;
+    if (it0 <= t_begin && t_begin + n_st <= it0 + n_it) {  // the whole tile
+      store_tile<NB>(out, acc, row_base, r.tok0);
+    } else {
+      const Ranges ranges(a);
+      const int c0 = ranges.cta_of(t_begin), c1 = ranges.cta_of(t_begin + n_st - 1);
+      constexpr int kTileVals = NB * 4;
+      const int64_t part_floats = static_cast<int64_t>(kThreads / 32) * kTileVals * 32;
+      float* base = a.sp.partials + warp * kTileVals * 32 + lane;
+      // Only the tile's first CTA can have begun in an earlier tile.
+      const int first_last = ranges.begin(c0) < t_begin ? 1 : 0;
+      auto slot = [&](int s) {
+        return base + (2 * (c0 + s) + (s == 0 ? first_last : 0)) * part_floats;
+      };
+      float sum[NB][4];
+      if (sum_parts<NB>(acc, slot, static_cast<int>(blockIdx.x) - c0, c1 - c0 + 1,
+                        a.sp.counters + c0, s_last, sum)) {
+        store_tile<NB>(out, sum, row_base, r.tok0);
+        if (tid == 0) a.sp.counters[c0] = 0;  // ready for the next launch
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[nt][i] = 0.0f;
+    }
+    ++ti;
+  };
+  // 64-token tiles (one CTA per SM, two warps per scheduler) decode each stage's first pair
+  // before the stage before it drains (its MMAs' wait and conversion), so that the
+  // warpgroup's next MMAs go out right after that conversion: batch 64 on an H200 ~2% shorter
+  // steps. The 32- and 48-token tiles lost 1.3-2.6% that way (batches 9-48) and keep a stage
+  // to itself (compute_stage).
+  constexpr bool kEarly = NB == 8 && CPS == 1;
+  auto stage_view = [&](int i) {
+    mbar_wait(full + 8 * (i % S), (i / S) & 1);
+    return StageView<NB, CPS>(smem + (i % S) * L::kStageBytes, wg, wr);
+  };
+  // Stage it + kAhead goes into the ring once every warp released its buffer's last stage.
+  auto refill = [&](int it) {
+    const int nx = it + kAhead;
+    if (nx < n_it) {
+      const int nb = nx % S;
+      uint8_t* nbuf = smem + nb * L::kStageBytes;
+      if (nx >= S) mbar_wait(empty + 8 * nb, ((nx - S) / S) & 1);
+      copy_weights(fill, nbuf);
+      copy_acts(fill, nbuf, full + 8 * nb);
+      cp_async_mbar_arrive(full + 8 * nb);
+      fill.advance(a);
+    }
+  };
+  // The stage's MMAs are done and its generic reads fenced: release the buffer.
+  auto release = [&](int it) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty + 8 * (it % S));
+  };
+  if constexpr (kEarly) {
+    int hi[NB][4], lo[NB][4];
+    PairFrags af[2];
+    refill(0);
+    StageView<NB, CPS> cur = stage_view(0);
+    decode_pair(cur, 0, af[0]);
+    // Each tile part's stages in an inner loop of their own, the part's end after it.
+    for (int it = 0, end = first_end; it < n_it; end = min(n_it, end + n_st)) {
+      for (; it < end; ++it) {
+        if (it > 0) refill(it);
+        issue_stage(cur, af, hi, lo, acc);
+        StageView<NB, CPS> next = cur;
+        if (it + 1 < n_it) {
+          next = stage_view(it + 1);
+          wg_wait<2>();  // pair 2's group, af[0]'s last reader
+          decode_pair(next, 0, af[0]);
+        }
+        wg_wait<0>();
+        convert<NB>(cur.h0, cur.h1, cur.xb, hi, lo, acc);
+        release(it);
+        cur = next;
+      }
+      if (it == n_it) pdl_launch_dependents();
+      finish_tile();
+    }
+  } else {
+    for (int it = 0, end = first_end; it < n_it; end = min(n_it, end + n_st)) {
+      for (; it < end; ++it) {
+        refill(it);
+        mbar_wait(full + 8 * (it % S), (it / S) & 1);
+        compute_stage<NB, CPS>(smem + (it % S) * L::kStageBytes, wg, wr, acc);
+        release(it);
+      }
+      if (it == n_it) pdl_launch_dependents();
+      finish_tile();
+    }
+  }
+#else
+  __trap();  // gemm_kq_available() keeps the host from launching it here
+#endif
+}
+
 // One warp per (token slot, stage) writes its slot of the stage's record (kq::write_record);
 // slots past m get zeros.
 __global__ void gemm_kq_acts_kernel(GemmKqActsParams p, int groups, int64_t n_warps) {
@@ -480,11 +771,12 @@ GemmTokenTiling token_tiling(int64_t m, const GemmKqPlan& plan) {
   return gemm_token_tiling(m, plan.max_tile_tokens / 8, true);
 }
 
-bool workspace_fits(const GemmKqGroupParams& p, const GemmKqPlan& plan, int splits) {
+// A launch of `ctas` CTAs that splits tiles keeps up to two tile parts per CTA and a counter per
+// CTA in the workspace.
+bool workspace_fits(const GemmKqGroupParams& p, const GemmKqPlan& plan, int64_t ctas) {
   const GemmTokenTiling tk = token_tiling(p.m, plan);
-  const int64_t tiles = row_tiles(p) * tk.tiles;
-  return p.ws.partials != nullptr && p.ws.counters != nullptr && tiles <= p.ws.n_counters &&
-         tiles * splits * gemm_tile_floats(tk.nb) <= p.ws.partial_floats;
+  return p.ws.partials != nullptr && p.ws.counters != nullptr && ctas <= p.ws.n_counters &&
+         2 * ctas * gemm_tile_floats(tk.nb) <= p.ws.partial_floats;
 }
 
 GemmKqGroupParams group_of(const GemmKqParams& p) {
@@ -497,24 +789,41 @@ GemmKqGroupParams group_of(const GemmKqParams& p) {
   return g;
 }
 
-template <int NB, int CPS>
-void set_smem_limit() {
-  TPNODE_CUDA_CHECK(cudaFuncSetAttribute(gemm_kq_kernel<NB, CPS>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         Layout<NB, CPS>::kSmemBytes));
+template <typename Kernel>
+void set_smem_limit(Kernel kernel, int bytes) {
+  TPNODE_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   // All of the SM's unified L1/shared memory as shared memory, so that CPS rings fit at once.
-  TPNODE_CUDA_CHECK(cudaFuncSetAttribute(gemm_kq_kernel<NB, CPS>,
-                                         cudaFuncAttributePreferredSharedMemoryCarveout,
+  TPNODE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                          cudaSharedmemCarveoutMaxShared));
 }
-
 template <int NB, int CPS>
-void launch(dim3 grid, const KernelArgs& a, cudaStream_t stream) {
+void set_smem_limits() {
+  set_smem_limit(gemm_kq_kernel<NB, CPS>, Layout<NB, CPS>::kSmemBytes);
+  if constexpr (CPS == 1) set_smem_limit(gemm_kq_stream_kernel<NB>, Layout<NB, CPS>::kSmemBytes);
+}
+
+// Stream-K runs one CTA per SM.
+template <int NB, int CPS>
+void launch(dim3 grid, bool stream_k, const KernelArgs& a, cudaStream_t stream) {
+  if constexpr (CPS == 1) {
+    if (stream_k) {
+      launch_pdl(gemm_kq_stream_kernel<NB>, grid, dim3(kThreads), Layout<NB, CPS>::kSmemBytes,
+                 stream, a);
+      return;
+    }
+  }
   launch_pdl(gemm_kq_kernel<NB, CPS>, grid, dim3(kThreads), Layout<NB, CPS>::kSmemBytes, stream,
              a);
 }
 
 }  // namespace
+
+GemmDqWorkspaceSize gemm_kq_workspace_size() {
+  // Two CTAs per SM at most (32-token tiles), two parts per CTA.
+  const int64_t ctas = 2 * int64_t{current_device_sms("gemm_kq")};
+  return {2 * ctas * gemm_tile_floats(4), ctas};
+}
 
 bool gemm_kq_supports(const DeviceMatrix& w) {
   return w.type == TensorType::kQ4_K && w.rows > 0 && w.cols > 0 && w.cols % kStageK == 0 &&
@@ -522,10 +831,10 @@ bool gemm_kq_supports(const DeviceMatrix& w) {
 }
 
 void gemm_kq_init() {
-  set_smem_limit<4, 1>();
-  set_smem_limit<4, 2>();
-  set_smem_limit<6, 1>();
-  set_smem_limit<8, 1>();
+  set_smem_limits<4, 1>();
+  set_smem_limits<4, 2>();
+  set_smem_limits<6, 1>();
+  set_smem_limits<8, 1>();
   const int dev = current_device("gemm_kq");
   if (g_available[dev].load() == 0) {
     cudaDeviceProp prop{};
@@ -572,8 +881,15 @@ GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p, const GemmKqTuning& t) {
   int64_t s = std::min<int64_t>(
       {kGemmKqMaxSplits, slots / std::max<int64_t>(tiles, 1), n_stages / 2});
   s = std::max<int64_t>(s, 1);
-  while (s > 1 && !workspace_fits(p, plan, static_cast<int>(s))) --s;
+  while (s > 1 && !workspace_fits(p, plan, tiles * s)) --s;
   plan.k_splits = static_cast<int>(s);
+  const bool waves_idle = tiles > slots && tiles % slots != 0;
+  const bool slots_idle = tiles * s < slots;
+  if ((t.stream_k >= 1 && waves_idle) || (t.stream_k >= 2 && slots_idle)) {
+    if (plan.ctas_per_sm == 1 && tiles * n_stages >= 2 * slots && workspace_fits(p, plan, slots)) {
+      plan.ctas = static_cast<int>(slots);
+    }
+  }
   return plan;
 }
 GemmKqPlan gemm_kq_plan(const GemmKqParams& p, const GemmKqTuning& t) {
@@ -619,7 +935,8 @@ void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStrea
   int64_t tiles = 0;
   for (int i = 0; i < p.n; ++i) {
     const GemmKqOut& o = p.outs[i];
-    TPNODE_CHECK(gemm_kq_supports(o.w) && o.w.cols == cols,
+    TPNODE_CHECK(gemm_kq_supports(o.w) && o.w.cols == cols &&
+                     o.w.q_row_bytes == p.outs[0].w.q_row_bytes,
                  "gemm_kq: no kernel for a {} {}x{} matrix (in a launch of {} columns)",
                  weight_type_label(o.w.type), o.w.rows, o.w.cols, cols);
     const int64_t ldy = o.ldy == 0 ? o.w.rows : o.ldy;
@@ -640,23 +957,35 @@ void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStrea
   TPNODE_CHECK(plan.k_splits >= 1 && plan.k_splits <= kGemmKqMaxSplits && plan.k_splits <= n_stages,
                "gemm_kq: {} k splits for {} stages (1..{})", plan.k_splits, n_stages,
                kGemmKqMaxSplits);
-  TPNODE_CHECK(plan.k_splits == 1 || workspace_fits(p, plan, plan.k_splits),
+  const int64_t all_tiles = tiles * tk.tiles;
+  TPNODE_CHECK(plan.k_splits == 1 || workspace_fits(p, plan, all_tiles * plan.k_splits),
                "gemm_kq: the workspace is too small for {} k splits", plan.k_splits);
-  TPNODE_CHECK(tiles <= 65535, "gemm_kq: {} row tiles", tiles);
+  TPNODE_CHECK(plan.ctas == 0 || (plan.ctas > 0 && plan.ctas_per_sm == 1 &&
+                                  plan.ctas <= all_tiles * n_stages &&
+                                  workspace_fits(p, plan, plan.ctas)),
+               "gemm_kq: stream-K over {} CTAs for {} tiles of {} stages (or the workspace is "
+               "too small)",
+               plan.ctas, all_tiles, n_stages);
+  // The kernel counts the tiles' stages in 32 bits (stream-K: times its CTAs).
+  TPNODE_CHECK(tiles <= 65535 && all_tiles * n_stages * std::max(plan.ctas, 1) <= UINT32_MAX,
+               "gemm_kq: {} row tiles of {} stages", tiles, n_stages);
   if (g_setup.needed(stream)) gemm_kq_init();
   TPNODE_CHECK(gemm_kq_available(), "gemm_kq: needs compute capability 9.0 and an sm_90a build");
 
   a.n_outs = p.n;
+  a.row_tiles = static_cast<int>(tiles);
   a.x = p.x;
   a.sp = gemm_split_args(p.m, n_stages, plan.k_splits, tk.tiles, p.ws.partials, p.ws.counters);
-  const dim3 grid(static_cast<unsigned>(tk.tiles), static_cast<unsigned>(tiles),
-                  static_cast<unsigned>(plan.k_splits));
+  const bool sk = plan.ctas > 0;
+  const dim3 grid = sk ? dim3(static_cast<unsigned>(plan.ctas))
+                       : dim3(static_cast<unsigned>(tk.tiles), static_cast<unsigned>(tiles),
+                              static_cast<unsigned>(plan.k_splits));
   if (plan.ctas_per_sm == 2) {
-    launch<4, 2>(grid, a, stream);
+    launch<4, 2>(grid, sk, a, stream);
   } else if (tk.nb == 6) {
-    launch<6, 1>(grid, a, stream);
+    launch<6, 1>(grid, sk, a, stream);
   } else {
-    TPNODE_DISPATCH_TOKEN_TILES("gemm_kq", tk.nb, NB, { launch<NB, 1>(grid, a, stream); })
+    TPNODE_DISPATCH_TOKEN_TILES("gemm_kq", tk.nb, NB, { launch<NB, 1>(grid, sk, a, stream); })
   }
 }
 

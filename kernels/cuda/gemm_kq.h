@@ -72,15 +72,28 @@ struct GemmKqGroupParams {
 // tiles can run two CTAs per SM (half the ring each; 123 registers against 139 and 191): four
 // warps per scheduler instead of two hide more of a stage's chain of dependent instructions.
 // Then each weight block is decoded once per 32 tokens (the second tile's reads mostly hit L2).
+//
+// Stream-K: one CTA per tile and k split leaves SMs idle where the tiles are not whole waves
+// (gate/up of Llama-3-8B at batch 64: 224 tiles on 132 SMs, a second wave of 92). A resident
+// grid whose CTAs take even, contiguous ranges of all the tiles' stages instead (a CTA's ring
+// runs on from one tile into the next; a tile shared by CTAs is added up in CTA order by the
+// last of them) ends all CTAs together.
 struct GemmKqTuning {
   int max_tile_tokens = 64;  // 32 or 64
   int ctas_per_sm = 2;       // 1 or 2 (32-token tiles only)
+  // 0: never stream-K; 1: where the tiles make more than one wave and not whole waves; 2: also
+  // where the tiles and their k splits leave resident slots idle.
+  int stream_k = 1;
 };
 struct GemmKqPlan {
   int k_splits = 1;  // 1..kGemmKqMaxSplits
   int max_tile_tokens = 64;
   int ctas_per_sm = 1;  // 2 only where the tiles are of 32 tokens
+  int ctas = 0;         // > 0: stream-K over this many CTAs (k_splits unused)
 };
+// The k-split / stream-K scratch gemm_kq may use on the current device: a part of an output
+// tile for up to two per resident CTA and a counter per CTA.
+GemmDqWorkspaceSize gemm_kq_workspace_size();
 // Throws unless the tuning is one the kernels are built for.
 void gemm_kq_check_tuning(const GemmKqTuning& t);
 GemmKqPlan gemm_kq_plan(const GemmKqParams& p, const GemmKqTuning& t = {});

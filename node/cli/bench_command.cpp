@@ -62,6 +62,7 @@ struct BenchOptions {
   int gemm_kq_max_batch = 64;         // CUDA: largest Q4_K batch on int8 warpgroup MMAs
   int gemm_kq_tile_tokens = 64;       // CUDA: gemm_kq's largest token tile (32 or 64)
   int gemm_kq_ctas_per_sm = 2;        // CUDA: gemm_kq CTAs per SM for 32-token tiles
+  int gemm_kq_stream_k = 1;           // CUDA: gemm_kq's stream-K rule (0, 1, 2)
   int gemm_kq_min_batch = 2;          // CUDA: smallest batch on gemm_kq
   bool norm_kq_records = true;        // CUDA: RMSNorms write gemm_kq's activation records
   bool attention_kq_records = true;   // CUDA: decode attention writes them for attn_output
@@ -227,6 +228,7 @@ int run_bench(const BenchOptions& o) {
     co.gemm_kq_max_batch = o.gemm_kq_max_batch;
     co.gemm_kq_tile_tokens = o.gemm_kq_tile_tokens;
     co.gemm_kq_ctas_per_sm = o.gemm_kq_ctas_per_sm;
+    co.gemm_kq_stream_k = o.gemm_kq_stream_k;
     co.gemm_kq_min_batch = o.gemm_kq_min_batch;
     co.norm_kq_records = o.norm_kq_records;
     co.attention_kq_records = o.attention_kq_records;
@@ -500,6 +502,10 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--gemm-kq-ctas-per-sm", o->gemm_kq_ctas_per_sm,
                      "gemm_kq: CTAs per SM for 32-token tiles (1 or 2)")
           ->check(CLI::IsMember({1, 2}));
+      sub.add_option("--gemm-kq-stream-k", o->gemm_kq_stream_k,
+                     "gemm_kq: stream-K over resident CTAs: 0 never, 1 where the tiles make "
+                     "partial waves, 2 also where tiles and k splits leave SMs idle")
+          ->check(CLI::IsMember({0, 1, 2}));
       sub.add_flag("!--no-norm-kq-records", o->norm_kq_records,
                    "gemm_kq's activation records by a launch of their own, not by the RMSNorm "
                    "before it");

@@ -83,7 +83,7 @@ class GemmKqTest : public ::testing::Test {
       GTEST_SKIP() << "gemm_kq needs compute capability 9.0 and an sm_90a build";
     }
     KQ_CUDA_OK(cudaStreamCreate(&stream_));
-    const kc::GemmDqWorkspaceSize wsz = kc::gemm_dq_workspace_size();
+    const kc::GemmDqWorkspaceSize wsz = kc::gemm_kq_workspace_size();
     partials_ = DeviceBytes(wsz.partial_floats * sizeof(float));
     counters_ = DeviceBytes(wsz.n_counters * sizeof(unsigned));
     ASSERT_NE(partials_.as<float>(), nullptr);
@@ -119,6 +119,7 @@ class GemmKqTest : public ::testing::Test {
     int64_t rows = 0, cols = 0, m = 0;
     int64_t ldy = 0;  // 0 = rows
     int splits = 0;   // 0 = the planner's
+    int ctas = -1;    // -1 = the planner's; 0 = one CTA per tile and split; > 0 stream-K
     bool workspace = true;
     kc::GemmKqTuning tuning{};
   };
@@ -127,6 +128,7 @@ class GemmKqTest : public ::testing::Test {
     const int64_t rows = c.rows, k = c.cols, m = c.m, ldy = c.ldy ? c.ldy : rows;
     std::string what = fmt::format("rows={} cols={} m={} ldy={}", rows, k, m, ldy);
     if (c.splits > 0) what += fmt::format(" splits={}", c.splits);
+    if (c.ctas >= 0) what += fmt::format(" ctas={}", c.ctas);
     what += fmt::format(" tile<={} ctas/SM={}", c.tuning.max_tile_tokens, c.tuning.ctas_per_sm);
     SCOPED_TRACE(what);
 
@@ -158,6 +160,7 @@ class GemmKqTest : public ::testing::Test {
                              .ws = c.workspace ? ws_ : kc::GemmDqWorkspace{}};
     kc::GemmKqPlan plan = kc::gemm_kq_plan(p, c.tuning);
     if (c.splits > 0) plan.k_splits = c.splits;
+    if (c.ctas >= 0) plan.ctas = c.ctas;
     kc::gemm_kq(p, plan, stream_);
     KQ_CUDA_OK(cudaStreamSynchronize(stream_));
     std::vector<float> got(yn);
@@ -377,6 +380,51 @@ TEST_F(GemmKqTest, KSplitsAndStride) {
   }
   check({.rows = 320, .cols = 2048, .m = 64, .ldy = 333, .splits = 4}, 30);
   check({.rows = 320, .cols = 2048, .m = 48, .workspace = false}, 31);
+}
+
+// Stream-K: CTAs share all the tiles' stages in even ranges, tiles shared by several CTAs
+// added up by the last of them; from a few stages per CTA (tiles over many CTAs, a CTA
+// holding parts of two tiles) to several tiles per CTA, token tiles and ragged last tiles.
+TEST_F(GemmKqTest, StreamKMatchesTheReference) {
+  uint32_t seed = 200;
+  for (const int ctas : {1, 3, 7, 13}) {
+    check({.rows = 200, .cols = 2048, .m = 64, .ctas = ctas}, seed++);  // 2 tiles x 8 stages
+  }
+  check({.rows = 200, .cols = 2048, .m = 64, .ctas = 16}, seed++);  // one stage per CTA
+  check({.rows = 320, .cols = 1024, .m = 100, .ldy = 333, .ctas = 9}, seed++);  // token tiles
+  check({.rows = 320, .cols = 1024, .m = 40, .ctas = 11}, seed++);              // 48-token tiles
+  // 32-token tiles (stream-K runs one CTA per SM only).
+  check({.rows = 640, .cols = 1024, .m = 24, .ctas = 7,
+         .tuning = {.max_tile_tokens = 32, .ctas_per_sm = 1}},
+        seed++);
+  // The planner's pick for gate/up at batch 64 (224 tiles: one and a bit waves on an H200).
+  kc::GemmKqGroupParams g;
+  g.n = 2;
+  g.m = 64;
+  for (int i = 0; i < 2; ++i) {
+    g.outs[i].w = {.type = TensorType::kQ4_K, .rows = 14336, .cols = 4096, .q_row_bytes = 16 * 144};
+  }
+  g.ws = ws_;
+  int sms = 0;
+  KQ_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  const bool waves = 224 > sms && 224 % sms != 0;
+  EXPECT_EQ(kc::gemm_kq_plan(g).ctas, waves ? sms : 0);
+  EXPECT_EQ(kc::gemm_kq_plan(g, {.stream_k = 0}).ctas, 0);
+  check({.rows = 14336, .cols = 4096, .m = 64}, seed++);
+}
+
+// A stream-K plan gives the same bits run after run: no float atomics, parts added in CTA
+// order.
+TEST_F(GemmKqTest, StreamKRepeatsBitwise) {
+  std::vector<float> first;
+  for (int rep = 0; rep < 3; ++rep) {
+    check({.rows = 384, .cols = 4096, .m = 64, .ctas = 5}, 300);
+    if (rep == 0) {
+      first = last_;
+    } else {
+      ASSERT_EQ(std::memcmp(first.data(), last_.data(), first.size() * 4), 0) << "run " << rep;
+    }
+  }
 }
 
 TEST_F(GemmKqTest, ModelShapes) {

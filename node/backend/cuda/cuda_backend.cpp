@@ -347,7 +347,11 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : opt_(options) {
   }
   if (options.dq_gemm_max_batch > quant_gemv_max_ || gemm_kq_) {
     kc::gemm_dq_init();  // shared-memory limits, set once outside any graph capture
-    const kc::GemmDqWorkspaceSize ws = kc::gemm_dq_workspace_size();
+    kc::GemmDqWorkspaceSize ws = kc::gemm_dq_workspace_size();
+    if (gemm_kq_) {
+      const kc::GemmDqWorkspaceSize kq = kc::gemm_kq_workspace_size();
+      ws = {std::max(ws.partial_floats, kq.partial_floats), std::max(ws.n_counters, kq.n_counters)};
+    }
     for (kc::GemmDqWorkspace* w : {&dq_ws_, &side_ws_}) {
       if (w == &side_ws_ && side_ == nullptr) break;
       w->partial_floats = ws.partial_floats;
@@ -924,7 +928,9 @@ bool CudaBackend::kq_group(std::span<const MatmulOut> outs, const float* x, int6
 }
 
 kc::GemmKqTuning CudaBackend::kq_tuning() const {
-  return {.max_tile_tokens = opt_.gemm_kq_tile_tokens, .ctas_per_sm = opt_.gemm_kq_ctas_per_sm};
+  return {.max_tile_tokens = opt_.gemm_kq_tile_tokens,
+          .ctas_per_sm = opt_.gemm_kq_ctas_per_sm,
+          .stream_k = opt_.gemm_kq_stream_k};
 }
 
 bool CudaBackend::use_gemm_kq_batch(int64_t m) const {
