@@ -275,21 +275,20 @@ __device__ __forceinline__ TileRef tile_ref(const KernelArgs& a, int gt, int tt,
   r.tok0 = tt * nb * 8;
   return r;
 }
-// Where a row tile starts in its stage window of `span` stages: row tiles start at different
-// stages so that they do not all ask the same L2 lines of x at once.
-__device__ __forceinline__ int tile_rotation(const KernelArgs& a, int gt, int span) {
+// The stage a row tile starts from: row tiles start at different stages so that they do not
+// all ask the same L2 lines of x at once.
+__device__ __forceinline__ int tile_rotation(const KernelArgs& a, int gt) {
   int o0 = 0, o1 = a.n_outs > 1 ? a.outs[1].tile0 : a.row_tiles;
   if (a.n_outs > 1 && gt >= a.outs[1].tile0) {
     o0 = a.outs[1].tile0;
     o1 = a.n_outs > 2 ? a.outs[2].tile0 : a.row_tiles;
   }
   if (a.n_outs > 2 && gt >= a.outs[2].tile0) o0 = a.outs[2].tile0, o1 = a.row_tiles;
-  return static_cast<int>(static_cast<int64_t>(gt - o0) * span / (o1 - o0));
+  return static_cast<int>(static_cast<int64_t>(gt - o0) * a.sp.n_stages / (o1 - o0));
 }
 
-// The CTAs of a launch share its tiles' stages, tile by tile, in even contiguous ranges (one
-// CTA per tile and k split, or stream-K: a resident grid whose CTAs each take ~1/C of all).
-// In 32 bits: the host keeps total x CTAs below 2^32.
+// The CTAs of a stream-K launch share its tiles' stages, tile by tile, in even contiguous
+// ranges. In 32 bits: the host keeps total x CTAs below 2^32.
 struct Ranges {
   uint32_t total;  // tiles x stages
   uint32_t ctas;
@@ -305,7 +304,7 @@ struct Ranges {
 // out once per tile.
 template <int NB>
 struct Filler {
-  int ti = 0, stage = 0, left = 0, hi = 0;
+  int ti = 0, stage = 0, left = 0;
   const uint8_t* q = nullptr;  // the tile's matrix
   uint32_t w_src[kWSlots];     // this thread's 16-byte pieces of the tile's rows (rows past the
                                // end copy the last row, computed and never stored)
@@ -323,18 +322,114 @@ struct Filler {
       w_src[k] = static_cast<uint32_t>(min(r.row0 + i / kWPieces, last) * r.o.q_row_bytes +
                                        16 * (i % kWPieces));
     }
-    stage = tile_rotation(a, gt, hi);
-    left = hi;
+    stage = tile_rotation(a, gt);
+    left = a.sp.n_stages;
     x = static_cast<uint32_t>(r.tok0 / 8 * kRec) |
         static_cast<uint32_t>(min(NB, a.sp.groups - r.tok0 / 8)) * kRec << 16;
   }
   // Past the CTA's last tile this works out a tile that no copy then reads.
   __device__ void advance(const KernelArgs& a) {
-    if (++stage == hi) stage = 0;
+    if (++stage == a.sp.n_stages) stage = 0;
     if (--left == 0) set_tile(a, ti + 1);
   }
 };
 static_assert(kGemmMaxNB * kRec < (1 << 16) && kGemmKqMaxBatch / 8 * kRec < (1 << 16));
+#endif
+
+#if TPNODE_WGMMA
+// A CTA's ring of stage buffers in shared memory. It runs on mbarriers, no CTA barrier per
+// stage, so that the two warpgroups drift apart and their MMAs, decodes and conversions
+// interleave. full[b]: the stage in buffer b landed (every thread's cp.async and the records'
+// bulk copy); empty[b]: every warp is done reading it. Iteration i of the CTA uses buffer
+// i % S; the copies run kAhead = S - 2 iterations ahead.
+template <int NB, int CPS>
+struct Ring {
+  using L = Layout<NB, CPS>;
+  static constexpr int S = L::kStages;
+  static constexpr int kAhead = S - 2;
+  uint8_t* smem;
+  uint32_t full, empty;
+
+  __device__ Ring(uint8_t* buffers, uint64_t* s_full, uint64_t* s_empty)
+      : smem(buffers), full(smem_u32(s_full)), empty(smem_u32(s_empty)) {
+    if (threadIdx.x == 0) {
+      for (int i = 0; i < S; ++i) {
+        mbar_init(full + 8 * i, kThreads + 1);
+        mbar_init(empty + 8 * i, kThreads / 32);
+      }
+      mbar_fence_init();
+    }
+    __syncthreads();
+  }
+  __device__ uint8_t* buf(int i) const { return smem + (i % S) * L::kStageBytes; }
+  __device__ uint32_t full_bar(int i) const { return full + 8 * (i % S); }
+  __device__ void wait_full(int i) const { mbar_wait(full_bar(i), (i / S) & 1); }
+  // Before iteration nx's copies: every warp released the buffer's last iteration.
+  __device__ void wait_empty(int nx) const {
+    if (nx >= S) mbar_wait(empty + 8 * (nx % S), ((nx - S) / S) & 1);
+  }
+  // The stage's MMAs are done and its generic reads fenced: release the buffer.
+  __device__ void release(int it) const {
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) mbar_arrive(empty + 8 * (it % S));
+  }
+};
+
+// The CTA's stages, iteration by iteration; refill(it) queues iteration it + kAhead. 64-token
+// tiles (one CTA per SM, two warps per scheduler) decode each stage's first pair before the
+// stage before it drains (its MMAs' wait and conversion), so that the warpgroup's next MMAs
+// go out right after that conversion: batch 64 on an H200 ~2% shorter steps. The 32- and
+// 48-token tiles lost 1.3-2.6% that way (batches 9-48) and keep a stage to itself
+// (compute_stage). run() may stop at any iteration and go on later (a stream-K CTA's tiles).
+template <int NB, int CPS>
+struct StageLoop {
+  static constexpr bool kEarly = NB == 8 && CPS == 1;
+  const Ring<NB, CPS>& ring;
+  int wg, wr, n_it;
+  int hi[NB][4], lo[NB][4];
+  PairFrags af[2];
+  StageView<NB, CPS> cur;
+
+  template <typename Refill>
+  __device__ StageLoop(const Ring<NB, CPS>& r, int wg_, int wr_, int n, Refill refill)
+      : ring(r), wg(wg_), wr(wr_), n_it(n), cur(first(refill)) {
+    if constexpr (kEarly) decode_pair(cur, 0, af[0]);
+  }
+  template <typename Refill>
+  __device__ StageView<NB, CPS> first(Refill refill) {
+    if constexpr (kEarly) refill(0);
+    return view(0, kEarly);  // read by the early path only
+  }
+  __device__ StageView<NB, CPS> view(int i, bool wait) const {
+    if (wait) ring.wait_full(i);
+    return StageView<NB, CPS>(ring.buf(i), wg, wr);
+  }
+  // Iterations [it, end) into acc; it ends at end.
+  template <typename Refill>
+  __device__ void run(int& it, int end, Refill refill, float (&acc)[NB][4]) {
+    for (; it < end; ++it) {
+      if constexpr (kEarly) {
+        if (it > 0) refill(it);
+        issue_stage(cur, af, hi, lo, acc);
+        StageView<NB, CPS> next = cur;
+        if (it + 1 < n_it) {
+          next = view(it + 1, true);
+          wg_wait<2>();  // pair 2's group, af[0]'s last reader
+          decode_pair(next, 0, af[0]);
+        }
+        wg_wait<0>();
+        convert<NB>(cur.h0, cur.h1, cur.xb, hi, lo, acc);
+        ring.release(it);
+        cur = next;
+      } else {
+        refill(it);
+        ring.wait_full(it);
+        compute_stage<NB, CPS>(ring.buf(it), wg, wr, acc);
+        ring.release(it);
+      }
+    }
+  }
+};
 #endif
 
 // CPS CTAs per SM: one takes most of shared memory for its ring; two (32-token tiles) fit
@@ -343,8 +438,7 @@ template <int NB, int CPS>
 __global__ void __launch_bounds__(kThreads, CPS) gemm_kq_kernel(KernelArgs a) {
 #if TPNODE_WGMMA
   using L = Layout<NB, CPS>;
-  constexpr int S = L::kStages;
-  constexpr int kAhead = S - 2;
+  constexpr int kAhead = Ring<NB, CPS>::kAhead;
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ int s_last;
   __shared__ __align__(8) uint64_t s_full[kMaxStages];
@@ -410,32 +504,19 @@ __global__ void __launch_bounds__(kThreads, CPS) gemm_kq_kernel(KernelArgs a) {
     }
   };
 
-  // The ring runs on mbarriers, no CTA barrier per stage, so that the two warpgroups drift
-  // apart and their MMAs, decodes and conversions interleave. full[b]: the stage in buffer b
-  // landed (every thread's cp.async and the records' bulk copy); empty[b]: every warp is done
-  // reading it. A refill takes the buffer of stage it + kAhead - S, released by every warp
-  // that has come this far.
-  const uint32_t full = smem_u32(s_full), empty = smem_u32(s_empty);
-  if (tid == 0) {
-    for (int i = 0; i < S; ++i) {
-      mbar_init(full + 8 * i, kThreads + 1);
-      mbar_init(empty + 8 * i, kThreads / 32);
-    }
-    mbar_fence_init();
-  }
-  __syncthreads();
+  const Ring<NB, CPS> ring(smem, s_full, s_empty);
   // The weights of the first stages are in flight before the previous kernel has finished;
   // x is its output.
 #pragma unroll
   for (int s = 0; s < kAhead; ++s) {
-    if (s < n_st) copy_weights(stage_at(s), smem + s * L::kStageBytes);
+    if (s < n_st) copy_weights(stage_at(s), ring.buf(s));
   }
   pdl_wait();
 #pragma unroll
   for (int s = 0; s < kAhead; ++s) {
     if (s < n_st) {
-      copy_acts(stage_at(s), smem + s * L::kStageBytes, full + 8 * s);
-      cp_async_mbar_arrive(full + 8 * s);
+      copy_acts(stage_at(s), ring.buf(s), ring.full_bar(s));
+      cp_async_mbar_arrive(ring.full_bar(s));
     }
   }
 
@@ -445,61 +526,19 @@ __global__ void __launch_bounds__(kThreads, CPS) gemm_kq_kernel(KernelArgs a) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[nt][i] = 0.0f;
   }
-  // 64-token tiles (one CTA per SM, two warps per scheduler) decode each stage's first pair
-  // before the stage before it drains (its MMAs' wait and conversion), so that the
-  // warpgroup's next MMAs go out right after that conversion: batch 64 on an H200 ~2% shorter
-  // steps. The 32- and 48-token tiles lost 1.3-2.6% that way (batches 9-48) and keep a stage
-  // to itself (compute_stage).
-  constexpr bool kEarly = NB == 8 && CPS == 1;
-  auto stage_view = [&](int i) {
-    mbar_wait(full + 8 * (i % S), (i / S) & 1);
-    return StageView<NB, CPS>(smem + (i % S) * L::kStageBytes, wg, wr);
-  };
-  // Stage it + kAhead goes into the ring once every warp released its buffer's last stage.
+  // Iteration it + kAhead goes into the ring once every warp released its buffer.
   auto refill = [&](int it) {
     const int nx = it + kAhead;
     if (nx < n_st) {
-      const int nb = nx % S;
-      uint8_t* nbuf = smem + nb * L::kStageBytes;
-      if (nx >= S) mbar_wait(empty + 8 * nb, ((nx - S) / S) & 1);
-      copy_weights(stage_at(nx), nbuf);
-      copy_acts(stage_at(nx), nbuf, full + 8 * nb);
-      cp_async_mbar_arrive(full + 8 * nb);
+      ring.wait_empty(nx);
+      copy_weights(stage_at(nx), ring.buf(nx));
+      copy_acts(stage_at(nx), ring.buf(nx), ring.full_bar(nx));
+      cp_async_mbar_arrive(ring.full_bar(nx));
     }
   };
-  // The stage's MMAs are done and its generic reads fenced: release the buffer.
-  auto release = [&](int it) {
-    __syncwarp();
-    if (lane == 0) mbar_arrive(empty + 8 * (it % S));
-  };
-  if constexpr (kEarly) {
-    int hi[NB][4], lo[NB][4];
-    PairFrags af[2];
-    refill(0);
-    StageView<NB, CPS> cur = stage_view(0);
-    decode_pair(cur, 0, af[0]);
-    for (int it = 0; it < n_st; ++it) {
-      if (it > 0) refill(it);
-      issue_stage(cur, af, hi, lo, acc);
-      StageView<NB, CPS> next = cur;
-      if (it + 1 < n_st) {
-        next = stage_view(it + 1);
-        wg_wait<2>();  // pair 2's group, af[0]'s last reader
-        decode_pair(next, 0, af[0]);
-      }
-      wg_wait<0>();
-      convert<NB>(cur.h0, cur.h1, cur.xb, hi, lo, acc);
-      release(it);
-      cur = next;
-    }
-  } else {
-    for (int it = 0; it < n_st; ++it) {
-      refill(it);
-      mbar_wait(full + 8 * (it % S), (it / S) & 1);
-      compute_stage<NB, CPS>(smem + (it % S) * L::kStageBytes, wg, wr, acc);
-      release(it);
-    }
-  }
+  StageLoop<NB, CPS> loop(ring, wg, wr, n_st, refill);
+  int it = 0;
+  loop.run(it, n_st, refill, acc);
   pdl_launch_dependents();
 
   const int64_t row_base = row0 + 64 * wg + 16 * wr;
@@ -531,10 +570,8 @@ __global__ void __launch_bounds__(kThreads, CPS) gemm_kq_kernel(KernelArgs a) {
 template <int NB>
 __global__ void __launch_bounds__(kThreads, 1) gemm_kq_stream_kernel(KernelArgs a) {
 #if TPNODE_WGMMA
-  constexpr int CPS = 1;
-  using L = Layout<NB, CPS>;
-  constexpr int S = L::kStages;
-  constexpr int kAhead = S - 2;
+  using L = Layout<NB, 1>;
+  constexpr int kAhead = Ring<NB, 1>::kAhead;
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ int s_last;
   __shared__ __align__(8) uint64_t s_full[kMaxStages];
@@ -554,7 +591,6 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_stream_kernel(KernelArgs 
     w_dst[k] = static_cast<uint32_t>(i / kWPieces * L::kQStride + 16 * (i % kWPieces));
   }
   Filler<NB> fill;
-  fill.hi = n_st;
   fill.set_tile(a, it0 / n_st);
   {
     const int j0 = it0 % n_st;  // the range begins j0 stages into the tile's order
@@ -580,20 +616,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_stream_kernel(KernelArgs 
     }
   };
 
-  // The ring runs on mbarriers, no CTA barrier per stage, so that the two warpgroups drift
-  // apart and their MMAs, decodes and conversions interleave. full[b]: the stage in buffer b
-  // landed (every thread's cp.async and the records' bulk copy); empty[b]: every warp is done
-  // reading it. A refill takes the buffer of stage it + kAhead - S, released by every warp
-  // that has come this far.
-  const uint32_t full = smem_u32(s_full), empty = smem_u32(s_empty);
-  if (tid == 0) {
-    for (int i = 0; i < S; ++i) {
-      mbar_init(full + 8 * i, kThreads + 1);
-      mbar_init(empty + 8 * i, kThreads / 32);
-    }
-    mbar_fence_init();
-  }
-  __syncthreads();
+  const Ring<NB, 1> ring(smem, s_full, s_empty);
   // The weights of the first stages are in flight before the previous kernel has finished;
   // x is its output.
   {
@@ -601,7 +624,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_stream_kernel(KernelArgs 
 #pragma unroll
     for (int s = 0; s < kAhead; ++s) {
       if (s < n_it) {
-        copy_weights(f, smem + s * L::kStageBytes);
+        copy_weights(f, ring.buf(s));
         f.advance(a);
       }
     }
@@ -610,8 +633,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_stream_kernel(KernelArgs 
 #pragma unroll
   for (int s = 0; s < kAhead; ++s) {
     if (s < n_it) {
-      copy_acts(fill, smem + s * L::kStageBytes, full + 8 * s);
-      cp_async_mbar_arrive(full + 8 * s);
+      copy_acts(fill, ring.buf(s), ring.full_bar(s));
+      cp_async_mbar_arrive(ring.full_bar(s));
       fill.advance(a);
     }
   }
@@ -663,70 +686,23 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_stream_kernel(KernelArgs 
     }
     ++ti;
   };
-  // 64-token tiles (one CTA per SM, two warps per scheduler) decode each stage's first pair
-  // before the stage before it drains (its MMAs' wait and conversion), so that the
-  // warpgroup's next MMAs go out right after that conversion: batch 64 on an H200 ~2% shorter
-  // steps. The 32- and 48-token tiles lost 1.3-2.6% that way (batches 9-48) and keep a stage
-  // to itself (compute_stage).
-  constexpr bool kEarly = NB == 8 && CPS == 1;
-  auto stage_view = [&](int i) {
-    mbar_wait(full + 8 * (i % S), (i / S) & 1);
-    return StageView<NB, CPS>(smem + (i % S) * L::kStageBytes, wg, wr);
-  };
-  // Stage it + kAhead goes into the ring once every warp released its buffer's last stage.
+  // Iteration it + kAhead goes into the ring once every warp released its buffer.
   auto refill = [&](int it) {
     const int nx = it + kAhead;
     if (nx < n_it) {
-      const int nb = nx % S;
-      uint8_t* nbuf = smem + nb * L::kStageBytes;
-      if (nx >= S) mbar_wait(empty + 8 * nb, ((nx - S) / S) & 1);
-      copy_weights(fill, nbuf);
-      copy_acts(fill, nbuf, full + 8 * nb);
-      cp_async_mbar_arrive(full + 8 * nb);
+      ring.wait_empty(nx);
+      copy_weights(fill, ring.buf(nx));
+      copy_acts(fill, ring.buf(nx), ring.full_bar(nx));
+      cp_async_mbar_arrive(ring.full_bar(nx));
       fill.advance(a);
     }
   };
-  // The stage's MMAs are done and its generic reads fenced: release the buffer.
-  auto release = [&](int it) {
-    __syncwarp();
-    if (lane == 0) mbar_arrive(empty + 8 * (it % S));
-  };
-  if constexpr (kEarly) {
-    int hi[NB][4], lo[NB][4];
-    PairFrags af[2];
-    refill(0);
-    StageView<NB, CPS> cur = stage_view(0);
-    decode_pair(cur, 0, af[0]);
-    // Each tile part's stages in an inner loop of their own, the part's end after it.
-    for (int it = 0, end = first_end; it < n_it; end = min(n_it, end + n_st)) {
-      for (; it < end; ++it) {
-        if (it > 0) refill(it);
-        issue_stage(cur, af, hi, lo, acc);
-        StageView<NB, CPS> next = cur;
-        if (it + 1 < n_it) {
-          next = stage_view(it + 1);
-          wg_wait<2>();  // pair 2's group, af[0]'s last reader
-          decode_pair(next, 0, af[0]);
-        }
-        wg_wait<0>();
-        convert<NB>(cur.h0, cur.h1, cur.xb, hi, lo, acc);
-        release(it);
-        cur = next;
-      }
-      if (it == n_it) pdl_launch_dependents();
-      finish_tile();
-    }
-  } else {
-    for (int it = 0, end = first_end; it < n_it; end = min(n_it, end + n_st)) {
-      for (; it < end; ++it) {
-        refill(it);
-        mbar_wait(full + 8 * (it % S), (it / S) & 1);
-        compute_stage<NB, CPS>(smem + (it % S) * L::kStageBytes, wg, wr, acc);
-        release(it);
-      }
-      if (it == n_it) pdl_launch_dependents();
-      finish_tile();
-    }
+  // Each tile part's stages, then the part's end.
+  StageLoop<NB, 1> loop(ring, wg, wr, n_it, refill);
+  for (int it = 0, end = first_end; it < n_it; end = min(n_it, end + n_st)) {
+    loop.run(it, end, refill, acc);
+    if (it == n_it) pdl_launch_dependents();
+    finish_tile();
   }
 #else
   __trap();  // gemm_kq_available() keeps the host from launching it here
@@ -883,9 +859,7 @@ GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p, const GemmKqTuning& t) {
   s = std::max<int64_t>(s, 1);
   while (s > 1 && !workspace_fits(p, plan, tiles * s)) --s;
   plan.k_splits = static_cast<int>(s);
-  const bool waves_idle = tiles > slots && tiles % slots != 0;
-  const bool slots_idle = tiles * s < slots;
-  if ((t.stream_k >= 1 && waves_idle) || (t.stream_k >= 2 && slots_idle)) {
+  if (t.stream_k && tiles > slots && tiles % slots != 0) {
     if (plan.ctas_per_sm == 1 && tiles * n_stages >= 2 * slots && workspace_fits(p, plan, slots)) {
       plan.ctas = static_cast<int>(slots);
     }

@@ -62,7 +62,7 @@ struct BenchOptions {
   int gemm_kq_max_batch = 64;         // CUDA: largest Q4_K batch on int8 warpgroup MMAs
   int gemm_kq_tile_tokens = 64;       // CUDA: gemm_kq's largest token tile (32 or 64)
   int gemm_kq_ctas_per_sm = 2;        // CUDA: gemm_kq CTAs per SM for 32-token tiles
-  int gemm_kq_stream_k = 1;           // CUDA: gemm_kq's stream-K rule (0, 1, 2)
+  bool gemm_kq_stream_k = true;       // CUDA: gemm_kq's stream-K where tiles make partial waves
   int gemm_kq_min_batch = 2;          // CUDA: smallest batch on gemm_kq
   bool norm_kq_records = true;        // CUDA: RMSNorms write gemm_kq's activation records
   bool attention_kq_records = true;   // CUDA: decode attention writes them for attn_output
@@ -502,10 +502,9 @@ const RegisterCommand kRegister{Command{
       sub.add_option("--gemm-kq-ctas-per-sm", o->gemm_kq_ctas_per_sm,
                      "gemm_kq: CTAs per SM for 32-token tiles (1 or 2)")
           ->check(CLI::IsMember({1, 2}));
-      sub.add_option("--gemm-kq-stream-k", o->gemm_kq_stream_k,
-                     "gemm_kq: stream-K over resident CTAs: 0 never, 1 where the tiles make "
-                     "partial waves, 2 also where tiles and k splits leave SMs idle")
-          ->check(CLI::IsMember({0, 1, 2}));
+      sub.add_flag("!--no-gemm-kq-stream-k", o->gemm_kq_stream_k,
+                   "gemm_kq: one CTA per tile and k split also where the tiles make partial "
+                   "waves (no stream-K)");
       sub.add_flag("!--no-norm-kq-records", o->norm_kq_records,
                    "gemm_kq's activation records by a launch of their own, not by the RMSNorm "
                    "before it");

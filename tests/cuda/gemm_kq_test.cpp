@@ -409,7 +409,7 @@ TEST_F(GemmKqTest, StreamKMatchesTheReference) {
   KQ_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   const bool waves = 224 > sms && 224 % sms != 0;
   EXPECT_EQ(kc::gemm_kq_plan(g).ctas, waves ? sms : 0);
-  EXPECT_EQ(kc::gemm_kq_plan(g, {.stream_k = 0}).ctas, 0);
+  EXPECT_EQ(kc::gemm_kq_plan(g, {.stream_k = false}).ctas, 0);
   check({.rows = 14336, .cols = 4096, .m = 64}, seed++);
 }
 

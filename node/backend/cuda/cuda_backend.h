@@ -64,9 +64,8 @@ struct CudaBackendOptions {
   // SM for 32-token tiles (1 or 2; two gained 7-10% at batches 9-32 on an H200).
   int gemm_kq_tile_tokens = 64;
   int gemm_kq_ctas_per_sm = 2;
-  // gemm_kq's stream-K rule (kc::GemmKqTuning::stream_k): 0 never, 1 where the tiles make more
-  // than one wave and not whole waves, 2 also where tiles and k splits leave slots idle.
-  int gemm_kq_stream_k = 1;
+  // gemm_kq's stream-K launches where its tiles make partial waves (kc::GemmKqTuning::stream_k).
+  bool gemm_kq_stream_k = true;
   // Where gemm_kq follows an RMSNorm (q/k/v, gate/up), the norm also writes its 8-bit records
   // (one gemm_kq_acts launch fewer per norm); off: gemm_kq_acts makes them.
   bool norm_kq_records = true;
