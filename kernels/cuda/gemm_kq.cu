@@ -747,12 +747,13 @@ GemmTokenTiling token_tiling(int64_t m, const GemmKqPlan& plan) {
   return gemm_token_tiling(m, plan.max_tile_tokens / 8, true);
 }
 
-// A launch of `ctas` CTAs that splits tiles keeps up to two tile parts per CTA and a counter per
-// CTA in the workspace.
-bool workspace_fits(const GemmKqGroupParams& p, const GemmKqPlan& plan, int64_t ctas) {
+// The workspace holds `parts` output tile parts and `counters` arrival counters: k splits need
+// a part per tile and split and a counter per tile; stream-K two parts and a counter per CTA.
+bool workspace_fits(const GemmKqGroupParams& p, const GemmKqPlan& plan, int64_t parts,
+                    int64_t counters) {
   const GemmTokenTiling tk = token_tiling(p.m, plan);
-  return p.ws.partials != nullptr && p.ws.counters != nullptr && ctas <= p.ws.n_counters &&
-         2 * ctas * gemm_tile_floats(tk.nb) <= p.ws.partial_floats;
+  return p.ws.partials != nullptr && p.ws.counters != nullptr && counters <= p.ws.n_counters &&
+         parts * gemm_tile_floats(tk.nb) <= p.ws.partial_floats;
 }
 
 GemmKqGroupParams group_of(const GemmKqParams& p) {
@@ -857,10 +858,11 @@ GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p, const GemmKqTuning& t) {
   int64_t s = std::min<int64_t>(
       {kGemmKqMaxSplits, slots / std::max<int64_t>(tiles, 1), n_stages / 2});
   s = std::max<int64_t>(s, 1);
-  while (s > 1 && !workspace_fits(p, plan, tiles * s)) --s;
+  while (s > 1 && !workspace_fits(p, plan, tiles * s, tiles)) --s;
   plan.k_splits = static_cast<int>(s);
   if (t.stream_k && tiles > slots && tiles % slots != 0) {
-    if (plan.ctas_per_sm == 1 && tiles * n_stages >= 2 * slots && workspace_fits(p, plan, slots)) {
+    if (plan.ctas_per_sm == 1 && tiles * n_stages >= 2 * slots &&
+        workspace_fits(p, plan, 2 * slots, slots)) {
       plan.ctas = static_cast<int>(slots);
     }
   }
@@ -932,11 +934,11 @@ void gemm_kq_group(const GemmKqGroupParams& p, const GemmKqPlan& plan, cudaStrea
                "gemm_kq: {} k splits for {} stages (1..{})", plan.k_splits, n_stages,
                kGemmKqMaxSplits);
   const int64_t all_tiles = tiles * tk.tiles;
-  TPNODE_CHECK(plan.k_splits == 1 || workspace_fits(p, plan, all_tiles * plan.k_splits),
+  TPNODE_CHECK(plan.k_splits == 1 || workspace_fits(p, plan, all_tiles * plan.k_splits, all_tiles),
                "gemm_kq: the workspace is too small for {} k splits", plan.k_splits);
   TPNODE_CHECK(plan.ctas == 0 || (plan.ctas > 0 && plan.ctas_per_sm == 1 &&
                                   plan.ctas <= all_tiles * n_stages &&
-                                  workspace_fits(p, plan, plan.ctas)),
+                                  workspace_fits(p, plan, 2 * int64_t{plan.ctas}, plan.ctas)),
                "gemm_kq: stream-K over {} CTAs for {} tiles of {} stages (or the workspace is "
                "too small)",
                plan.ctas, all_tiles, n_stages);
