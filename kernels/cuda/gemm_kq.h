@@ -91,8 +91,8 @@ struct GemmKqPlan {
   int ctas_per_sm = 1;  // 2 only where the tiles are of 32 tokens
   int ctas = 0;         // > 0: stream-K over this many CTAs (k_splits unused)
 };
-// The k-split / stream-K scratch gemm_kq may use on the current device: a part of an output
-// tile for up to two per resident CTA and a counter per CTA.
+// The scratch gemm_kq's k splits and stream-K launches use on the current device: room for two
+// output-tile parts and a counter per resident CTA (k splits need no more).
 GemmDqWorkspaceSize gemm_kq_workspace_size();
 // Throws unless the tuning is one the kernels are built for.
 void gemm_kq_check_tuning(const GemmKqTuning& t);
