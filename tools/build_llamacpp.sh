@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds llama.cpp (the copy vendored in the llama-cpp-python sdist on PyPI) outside the repo, as an
 # independent reference and benchmark peer for tpnode. Only the targets we use are built:
-# libllama, llama-bench, llama-tokenize, plus our own tools/llamacpp_greedy.cpp.
+# libllama, llama-bench, llama-batched-bench, llama-tokenize, plus our own tools/llamacpp_greedy.cpp.
 #
 # usage: tools/build_llamacpp.sh [--cuda [--full]] [--dir DIR] [--jobs N] [--version X.Y.Z]
 #   --dir DIR      where to download, unpack and build (default /work/llama)
@@ -90,7 +90,8 @@ if [[ $CUDA == 1 ]]; then
 else
   BUILD="$DIR/build-cpu"
   BACKEND=(-DGGML_CUDA=OFF -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON)
-  TARGETS=(llama llama-bench llama-tokenize)
+  # llama-batched-bench: `bench/llamacpp_gpu.sh check` runs the peer's steps on this build.
+  TARGETS=(llama llama-bench llama-batched-bench llama-tokenize)
 fi
 
 cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" "${LAUNCHER[@]}" \
