@@ -26,7 +26,8 @@ namespace {
 
 // ---- the work split ----------------------------------------------------------------------
 // A CTA of two warpgroups computes 128 weight rows x one token tile (NB n-tiles of 8: 32 or 64
-// tokens) over a range of k stages of 256 values (one Q4_K block per row). Warpgroup wg owns
+// tokens) over a range of k stages of 256 values (one Q4_K block per row; a stream-K CTA goes on
+// to the next tiles' stages, gemm_kq_stream_kernel). Warpgroup wg owns
 // rows 64wg..64wg+63, its warp wr the 16 rows 64wg + 16wr.. (lane: g = lane / 4 takes rows g
 // and g + 8, t = lane % 4 quants 8t..8t+7 of every chunk of them). Per stage the CTA copies
 // the block of each of its rows (cp.async) and the tile's activation records (one bulk copy)
