@@ -259,33 +259,40 @@ __device__ __forceinline__ void compute_stage(const uint8_t* buf, int wg, int wr
 #endif
 
 #if TPNODE_WGMMA
+// The matrix row tile gt of a launch falls in, and its row tiles (a selection, not an index:
+// the parameters stay in constant memory).
+struct MatrixOf {
+  OutArgs o;
+  int tiles;
+};
+__device__ __forceinline__ MatrixOf matrix_of(const KernelArgs& a, int gt) {
+  MatrixOf m{a.outs[0], a.n_outs > 1 ? a.outs[1].tile0 : a.row_tiles};
+  if (a.n_outs > 1 && gt >= a.outs[1].tile0) {
+    m.o = a.outs[1];
+    m.tiles = (a.n_outs > 2 ? a.outs[2].tile0 : a.row_tiles) - m.o.tile0;
+  }
+  if (a.n_outs > 2 && gt >= a.outs[2].tile0) {
+    m.o = a.outs[2];
+    m.tiles = a.row_tiles - m.o.tile0;
+  }
+  return m;
+}
+
 // Tile ti of a launch is row tile ti / token_tiles (of the matrix it falls in) times token tile
-// ti % token_tiles. What a CTA needs of it to copy its stages and to store it.
+// ti % token_tiles. What a stream-K CTA needs of it to copy its stages and to store it.
 struct TileRef {
   OutArgs o;
   int64_t row0;  // first row within the matrix
   int tok0;
+  int rot;       // its stages are visited from stage rot on, so that row tiles do not all ask
+                 // the same L2 lines of x at once
 };
-__device__ __forceinline__ TileRef tile_ref(const KernelArgs& a, int gt, int tt, int nb) {
-  // A selection, not an index: the parameters stay in constant memory.
-  TileRef r;
-  r.o = a.outs[0];
-  if (a.n_outs > 1 && gt >= a.outs[1].tile0) r.o = a.outs[1];
-  if (a.n_outs > 2 && gt >= a.outs[2].tile0) r.o = a.outs[2];
-  r.row0 = static_cast<int64_t>(gt - r.o.tile0) * kTileRows;
-  r.tok0 = tt * nb * 8;
-  return r;
-}
-// The stage a row tile starts from: row tiles start at different stages so that they do not
-// all ask the same L2 lines of x at once.
-__device__ __forceinline__ int tile_rotation(const KernelArgs& a, int gt) {
-  int o0 = 0, o1 = a.n_outs > 1 ? a.outs[1].tile0 : a.row_tiles;
-  if (a.n_outs > 1 && gt >= a.outs[1].tile0) {
-    o0 = a.outs[1].tile0;
-    o1 = a.n_outs > 2 ? a.outs[2].tile0 : a.row_tiles;
-  }
-  if (a.n_outs > 2 && gt >= a.outs[2].tile0) o0 = a.outs[2].tile0, o1 = a.row_tiles;
-  return static_cast<int>(static_cast<int64_t>(gt - o0) * a.sp.n_stages / (o1 - o0));
+__device__ __forceinline__ TileRef tile_ref(const KernelArgs& a, int ti, int nb) {
+  const int gt = ti / a.sp.token_tiles;
+  const MatrixOf m = matrix_of(a, gt);
+  const int rt = gt - m.o.tile0;
+  return {m.o, static_cast<int64_t>(rt) * kTileRows, (ti - gt * a.sp.token_tiles) * nb * 8,
+          static_cast<int>(static_cast<int64_t>(rt) * a.sp.n_stages / m.tiles)};
 }
 
 // The CTAs of a stream-K launch share its tiles' stages, tile by tile, in even contiguous
@@ -311,10 +318,10 @@ struct Filler {
                                // end copy the last row, computed and never stored)
   uint32_t x = 0;              // the tile's records: offset in a stage | bytes << 16
 
-  __device__ void set_tile(const KernelArgs& a, int tile) {
+  // `done`: the tile's stages (in its order) that another CTA copies.
+  __device__ void set_tile(const KernelArgs& a, int tile, int done = 0) {
     ti = tile;
-    const int gt = tile / a.sp.token_tiles;
-    const TileRef r = tile_ref(a, gt, tile - gt * a.sp.token_tiles, NB);
+    const TileRef r = tile_ref(a, tile, NB);
     q = r.o.q;
     const int64_t last = r.o.rows - 1;
 #pragma unroll
@@ -323,8 +330,9 @@ struct Filler {
       w_src[k] = static_cast<uint32_t>(min(r.row0 + i / kWPieces, last) * r.o.q_row_bytes +
                                        16 * (i % kWPieces));
     }
-    stage = tile_rotation(a, gt);
-    left = a.sp.n_stages;
+    stage = r.rot + done;  // both below n_stages
+    if (stage >= a.sp.n_stages) stage -= a.sp.n_stages;
+    left = a.sp.n_stages - done;
     x = static_cast<uint32_t>(r.tok0 / 8 * kRec) |
         static_cast<uint32_t>(min(NB, a.sp.groups - r.tok0 / 8)) * kRec << 16;
   }
@@ -448,18 +456,10 @@ __global__ void __launch_bounds__(kThreads, CPS) gemm_kq_kernel(KernelArgs a) {
   const int tid = threadIdx.x, lane = tid % 32, warp = __shfl_sync(0xffffffffu, tid / 32, 0);
   const int wg = warp / 4, wr = warp % 4;
   const int tt = static_cast<int>(blockIdx.x), split = static_cast<int>(blockIdx.z);
-  // This CTA's matrix (a selection, not an index: the parameters stay in constant memory).
   const int gt = static_cast<int>(blockIdx.y);
-  OutArgs o = a.outs[0];
-  int o_tiles = a.n_outs > 1 ? a.outs[1].tile0 : static_cast<int>(gridDim.y);
-  if (a.n_outs > 1 && gt >= a.outs[1].tile0) {
-    o = a.outs[1];
-    o_tiles = (a.n_outs > 2 ? a.outs[2].tile0 : static_cast<int>(gridDim.y)) - o.tile0;
-  }
-  if (a.n_outs > 2 && gt >= a.outs[2].tile0) {
-    o = a.outs[2];
-    o_tiles = static_cast<int>(gridDim.y) - o.tile0;
-  }
+  const MatrixOf mat = matrix_of(a, gt);  // this CTA's matrix
+  const OutArgs& o = mat.o;
+  const int o_tiles = mat.tiles;
   const int rt = gt - o.tile0;  // row tile within the matrix
   const int64_t row0 = static_cast<int64_t>(rt) * kTileRows;
   const int tok0 = tt * NB * 8;
@@ -592,12 +592,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_stream_kernel(KernelArgs 
     w_dst[k] = static_cast<uint32_t>(i / kWPieces * L::kQStride + 16 * (i % kWPieces));
   }
   Filler<NB> fill;
-  fill.set_tile(a, it0 / n_st);
-  {
-    const int j0 = it0 % n_st;  // the range begins j0 stages into the tile's order
-    fill.stage = fill.stage + j0 >= n_st ? fill.stage + j0 - n_st : fill.stage + j0;
-    fill.left -= j0;
-  }
+  fill.set_tile(a, it0 / n_st, it0 % n_st);
   auto copy_weights = [&](const Filler<NB>& f, uint8_t* buf) {
     const uint8_t* q = f.q + static_cast<int64_t>(f.stage) * kBlockBytes;
 #pragma unroll
@@ -655,8 +650,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kq_stream_kernel(KernelArgs 
   // goes to slot 2c, its last to 2c + 1. The counter is that of the tile's first CTA, which
   // starts no other tile that another CTA finishes.
   auto finish_tile = [&]() {
-    const int gt = ti / a.sp.token_tiles;
-    const TileRef r = tile_ref(a, gt, ti - gt * a.sp.token_tiles, NB);
+    const TileRef r = tile_ref(a, ti, NB);
     const int64_t row_base = r.row0 + 64 * wg + 16 * wr;
     const TileOut out{r.o.y, r.o.ldy, r.o.rows, a.sp.m};
     const int t_begin = ti * n_st;
