@@ -341,8 +341,8 @@ __device__ __forceinline__ void decode_finish(const DecodeAttentionParams& p, co
   // warp makes the same passes.
   const bool quant = p.quant.q != nullptr;
   // With p.kq (no cluster: one CTA emits all of its heads' outputs), they also go to cl_val,
-  // from which warp s % 4 writes 256-value stage s's gemm_kq record of token t (and, for the
-  // last token, the padding tokens' zeros).
+  // from which warp s % 4 writes 256-value stage s's gemm_kq record of token t (and its share
+  // of the padding tokens' zeros).
   auto emit = [&](int o, float val) {
     const int64_t idx = (t * p.n_head + h0) * hd + o;
     p.out[idx] = val;

@@ -23,8 +23,8 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1)
 // registers between the sum of squares and the scaling, later ones are read again (two passes
 // of 1024 threads hold rows of up to 8192 values in 53 registers; four spilled to the stack at
 // __launch_bounds__(1024)). With p.kq, y also goes to shared memory, from which each warp
-// writes the records of 256-value stages; the last row's CTA also writes the zeros of the
-// padding tokens up to a multiple of 8.
+// writes the records of 256-value stages (and its share of the padding tokens' zeros up to a
+// multiple of 8: write_token_records).
 constexpr int kRegPasses = 2;
 
 __device__ void write_kq_records(const RmsNormParams& p, const float* ys, int64_t row) {

@@ -48,8 +48,9 @@ __device__ __forceinline__ void write_record(const float (&v)[8], uint8_t* rec, 
 
 // A CTA's share of token t's records, of m tokens: stages st0 .. st0 + n_st - 1, whose values
 // are vals[256 s ..] (s from 0; 16-byte aligned, read as float4), one stage per warp in turn
-// (W warps); the CTA of the last token also writes the zeros of the padding tokens up to a
-// multiple of 8. Every lane of every warp must call it.
+// (W warps), and the same stages' zeros of the padding tokens m + t, m + t + m, ... below the
+// next multiple of 8: spread over the tokens' CTAs, so that no CTA writes up to seven of them
+// after its own, a tail the whole launch waited for. Every lane of every warp must call it.
 __device__ __forceinline__ void write_token_records(uint8_t* base, const float* vals, int64_t st0,
                                                     int64_t n_st, int64_t t, int64_t m, int W) {
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
@@ -61,8 +62,7 @@ __device__ __forceinline__ void write_token_records(uint8_t* base, const float* 
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
     v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
     write_record(v, record(base, st0 + s, groups, t), static_cast<int>(t % 8));
-    if (t != m - 1) continue;
-    for (int64_t tok = m; tok < int64_t{groups} * 8; ++tok) {
+    for (int64_t tok = m + t; tok < int64_t{groups} * 8; tok += m) {
       const float z[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
       write_record(z, record(base, st0 + s, groups, tok), static_cast<int>(tok % 8));
     }
