@@ -32,6 +32,10 @@ struct RuntimeOptions {
   bool progress = true;              // loading progress on rank 0's stderr
   bool kv_f16 = false;               // CPU backend: F16 KV cache (half the memory, slower)
   bool exact_matmul = false;         // CPU backend: F32 activations for quantized weights
+  // CUDA backend: cuBLASLt's algorithm per GEMM shape is the heuristic's first rather than the
+  // fastest of its first candidates timed at first use, whose pick can change from one start
+  // to the next (and with it the outputs' last bits).
+  bool gemm_autotune = true;
   EngineOptions engine;
 };
 
