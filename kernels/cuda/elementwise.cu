@@ -22,20 +22,25 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1)
 // One CTA per row, float4 per thread and pass; the first kRegPasses passes of the row stay in
 // registers between the sum of squares and the scaling, later ones are read again (two passes
 // of 1024 threads hold rows of up to 8192 values in 53 registers; four spilled to the stack at
-// __launch_bounds__(1024)). With p.kq, y also goes to shared memory, from which each warp
-// writes the records of 256-value stages (and its share of the padding tokens' zeros up to a
-// multiple of 8: write_token_records).
+// __launch_bounds__(1024)). With p.kq each pair of warps also writes the record of the
+// 256-value stage it holds in the pass, straight from registers (kq::write_record4), and the
+// CTA its share of the padding tokens' zeros.
 constexpr int kRegPasses = 2;
 
-__device__ void write_kq_records(const RmsNormParams& p, const float* ys, int64_t row) {
+// The amax of the stage that this thread's warp pair holds in pass j (its 64 threads' values):
+// one CTA barrier per pass; the partners' maxima alternate between two rows by pass parity,
+// so that a warp already writing pass j + 1's never overwrites one a slower warp still reads.
+__device__ __forceinline__ float stage_amax(float4 o, int j) {
+  __shared__ float s_max[2][32];
+  const int warp = static_cast<int>(threadIdx.x / 32);
+  float a = fmaxf(fmaxf(fabsf(o.x), fabsf(o.y)), fmaxf(fabsf(o.z), fabsf(o.w)));
+  a = warp_max(a);
+  if (threadIdx.x % 32 == 0) s_max[j & 1][warp] = a;
   __syncthreads();
-  kq::write_token_records(p.kq, ys, 0, p.n / 256, row, p.rows,
-                          static_cast<int>(blockDim.x / 32));
+  return fmaxf(a, s_max[j & 1][warp ^ 1]);
 }
 
 __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
-  extern __shared__ float4 ys4[];  // y's row when p.kq is set
-  float* ys = reinterpret_cast<float*>(ys4);
   const int64_t row = blockIdx.x;
   const int64_t n4 = p.n / 4;
   const int passes = static_cast<int>((n4 + blockDim.x - 1) / blockDim.x);
@@ -92,7 +97,12 @@ __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
     }
     // n % 32 == 0: 8-lane groups are wholly inside or outside the row.
     if (p.quant.q != nullptr) quantize_chunk8(p.quant, (row * p.n + 4 * i) / 32, o, i < n4);
-    if (p.kq != nullptr && i < n4) reinterpret_cast<float4*>(ys)[i] = o;
+    if (p.kq != nullptr) {  // n % 256 == 0: a warp pair's 64 float4s are one whole stage
+      const float amax = stage_amax(o, j);
+      const int groups = static_cast<int>((p.rows + 7) / 8);
+      kq::write_record4(o, amax, kq::record(p.kq, i / 64, groups, row), static_cast<int>(row % 8),
+                        i < n4);
+    }
   };
 #pragma unroll
   for (int j = 0; j < kRegPasses; ++j) {
@@ -108,7 +118,9 @@ __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormParams p) {
     }
     store(j, a, w);
   }
-  if (p.kq != nullptr) write_kq_records(p, ys, row);
+  if (p.kq != nullptr) {
+    kq::write_padding_records(p.kq, 0, p.n / 256, row, p.rows, static_cast<int>(blockDim.x / 32));
+  }
 }
 
 // Rows whose length is not a multiple of 4 (never quantized: that needs n % 32 == 0).
@@ -305,8 +317,7 @@ void rmsnorm(const RmsNormParams& p, cudaStream_t stream) {
   // One float4 per thread and pass; whole warps, up to 1024 threads.
   const int64_t n4 = p.n / 4;
   const int threads = static_cast<int>(std::min<int64_t>(1024, (n4 + 31) / 32 * 32));
-  const size_t smem = p.kq != nullptr ? static_cast<size_t>(p.n) * sizeof(float) : 0;
-  launch_pdl(rmsnorm_kernel, dim3(static_cast<unsigned>(p.rows)), dim3(threads), smem, stream, p);
+  launch_pdl(rmsnorm_kernel, dim3(static_cast<unsigned>(p.rows)), dim3(threads), 0, stream, p);
   TPNODE_CUDA_CHECK_LAUNCH();
 }
 

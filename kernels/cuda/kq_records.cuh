@@ -46,11 +46,26 @@ __device__ __forceinline__ void write_record(const float (&v)[8], uint8_t* rec, 
   write_quantized_record(q, d, sum, rec, t8);
 }
 
+// The zeros of padding slots m + t, m + t + m, ... below the next multiple of 8, stages st0 ..
+// st0 + n_st - 1, one stage per warp in turn (W warps): token t's CTA writes its share, so that
+// no CTA writes up to seven of them after its own, a tail the whole launch waited for. Every
+// lane of every warp must call it.
+__device__ __forceinline__ void write_padding_records(uint8_t* base, int64_t st0, int64_t n_st,
+                                                      int64_t t, int64_t m, int W) {
+  const int warp = static_cast<int>(threadIdx.x / 32);
+  const int groups = static_cast<int>((m + 7) / 8);
+  for (int64_t tok = m + t; tok < int64_t{groups} * 8; tok += m) {
+    for (int64_t s = warp; s < n_st; s += W) {
+      const float z[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      write_record(z, record(base, st0 + s, groups, tok), static_cast<int>(tok % 8));
+    }
+  }
+}
+
 // A CTA's share of token t's records, of m tokens: stages st0 .. st0 + n_st - 1, whose values
 // are vals[256 s ..] (s from 0; 16-byte aligned, read as float4), one stage per warp in turn
-// (W warps), and the same stages' zeros of the padding tokens m + t, m + t + m, ... below the
-// next multiple of 8: spread over the tokens' CTAs, so that no CTA writes up to seven of them
-// after its own, a tail the whole launch waited for. Every lane of every warp must call it.
+// (W warps), and the same stages of its share of the padding slots (as write_padding_records
+// spreads them). Every lane of every warp must call it.
 __device__ __forceinline__ void write_token_records(uint8_t* base, const float* vals, int64_t st0,
                                                     int64_t n_st, int64_t t, int64_t m, int W) {
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
@@ -67,6 +82,39 @@ __device__ __forceinline__ void write_token_records(uint8_t* base, const float* 
       write_record(z, record(base, st0 + s, groups, tok), static_cast<int>(tok % 8));
     }
   }
+}
+
+// The same bytes as write_record, from four values per thread: values 4p..4p+3 of a stage
+// (p = threadIdx.x % 64: two consecutive warps hold the stage) with the stage's amax over its
+// 64 threads, which the caller works out. Every lane of both warps must call it (8-lane
+// shuffles); only those with `store` write.
+__device__ __forceinline__ void write_record4(float4 v, float amax, uint8_t* rec, int t8,
+                                              bool store) {
+  const int p = static_cast<int>(threadIdx.x % 64);
+  const float d = amax / 127.0f;
+  int q[4] = {0, 0, 0, 0};
+  if (amax > 0.0f) {
+    q[0] = __float2int_rn(v.x / d);
+    q[1] = __float2int_rn(v.y / d);
+    q[2] = __float2int_rn(v.z / d);
+    q[3] = __float2int_rn(v.w / d);
+  }
+  // Chunk c = p / 8 (values 32c..): eight threads; exact integer sum in any order.
+  int sum = q[0] + q[1] + q[2] + q[3];
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+  if (!store) return;
+  // write_record's lane l = p / 2 holds values 8l..8l+7: chunk l / 4, i = l % 4, pieces 2c
+  // (values 8i..8i+3) and 2c + 1 (8i+4..8i+7) at byte 4i of the slot's row.
+  const int c = p / 8, i = p / 2 % 4;
+  *reinterpret_cast<uint32_t*>(rec + (2 * c + p % 2) * kPiece + t8 * 16 + 4 * i) = pack_s8x4(q);
+  if (p % 8 == 0) {
+    reinterpret_cast<__nv_bfloat16*>(rec + kSumsOff + t8 * 16)[c] =
+        __float2bfloat16_rn(d * static_cast<float>(sum));
+  }
+  if (p < 4) *reinterpret_cast<uint32_t*>(rec + kSumsOff + kPiece + t8 * 16 + 4 * p) = 0;
+  if (p == 0) reinterpret_cast<float*>(rec + kXScaleOff)[t8] = d;
 }
 
 }  // namespace tpnode::cuda::kq

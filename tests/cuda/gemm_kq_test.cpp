@@ -268,7 +268,7 @@ TEST_F(GemmKqTest, ActsMatchAHostRecompute) {
 TEST_F(GemmKqTest, RmsNormWritesTheRecordsOfItsOutput) {
   uint32_t seed = 300;
   for (const int64_t m : {1, 5, 8, 13, 64}) {
-    for (const int64_t n : {256, 4096}) {
+    for (const int64_t n : {256, 4096, 5120, 12288}) {
       for (const bool residual : {false, true}) {
         SCOPED_TRACE(fmt::format("m={} n={} residual={}", m, n, residual));
         const auto xf = cuda_random_floats(m * n, seed++, 3.0f);
