@@ -92,13 +92,8 @@ __device__ __forceinline__ void write_record4(float4 v, float amax, uint8_t* rec
                                               bool store) {
   const int p = static_cast<int>(threadIdx.x % 64);
   const float d = amax / 127.0f;
-  int q[4] = {0, 0, 0, 0};
-  if (amax > 0.0f) {
-    q[0] = __float2int_rn(v.x / d);
-    q[1] = __float2int_rn(v.y / d);
-    q[2] = __float2int_rn(v.z / d);
-    q[3] = __float2int_rn(v.w / d);
-  }
+  int q[4];
+  quantize4(v, amax, d, q);
   // Chunk c = p / 8 (values 32c..): eight threads; exact integer sum in any order.
   int sum = q[0] + q[1] + q[2] + q[3];
   sum += __shfl_xor_sync(0xffffffffu, sum, 1);

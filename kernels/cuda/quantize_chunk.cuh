@@ -54,6 +54,18 @@ __device__ __forceinline__ void quantize_group256_cta(const QuantActs& out, int6
   }
 }
 
+// q = round(v / d) for four values of a group whose scale is d = amax / 127 (all zero when
+// amax is): the recipe every 8-bit copy here shares.
+__device__ __forceinline__ void quantize4(float4 v, float amax, float d, int (&q)[4]) {
+  q[0] = q[1] = q[2] = q[3] = 0;
+  if (amax > 0.0f) {
+    q[0] = __float2int_rn(v.x / d);
+    q[1] = __float2int_rn(v.y / d);
+    q[2] = __float2int_rn(v.z / d);
+    q[3] = __float2int_rn(v.w / d);
+  }
+}
+
 // Quantizes the 32 values of a chunk held as float4 by 8 consecutive lanes (lane % 8 = part):
 // the same recipe as quantize_acts (d = amax / 127, q = round(v / d)).
 // Every lane of the warp must call it (full-mask shuffles); only lanes with `store` write.
@@ -64,13 +76,8 @@ __device__ __forceinline__ void quantize_chunk8(const QuantActs& out, int64_t ch
 #pragma unroll
   for (int o = 4; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
   const float d = amax / 127.0f;
-  int q[4] = {0, 0, 0, 0};
-  if (amax > 0.0f) {
-    q[0] = __float2int_rn(v.x / d);
-    q[1] = __float2int_rn(v.y / d);
-    q[2] = __float2int_rn(v.z / d);
-    q[3] = __float2int_rn(v.w / d);
-  }
+  int q[4];
+  quantize4(v, amax, d, q);
   if (store) reinterpret_cast<uint32_t*>(out.q + chunk * 32)[part] = pack_s8x4(q);
   float sum = static_cast<float>(q[0] + q[1] + q[2] + q[3]);
 #pragma unroll
