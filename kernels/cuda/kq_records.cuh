@@ -46,6 +46,13 @@ __device__ __forceinline__ void write_record(const float (&v)[8], uint8_t* rec, 
   write_quantized_record(q, d, sum, rec, t8);
 }
 
+// Slot tok's record of stage st, all zeros (a padding token's).
+__device__ __forceinline__ void write_zero_record(uint8_t* base, int64_t st, int groups,
+                                                  int64_t tok) {
+  const float z[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  write_record(z, record(base, st, groups, tok), static_cast<int>(tok % 8));
+}
+
 // The zeros of padding slots m + t, m + t + m, ... below the next multiple of 8, stages st0 ..
 // st0 + n_st - 1, one stage per warp in turn (W warps): token t's CTA writes its share, so that
 // no CTA writes up to seven of them after its own, a tail the whole launch waited for. Every
@@ -55,10 +62,7 @@ __device__ __forceinline__ void write_padding_records(uint8_t* base, int64_t st0
   const int warp = static_cast<int>(threadIdx.x / 32);
   const int groups = static_cast<int>((m + 7) / 8);
   for (int64_t tok = m + t; tok < int64_t{groups} * 8; tok += m) {
-    for (int64_t s = warp; s < n_st; s += W) {
-      const float z[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-      write_record(z, record(base, st0 + s, groups, tok), static_cast<int>(tok % 8));
-    }
+    for (int64_t s = warp; s < n_st; s += W) write_zero_record(base, st0 + s, groups, tok);
   }
 }
 
@@ -78,8 +82,7 @@ __device__ __forceinline__ void write_token_records(uint8_t* base, const float* 
     v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
     write_record(v, record(base, st0 + s, groups, t), static_cast<int>(t % 8));
     for (int64_t tok = m + t; tok < int64_t{groups} * 8; tok += m) {
-      const float z[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-      write_record(z, record(base, st0 + s, groups, tok), static_cast<int>(tok % 8));
+      write_zero_record(base, st0 + s, groups, tok);
     }
   }
 }
