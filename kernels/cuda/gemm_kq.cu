@@ -855,11 +855,10 @@ GemmKqPlan gemm_kq_plan(const GemmKqGroupParams& p, const GemmKqTuning& t) {
   s = std::max<int64_t>(s, 1);
   while (s > 1 && !workspace_fits(p, plan, tiles * s, tiles)) --s;
   plan.k_splits = static_cast<int>(s);
-  if (t.stream_k && tiles > slots && tiles % slots != 0) {
-    if (plan.ctas_per_sm == 1 && tiles * n_stages >= 2 * slots &&
-        workspace_fits(p, plan, 2 * slots, slots)) {
-      plan.ctas = static_cast<int>(slots);
-    }
+  // Stream-K where the tiles make partial waves: more tiles than slots, not a multiple of them.
+  if (t.stream_k && tiles > slots && tiles % slots != 0 && plan.ctas_per_sm == 1 &&
+      tiles * n_stages >= 2 * slots && workspace_fits(p, plan, 2 * slots, slots)) {
+    plan.ctas = static_cast<int>(slots);
   }
   return plan;
 }
